@@ -1,0 +1,59 @@
+"""manifest.json: what a model version holds, and the checksum of every file in it."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+MAX_MANIFEST_BYTES = 1024 * 1024
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+
+class IndexEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    m: int
+    ef_construction: int
+    recall_at_10: float = Field(ge=0.0, le=1.0)
+
+
+class Manifest(BaseModel):
+    """The manifest of one model version. Unknown keys are rejected: a newer schema must bump
+    ``schema_version`` so that older servers refuse it instead of misreading it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: int
+    model_version: str
+    created_at_ms: int
+    algorithm: str
+    trained_on: str
+    parameters: dict[str, Any]
+    regularization: float
+    alpha: float
+    num_users: int = Field(ge=0)
+    num_items: int = Field(ge=1)
+    num_interactions: int = Field(ge=0)
+    factors: int = Field(ge=1)
+    index: IndexEntry
+    files: dict[str, FileEntry]
+
+
+def sha256_of(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def file_entry(path: Path) -> FileEntry:
+    return FileEntry(sha256=sha256_of(path), bytes=path.stat().st_size)

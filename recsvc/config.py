@@ -1,0 +1,167 @@
+"""All of recsvc's settings, documented in one place.
+
+Sources, strongest first: explicit overrides (command-line flags), environment variables
+(``RECSVC_`` prefix, ``__`` between nested names, e.g. ``RECSVC_SERVER__PORT=50051``), a TOML
+config file (``--config FILE`` or ``RECSVC_CONFIG_FILE``), then the defaults below.
+``recsvc config docs`` prints the table that the README shows.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from recsvc.errors import ConfigError
+
+ENV_PREFIX = "RECSVC_"
+CONFIG_FILE_ENV = "RECSVC_CONFIG_FILE"
+MiB = 1024 * 1024
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    """The gRPC server."""
+
+    host: str = Field("127.0.0.1", description="Address to listen on; 0.0.0.0 in containers.")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free port.")
+    max_receive_message_bytes: int = Field(
+        16 * MiB, ge=MiB, le=256 * MiB, description="Largest request accepted (images arrive as bytes)."
+    )
+    max_send_message_bytes: int = Field(16 * MiB, ge=MiB, le=256 * MiB, description="Largest response sent.")
+    drain_seconds: float = Field(
+        2.0, ge=0, le=120, description="On SIGTERM: seconds to keep serving after health turns NOT_SERVING."
+    )
+    grace_seconds: float = Field(
+        5.0, ge=0, le=300, description="On SIGTERM: seconds in-flight calls get to finish before cancellation."
+    )
+
+
+class ServingSettings(_Section):
+    """Request limits and query-time search."""
+
+    max_k: int = Field(1000, ge=1, le=100_000, description="Largest k a request may ask for.")
+    max_batch: int = Field(1000, ge=1, le=100_000, description="Most entries in one batch request.")
+    max_id_list: int = Field(
+        1000, ge=1, le=100_000, description="Most ids in exclude_item_ids or recent_item_ids."
+    )
+    exact_search_max_items: int = Field(
+        2000, ge=0, description="Catalogues up to this size are searched exactly instead of by HNSW."
+    )
+    hnsw_ef_search: int = Field(128, ge=1, le=100_000, description="HNSW ef at query time (recall vs speed).")
+    search_threads: int = Field(1, ge=1, le=256, description="Threads hnswlib may use for one query.")
+
+
+class IndexSettings(_Section):
+    """Building the HNSW index at training time."""
+
+    m: int = Field(16, ge=2, le=128, description="HNSW M: links per node.")
+    ef_construction: int = Field(200, ge=8, le=10_000, description="HNSW ef while building.")
+    recall_sample: int = Field(
+        200, ge=0, le=100_000, description="Queries used to measure recall@10 against exact search."
+    )
+    seed: int = Field(42, description="Random seed of the index build.")
+
+
+class TrainSettings(_Section):
+    """Training implicit-feedback ALS."""
+
+    factors: int = Field(64, ge=1, le=4096, description="Dimension of the learned factors.")
+    iterations: int = Field(15, ge=1, le=1000, description="ALS sweeps over the data.")
+    regularization: float = Field(0.05, ge=0, le=1e6, description="L2 regularisation of the factors.")
+    alpha: float = Field(1.0, gt=0, le=1e6, description="Confidence scaling: confidence = alpha * weight.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto uses the GPU when implicit.gpu.HAS_CUDA, else the CPU."
+    )
+    threads: int = Field(0, ge=0, le=1024, description="CPU threads for training; 0 uses every core.")
+    seed: int = Field(42, description="Random seed, for reproducible models.")
+
+
+class Settings(BaseSettings):
+    """recsvc's settings. Every field can be set by environment variable or config file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    model_store: Path = Field(
+        Path("model-store"), description="Directory of model versions (written by train, read by serve)."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    redis_url: str | None = Field(
+        None, description="Redis for user vectors and events; unset: in-process (embedded mode)."
+    )
+    server: ServerSettings = ServerSettings()
+    serving: ServingSettings = ServingSettings()
+    index: IndexSettings = IndexSettings()
+    train: TrainSettings = TrainSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Overrides beat the environment, the environment beats the config file.
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from overrides, environment, config file and defaults.
+
+    ``overrides`` are nested dicts, e.g. ``server={"port": 0}``; ``None`` values are dropped so
+    that unset command-line flags do not hide the environment.
+    """
+    path = config_file or (Path(p) if (p := os.environ.get(CONFIG_FILE_ENV)) else None)
+    settings_cls: type[Settings] = Settings
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        settings_cls = type(
+            "Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}}
+        )
+    try:
+        return settings_cls(**_drop_none(overrides))
+    except ValueError as exc:  # pydantic's ValidationError, with every bad field listed
+        raise ConfigError(f"invalid settings: {exc}") from exc
+
+
+def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    cleaned: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            value = _drop_none(value)
+            if not value:
+                continue
+        if value is not None:
+            cleaned[key] = value
+    return cleaned
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting: environment variable, default, meaning."""
+    rows = ["| Environment variable | Default | Meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, _Section):
+            for sub_name, sub_field in annotation.model_fields.items():
+                env = f"{ENV_PREFIX}{name}__{sub_name}".upper()
+                rows.append(f"| `{env}` | `{sub_field.default}` | {sub_field.description} |")
+        else:
+            env = f"{ENV_PREFIX}{name}".upper()
+            rows.append(f"| `{env}` | `{field.default}` | {field.description} |")
+    return "\n".join(rows)

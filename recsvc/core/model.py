@@ -1,0 +1,114 @@
+"""A trained model as the domain sees it: id maps, factors, history, popularity, indexes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+from recsvc.index import ItemIndex
+
+NO_CATEGORY = ""
+
+
+class IdMap:
+    """Two-way map between the caller's string ids and row numbers 0..n-1."""
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        self.ids: list[str] = list(ids)
+        self._rows: dict[str, int] = {value: row for row, value in enumerate(self.ids)}
+        if len(self._rows) != len(self.ids):
+            raise ValueError("ids must be unique")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._rows
+
+    def row(self, value: str) -> int | None:
+        return self._rows.get(value)
+
+    def rows(self, values: Iterable[str]) -> npt.NDArray[np.int64]:
+        """Rows of the known ids among ``values`` (unknown ones are left out), in order."""
+        found = [row for v in values if (row := self._rows.get(v)) is not None]
+        return np.asarray(found, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What GetModelInfo reports."""
+
+    version: str
+    algorithm: str
+    num_users: int
+    num_items: int
+    num_interactions: int
+    factors: int
+    parameters: dict[str, Any]
+    created_at_ms: int
+    trained_on: str
+    index_recall_at_10: float
+    image_embedding_dim: int = 0
+
+
+@dataclass(frozen=True)
+class Model:
+    """Everything serving needs from one model version.
+
+    Attributes
+    ----------
+    user_factors : float32, shape (n_users, factors)
+    item_factors : float32, shape (n_items, factors)
+    user_items : csr_matrix float32, shape (n_users, n_items)
+        Training interactions (aggregated weights): the history excluded from recommendations.
+    item_popularity : float32, shape (n_items,)
+        Number of distinct users per item.
+    item_categories : int32, shape (n_items,)
+        Index into ``category_names`` per item; ``category_names[0]`` is "" (no category).
+    user_index : ItemIndex
+        Inner-product index over ``item_factors`` (user -> item).
+    similar_index : ItemIndex
+        Cosine index over ``item_factors`` (item -> item).
+    """
+
+    info: ModelInfo
+    users: IdMap
+    items: IdMap
+    user_factors: npt.NDArray[np.float32]
+    item_factors: npt.NDArray[np.float32]
+    user_items: sp.csr_matrix
+    item_popularity: npt.NDArray[np.float32]
+    item_categories: npt.NDArray[np.int32]
+    category_names: list[str]
+    user_index: ItemIndex
+    similar_index: ItemIndex
+    regularization: float
+    alpha: float
+    yty: npt.NDArray[np.float64] = field(init=False)
+    popular_order: npt.NDArray[np.int64] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Precomputed once per model: YtY for fold-in, and the popularity ranking for fallbacks.
+        factors = self.item_factors.astype(np.float64)
+        object.__setattr__(self, "yty", factors.T @ factors)
+        order = np.argsort(-self.item_popularity, kind="stable").astype(np.int64)
+        object.__setattr__(self, "popular_order", order)
+
+    @property
+    def version(self) -> str:
+        return self.info.version
+
+    def seen_items(self, user_row: int) -> npt.NDArray[np.int32]:
+        """Item rows the user interacted with in the training data."""
+        start, end = self.user_items.indptr[user_row], self.user_items.indptr[user_row + 1]
+        return np.asarray(self.user_items.indices[start:end], dtype=np.int32)
+
+    def category_codes(self, names: Iterable[str]) -> npt.NDArray[np.int32]:
+        """Codes of the named categories that exist in this model (others match no item)."""
+        lookup = {name: code for code, name in enumerate(self.category_names)}
+        return np.asarray([lookup[n] for n in names if n in lookup], dtype=np.int32)

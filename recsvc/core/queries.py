@@ -1,0 +1,129 @@
+"""Domain requests and results, and the validation of requests against the serving limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from recsvc.errors import InvalidArgument
+
+MAX_ID_BYTES = 256
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a single request may ask for (from ServingSettings)."""
+
+    max_k: int = 1000
+    max_batch: int = 1000
+    max_id_list: int = 1000
+
+
+class Strategy(StrEnum):
+    PERSONALISED = "personalised"
+    SESSION = "session"
+    POPULAR = "popular"
+
+
+class SimilarityMode(StrEnum):
+    COLLABORATIVE = "collaborative"
+    VISUAL = "visual"
+    HYBRID = "hybrid"
+
+
+@dataclass(frozen=True)
+class CategoryFilter:
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return bool(self.include or self.exclude)
+
+
+@dataclass(frozen=True)
+class RecommendQuery:
+    user_id: str
+    k: int
+    exclude_seen: bool = True
+    exclude_item_ids: tuple[str, ...] = ()
+    recent_item_ids: tuple[str, ...] = ()
+    categories: CategoryFilter = CategoryFilter()
+
+    def validate(self, limits: Limits, prefix: str = "") -> None:
+        """Raise InvalidArgument naming the first bad field (``prefix`` locates it in a batch)."""
+        check_k(self.k, limits, f"{prefix}k")
+        if self.user_id:
+            check_id(self.user_id, f"{prefix}user_id")
+        elif not self.recent_item_ids:
+            raise InvalidArgument(
+                f"{prefix}user_id", "must not be empty unless recent_item_ids is given"
+            )
+        check_id_list(self.exclude_item_ids, limits, f"{prefix}exclude_item_ids")
+        check_id_list(self.recent_item_ids, limits, f"{prefix}recent_item_ids")
+        check_categories(self.categories, limits, f"{prefix}categories")
+
+
+@dataclass(frozen=True)
+class SimilarQuery:
+    item_id: str
+    k: int
+    mode: SimilarityMode = SimilarityMode.COLLABORATIVE
+    categories: CategoryFilter = CategoryFilter()
+
+    def validate(self, limits: Limits) -> None:
+        check_k(self.k, limits, "k")
+        check_id(self.item_id, "item_id")
+        check_categories(self.categories, limits, "categories")
+
+
+@dataclass(frozen=True)
+class ScoredItem:
+    item_id: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    items: list[ScoredItem]
+    model_version: str
+    strategy: Strategy
+
+
+@dataclass(frozen=True)
+class SimilarItems:
+    items: list[ScoredItem]
+    model_version: str
+
+
+def check_k(k: int, limits: Limits, field: str = "k") -> None:
+    if k <= 0:
+        raise InvalidArgument(field, f"must be at least 1, got {k}")
+    if k > limits.max_k:
+        raise InvalidArgument(field, f"must be at most {limits.max_k}, got {k}")
+
+
+def check_id(value: str, field: str) -> None:
+    if not value:
+        raise InvalidArgument(field, "must not be empty")
+    if len(value.encode()) > MAX_ID_BYTES:
+        raise InvalidArgument(field, f"must be at most {MAX_ID_BYTES} bytes")
+
+
+def check_id_list(values: tuple[str, ...], limits: Limits, field: str) -> None:
+    if len(values) > limits.max_id_list:
+        raise InvalidArgument(field, f"holds {len(values)} ids, at most {limits.max_id_list} allowed")
+    for position, value in enumerate(values):
+        check_id(value, f"{field}[{position}]")
+
+
+def check_categories(categories: CategoryFilter, limits: Limits, field: str) -> None:
+    check_id_list(categories.include, limits, f"{field}.include")
+    check_id_list(categories.exclude, limits, f"{field}.exclude")
+
+
+def check_batch_size(size: int, limits: Limits, field: str) -> None:
+    if size == 0:
+        raise InvalidArgument(field, "must hold at least one entry")
+    if size > limits.max_batch:
+        raise InvalidArgument(field, f"holds {size} entries, at most {limits.max_batch} allowed")

@@ -1,0 +1,51 @@
+"""recsvc's one exception tree.
+
+The domain raises these; ``recsvc.api.errors`` maps each to a gRPC status code in one table, and
+the command line prints their message. Messages name the offending field first.
+"""
+
+from __future__ import annotations
+
+
+class RecsvcError(Exception):
+    """Base of every error recsvc raises on purpose."""
+
+
+class InvalidArgument(RecsvcError):
+    """A request field has a bad value. ``field`` is the field's name as the caller wrote it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class NotFound(RecsvcError):
+    """A request names something that does not exist (e.g. an unknown item)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class FailedPrecondition(RecsvcError):
+    """The request is valid but the system is not in a state to answer it."""
+
+
+class Unavailable(RecsvcError):
+    """No model is loaded yet, or a needed backend is down; the caller may retry."""
+
+
+class NotImplementedYet(RecsvcError):
+    """A part of the API that this version does not implement."""
+
+
+class ConfigError(RecsvcError):
+    """Settings or a config file are invalid."""
+
+
+class DataError(RecsvcError):
+    """Input data (an interactions or catalogue file) is unreadable, malformed or empty."""
+
+
+class ArtifactError(RecsvcError):
+    """A model artefact is missing, incomplete, corrupted or of an unknown schema."""

@@ -1,0 +1,1 @@
+"""Offline pipelines: reading interaction data, training, and (later) embedding and ingestion."""
