@@ -17,6 +17,7 @@ from recsvc.core.queries import (
     SimilarityMode,
     SimilarQuery,
     Strategy,
+    check_batch_size,
 )
 from recsvc.errors import NotFound, NotImplementedYet
 from recsvc.index import ItemIndex
@@ -145,3 +146,14 @@ def _as_query(index: ItemIndex, vector: npt.NDArray[np.float32]) -> npt.NDArray[
     if index.metric == "cosine":
         return (vector / max(float(np.linalg.norm(vector)), 1e-12)).astype(np.float32)
     return vector
+
+
+def recommend_batch(
+    recommender: Recommender, queries: list[RecommendQuery]
+) -> list[Recommendation]:
+    """Recommend for each query; every query is validated first, so a bad one fails the whole
+    batch with a message naming it (``requests[i].field``) before any work is done."""
+    check_batch_size(len(queries), recommender.limits, "requests")
+    for position, query in enumerate(queries):
+        query.validate(recommender.limits, prefix=f"requests[{position}].")
+    return [recommender.recommend(query) for query in queries]

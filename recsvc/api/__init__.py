@@ -1,0 +1,1 @@
+"""The gRPC transport: thin servicers, proto <-> domain conversion, error mapping."""

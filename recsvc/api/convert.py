@@ -1,0 +1,155 @@
+"""Conversion between protobuf messages and domain objects, in both directions.
+
+The domain never sees a ``*_pb2`` type; this module is the only place that knows both sides.
+"""
+
+from __future__ import annotations
+
+from recsvc._proto.v1 import recommender_pb2 as pb
+from recsvc.core.model import ModelInfo
+from recsvc.core.queries import (
+    CategoryFilter,
+    Recommendation,
+    RecommendQuery,
+    ScoredItem,
+    SimilarItems,
+    SimilarityMode,
+    SimilarQuery,
+    Strategy,
+)
+from recsvc.errors import InvalidArgument
+
+_STRATEGY_TO_PB = {
+    Strategy.PERSONALISED: pb.STRATEGY_PERSONALISED,
+    Strategy.SESSION: pb.STRATEGY_SESSION,
+    Strategy.POPULAR: pb.STRATEGY_POPULAR,
+}
+_STRATEGY_FROM_PB = {value: key for key, value in _STRATEGY_TO_PB.items()}
+_MODE_FROM_PB = {
+    pb.SIMILARITY_MODE_UNSPECIFIED: SimilarityMode.COLLABORATIVE,
+    pb.SIMILARITY_MODE_COLLABORATIVE: SimilarityMode.COLLABORATIVE,
+    pb.SIMILARITY_MODE_VISUAL: SimilarityMode.VISUAL,
+    pb.SIMILARITY_MODE_HYBRID: SimilarityMode.HYBRID,
+}
+_MODE_TO_PB = {
+    SimilarityMode.COLLABORATIVE: pb.SIMILARITY_MODE_COLLABORATIVE,
+    SimilarityMode.VISUAL: pb.SIMILARITY_MODE_VISUAL,
+    SimilarityMode.HYBRID: pb.SIMILARITY_MODE_HYBRID,
+}
+
+
+# ------------------------------------------------------------------ requests: proto -> domain
+
+def categories_from_pb(message: pb.CategoryFilter) -> CategoryFilter:
+    return CategoryFilter(include=tuple(message.include), exclude=tuple(message.exclude))
+
+
+def recommend_query_from_pb(message: pb.RecommendRequest) -> RecommendQuery:
+    return RecommendQuery(
+        user_id=message.user_id,
+        k=message.k,
+        exclude_seen=message.exclude_seen if message.HasField("exclude_seen") else True,
+        exclude_item_ids=tuple(message.exclude_item_ids),
+        recent_item_ids=tuple(message.recent_item_ids),
+        categories=categories_from_pb(message.categories),
+    )
+
+
+def similar_query_from_pb(message: pb.SimilarItemsRequest) -> SimilarQuery:
+    mode = _MODE_FROM_PB.get(message.mode)
+    if mode is None:
+        raise InvalidArgument("mode", f"unknown similarity mode {message.mode}")
+    return SimilarQuery(
+        item_id=message.item_id, k=message.k, mode=mode,
+        categories=categories_from_pb(message.categories),
+    )
+
+
+# ------------------------------------------------------------------ requests: domain -> proto
+
+def recommend_query_to_pb(query: RecommendQuery) -> pb.RecommendRequest:
+    return pb.RecommendRequest(
+        user_id=query.user_id,
+        k=query.k,
+        exclude_seen=query.exclude_seen,
+        exclude_item_ids=list(query.exclude_item_ids),
+        recent_item_ids=list(query.recent_item_ids),
+        categories=pb.CategoryFilter(
+            include=list(query.categories.include), exclude=list(query.categories.exclude)
+        ),
+    )
+
+
+def similar_query_to_pb(query: SimilarQuery) -> pb.SimilarItemsRequest:
+    return pb.SimilarItemsRequest(
+        item_id=query.item_id, k=query.k, mode=_MODE_TO_PB[query.mode],
+        categories=pb.CategoryFilter(
+            include=list(query.categories.include), exclude=list(query.categories.exclude)
+        ),
+    )
+
+
+# ------------------------------------------------------------------ responses, both ways
+
+def _items_to_pb(items: list[ScoredItem]) -> list[pb.ScoredItem]:
+    return [pb.ScoredItem(item_id=item.item_id, score=item.score) for item in items]
+
+
+def _items_from_pb(items: list[pb.ScoredItem]) -> list[ScoredItem]:
+    return [ScoredItem(item.item_id, item.score) for item in items]
+
+
+def recommendation_to_pb(result: Recommendation) -> pb.RecommendResponse:
+    return pb.RecommendResponse(
+        items=_items_to_pb(result.items),
+        model_version=result.model_version,
+        strategy=_STRATEGY_TO_PB[result.strategy],
+    )
+
+
+def recommendation_from_pb(message: pb.RecommendResponse) -> Recommendation:
+    return Recommendation(
+        items=_items_from_pb(list(message.items)),
+        model_version=message.model_version,
+        strategy=_STRATEGY_FROM_PB[message.strategy],
+    )
+
+
+def similar_items_to_pb(result: SimilarItems) -> pb.SimilarItemsResponse:
+    return pb.SimilarItemsResponse(items=_items_to_pb(result.items), model_version=result.model_version)
+
+
+def similar_items_from_pb(message: pb.SimilarItemsResponse) -> SimilarItems:
+    return SimilarItems(_items_from_pb(list(message.items)), message.model_version)
+
+
+def model_info_to_pb(info: ModelInfo) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        model_version=info.version,
+        algorithm=info.algorithm,
+        num_users=info.num_users,
+        num_items=info.num_items,
+        num_interactions=info.num_interactions,
+        factors=info.factors,
+        image_embedding_dim=info.image_embedding_dim,
+        parameters={key: str(value) for key, value in info.parameters.items()},
+        created_at_ms=info.created_at_ms,
+        trained_on=info.trained_on,
+        index_recall_at_10=info.index_recall_at_10,
+    )
+
+
+def model_info_from_pb(message: pb.ModelInfo) -> ModelInfo:
+    return ModelInfo(
+        version=message.model_version,
+        algorithm=message.algorithm,
+        num_users=message.num_users,
+        num_items=message.num_items,
+        num_interactions=message.num_interactions,
+        factors=message.factors,
+        parameters=dict(message.parameters),
+        created_at_ms=message.created_at_ms,
+        trained_on=message.trained_on,
+        index_recall_at_10=message.index_recall_at_10,
+        image_embedding_dim=message.image_embedding_dim,
+    )

@@ -1,0 +1,71 @@
+"""The one table from recsvc's exceptions to gRPC status codes, and the decorator that applies it.
+
+Nothing escapes a servicer as UNKNOWN: a RecsvcError gets its code and message; anything else is
+logged with its traceback and answered INTERNAL.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from recsvc.errors import (
+    ArtifactError,
+    ConfigError,
+    DataError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    NotImplementedYet,
+    RecsvcError,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: dict[type[RecsvcError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    DataError: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    NotImplementedYet: grpc.StatusCode.UNIMPLEMENTED,
+    ArtifactError: grpc.StatusCode.INTERNAL,
+    ConfigError: grpc.StatusCode.INTERNAL,
+}
+
+
+def status_for(error: RecsvcError) -> grpc.StatusCode:
+    for error_type in type(error).__mro__:
+        if error_type in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[error_type]  # type: ignore[index]
+    return grpc.StatusCode.INTERNAL
+
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Handler = Callable[[Any, Request, grpc.aio.ServicerContext[Request, Response]], Awaitable[Response]]
+
+
+def translate_errors(method: Handler[Request, Response]) -> Handler[Request, Response]:
+    """Wrap an async servicer method so that every failure gets a deliberate status code."""
+
+    @functools.wraps(method)
+    async def wrapper(
+        self: Any, request: Request, context: grpc.aio.ServicerContext[Request, Response]
+    ) -> Response:
+        try:
+            return await method(self, request, context)
+        except RecsvcError as exc:
+            code, message = status_for(exc), str(exc)
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            code, message = grpc.StatusCode.INTERNAL, "internal error; the server log has details"
+        await context.abort(code, message)
+        raise AssertionError("context.abort returned")  # abort always raises
+
+    return wrapper

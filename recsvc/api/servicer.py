@@ -1,0 +1,78 @@
+"""The Recommender servicer: convert, call the domain, convert back. No logic lives here."""
+
+from __future__ import annotations
+
+import grpc
+
+from recsvc._proto.v1 import recommender_pb2 as pb
+from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
+from recsvc.api import convert
+from recsvc.api.errors import translate_errors
+from recsvc.core.holder import RecommenderHolder
+from recsvc.core.recommender import recommend_batch
+from recsvc.errors import NotImplementedYet
+
+Context = grpc.aio.ServicerContext
+
+
+class RecommenderServicer(pb_grpc.RecommenderServicer):
+    """gRPC front of :class:`recsvc.core.recommender.Recommender`."""
+
+    def __init__(self, holder: RecommenderHolder) -> None:
+        self._holder = holder
+
+    @translate_errors
+    async def Recommend(
+        self, request: pb.RecommendRequest, context: Context[pb.RecommendRequest, pb.RecommendResponse]
+    ) -> pb.RecommendResponse:
+        query = convert.recommend_query_from_pb(request)
+        return convert.recommendation_to_pb(self._holder.current().recommend(query))
+
+    @translate_errors
+    async def RecommendBatch(
+        self,
+        request: pb.RecommendBatchRequest,
+        context: Context[pb.RecommendBatchRequest, pb.RecommendBatchResponse],
+    ) -> pb.RecommendBatchResponse:
+        queries = [convert.recommend_query_from_pb(r) for r in request.requests]
+        results = recommend_batch(self._holder.current(), queries)
+        return pb.RecommendBatchResponse(responses=[convert.recommendation_to_pb(r) for r in results])
+
+    @translate_errors
+    async def SimilarItems(
+        self,
+        request: pb.SimilarItemsRequest,
+        context: Context[pb.SimilarItemsRequest, pb.SimilarItemsResponse],
+    ) -> pb.SimilarItemsResponse:
+        query = convert.similar_query_from_pb(request)
+        return convert.similar_items_to_pb(self._holder.current().similar_items(query))
+
+    @translate_errors
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: Context[pb.GetModelInfoRequest, pb.ModelInfo]
+    ) -> pb.ModelInfo:
+        return convert.model_info_to_pb(self._holder.current().model.info)
+
+    @translate_errors
+    async def SearchByImage(
+        self,
+        request: pb.SearchByImageRequest,
+        context: Context[pb.SearchByImageRequest, pb.SearchByImageResponse],
+    ) -> pb.SearchByImageResponse:
+        raise NotImplementedYet("SearchByImage is not implemented yet (image embeddings)")
+
+    @translate_errors
+    async def RecordInteractions(
+        self,
+        request: pb.RecordInteractionsRequest,
+        context: Context[pb.RecordInteractionsRequest, pb.RecordInteractionsResponse],
+    ) -> pb.RecordInteractionsResponse:
+        raise NotImplementedYet("RecordInteractions is not implemented yet (real-time serving)")
+
+    @translate_errors
+    async def UpsertItems(
+        self,
+        request: pb.UpsertItemsRequest,
+        context: Context[pb.UpsertItemsRequest, pb.UpsertItemsResponse],
+    ) -> pb.UpsertItemsResponse:
+        raise NotImplementedYet("UpsertItems is not implemented yet (cold-start items)")
