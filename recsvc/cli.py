@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------------------- commands
 
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML config file (or RECSVC_CONFIG_FILE)")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -58,10 +59,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _add_train(commands: Any) -> None:
     p = commands.add_parser(
-        "train", help="train a model from an interactions file and publish it",
-        description="Read interactions (CSV, TSV, Parquet or MovieLens u.data: user, item, optional "
-        "weight and timestamp), fit implicit ALS (GPU when available), build the HNSW indexes and "
-        "publish a new, checksummed model version to the model store.",
+        "train",
+        help="train a model from an interactions file and publish it",
+        description="Read interactions (CSV, TSV, Parquet or MovieLens u.data: user, item, "
+        "optional weight and timestamp), fit implicit ALS (GPU when available), build the HNSW "
+        "indexes and publish a new, checksummed model version to the model store.",
     )
     p.add_argument("--interactions", type=Path, required=True, help="interactions file")
     p.add_argument("--out", type=Path, help="model store directory (default: RECSVC_MODEL_STORE)")
@@ -86,27 +88,43 @@ def _run_train(args: argparse.Namespace) -> int:
         args,
         model_store=args.out,
         train={
-            "factors": args.factors, "iterations": args.iterations,
-            "regularization": args.regularization, "alpha": args.alpha,
-            "device": args.device, "threads": args.threads, "seed": args.seed,
+            "factors": args.factors,
+            "iterations": args.iterations,
+            "regularization": args.regularization,
+            "alpha": args.alpha,
+            "device": args.device,
+            "threads": args.threads,
+            "seed": args.seed,
         },
     )
     model = train_from_files(
-        args.interactions, ModelStore(settings.model_store), settings.train, settings.index,
-        items_path=args.items, progress=not args.no_progress,
+        args.interactions,
+        ModelStore(settings.model_store),
+        settings.train,
+        settings.index,
+        items_path=args.items,
+        progress=not args.no_progress,
     )
-    print(json.dumps({
-        "model_version": model.version, "model_store": str(settings.model_store),
-        "users": model.info.num_users, "items": model.info.num_items,
-        "interactions": model.info.num_interactions, "trained_on": model.info.trained_on,
-        "index_recall_at_10": round(model.info.index_recall_at_10, 4),
-    }))
+    print(
+        json.dumps(
+            {
+                "model_version": model.version,
+                "model_store": str(settings.model_store),
+                "users": model.info.num_users,
+                "items": model.info.num_items,
+                "interactions": model.info.num_interactions,
+                "trained_on": model.info.trained_on,
+                "index_recall_at_10": round(model.info.index_recall_at_10, 4),
+            }
+        )
+    )
     return 0
 
 
 def _add_serve(commands: Any) -> None:
     p = commands.add_parser(
-        "serve", help="serve the latest model over gRPC",
+        "serve",
+        help="serve the latest model over gRPC",
         description="Load and verify the latest model in the model store and serve it over gRPC "
         "(with health checking and reflection). Prints 'listening on HOST:PORT' when ready; "
         "SIGTERM drains and stops.",
@@ -130,7 +148,8 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 def _add_demo(commands: Any) -> None:
     p = commands.add_parser(
-        "demo", help="generate demo data, train and serve it (no Redis needed)",
+        "demo",
+        help="generate demo data, train and serve it (no Redis needed)",
         description="The embedded default: generate synthetic shop data (2,000 users, 3,000 items, "
         "12 categories), train a real ALS model with an HNSW index, and serve it over gRPC with "
         "in-process state. Prints how to call it.",
@@ -150,9 +169,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from workers.train import train_from_files
 
     store_dir = args.dir / "model-store"
-    settings = _settings(
-        args, model_store=store_dir, server={"host": args.host, "port": args.port}
-    )
+    settings = _settings(args, model_store=store_dir, server={"host": args.host, "port": args.port})
     store = ModelStore(store_dir)
     if args.retrain or store.latest_version() is None:
         log.info("generating demo data in %s", args.dir)
@@ -171,7 +188,7 @@ def _print_demo_help(settings: Settings) -> None:
         f"  .venv/bin/recsvc call recommend --target {target} --user u00001 -k 5\n"
         f"  .venv/bin/recsvc call similar --target {target} --item i00042 -k 5\n"
         f"  .venv/bin/recsvc call info --target {target}\n"
-        f"  grpcurl -plaintext -d '{{\"user_id\": \"u00001\", \"k\": 5}}' {target} "
+        f'  grpcurl -plaintext -d \'{{"user_id": "u00001", "k": 5}}\' {target} '
         f"recsvc.v1.Recommender/Recommend\n"
         f"Ctrl-C stops it.",
         flush=True,
@@ -180,20 +197,28 @@ def _print_demo_help(settings: Settings) -> None:
 
 def _add_call(commands: Any) -> None:
     p = commands.add_parser(
-        "call", help="call a running server (recommend, similar, info, health)",
+        "call",
+        help="call a running server (recommend, similar, info, health)",
         description="Call a running recsvc server and print the answer as JSON.",
     )
     calls = p.add_subparsers(title="calls", metavar="CALL", required=True)
 
-    def call(name: str, help_text: str, run: Callable[[Any, argparse.Namespace], Any]) -> argparse.ArgumentParser:
-        sub = calls.add_parser(name, help=help_text, description=help_text)
+    def call(
+        name: str, help_text: str, run: Callable[[Any, argparse.Namespace], Any]
+    ) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = calls.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of the server")
         sub.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds")
         sub.set_defaults(run=lambda args: _run_call(args, run))
         return sub
 
-    rec = call("recommend", "top-k items for a user", lambda c, a: c.recommend(
-        a.user, a.k, exclude_seen=not a.include_seen, recent_item_ids=a.recent or ()))
+    rec = call(
+        "recommend",
+        "top-k items for a user",
+        lambda c, a: c.recommend(
+            a.user, a.k, exclude_seen=not a.include_seen, recent_item_ids=a.recent or ()
+        ),
+    )
     rec.add_argument("--user", default="", help="user id (may be empty with --recent)")
     rec.add_argument("-k", type=int, default=10)
     rec.add_argument("--recent", nargs="*", help="recent item ids of an anonymous session")
@@ -237,10 +262,12 @@ def _run_config(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- helpers
 
+
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     settings = load_settings(args.config, log_level=args.log_level, **overrides)
     logging.basicConfig(
-        level=settings.log_level, stream=sys.stderr,
+        level=settings.log_level,
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     return settings

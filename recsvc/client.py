@@ -48,7 +48,9 @@ __all__ = [
 class RecsvcClient:
     """A blocking client over one gRPC channel. Thread-safe; reuse one per process."""
 
-    def __init__(self, target: str, timeout: float = 5.0, max_message_bytes: int = 16 << 20) -> None:
+    def __init__(
+        self, target: str, timeout: float = 5.0, max_message_bytes: int = 16 << 20
+    ) -> None:
         self.timeout = timeout
         self._channel = grpc.insecure_channel(
             target,
@@ -68,10 +70,15 @@ class RecsvcClient:
         exclude_seen: bool = True,
         exclude_item_ids: Sequence[str] = (),
         recent_item_ids: Sequence[str] = (),
-        categories: CategoryFilter = CategoryFilter(),
+        categories: CategoryFilter | None = None,
     ) -> Recommendation:
         query = RecommendQuery(
-            user_id, k, exclude_seen, tuple(exclude_item_ids), tuple(recent_item_ids), categories
+            user_id,
+            k,
+            exclude_seen,
+            tuple(exclude_item_ids),
+            tuple(recent_item_ids),
+            categories or CategoryFilter(),
         )
         response = self._stub.Recommend(convert.recommend_query_to_pb(query), timeout=self.timeout)
         return convert.recommendation_from_pb(response)
@@ -88,9 +95,11 @@ class RecsvcClient:
         item_id: str,
         k: int = 10,
         mode: SimilarityMode = SimilarityMode.COLLABORATIVE,
-        categories: CategoryFilter = CategoryFilter(),
+        categories: CategoryFilter | None = None,
     ) -> SimilarItems:
-        request = convert.similar_query_to_pb(SimilarQuery(item_id, k, mode, categories))
+        request = convert.similar_query_to_pb(
+            SimilarQuery(item_id, k, mode, categories or CategoryFilter())
+        )
         return convert.similar_items_from_pb(self._stub.SimilarItems(request, timeout=self.timeout))
 
     def model_info(self) -> ModelInfo:
@@ -111,6 +120,9 @@ class RecsvcClient:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()

@@ -37,14 +37,25 @@ class ServerSettings(_Section):
     host: str = Field("127.0.0.1", description="Address to listen on; 0.0.0.0 in containers.")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free port.")
     max_receive_message_bytes: int = Field(
-        16 * MiB, ge=MiB, le=256 * MiB, description="Largest request accepted (images arrive as bytes)."
+        16 * MiB,
+        ge=MiB,
+        le=256 * MiB,
+        description="Largest request accepted (images arrive as bytes).",
     )
-    max_send_message_bytes: int = Field(16 * MiB, ge=MiB, le=256 * MiB, description="Largest response sent.")
+    max_send_message_bytes: int = Field(
+        16 * MiB, ge=MiB, le=256 * MiB, description="Largest response sent."
+    )
     drain_seconds: float = Field(
-        2.0, ge=0, le=120, description="On SIGTERM: seconds to keep serving after health turns NOT_SERVING."
+        2.0,
+        ge=0,
+        le=120,
+        description="On SIGTERM: seconds to keep serving after health turns NOT_SERVING.",
     )
     grace_seconds: float = Field(
-        5.0, ge=0, le=300, description="On SIGTERM: seconds in-flight calls get to finish before cancellation."
+        5.0,
+        ge=0,
+        le=300,
+        description="On SIGTERM: seconds in-flight calls get to finish before cancellation.",
     )
 
 
@@ -57,10 +68,16 @@ class ServingSettings(_Section):
         1000, ge=1, le=100_000, description="Most ids in exclude_item_ids or recent_item_ids."
     )
     exact_search_max_items: int = Field(
-        2000, ge=0, description="Catalogues up to this size are searched exactly instead of by HNSW."
+        2000,
+        ge=0,
+        description="Catalogues up to this size are searched exactly instead of by HNSW.",
     )
-    hnsw_ef_search: int = Field(128, ge=1, le=100_000, description="HNSW ef at query time (recall vs speed).")
-    search_threads: int = Field(1, ge=1, le=256, description="Threads hnswlib may use for one query.")
+    hnsw_ef_search: int = Field(
+        128, ge=1, le=100_000, description="HNSW ef at query time (recall vs speed)."
+    )
+    search_threads: int = Field(
+        1, ge=1, le=256, description="Threads hnswlib may use for one query."
+    )
 
 
 class IndexSettings(_Section):
@@ -79,12 +96,18 @@ class TrainSettings(_Section):
 
     factors: int = Field(64, ge=1, le=4096, description="Dimension of the learned factors.")
     iterations: int = Field(15, ge=1, le=1000, description="ALS sweeps over the data.")
-    regularization: float = Field(0.05, ge=0, le=1e6, description="L2 regularisation of the factors.")
-    alpha: float = Field(1.0, gt=0, le=1e6, description="Confidence scaling: confidence = alpha * weight.")
+    regularization: float = Field(
+        0.05, ge=0, le=1e6, description="L2 regularisation of the factors."
+    )
+    alpha: float = Field(
+        1.0, gt=0, le=1e6, description="Confidence scaling: confidence = alpha * weight."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto uses the GPU when implicit.gpu.HAS_CUDA, else the CPU."
     )
-    threads: int = Field(0, ge=0, le=1024, description="CPU threads for training; 0 uses every core.")
+    threads: int = Field(
+        0, ge=0, le=1024, description="CPU threads for training; 0 uses every core."
+    )
     seed: int = Field(42, description="Random seed, for reproducible models.")
 
 
@@ -96,16 +119,19 @@ class Settings(BaseSettings):
     )
 
     model_store: Path = Field(
-        Path("model-store"), description="Directory of model versions (written by train, read by serve)."
+        Path("model-store"),
+        description="Directory of model versions (written by train, read by serve).",
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level."
+    )
     redis_url: str | None = Field(
         None, description="Redis for user vectors and events; unset: in-process (embedded mode)."
     )
-    server: ServerSettings = ServerSettings()
-    serving: ServingSettings = ServingSettings()
-    index: IndexSettings = IndexSettings()
-    train: TrainSettings = TrainSettings()
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -36,7 +37,7 @@ HEALTH_SERVICES = ("", SERVICE_NAME)
 class ServerHandle:
     server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer
+    health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
 
 
 def create_server(settings: Settings, holder: RecommenderHolder) -> ServerHandle:
@@ -49,7 +50,7 @@ def create_server(settings: Settings, holder: RecommenderHolder) -> ServerHandle
     ]
     server = grpc.aio.server(options=options)
     pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(holder), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -67,7 +68,10 @@ def load_recommender(settings: Settings) -> Recommender:
     model = store.load_latest(query_index_params(settings))
     log.info(
         "loaded model %s: %d users, %d items, recall@10 %.3f",
-        model.version, model.info.num_users, model.info.num_items, model.info.index_recall_at_10,
+        model.version,
+        model.info.num_users,
+        model.info.num_items,
+        model.info.index_recall_at_10,
     )
     return Recommender(model, serving_limits(settings), settings.serving.exact_search_max_items)
 

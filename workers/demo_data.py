@@ -15,8 +15,18 @@ from pathlib import Path
 import numpy as np
 
 CATEGORIES = (
-    "books", "music", "films", "games", "garden", "kitchen",
-    "sports", "toys", "beauty", "fashion", "tools", "travel",
+    "books",
+    "music",
+    "films",
+    "games",
+    "garden",
+    "kitchen",
+    "sports",
+    "toys",
+    "beauty",
+    "fashion",
+    "tools",
+    "travel",
 )
 
 
@@ -64,11 +74,13 @@ def generate_demo_data(
             favourites[user_id] = (CATEGORIES[liked[0]], CATEGORIES[liked[1]])
             pool = np.concatenate([by_category[c] for c in liked])
             count = int(rng.integers(min_per_user, max_per_user + 1))
-            from_favourites = int(round(count * in_favourites))
-            chosen = np.concatenate([
-                _sample(rng, pool, popularity, from_favourites),
-                _sample(rng, np.arange(num_items), popularity, count - from_favourites),
-            ])
+            from_favourites = round(count * in_favourites)
+            chosen = np.concatenate(
+                [
+                    _sample(rng, pool, popularity, from_favourites),
+                    _sample(rng, np.arange(num_items), popularity, count - from_favourites),
+                ]
+            )
             for item in np.unique(chosen):
                 weight = int(rng.choice([1, 1, 1, 2, 3]))
                 ts = start_ts + int(rng.integers(0, 90 * 86400))
@@ -76,7 +88,9 @@ def generate_demo_data(
     return DemoData(interactions_path, items_path, favourites)
 
 
-def _sample(rng: np.random.Generator, pool: np.ndarray, popularity: np.ndarray, count: int) -> np.ndarray:
+def _sample(
+    rng: np.random.Generator, pool: np.ndarray, popularity: np.ndarray, count: int
+) -> np.ndarray:
     if count <= 0:
         return np.empty(0, dtype=np.int64)
     weights = popularity[pool] / popularity[pool].sum()

@@ -35,7 +35,8 @@ class Interactions:
     Attributes
     ----------
     user_ids, item_ids : list of str
-        The caller's ids; row ``u`` of ``matrix`` is ``user_ids[u]``, column ``i`` is ``item_ids[i]``.
+        The caller's ids: row ``u`` of ``matrix`` is ``user_ids[u]``,
+        column ``i`` is ``item_ids[i]``.
     matrix : csr_matrix float32, shape (n_users, n_items)
         Summed weights of every (user, item) pair (duplicates aggregated).
     rows_read : int
@@ -99,7 +100,7 @@ def find_column(table: pa.Table, candidates: tuple[str, ...]) -> str | None:
     by_lower = {name.lower(): name for name in table.column_names}
     for candidate in candidates:
         if candidate in by_lower:
-            return by_lower[candidate]
+            return str(by_lower[candidate])
     return None
 
 
@@ -138,8 +139,12 @@ def read_interactions(path: Path, file_format: FileFormat = "auto") -> Interacti
     if dropped == rows_read:
         raise DataError(f"{path}: none of its {rows_read} rows has a valid user, item and weight")
     if dropped:
-        log.warning("%s: dropped %d of %d rows (empty id, or weight missing or <= 0)",
-                    path, dropped, rows_read)
+        log.warning(
+            "%s: dropped %d of %d rows (empty id, or weight missing or <= 0)",
+            path,
+            dropped,
+            rows_read,
+        )
     mask = pa.array(valid)
     user_codes, user_ids = _encode(users.filter(mask))
     item_codes, item_ids = _encode(items.filter(mask))

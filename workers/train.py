@@ -40,7 +40,9 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
-def fit_als(interactions: Interactions, settings: TrainSettings, progress: bool = True) -> TrainedFactors:
+def fit_als(
+    interactions: Interactions, settings: TrainSettings, progress: bool = True
+) -> TrainedFactors:
     """Fit implicit ALS on the user-item matrix, on the GPU when asked and available."""
     device = resolve_device(settings.device)
     # implicit parallelises over users itself; BLAS threads on top oversubscribe the cores
@@ -153,13 +155,17 @@ def _measure_recall(user_index: ItemIndex, user_factors: np.ndarray, index: Inde
     if index.recall_sample == 0 or len(user_factors) == 0:
         return 1.0
     rng = np.random.default_rng(index.seed)
-    sample = rng.choice(len(user_factors), size=min(index.recall_sample, len(user_factors)), replace=False)
+    sample = rng.choice(
+        len(user_factors), size=min(index.recall_sample, len(user_factors)), replace=False
+    )
     recall = recall_at_k(user_index, user_factors[sample], k=10)
     log.info("index recall@10 against exact search: %.4f", recall)
     return recall
 
 
-def _category_codes(item_ids: list[str], categories: dict[str, str]) -> tuple[np.ndarray, list[str]]:
+def _category_codes(
+    item_ids: list[str], categories: dict[str, str]
+) -> tuple[np.ndarray, list[str]]:
     names = [NO_CATEGORY, *sorted(set(categories.values()) - {NO_CATEGORY})]
     lookup = {name: code for code, name in enumerate(names)}
     codes = np.asarray([lookup[categories.get(i, NO_CATEGORY)] for i in item_ids], dtype=np.int32)
@@ -179,7 +185,9 @@ def train_from_files(
     interactions = read_interactions(interactions_path)
     log.info(
         "read %d rows: %d users, %d items, %d distinct interactions",
-        interactions.rows_read, len(interactions.user_ids), len(interactions.item_ids),
+        interactions.rows_read,
+        len(interactions.user_ids),
+        len(interactions.item_ids),
         interactions.num_interactions,
     )
     categories = read_categories(items_path) if items_path else None

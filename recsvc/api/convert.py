@@ -40,6 +40,7 @@ _MODE_TO_PB = {
 
 # ------------------------------------------------------------------ requests: proto -> domain
 
+
 def categories_from_pb(message: pb.CategoryFilter) -> CategoryFilter:
     return CategoryFilter(include=tuple(message.include), exclude=tuple(message.exclude))
 
@@ -60,12 +61,15 @@ def similar_query_from_pb(message: pb.SimilarItemsRequest) -> SimilarQuery:
     if mode is None:
         raise InvalidArgument("mode", f"unknown similarity mode {message.mode}")
     return SimilarQuery(
-        item_id=message.item_id, k=message.k, mode=mode,
+        item_id=message.item_id,
+        k=message.k,
+        mode=mode,
         categories=categories_from_pb(message.categories),
     )
 
 
 # ------------------------------------------------------------------ requests: domain -> proto
+
 
 def recommend_query_to_pb(query: RecommendQuery) -> pb.RecommendRequest:
     return pb.RecommendRequest(
@@ -82,7 +86,9 @@ def recommend_query_to_pb(query: RecommendQuery) -> pb.RecommendRequest:
 
 def similar_query_to_pb(query: SimilarQuery) -> pb.SimilarItemsRequest:
     return pb.SimilarItemsRequest(
-        item_id=query.item_id, k=query.k, mode=_MODE_TO_PB[query.mode],
+        item_id=query.item_id,
+        k=query.k,
+        mode=_MODE_TO_PB[query.mode],
         categories=pb.CategoryFilter(
             include=list(query.categories.include), exclude=list(query.categories.exclude)
         ),
@@ -90,6 +96,7 @@ def similar_query_to_pb(query: SimilarQuery) -> pb.SimilarItemsRequest:
 
 
 # ------------------------------------------------------------------ responses, both ways
+
 
 def _items_to_pb(items: list[ScoredItem]) -> list[pb.ScoredItem]:
     return [pb.ScoredItem(item_id=item.item_id, score=item.score) for item in items]
@@ -116,7 +123,9 @@ def recommendation_from_pb(message: pb.RecommendResponse) -> Recommendation:
 
 
 def similar_items_to_pb(result: SimilarItems) -> pb.SimilarItemsResponse:
-    return pb.SimilarItemsResponse(items=_items_to_pb(result.items), model_version=result.model_version)
+    return pb.SimilarItemsResponse(
+        items=_items_to_pb(result.items), model_version=result.model_version
+    )
 
 
 def similar_items_from_pb(message: pb.SimilarItemsResponse) -> SimilarItems:

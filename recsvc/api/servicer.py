@@ -23,7 +23,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     @translate_errors
     async def Recommend(
-        self, request: pb.RecommendRequest, context: Context[pb.RecommendRequest, pb.RecommendResponse]
+        self,
+        request: pb.RecommendRequest,
+        context: Context[pb.RecommendRequest, pb.RecommendResponse],
     ) -> pb.RecommendResponse:
         query = convert.recommend_query_from_pb(request)
         return convert.recommendation_to_pb(self._holder.current().recommend(query))
@@ -36,7 +38,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     ) -> pb.RecommendBatchResponse:
         queries = [convert.recommend_query_from_pb(r) for r in request.requests]
         results = recommend_batch(self._holder.current(), queries)
-        return pb.RecommendBatchResponse(responses=[convert.recommendation_to_pb(r) for r in results])
+        return pb.RecommendBatchResponse(
+            responses=[convert.recommendation_to_pb(r) for r in results]
+        )
 
     @translate_errors
     async def SimilarItems(
@@ -49,7 +53,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     @translate_errors
     async def GetModelInfo(
-        self, request: pb.GetModelInfoRequest, context: Context[pb.GetModelInfoRequest, pb.ModelInfo]
+        self,
+        request: pb.GetModelInfoRequest,
+        context: Context[pb.GetModelInfoRequest, pb.ModelInfo],
     ) -> pb.ModelInfo:
         return convert.model_info_to_pb(self._holder.current().model.info)
 

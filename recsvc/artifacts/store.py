@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -51,8 +52,17 @@ HISTORY_DATA = "user_items.data.npy"
 USER_INDEX = "user_index.hnsw"
 SIMILAR_INDEX = "similar_index.hnsw"
 REQUIRED_FILES = frozenset(
-    {USERS, ITEMS, USER_FACTORS, ITEM_FACTORS, HISTORY_INDPTR, HISTORY_INDICES, HISTORY_DATA,
-     USER_INDEX, SIMILAR_INDEX}
+    {
+        USERS,
+        ITEMS,
+        USER_FACTORS,
+        ITEM_FACTORS,
+        HISTORY_INDPTR,
+        HISTORY_INDICES,
+        HISTORY_DATA,
+        USER_INDEX,
+        SIMILAR_INDEX,
+    }
 )
 
 
@@ -151,7 +161,9 @@ class ModelStore:
             raise ArtifactError(f"model {version} already exists in {self.root}")
         with self._staging(version) as staging:
             files = _write_model_files(staging, model)
-            manifest = _manifest_for(model, index_params, {n: file_entry(staging / n) for n in files})
+            manifest = _manifest_for(
+                model, index_params, {n: file_entry(staging / n) for n in files}
+            )
             _write_durably(staging / MANIFEST_NAME, manifest.model_dump_json(indent=2).encode())
             _fsync_dir(staging)
             self.versions_dir.mkdir(parents=True, exist_ok=True)
@@ -229,7 +241,8 @@ def _manifest_for(model: Model, params: IndexParams, files: dict[str, object]) -
             "num_interactions": info.num_interactions,
             "factors": info.factors,
             "index": IndexEntry(
-                m=params.m, ef_construction=params.ef_construction,
+                m=params.m,
+                ef_construction=params.ef_construction,
                 recall_at_10=info.index_recall_at_10,
             ),
             "files": files,
@@ -247,8 +260,12 @@ def _read_model(directory: Path, manifest: Manifest, params: IndexParams) -> Mod
     item_categories = np.asarray([codes[c] for c in categories], dtype=np.int32)
     popularity = items.column("popularity").to_numpy().astype(np.float32)
 
-    user_factors = _load_array(directory / USER_FACTORS, np.float32, (manifest.num_users, manifest.factors))
-    item_factors = _load_array(directory / ITEM_FACTORS, np.float32, (manifest.num_items, manifest.factors))
+    user_factors = _load_array(
+        directory / USER_FACTORS, np.float32, (manifest.num_users, manifest.factors)
+    )
+    item_factors = _load_array(
+        directory / ITEM_FACTORS, np.float32, (manifest.num_items, manifest.factors)
+    )
     indptr = _load_array(directory / HISTORY_INDPTR, np.int64, (manifest.num_users + 1,))
     indices = _load_array(directory / HISTORY_INDICES, np.int32, None)
     data = _load_array(directory / HISTORY_DATA, np.float32, indices.shape)
@@ -289,8 +306,8 @@ def _read_model(directory: Path, manifest: Manifest, params: IndexParams) -> Mod
 
 def _load_array(
     path: Path, dtype: type[np.generic], shape: tuple[int, ...] | None
-) -> npt.NDArray[np.generic]:
-    array = np.load(path, allow_pickle=False)
+) -> npt.NDArray[Any]:
+    array: npt.NDArray[Any] = np.load(path, allow_pickle=False)
     if array.dtype != dtype:
         raise ValueError(f"{path.name}: dtype {array.dtype}, expected {np.dtype(dtype)}")
     if shape is not None and array.shape != shape:

@@ -112,7 +112,9 @@ def check_id(value: str, field: str) -> None:
 
 def check_id_list(values: tuple[str, ...], limits: Limits, field: str) -> None:
     if len(values) > limits.max_id_list:
-        raise InvalidArgument(field, f"holds {len(values)} ids, at most {limits.max_id_list} allowed")
+        raise InvalidArgument(
+            field, f"holds {len(values)} ids, at most {limits.max_id_list} allowed"
+        )
     for position, value in enumerate(values):
         check_id(value, f"{field}[{position}]")
 

@@ -138,7 +138,10 @@ class Recommender:
         self, labels: npt.NDArray[np.int64], scores: npt.NDArray[np.float32]
     ) -> list[ScoredItem]:
         ids = self.model.items.ids
-        return [ScoredItem(ids[label], float(score)) for label, score in zip(labels, scores, strict=True)]
+        return [
+            ScoredItem(ids[label], float(score))
+            for label, score in zip(labels, scores, strict=True)
+        ]
 
 
 def _as_query(index: ItemIndex, vector: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

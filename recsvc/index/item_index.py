@@ -74,8 +74,10 @@ class ItemIndex:
         data = _prepare(vectors, metric)
         index = hnswlib.Index(space="ip", dim=data.shape[1])
         index.init_index(
-            max_elements=max(1, len(data)), ef_construction=params.ef_construction,
-            M=params.m, random_seed=params.seed,
+            max_elements=max(1, len(data)),
+            ef_construction=params.ef_construction,
+            M=params.m,
+            random_seed=params.seed,
         )
         if len(data):
             index.add_items(data, np.arange(len(data)), num_threads=params.threads)
@@ -165,4 +167,5 @@ def _prepare(vectors: FloatMatrix, metric: Metric) -> FloatMatrix:
 
 def _normalise(vectors: FloatMatrix) -> FloatMatrix:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    normalised: FloatMatrix = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    return normalised
