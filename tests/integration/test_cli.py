@@ -1,0 +1,114 @@
+"""The `recsvc` command line, run as a real process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from recsvc.client import RecsvcClient
+from tests.helpers import recsvc_command, running_server, server_env
+from workers.demo_data import DemoData
+
+SUBCOMMANDS = [
+    [],
+    ["train"],
+    ["serve"],
+    ["demo"],
+    ["call"],
+    ["call", "recommend"],
+    ["call", "similar"],
+    ["call", "info"],
+    ["call", "health"],
+    ["config"],
+]
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        recsvc_command(*args), env=server_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.parametrize("args", SUBCOMMANDS, ids=lambda a: " ".join(a) or "recsvc")
+def test_every_command_has_help(args: list[str]) -> None:
+    result = run(*args, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: recsvc" in result.stdout
+
+
+def test_train_publishes_a_model(demo_data: DemoData, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    result = run(
+        "train",
+        "--interactions",
+        str(demo_data.interactions),
+        "--out",
+        str(store),
+        "--factors",
+        "8",
+        "--iterations",
+        "3",
+        "--no-progress",
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["users"] == 600 and summary["trained_on"] == "cpu"
+    assert (store / "LATEST").read_text().strip() == summary["model_version"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("user_id,item_id\n", "holds no interactions"), ("a,b\n1,2\n", "needs a user column")],
+)
+def test_train_on_bad_input_fails_and_publishes_nothing(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text(content)
+    store = tmp_path / "store"
+    result = run("train", "--interactions", str(bad), "--out", str(store))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (store / "LATEST").exists()
+
+
+def test_train_rejects_bad_parameters_by_name(demo_data: DemoData, tmp_path: Path) -> None:
+    result = run(
+        "train",
+        "--interactions",
+        str(demo_data.interactions),
+        "--out",
+        str(tmp_path / "s"),
+        "--factors",
+        "0",
+    )
+    assert result.returncode == 2 and "factors" in result.stderr
+
+
+def test_config_docs_and_show() -> None:
+    docs = run("config", "docs")
+    assert docs.returncode == 0 and "RECSVC_SERVER__PORT" in docs.stdout
+    shown = json.loads(run("config", "show").stdout)
+    assert shown["server"]["port"] == 50051
+
+
+def test_demo_serves_the_embedded_default(tmp_path: Path) -> None:
+    """`recsvc demo` generates data, trains, serves; the answer excludes the user's history."""
+    args = ["demo", "--dir", str(tmp_path / "demo"), "--port", "0"]
+    with running_server(args, server_env(), startup_timeout=180) as proc:
+        assert "recsvc call recommend" in "".join(proc.output)
+        with RecsvcClient(proc.target) as client:
+            assert client.health("recsvc.v1.Recommender") == "SERVING"
+            result = client.recommend("u00001", k=10)
+            ids = [i.item_id for i in result.items]
+            assert len(set(ids)) == 10
+            history = (tmp_path / "demo" / "data" / "interactions.csv").read_text().splitlines()
+            seen = {line.split(",")[1] for line in history if line.startswith("u00001,")}
+            assert seen and not seen & set(ids)
+        result = run("call", "recommend", "--target", proc.target, "--user", "u00002", "-k", "3")
+        assert result.returncode == 0 and len(json.loads(result.stdout)["items"]) == 3
+        result = run("call", "similar", "--target", proc.target, "--item", "nope")
+        assert result.returncode == 1 and "NOT_FOUND" in result.stderr

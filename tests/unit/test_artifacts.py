@@ -1,0 +1,122 @@
+"""Artefacts: atomic publication, verification before loading, rejection of damage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recsvc.artifacts import ModelStore
+from recsvc.core.model import Model
+from recsvc.errors import ArtifactError
+from recsvc.index import IndexParams, ItemIndex
+from tests.conftest import SMALL_INDEX
+from workers.train import index_params
+
+PARAMS = index_params(SMALL_INDEX)
+
+
+@pytest.fixture
+def store_copy(model_store: Path, tmp_path: Path) -> ModelStore:
+    copy = tmp_path / "store"
+    shutil.copytree(model_store, copy)
+    return ModelStore(copy)
+
+
+def test_round_trip_keeps_everything(model: Model, tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "s")
+    store.publish(model, PARAMS)
+    loaded = store.load_latest(PARAMS)
+    assert loaded.version == model.version
+    assert loaded.users.ids == model.users.ids
+    assert loaded.items.ids == model.items.ids
+    np.testing.assert_array_equal(loaded.item_factors, model.item_factors)
+    np.testing.assert_array_equal(loaded.user_items.toarray(), model.user_items.toarray())
+    assert loaded.category_names == model.category_names
+    assert loaded.info == model.info
+
+
+def test_latest_points_at_the_newest_published_version(model: Model, tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "s")
+    store.publish(model, PARAMS)
+    second = replace(model, info=replace(model.info, version=store.new_version()))
+    store.publish(second, PARAMS)
+    assert store.latest_version() == second.version
+    assert store.list_versions() == sorted([model.version, second.version])
+
+
+def test_failed_publish_leaves_nothing_visible(model: Model, tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "s")
+    store.publish(model, PARAMS)
+    # An index without an HNSW graph cannot be saved: publication fails half-way.
+    broken_index = ItemIndex(model.item_factors, "ip", None)
+    broken = replace(
+        model, info=replace(model.info, version=store.new_version()), user_index=broken_index
+    )
+    with pytest.raises(ValueError, match="no HNSW graph"):
+        store.publish(broken, PARAMS)
+    assert store.latest_version() == model.version
+    assert store.list_versions() == [model.version]
+    assert list(store.staging_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["item_factors.npy", "user_index.hnsw", "users.parquet"])
+def test_corrupted_file_is_rejected(store_copy: ModelStore, name: str) -> None:
+    version = store_copy.latest_version()
+    assert version is not None
+    path = store_copy.versions_dir / version / name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=f"{name} fails its sha256 check"):
+        store_copy.load_latest(PARAMS)
+
+
+def test_truncated_file_is_rejected(store_copy: ModelStore) -> None:
+    version = store_copy.latest_version()
+    assert version is not None
+    path = store_copy.versions_dir / version / "similar_index.hnsw"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ArtifactError, match="truncated"):
+        store_copy.load_latest(PARAMS)
+
+
+def test_unknown_schema_version_is_rejected(store_copy: ModelStore) -> None:
+    version = store_copy.latest_version()
+    assert version is not None
+    manifest_path = store_copy.versions_dir / version / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["schema_version"] = 99
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="schema version 99"):
+        store_copy.load_latest(PARAMS)
+
+
+def test_missing_manifest_and_empty_store(store_copy: ModelStore, tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="no model published"):
+        ModelStore(tmp_path / "empty").load_latest(PARAMS)
+    version = store_copy.latest_version()
+    assert version is not None
+    (store_copy.versions_dir / version / "manifest.json").unlink()
+    with pytest.raises(ArtifactError, match=r"manifest\.json is missing"):
+        store_copy.load_latest(PARAMS)
+
+
+def test_arrays_are_never_unpickled(store_copy: ModelStore) -> None:
+    """An object array (which needs pickle) in place of the factors is refused, even with a
+    matching checksum."""
+    version = store_copy.latest_version()
+    assert version is not None
+    directory = store_copy.versions_dir / version
+    np.save(directory / "item_factors.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    from recsvc.artifacts.manifest import file_entry
+
+    manifest["files"]["item_factors.npy"] = file_entry(directory / "item_factors.npy").model_dump()
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="unreadable"):
+        store_copy.load_latest(IndexParams())

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recsvc.index import IndexParams, ItemIndex, exact_top_k, recall_at_k
+
+
+def clustered_vectors(n: int, dim: int, seed: int) -> np.ndarray:
+    """Vectors with structure and spread-out norms, like learned factors."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(20, dim))
+    vectors = centres[rng.integers(0, 20, n)] + 0.5 * rng.normal(size=(n, dim))
+    return (vectors * rng.uniform(0.2, 3.0, size=(n, 1))).astype(np.float32)
+
+
+def test_exact_top_k_matches_a_full_sort() -> None:
+    vectors = clustered_vectors(500, 8, 0)
+    query = np.ones(8, dtype=np.float32)
+    labels, scores = exact_top_k(vectors, query, 10)
+    expected = np.argsort(-(vectors @ query))[:10]
+    assert list(labels) == list(expected)
+    assert np.all(np.diff(scores) <= 0)
+
+
+def test_hnsw_inner_product_recall_against_exact() -> None:
+    vectors = clustered_vectors(5000, 32, 1)
+    index = ItemIndex.build(vectors, "ip", IndexParams(threads=2))
+    queries = clustered_vectors(200, 32, 2)
+    assert recall_at_k(index, queries, k=10) >= 0.95
+
+
+def test_cosine_index_finds_the_item_itself_first() -> None:
+    vectors = clustered_vectors(2000, 16, 3)
+    index = ItemIndex.build(vectors, "cosine", IndexParams())
+    labels, scores = index.search(vectors[123], 5)
+    assert labels[0] == 123
+    assert scores[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_k_larger_than_the_catalogue_is_clamped() -> None:
+    vectors = clustered_vectors(7, 4, 4)
+    index = ItemIndex.build(vectors, "ip", IndexParams())
+    labels, _ = index.search(np.ones(4, dtype=np.float32), 50)
+    assert sorted(labels) == list(range(7))
+
+
+def test_saved_index_loads_and_answers_the_same(tmp_path: Path) -> None:
+    vectors = clustered_vectors(1000, 16, 5)
+    index = ItemIndex.build(vectors, "ip", IndexParams())
+    index.save_hnsw(tmp_path / "i.hnsw")
+    loaded = ItemIndex.load(vectors, "ip", tmp_path / "i.hnsw", IndexParams())
+    query = vectors[0]
+    assert list(loaded.search(query, 10)[0]) == list(index.search(query, 10)[0])
+
+
+def test_loading_with_a_different_item_count_is_rejected(tmp_path: Path) -> None:
+    vectors = clustered_vectors(100, 4, 6)
+    ItemIndex.build(vectors, "ip", IndexParams()).save_hnsw(tmp_path / "i.hnsw")
+    with pytest.raises(ValueError, match="holds 100 items"):
+        ItemIndex.load(vectors[:50], "ip", tmp_path / "i.hnsw", IndexParams())
