@@ -3,11 +3,10 @@
 Two metrics are served, both through hnswlib's inner-product space:
 
 - ``"ip"`` (user -> item): unnormalised ALS factors searched by inner product directly. The
-  usual MIPS-to-nearest-neighbour transform (append ``sqrt(M^2 - |y|^2)``) was measured and lost:
-  on 20k x 64 vectors with spread-out norms, recall@10 at ef=128 fell from 0.96-1.00 (plain
-  inner product) to 0.12-0.15 (transform), because it piles most items near one pole of the
-  sphere (docs/BENCHMARKS.md, "index recall"). Recall is measured against exact search at build
-  time and stored in the model manifest.
+  MIPS-to-nearest-neighbour transform (append ``sqrt(M^2 - |y|^2)``, search by L2) was measured
+  and lost at every ef on real ALS factors (bench/index_recall.py, docs/BENCHMARKS.md), so it is
+  not used. Recall is measured against exact search at build time and kept in the manifest;
+  small catalogues are searched exactly (``exact=True``).
 - ``"cosine"`` (item -> item): vectors are L2-normalised and searched by inner product.
 
 Candidates from HNSW are rescored exactly, so scores are true inner products / cosines.
