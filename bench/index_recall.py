@@ -24,7 +24,7 @@ from recsvc.config import TrainSettings
 from recsvc.index import IndexParams, ItemIndex, exact_top_k, recall_at_k
 from workers.demo_data import generate_demo_data
 from workers.interactions import read_interactions
-from workers.train import fit_als
+from workers.models import fit_factors
 
 
 def mips_transform_recall(items: np.ndarray, queries: np.ndarray, params: IndexParams) -> float:
@@ -55,8 +55,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = generate_demo_data(Path(tmp), num_users=args.users, num_items=args.items, seed=11)
         interactions = read_interactions(data.interactions)
-    factors = fit_als(
-        interactions, TrainSettings(factors=args.factors, iterations=15), progress=False
+    factors = fit_factors(
+        interactions.matrix, TrainSettings(factors=args.factors, iterations=15), progress=False
     )
     items, users = factors.item_factors, factors.user_factors
     rng = np.random.default_rng(0)

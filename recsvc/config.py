@@ -92,8 +92,15 @@ class IndexSettings(_Section):
 
 
 class TrainSettings(_Section):
-    """Training implicit-feedback ALS."""
+    """Training: implicit ALS (default) or BPR."""
 
+    algorithm: Literal["als", "bpr"] = Field("als", description="Model: als or bpr.")
+    weighting: Literal["none", "binary", "bm25", "tfidf"] = Field(
+        "none", description="Weights fed to the model: as read, all 1, BM25 or TF-IDF."
+    )
+    bm25_k1: float = Field(100.0, gt=0, description="BM25 k1 (with weighting=bm25).")
+    bm25_b: float = Field(0.8, ge=0, le=1, description="BM25 b (with weighting=bm25).")
+    learning_rate: float = Field(0.01, gt=0, le=10, description="BPR learning rate.")
     factors: int = Field(64, ge=1, le=4096, description="Dimension of the learned factors.")
     iterations: int = Field(15, ge=1, le=1000, description="ALS sweeps over the data.")
     regularization: float = Field(

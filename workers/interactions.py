@@ -1,13 +1,23 @@
-"""Reading interaction files (CSV, TSV, Parquet, MovieLens u.data) into a user-item matrix."""
+"""Reading interaction files (CSV, TSV, Parquet, MovieLens u.data) into a user-item matrix.
+
+Files are read in blocks (pyarrow's streaming CSV reader, Parquet row-group batches) and only
+the four columns used are kept, so a file much larger than memory with wide rows still loads.
+Every malformed row is counted and reported with its file, row and column; ``strict`` fails on
+the first instead. Duplicate (user, item) pairs are aggregated: weights summed, the latest
+timestamp kept.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -25,7 +35,69 @@ USER_COLUMNS = ("user_id", "user", "userid", "customer_id", "visitor_id", "visit
 ITEM_COLUMNS = ("item_id", "item", "itemid", "movie_id", "movieid", "product_id", "article_id")
 WEIGHT_COLUMNS = ("weight", "rating", "value", "count", "score", "strength")
 TIMESTAMP_COLUMNS = ("timestamp", "ts", "time", "event_time", "unix_ts")
+EVENT_COLUMNS = ("event", "event_type", "action", "type")
 MOVIELENS_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
+CSV_BLOCK_BYTES = 16 << 20
+PARQUET_BATCH_ROWS = 1 << 20
+EXAMPLES_KEPT = 10
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read an interaction file.
+
+    Column names are found automatically (see the *_COLUMNS lists) unless given. With an event
+    column, each row's weight is multiplied by its event type's weight (``event_weights``);
+    an event type not listed there is a malformed row.
+    """
+
+    file_format: FileFormat = "auto"
+    user_column: str | None = None
+    item_column: str | None = None
+    weight_column: str | None = None
+    timestamp_column: str | None = None
+    event_column: str | None = None
+    event_weights: dict[str, float] = field(default_factory=dict)
+    strict: bool = False
+    min_user_interactions: int = 1
+    min_item_interactions: int = 1
+
+
+@dataclass
+class ReadReport:
+    """What reading found: counts, and the first malformed rows as examples."""
+
+    path: str
+    rows_read: int = 0
+    rows_skipped: int = 0
+    problems: Counter[str] = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+    duplicates_aggregated: int = 0
+    users_filtered: int = 0
+    items_filtered: int = 0
+
+    def record(
+        self, places: list[str], count: int, column: str, problem: str, strict: bool
+    ) -> None:
+        """Count ``count`` rows with ``problem``; ``places`` ("row 7", "line 9") locate the
+        first ones. Strict mode raises on the first."""
+        messages = [f"{self.path}: {place}, column {column!r}: {problem}" for place in places]
+        if strict and messages:
+            raise DataError(f"{messages[0]} (strict mode)")
+        self.problems[f"{column}: {problem}"] += count
+        self.examples.extend(messages[: EXAMPLES_KEPT - len(self.examples)])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "rows_read": self.rows_read,
+            "rows_skipped": self.rows_skipped,
+            "problems": dict(self.problems),
+            "examples": self.examples,
+            "duplicates_aggregated": self.duplicates_aggregated,
+            "users_filtered": self.users_filtered,
+            "items_filtered": self.items_filtered,
+        }
 
 
 @dataclass(frozen=True)
@@ -38,22 +110,36 @@ class Interactions:
         The caller's ids: row ``u`` of ``matrix`` is ``user_ids[u]``,
         column ``i`` is ``item_ids[i]``.
     matrix : csr_matrix float32, shape (n_users, n_items)
-        Summed weights of every (user, item) pair (duplicates aggregated).
-    rows_read : int
-        Rows in the input, before dropping invalid ones and aggregating duplicates.
-    rows_dropped : int
-        Rows dropped because their weight was missing, not finite or not positive.
+        Summed weights of every (user, item) pair.
+    timestamps : csr_matrix int64 with the structure of ``matrix``, or None
+        Latest Unix time (seconds) of each pair, when the file has timestamps.
+    report : ReadReport
     """
 
     user_ids: list[str]
     item_ids: list[str]
     matrix: sp.csr_matrix
-    rows_read: int
-    rows_dropped: int
+    timestamps: sp.csr_matrix | None
+    report: ReadReport
 
     @property
     def num_interactions(self) -> int:
         return int(self.matrix.nnz)
+
+    @property
+    def rows_read(self) -> int:
+        return self.report.rows_read
+
+    def statistics(self) -> dict[str, Any]:
+        users, items = self.matrix.shape
+        return {
+            "users": users,
+            "items": items,
+            "interactions": self.num_interactions,
+            "density": round(self.num_interactions / max(1, users * items), 6),
+            "rows_read": self.report.rows_read,
+            "rows_skipped": self.report.rows_skipped,
+        }
 
 
 def detect_format(path: Path) -> FileFormat:
@@ -69,114 +155,348 @@ def detect_format(path: Path) -> FileFormat:
     raise DataError(f"{path}: cannot tell the format from the name; pass --format")
 
 
-def read_table(path: Path, file_format: FileFormat = "auto") -> pa.Table:
-    """Read a CSV/TSV/Parquet/u.data file into an Arrow table, with clear errors."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    fmt = detect_format(path) if file_format == "auto" else file_format
-    try:
-        if fmt == "parquet":
-            return pq.read_table(path)
-        if fmt == "movielens":
-            return pacsv.read_csv(
-                path,
-                read_options=pacsv.ReadOptions(column_names=list(MOVIELENS_COLUMNS)),
-                parse_options=pacsv.ParseOptions(delimiter="\t"),
-                convert_options=pacsv.ConvertOptions(
-                    column_types={"user_id": pa.string(), "item_id": pa.string()}
-                ),
-            )
-        return pacsv.read_csv(
-            path,
-            parse_options=pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ","),
-            convert_options=pacsv.ConvertOptions(strings_can_be_null=False),
-        )
-    except pa.ArrowInvalid as exc:
-        raise DataError(f"{path}: {exc}") from exc
-
-
-def find_column(table: pa.Table, candidates: tuple[str, ...]) -> str | None:
+def find_column(names: list[str], candidates: tuple[str, ...]) -> str | None:
     """The first of ``candidates`` that names a column (case-insensitively), or None."""
-    by_lower = {name.lower(): name for name in table.column_names}
+    by_lower = {name.lower(): name for name in names}
     for candidate in candidates:
         if candidate in by_lower:
-            return str(by_lower[candidate])
+            return by_lower[candidate]
     return None
 
 
-def read_interactions(path: Path, file_format: FileFormat = "auto") -> Interactions:
-    """Read an interaction file: user and item columns required, weight optional (default 1).
-
-    Raises DataError for a missing file, missing columns, unparseable values or no valid rows.
-    """
-    table = read_table(path, file_format)
-    user_col = find_column(table, USER_COLUMNS)
-    item_col = find_column(table, ITEM_COLUMNS)
-    if user_col is None or item_col is None:
-        raise DataError(
-            f"{path}: needs a user column (one of {', '.join(USER_COLUMNS)}) and an item column "
-            f"(one of {', '.join(ITEM_COLUMNS)}); found {table.column_names}"
-        )
-    rows_read = table.num_rows
-    if rows_read == 0:
+def read_interactions(path: Path, options: ReadOptions | None = None) -> Interactions:
+    """Read an interaction file: user and item columns required; weight, timestamp and event
+    type optional. Raises DataError for a missing file, missing columns, no valid rows, or (in
+    strict mode) the first malformed row."""
+    options = options or ReadOptions()
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    fmt = detect_format(path) if options.file_format == "auto" else options.file_format
+    report = ReadReport(str(path))
+    columns = _choose_columns(path, fmt, options)
+    users: list[pa.Array] = []
+    items: list[pa.Array] = []
+    weights: list[npt.NDArray[np.float32]] = []
+    stamps: list[npt.NDArray[np.int64]] = []
+    first_row = 1
+    for batch in _batches(path, fmt, columns, options, report):
+        parsed = _parse_batch(batch, columns, options, report, first_row)
+        first_row += batch.num_rows
+        report.rows_read += batch.num_rows
+        users.append(parsed[0])
+        items.append(parsed[1])
+        weights.append(parsed[2])
+        stamps.append(parsed[3])
+    if report.rows_read == 0:
         raise DataError(f"{path}: holds no interactions")
-    users = _as_id_strings(table.column(user_col), path, user_col)
-    items = _as_id_strings(table.column(item_col), path, item_col)
-    weight_col = find_column(table, WEIGHT_COLUMNS)
-    if weight_col is None:
-        weights = np.ones(rows_read, dtype=np.float32)
-    else:
-        try:
-            weights = table.column(weight_col).cast(pa.float32()).to_numpy(zero_copy_only=False)
-        except pa.ArrowInvalid as exc:
-            raise DataError(f"{path}: column {weight_col!r} is not numeric: {exc}") from exc
-    valid = np.isfinite(weights) & (weights > 0)
-    valid &= ~(users.is_null().to_numpy(zero_copy_only=False))
-    valid &= ~(items.is_null().to_numpy(zero_copy_only=False))
-    valid &= pc.utf8_length(users.fill_null("")).to_numpy(zero_copy_only=False) > 0
-    valid &= pc.utf8_length(items.fill_null("")).to_numpy(zero_copy_only=False) > 0
-    dropped = int(rows_read - valid.sum())
-    if dropped == rows_read:
-        raise DataError(f"{path}: none of its {rows_read} rows has a valid user, item and weight")
-    if dropped:
-        log.warning(
-            "%s: dropped %d of %d rows (empty id, or weight missing or <= 0)",
-            path,
-            dropped,
-            rows_read,
+    kept = sum(len(u) for u in users)
+    report.rows_skipped = report.rows_read - kept
+    if kept == 0:
+        raise DataError(
+            f"{path}: none of its {report.rows_read} rows is valid; first problems: "
+            + "; ".join(report.examples[:3])
         )
-    mask = pa.array(valid)
-    user_codes, user_ids = _encode(users.filter(mask))
-    item_codes, item_ids = _encode(items.filter(mask))
-    matrix = sp.coo_matrix(
-        (weights[valid], (user_codes, item_codes)), shape=(len(user_ids), len(item_ids))
-    ).tocsr()  # sums duplicate (user, item) pairs
-    matrix.sum_duplicates()
-    matrix.sort_indices()
-    return Interactions(user_ids, item_ids, matrix.astype(np.float32), rows_read, dropped)
+    if report.rows_skipped:
+        log.warning(
+            "%s: skipped %d of %d rows: %s",
+            path,
+            report.rows_skipped,
+            report.rows_read,
+            dict(report.problems),
+        )
+    return _aggregate(
+        pa.chunked_array(users, pa.string()),
+        pa.chunked_array(items, pa.string()),
+        np.concatenate(weights),
+        np.concatenate(stamps) if columns["timestamp"] else None,
+        options,
+        report,
+    )
 
 
 def read_categories(path: Path, file_format: FileFormat = "auto") -> dict[str, str]:
     """Read an item catalogue (item id and category columns) into {item_id: category}."""
-    table = read_table(path, file_format)
-    item_col = find_column(table, ITEM_COLUMNS)
-    by_lower = {name.lower(): name for name in table.column_names}
-    category_col = by_lower.get("category")
+    fmt = detect_format(path) if file_format == "auto" else file_format
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        if fmt == "parquet":
+            table = pq.read_table(path)
+        else:
+            table = pacsv.read_csv(
+                path,
+                parse_options=pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ","),
+                convert_options=pacsv.ConvertOptions(strings_can_be_null=False),
+            )
+    except pa.ArrowInvalid as exc:
+        raise DataError(f"{path}: {exc}") from exc
+    item_col = find_column(table.column_names, ITEM_COLUMNS)
+    category_col = find_column(table.column_names, ("category",))
     if item_col is None or category_col is None:
         raise DataError(f"{path}: needs an item id column and a 'category' column")
-    items = _as_id_strings(table.column(item_col), path, item_col).to_pylist()
+    ids = table.column(item_col).cast(pa.string()).to_pylist()
     categories = table.column(category_col).cast(pa.string()).to_pylist()
-    return {i: c for i, c in zip(items, categories, strict=True) if i and c}
+    return {i: c for i, c in zip(ids, categories, strict=True) if i and c}
 
 
-def _as_id_strings(column: pa.ChunkedArray, path: Path, name: str) -> pa.Array:
+# ------------------------------------------------------------------------------ reading
+
+
+def _choose_columns(path: Path, fmt: FileFormat, options: ReadOptions) -> dict[str, str | None]:
+    names = _column_names(path, fmt)
+
+    def pick(given: str | None, candidates: tuple[str, ...], role: str) -> str | None:
+        if given is not None:
+            if given not in names:
+                raise DataError(f"{path}: no column {given!r} for the {role}; found {names}")
+            return given
+        return find_column(names, candidates)
+
+    chosen = {
+        "user": pick(options.user_column, USER_COLUMNS, "user"),
+        "item": pick(options.item_column, ITEM_COLUMNS, "item"),
+        "weight": pick(options.weight_column, WEIGHT_COLUMNS, "weight"),
+        "timestamp": pick(options.timestamp_column, TIMESTAMP_COLUMNS, "timestamp"),
+        "event": pick(options.event_column, EVENT_COLUMNS, "event type")
+        if options.event_weights or options.event_column
+        else None,
+    }
+    if chosen["user"] is None or chosen["item"] is None:
+        raise DataError(
+            f"{path}: needs a user column (one of {', '.join(USER_COLUMNS)}) and an item column "
+            f"(one of {', '.join(ITEM_COLUMNS)}), or --user-column/--item-column; found {names}"
+        )
+    if chosen["event"] is not None and not options.event_weights:
+        raise DataError(f"{path}: an event column needs event weights (e.g. view=1,cart=3)")
+    return chosen
+
+
+def _column_names(path: Path, fmt: FileFormat) -> list[str]:
+    if fmt == "movielens":
+        return list(MOVIELENS_COLUMNS)
     try:
-        return column.cast(pa.string()).combine_chunks()
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise DataError(f"{path}: column {name!r} cannot be read as ids: {exc}") from exc
+        if fmt == "parquet":
+            return list(pq.ParquetFile(path).schema_arrow.names)
+        reader = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=1 << 16),
+            parse_options=pacsv.ParseOptions(
+                delimiter="\t" if fmt == "tsv" else ",", invalid_row_handler=lambda _: "skip"
+            ),
+        )
+        return list(reader.schema.names)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: {exc}") from exc
 
 
-def _encode(ids: pa.Array) -> tuple[np.ndarray, list[str]]:
-    encoded = ids.dictionary_encode()
+def _batches(
+    path: Path,
+    fmt: FileFormat,
+    columns: dict[str, str | None],
+    options: ReadOptions,
+    report: ReadReport,
+) -> Iterator[pa.RecordBatch]:
+    wanted = [c for c in columns.values() if c is not None]
+    try:
+        if fmt == "parquet":
+            yield from pq.ParquetFile(path).iter_batches(
+                batch_size=PARQUET_BATCH_ROWS, columns=wanted
+            )
+            return
+
+        def on_invalid_row(row: Any) -> str:
+            if options.strict:
+                return "error"  # pyarrow raises, naming the row; we add the file
+            report.rows_read += 1
+            problem = f"{row.actual_columns} fields, expected {row.expected_columns}"
+            place = f"line {row.number}" if row.number else f"row {row.text[:80]!r}"
+            report.record([place], 1, "*", problem, strict=False)
+            return "skip"
+
+        reader = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(
+                block_size=CSV_BLOCK_BYTES,
+                column_names=list(MOVIELENS_COLUMNS) if fmt == "movielens" else None,
+            ),
+            parse_options=pacsv.ParseOptions(
+                delimiter="," if fmt == "csv" else "\t", invalid_row_handler=on_invalid_row
+            ),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=wanted,
+                column_types=dict.fromkeys(wanted, pa.string()),
+                strings_can_be_null=False,
+            ),
+        )
+        yield from reader
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: {exc}") from exc
+
+
+def _parse_batch(
+    batch: pa.RecordBatch,
+    columns: dict[str, str | None],
+    options: ReadOptions,
+    report: ReadReport,
+    first_row: int,
+) -> tuple[pa.Array, pa.Array, npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Validate one batch; return its valid rows' users, items, weights and timestamps."""
+    n = batch.num_rows
+    valid = np.ones(n, dtype=bool)
+
+    def flag(bad: npt.NDArray[np.bool_], column: str, problem: str) -> None:
+        offsets = np.flatnonzero(bad & valid)
+        if len(offsets):
+            places = [f"row {first_row + int(o)}" for o in offsets[:EXAMPLES_KEPT]]
+            report.record(places, len(offsets), column, problem, options.strict)
+            valid[bad] = False
+
+    ids = {}
+    for role in ("user", "item"):
+        name = columns[role]
+        assert name is not None
+        values = batch.column(name).cast(pa.string())
+        empty = pc.fill_null(pc.equal(pc.utf8_length(values), 0), True)
+        flag(empty.to_numpy(zero_copy_only=False), name, "empty id")
+        ids[role] = values
+
+    weights = np.ones(n, dtype=np.float64)
+    if (name := columns["weight"]) is not None:
+        weights = _to_float(batch.column(name))
+        flag(np.isnan(weights), name, "not a number")
+        flag(~np.isfinite(weights) | (weights <= 0), name, "weight must be a positive number")
+    if (name := columns["event"]) is not None:
+        events = batch.column(name).cast(pa.string()).to_pylist()
+        factors = np.array([options.event_weights.get(e or "", np.nan) for e in events])
+        flag(np.isnan(factors), name, "unknown event type")
+        weights = weights * np.nan_to_num(factors)
+    stamps = np.zeros(n, dtype=np.int64)
+    if (name := columns["timestamp"]) is not None:
+        parsed = _to_epoch_seconds(batch.column(name))
+        flag(parsed < 0, name, "not a Unix time or ISO-8601 date")
+        stamps = np.maximum(parsed, 0)
+
+    mask = pa.array(valid)
+    return (
+        ids["user"].filter(mask),
+        ids["item"].filter(mask),
+        weights[valid].astype(np.float32),
+        stamps[valid],
+    )
+
+
+def _to_float(column: pa.Array) -> npt.NDArray[np.float64]:
+    """Floats, NaN where a value is not a number (fast path for clean columns)."""
+    try:
+        return np.asarray(
+            column.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return np.array([_float_or_nan(v) for v in column.to_pylist()], dtype=np.float64)
+
+
+def _float_or_nan(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _to_epoch_seconds(column: pa.Array) -> npt.NDArray[np.int64]:
+    """Unix seconds (ints, or ISO-8601 dates); -1 where a value cannot be read as a time."""
+    try:
+        return np.asarray(column.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    try:
+        parsed = column.cast(pa.timestamp("s")).cast(pa.int64())
+        return np.asarray(parsed.to_numpy(zero_copy_only=False), dtype=np.int64)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return np.array([_epoch_or_minus_one(v) for v in column.to_pylist()], dtype=np.int64)
+
+
+def _epoch_or_minus_one(value: object) -> int:
+    try:
+        return int(str(value))
+    except ValueError:
+        try:
+            scalar = pa.scalar(str(value)).cast(pa.timestamp("s")).cast(pa.int64())
+            return int(scalar.as_py())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return -1
+
+
+# ------------------------------------------------------------------------------ aggregation
+
+
+def _aggregate(
+    users: pa.ChunkedArray,
+    items: pa.ChunkedArray,
+    weights: npt.NDArray[np.float32],
+    stamps: npt.NDArray[np.int64] | None,
+    options: ReadOptions,
+    report: ReadReport,
+) -> Interactions:
+    user_codes, user_ids = _encode(users)
+    item_codes, item_ids = _encode(items)
+    # One entry per (user, item): weights summed, latest timestamp kept.
+    keys = user_codes * len(item_ids) + item_codes
+    order = np.argsort(keys, kind="stable")
+    unique_keys, starts = np.unique(keys[order], return_index=True)
+    report.duplicates_aggregated = int(len(keys) - len(unique_keys))
+    pair_weights = np.add.reduceat(weights[order], starts).astype(np.float32)
+    pair_stamps = np.maximum.reduceat(stamps[order], starts) if stamps is not None else None
+    rows = (unique_keys // len(item_ids)).astype(np.int64)
+    cols = (unique_keys % len(item_ids)).astype(np.int64)
+
+    keep = _min_count_filter(rows, cols, options, len(user_ids), len(item_ids))
+    if not keep.all():
+        rows, cols, pair_weights = rows[keep], cols[keep], pair_weights[keep]
+        pair_stamps = pair_stamps[keep] if pair_stamps is not None else None
+        if len(rows) == 0:
+            raise DataError(
+                f"{report.path}: no interactions are left after the minimum-count filters"
+            )
+    used_users, rows = np.unique(rows, return_inverse=True)
+    used_items, cols = np.unique(cols, return_inverse=True)
+    report.users_filtered = len(user_ids) - len(used_users)
+    report.items_filtered = len(item_ids) - len(used_items)
+    shape = (len(used_users), len(used_items))
+    matrix = sp.csr_matrix((pair_weights, (rows, cols)), shape=shape, dtype=np.float32)
+    timestamps = None
+    if pair_stamps is not None:
+        timestamps = sp.csr_matrix((pair_stamps, (rows, cols)), shape=shape, dtype=np.int64)
+    return Interactions(
+        [user_ids[u] for u in used_users],
+        [item_ids[i] for i in used_items],
+        matrix,
+        timestamps,
+        report,
+    )
+
+
+def _min_count_filter(
+    rows: npt.NDArray[np.int64],
+    cols: npt.NDArray[np.int64],
+    options: ReadOptions,
+    n_users: int,
+    n_items: int,
+) -> npt.NDArray[np.bool_]:
+    """Pairs kept by the minimum-count filters, applied until stable (a k-core)."""
+    keep = np.ones(len(rows), dtype=bool)
+    if options.min_user_interactions <= 1 and options.min_item_interactions <= 1:
+        return keep
+    while True:
+        user_counts = np.bincount(rows[keep], minlength=n_users)
+        item_counts = np.bincount(cols[keep], minlength=n_items)
+        new_keep = keep & (user_counts[rows] >= options.min_user_interactions)
+        new_keep &= item_counts[cols] >= options.min_item_interactions
+        if (new_keep == keep).all():
+            return keep
+        keep = new_keep
+
+
+def _encode(ids: pa.ChunkedArray) -> tuple[npt.NDArray[np.int64], list[str]]:
+    encoded = ids.combine_chunks().dictionary_encode()
     codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     return codes, encoded.dictionary.to_pylist()

@@ -5,72 +5,18 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import implicit
-import implicit.gpu
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from recsvc.artifacts import ModelStore
 from recsvc.config import IndexSettings, TrainSettings
 from recsvc.core.model import NO_CATEGORY, IdMap, Model, ModelInfo
-from recsvc.errors import ConfigError
 from recsvc.index import IndexParams, ItemIndex, recall_at_k
-from workers.interactions import Interactions, read_categories, read_interactions
+from workers.interactions import Interactions, ReadOptions, read_categories, read_interactions
+from workers.models import TrainedFactors, fit_factors
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainedFactors:
-    user_factors: np.ndarray
-    item_factors: np.ndarray
-    device: str
-    seconds: float
-
-
-def resolve_device(requested: str) -> str:
-    """'cpu' or 'cuda' for a requested 'auto' | 'cpu' | 'cuda'."""
-    if requested == "cuda" and not implicit.gpu.HAS_CUDA:
-        raise ConfigError("train.device: cuda requested but implicit found no usable GPU")
-    if requested == "auto":
-        return "cuda" if implicit.gpu.HAS_CUDA else "cpu"
-    return requested
-
-
-def fit_als(
-    interactions: Interactions, settings: TrainSettings, progress: bool = True
-) -> TrainedFactors:
-    """Fit implicit ALS on the user-item matrix, on the GPU when asked and available."""
-    device = resolve_device(settings.device)
-    # implicit parallelises over users itself; BLAS threads on top oversubscribe the cores
-    # (implicit checks this when the model is constructed, so the limit covers both steps).
-    blas_limit = threadpool_limits(limits=1, user_api="blas")
-    model = implicit.als.AlternatingLeastSquares(
-        factors=settings.factors,
-        regularization=settings.regularization,
-        alpha=settings.alpha,
-        iterations=settings.iterations,
-        random_state=settings.seed,
-        use_gpu=device == "cuda",
-        num_threads=settings.threads,
-    )
-    started = time.perf_counter()
-    try:
-        model.fit(interactions.matrix, show_progress=progress)
-    finally:
-        blas_limit.restore_original_limits()
-    seconds = time.perf_counter() - started
-    if device == "cuda":
-        model = model.to_cpu()
-    return TrainedFactors(
-        np.ascontiguousarray(model.user_factors, dtype=np.float32),
-        np.ascontiguousarray(model.item_factors, dtype=np.float32),
-        device,
-        seconds,
-    )
 
 
 def build_model(
@@ -91,19 +37,12 @@ def build_model(
     popularity = np.bincount(matrix.indices, minlength=matrix.shape[1]).astype(np.float32)
     info = ModelInfo(
         version=version,
-        algorithm="als",
+        algorithm=train.algorithm,
         num_users=len(interactions.user_ids),
         num_items=len(interactions.item_ids),
         num_interactions=interactions.num_interactions,
         factors=int(factors.item_factors.shape[1]),
-        parameters={
-            "factors": train.factors,
-            "iterations": train.iterations,
-            "regularization": train.regularization,
-            "alpha": train.alpha,
-            "seed": train.seed,
-            "fit_seconds": round(factors.seconds, 3),
-        },
+        parameters={**train_parameters(train), "fit_seconds": round(factors.seconds, 3)},
         created_at_ms=int(time.time() * 1000),
         trained_on=factors.device,
         index_recall_at_10=recall,
@@ -134,11 +73,20 @@ def train_and_publish(
     progress: bool = True,
 ) -> Model:
     """Fit, build and publish a new model version; nothing is visible until it is complete."""
-    factors = fit_als(interactions, train, progress=progress)
-    log.info("ALS fit on %s in %.2fs", factors.device, factors.seconds)
+    factors = fit_factors(interactions.matrix, train, progress=progress)
+    log.info("%s fit on %s in %.2fs", train.algorithm, factors.device, factors.seconds)
     model = build_model(interactions, factors, train, index, store.new_version(), categories)
     store.publish(model, index_params(index, build_threads=train.threads))
     return model
+
+
+def train_parameters(train: TrainSettings) -> dict[str, object]:
+    """The parameters that shaped a model, as recorded in its manifest."""
+    keys = ["algorithm", "factors", "iterations", "regularization", "weighting", "seed"]
+    keys += ["alpha"] if train.algorithm == "als" else ["learning_rate"]
+    if train.weighting == "bm25":
+        keys += ["bm25_k1", "bm25_b"]
+    return {key: getattr(train, key) for key in keys}
 
 
 def index_params(index: IndexSettings, build_threads: int = 0, ef_search: int = 128) -> IndexParams:
@@ -179,10 +127,10 @@ def train_from_files(
     index: IndexSettings,
     items_path: Path | None = None,
     progress: bool = True,
+    read_options: ReadOptions | None = None,
 ) -> Model:
     """The `recsvc train` pipeline."""
-
-    interactions = read_interactions(interactions_path)
+    interactions = read_interactions(interactions_path, read_options)
     log.info(
         "read %d rows: %d users, %d items, %d distinct interactions",
         interactions.rows_read,

@@ -45,3 +45,19 @@ def als_fold_in(
     a = yty + regularization * np.eye(yty.shape[0]) + (factors.T * (confidence - 1.0)) @ factors
     b = factors.T @ confidence
     return np.linalg.solve(a, b).astype(np.float32)
+
+
+def least_squares_fold_in(
+    item_factors: npt.NDArray[np.float32],
+    item_rows: npt.NDArray[np.int64],
+    weights: npt.NDArray[np.float32],
+    regularization: float,
+) -> npt.NDArray[np.float32]:
+    """A user vector for models without a closed-form user update (BPR): the regularised least
+    squares fit of the interaction weights, ``argmin_x |Y_u x - w|^2 + reg |x|^2``.
+
+    Shapes as in :func:`als_fold_in`; returns float32, shape (f,).
+    """
+    factors = item_factors[item_rows].astype(np.float64)
+    a = factors.T @ factors + max(regularization, 1e-6) * np.eye(factors.shape[1])
+    return np.linalg.solve(a, factors.T @ weights.astype(np.float64)).astype(np.float32)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from recsvc.core.foldin import als_fold_in
+from recsvc.core.foldin import als_fold_in, least_squares_fold_in
 from recsvc.core.model import Model
 from recsvc.core.queries import (
     CategoryFilter,
@@ -58,11 +58,7 @@ class Recommender:
             vector = model.user_factors[user_row]
             strategy = Strategy.PERSONALISED
         elif len(recent_rows):
-            rows = np.unique(recent_rows)
-            weights = np.ones(len(rows), dtype=np.float32)
-            vector = als_fold_in(
-                model.item_factors, model.yty, rows, weights, model.regularization, model.alpha
-            )
+            vector = self._fold_in(np.unique(recent_rows))
             strategy = Strategy.SESSION
         else:
             labels, scores = self._popular(query.k, blocked, allowed)
@@ -85,6 +81,16 @@ class Recommender:
         vector = model.item_factors[row]
         labels, scores = self._search(model.similar_index, vector, query.k, blocked, allowed)
         return SimilarItems(self._scored(labels, scores), model.version)
+
+    def _fold_in(self, item_rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        """A user vector from interacted items (weight 1 each), by the model's own rule."""
+        model = self.model
+        weights = np.ones(len(item_rows), dtype=np.float32)
+        if model.info.algorithm == "als":
+            return als_fold_in(
+                model.item_factors, model.yty, item_rows, weights, model.regularization, model.alpha
+            )
+        return least_squares_fold_in(model.item_factors, item_rows, weights, model.regularization)
 
     def _allowed_mask(self, categories: CategoryFilter) -> npt.NDArray[np.bool_] | None:
         """Boolean mask of items the category filter lets through; None when there is no filter."""

@@ -1,0 +1,101 @@
+"""Fitting implicit models: ALS or BPR, with confidence weighting, on the CPU or the GPU.
+
+One entry point, :func:`fit_factors`; the backend (CPU or CUDA) is chosen from the settings and
+``implicit.gpu.HAS_CUDA`` so that callers never branch on the device.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import implicit
+import implicit.gpu
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+from implicit.nearest_neighbours import bm25_weight, tfidf_weight
+from threadpoolctl import threadpool_limits
+
+from recsvc.config import TrainSettings
+from recsvc.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainedFactors:
+    """Learned factors.
+
+    user_factors : float32, shape (n_users, d); item_factors : float32, shape (n_items, d).
+    For BPR, d = factors + 1 (implicit keeps the item bias in the last column and a 1 in the
+    users' last column, so inner products include the bias).
+    """
+
+    user_factors: npt.NDArray[np.float32]
+    item_factors: npt.NDArray[np.float32]
+    device: str
+    seconds: float
+
+
+def resolve_device(requested: str) -> str:
+    """'cpu' or 'cuda' for a requested 'auto' | 'cpu' | 'cuda'."""
+    if requested == "cuda" and not implicit.gpu.HAS_CUDA:
+        raise ConfigError("train.device: cuda requested but implicit found no usable GPU")
+    if requested == "auto":
+        return "cuda" if implicit.gpu.HAS_CUDA else "cpu"
+    return requested
+
+
+def weight_matrix(matrix: sp.csr_matrix, settings: TrainSettings) -> sp.csr_matrix:
+    """The user-item matrix as the model sees it, per ``settings.weighting``."""
+    if settings.weighting == "binary":
+        weighted = matrix.copy()
+        weighted.data = np.ones_like(weighted.data)
+    elif settings.weighting == "bm25":
+        weighted = bm25_weight(matrix, K1=settings.bm25_k1, B=settings.bm25_b).tocsr()
+    elif settings.weighting == "tfidf":
+        weighted = tfidf_weight(matrix).tocsr()
+    else:
+        weighted = matrix
+    return weighted.astype(np.float32)
+
+
+def fit_factors(
+    matrix: sp.csr_matrix, settings: TrainSettings, progress: bool = True
+) -> TrainedFactors:
+    """Fit ``settings.algorithm`` on the (n_users, n_items) interaction matrix."""
+    device = resolve_device(settings.device)
+    # implicit parallelises over users itself; BLAS threads on top oversubscribe the cores
+    # (implicit checks this when a model is constructed, so the limit covers both steps).
+    with threadpool_limits(limits=1, user_api="blas"):
+        model = _new_model(settings, device, progress)
+        started = time.perf_counter()
+        model.fit(weight_matrix(matrix, settings), show_progress=progress)
+        seconds = time.perf_counter() - started
+    if device == "cuda":
+        model = model.to_cpu()
+    return TrainedFactors(
+        np.ascontiguousarray(model.user_factors, dtype=np.float32),
+        np.ascontiguousarray(model.item_factors, dtype=np.float32),
+        device,
+        seconds,
+    )
+
+
+def _new_model(settings: TrainSettings, device: str, progress: bool) -> Any:
+    common = {
+        "factors": settings.factors,
+        "regularization": settings.regularization,
+        "iterations": settings.iterations,
+        "random_state": settings.seed,
+        "use_gpu": device == "cuda",
+    }
+    if device == "cpu":
+        common["num_threads"] = settings.threads
+    if settings.algorithm == "bpr":
+        return implicit.bpr.BayesianPersonalizedRanking(
+            learning_rate=settings.learning_rate, **common
+        )
+    return implicit.als.AlternatingLeastSquares(
+        alpha=settings.alpha, calculate_training_loss=progress, **common
+    )
