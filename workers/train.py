@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -13,6 +14,7 @@ from recsvc.artifacts import ModelStore
 from recsvc.config import IndexSettings, TrainSettings
 from recsvc.core.model import NO_CATEGORY, IdMap, Model, ModelInfo
 from recsvc.index import IndexParams, ItemIndex, recall_at_k
+from workers.evaluate import Protocol, evaluate_model, split_interactions
 from workers.interactions import Interactions, ReadOptions, read_categories, read_interactions
 from workers.models import TrainedFactors, fit_factors
 
@@ -26,6 +28,7 @@ def build_model(
     index: IndexSettings,
     version: str,
     categories: dict[str, str] | None = None,
+    metrics: dict[str, Any] | None = None,
 ) -> Model:
     """Assemble the domain Model: id maps, factors, history, popularity and both indexes."""
     params = index_params(index, build_threads=train.threads)
@@ -46,6 +49,8 @@ def build_model(
         created_at_ms=int(time.time() * 1000),
         trained_on=factors.device,
         index_recall_at_10=recall,
+        statistics=interactions.statistics(),
+        metrics=metrics or {},
     )
     return Model(
         info=info,
@@ -71,11 +76,23 @@ def train_and_publish(
     index: IndexSettings,
     categories: dict[str, str] | None = None,
     progress: bool = True,
+    evaluate: Protocol | None = None,
 ) -> Model:
-    """Fit, build and publish a new model version; nothing is visible until it is complete."""
+    """Fit, build and publish a new model version; nothing is visible until it is complete.
+
+    With ``evaluate``, the same parameters are first fit on that protocol's training part and
+    measured on its test part; the metrics go into the manifest.
+    """
+    metrics = None
+    if evaluate is not None:
+        split = split_interactions(interactions.matrix, interactions.timestamps, evaluate)
+        metrics = {"protocol": evaluate, **evaluate_model(split, train, k=10)}
+        log.info("holdout (%s): ndcg@10 %.4f", evaluate, metrics["ndcg@10"])
     factors = fit_factors(interactions.matrix, train, progress=progress)
     log.info("%s fit on %s in %.2fs", train.algorithm, factors.device, factors.seconds)
-    model = build_model(interactions, factors, train, index, store.new_version(), categories)
+    model = build_model(
+        interactions, factors, train, index, store.new_version(), categories, metrics
+    )
     store.publish(model, index_params(index, build_threads=train.threads))
     return model
 
@@ -128,6 +145,7 @@ def train_from_files(
     items_path: Path | None = None,
     progress: bool = True,
     read_options: ReadOptions | None = None,
+    evaluate: Protocol | None = None,
 ) -> Model:
     """The `recsvc train` pipeline."""
     interactions = read_interactions(interactions_path, read_options)
@@ -139,4 +157,4 @@ def train_from_files(
         interactions.num_interactions,
     )
     categories = read_categories(items_path) if items_path else None
-    return train_and_publish(interactions, store, train, index, categories, progress)
+    return train_and_publish(interactions, store, train, index, categories, progress, evaluate)

@@ -47,6 +47,8 @@ class Manifest(BaseModel):
     num_interactions: int = Field(ge=0)
     factors: int = Field(ge=1)
     index: IndexEntry
+    data: dict[str, Any] = Field(default_factory=dict, description="Training data statistics.")
+    metrics: dict[str, Any] = Field(default_factory=dict, description="Offline evaluation.")
     files: dict[str, FileEntry]
 
 

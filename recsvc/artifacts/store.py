@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -42,6 +43,7 @@ from recsvc.index import IndexParams, ItemIndex
 log = logging.getLogger(__name__)
 
 LATEST_NAME = "LATEST"
+_VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 USERS = "users.parquet"
 ITEMS = "items.parquet"
 USER_FACTORS = "user_factors.npy"
@@ -92,8 +94,11 @@ class ModelStore:
             return []
         return sorted(p.name for p in self.versions_dir.iterdir() if p.is_dir())
 
-    def verify(self, version: str) -> Manifest:
-        """Check a version's manifest and every file's size and sha256; return the manifest."""
+    def read_manifest(self, version: str) -> Manifest:
+        """A version's manifest, parsed and checked against this server's schema (files are
+        not checked: see :meth:`verify`)."""
+        if not _VERSION_NAME.fullmatch(version):
+            raise ArtifactError(f"{version!r} is not a model version name")
         directory = self.versions_dir / version
         manifest_path = directory / MANIFEST_NAME
         if not manifest_path.is_file():
@@ -114,6 +119,12 @@ class ModelStore:
         missing = REQUIRED_FILES - manifest.files.keys()
         if missing:
             raise ArtifactError(f"model {version}: manifest lacks {sorted(missing)}")
+        return manifest
+
+    def verify(self, version: str) -> Manifest:
+        """Check a version's manifest and every file's size and sha256; return the manifest."""
+        manifest = self.read_manifest(version)
+        directory = self.versions_dir / version
         for name, entry in manifest.files.items():
             path = directory / name
             if not path.is_file():
@@ -181,6 +192,35 @@ class ModelStore:
         os.replace(temporary, self.root / LATEST_NAME)
         _fsync_dir(self.root)
 
+    def delete(self, version: str) -> None:
+        """Remove a published version; the one LATEST points to cannot be removed."""
+        self.read_manifest(version)
+        if version == self.latest_version():
+            raise ArtifactError(f"model {version} is the latest version; it cannot be removed")
+        directory = self.versions_dir / version
+        if not directory.is_dir():
+            raise ArtifactError(f"model {version} does not exist in {self.root}")
+        # Rename first so that a reader never sees a half-deleted version.
+        doomed = self.staging_dir / f"deleting-{version}"
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        os.rename(directory, doomed)
+        shutil.rmtree(doomed)
+
+    def collect_garbage(self, keep: int) -> list[str]:
+        """Keep the ``keep`` newest versions and LATEST; remove the rest and abandoned staging
+        directories (of processes no longer running). Returns the versions removed."""
+        latest = self.latest_version()
+        versions = self.list_versions()
+        doomed = [v for v in versions[: max(0, len(versions) - keep)] if v != latest]
+        for version in doomed:
+            self.delete(version)
+        if self.staging_dir.is_dir():
+            for leftover in self.staging_dir.iterdir():
+                owner = leftover.suffix.lstrip(".")
+                if not (owner.isdigit() and _process_alive(int(owner))):
+                    shutil.rmtree(leftover, ignore_errors=True)
+        return doomed
+
     @contextmanager
     def _staging(self, version: str) -> Iterator[Path]:
         """A private directory to write into; removed on any failure or interruption."""
@@ -240,6 +280,8 @@ def _manifest_for(model: Model, params: IndexParams, files: dict[str, object]) -
             "num_items": info.num_items,
             "num_interactions": info.num_interactions,
             "factors": info.factors,
+            "data": info.statistics,
+            "metrics": info.metrics,
             "index": IndexEntry(
                 m=params.m,
                 ef_construction=params.ef_construction,
@@ -286,6 +328,8 @@ def _read_model(directory: Path, manifest: Manifest, params: IndexParams) -> Mod
         created_at_ms=manifest.created_at_ms,
         trained_on=manifest.trained_on,
         index_recall_at_10=manifest.index.recall_at_10,
+        statistics=dict(manifest.data),
+        metrics=dict(manifest.metrics),
     )
     return Model(
         info=info,
@@ -313,6 +357,16 @@ def _load_array(
     if shape is not None and array.shape != shape:
         raise ValueError(f"{path.name}: shape {array.shape}, expected {shape}")
     return array
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write_durably(path: Path, content: bytes) -> None:

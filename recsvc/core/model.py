@@ -54,6 +54,8 @@ class ModelInfo:
     trained_on: str
     index_recall_at_10: float
     image_embedding_dim: int = 0
+    statistics: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
