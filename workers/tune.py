@@ -39,15 +39,15 @@ def suggest(trial: optuna.Trial | optuna.trial.FixedTrial, base: TrainSettings) 
     """One point of the search space for ``base.algorithm``."""
     values: dict[str, Any] = {
         "factors": trial.suggest_int("factors", 8, 256, log=True),
-        "regularization": trial.suggest_float("regularization", 1e-3, 100.0, log=True),
-        "weighting": trial.suggest_categorical("weighting", ["none", "binary", "bm25", "tfidf"]),
+        "regularization": trial.suggest_float("regularization", 1e-2, 100.0, log=True),
+        "weighting": trial.suggest_categorical("weighting", ["none", "binary", "bm25"]),
     }
     if values["weighting"] == "bm25":
         values["bm25_k1"] = trial.suggest_float("bm25_k1", 1.0, 1000.0, log=True)
         values["bm25_b"] = trial.suggest_float("bm25_b", 0.0, 1.0)
     if base.algorithm == "als":
-        values["alpha"] = trial.suggest_float("alpha", 0.1, 50.0, log=True)
-        values["iterations"] = trial.suggest_int("iterations", 5, 40)
+        values["alpha"] = trial.suggest_float("alpha", 0.5, 50.0, log=True)
+        values["iterations"] = trial.suggest_int("iterations", 10, 30)
     else:
         values["learning_rate"] = trial.suggest_float("learning_rate", 1e-3, 0.3, log=True)
         values["iterations"] = trial.suggest_int("iterations", 20, 300, log=True)
