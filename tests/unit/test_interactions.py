@@ -161,3 +161,47 @@ def test_reading_in_many_blocks_gives_the_same_result(
     assert blocks.user_ids == whole.user_ids and blocks.item_ids == whole.item_ids
     assert (blocks.matrix != whole.matrix).nnz == 0
     assert blocks.rows_read == 5000
+
+
+def test_tsv_bad_rows_are_reported(tmp_path: Path) -> None:
+    path = write(tmp_path / "i.tsv", "user\titem\tweight\nu1\ta\t1\nu2\t\t1\nu3\tc\tnan\n")
+    data = read_interactions(path)
+    assert data.num_interactions == 1
+    assert data.report.problems == {"item: empty id": 1, "weight: not a number": 1}
+
+
+def test_movielens_with_a_broken_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "u.data", "196\t242\t3\t881250949\n186\t302\n22\t377\t1\t878887116\n")
+    data = read_interactions(path)
+    assert data.num_interactions == 2 and data.report.rows_skipped == 1
+    with pytest.raises(DataError, match=r"u\.data"):
+        read_interactions(path, ReadOptions(strict=True))
+
+
+def test_parquet_bad_inputs(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.parquet"
+    garbage.write_bytes(b"this is not parquet at all")
+    with pytest.raises(DataError, match=r"garbage\.parquet"):
+        read_interactions(garbage)
+
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(
+        pa.table({"user_id": pa.array([], pa.string()), "item_id": pa.array([], pa.string())}),
+        empty,
+    )
+    with pytest.raises(DataError, match="holds no interactions"):
+        read_interactions(empty)
+
+    no_item = tmp_path / "no_item.parquet"
+    pq.write_table(pa.table({"user_id": ["a"], "colour": ["red"]}), no_item)
+    with pytest.raises(DataError, match="needs a user column"):
+        read_interactions(no_item)
+
+    text_weights = tmp_path / "text.parquet"
+    pq.write_table(
+        pa.table({"user_id": ["a", "b"], "item_id": ["x", "y"], "weight": ["2", "lots"]}),
+        text_weights,
+    )
+    data = read_interactions(text_weights)
+    assert data.num_interactions == 1
+    assert data.report.problems == {"weight: not a number": 1}
