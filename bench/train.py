@@ -82,8 +82,12 @@ def run_one(dataset: str, factors: int, iterations: int) -> dict[str, object]:
     use_gpu = implicit.gpu.HAS_CUDA
     with threadpool_limits(1, "blas"):
         model = implicit.als.AlternatingLeastSquares(
-            factors=factors, iterations=iterations, regularization=train.regularization,
-            alpha=train.alpha, random_state=train.seed, use_gpu=use_gpu,
+            factors=factors,
+            iterations=iterations,
+            regularization=train.regularization,
+            alpha=train.alpha,
+            random_state=train.seed,
+            use_gpu=use_gpu,
         )
         started = time.perf_counter()
         model.fit(data.matrix, show_progress=False)
@@ -118,7 +122,8 @@ def run_one(dataset: str, factors: int, iterations: int) -> dict[str, object]:
         "ratio": round(pipeline / baseline, 3),
         "index_recall_at_10": round(published.info.index_recall_at_10, 4),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, "
+        f"Python {platform.python_version()}",
     }
 
 
@@ -138,9 +143,18 @@ def main() -> None:
             print(json.dumps({"bench": "train", "dataset": dataset, "skipped": "no data"}))
             continue
         subprocess.run(
-            [sys.executable, __file__, "--one", dataset, "--factors", str(args.factors),
-             "--iterations", str(args.iterations)],
-            check=True, env=env,
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                dataset,
+                "--factors",
+                str(args.factors),
+                "--iterations",
+                str(args.iterations),
+            ],
+            check=True,
+            env=env,
         )
 
 
