@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from recsvc.artifacts import ModelStore  # noqa: E402
 from recsvc.config import IndexSettings, TrainSettings  # noqa: E402
+from recsvc.index import recall_at_k  # noqa: E402
 from workers.interactions import Interactions, ReadReport, read_interactions  # noqa: E402
 from workers.train import train_and_publish  # noqa: E402
 
@@ -105,6 +106,12 @@ def run_one(dataset: str, factors: int, iterations: int) -> dict[str, object]:
         started = time.perf_counter()
         published = train_and_publish(data, ModelStore(Path(tmp)), train, index, progress=False)
         pipeline = time.perf_counter() - started
+    # Recall of the item->item index built with the lower ef_construction.
+    rng = np.random.default_rng(0)
+    probes = published.item_factors[
+        rng.choice(len(items), size=min(200, len(items)), replace=False)
+    ]
+    similar_recall = recall_at_k(published.similar_index, probes, k=10)
     baseline = raw_fit + raw_build
     return {
         "bench": "train",
@@ -121,6 +128,7 @@ def run_one(dataset: str, factors: int, iterations: int) -> dict[str, object]:
         "pipeline_fit_s": published.info.parameters["fit_seconds"],
         "ratio": round(pipeline / baseline, 3),
         "index_recall_at_10": round(published.info.index_recall_at_10, 4),
+        "similar_index_recall_at_10": round(similar_recall, 4),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, "
         f"Python {platform.python_version()}",

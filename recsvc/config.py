@@ -84,7 +84,12 @@ class IndexSettings(_Section):
     """Building the HNSW index at training time."""
 
     m: int = Field(16, ge=2, le=128, description="HNSW M: links per node.")
-    ef_construction: int = Field(200, ge=8, le=10_000, description="HNSW ef while building.")
+    ef_construction: int = Field(
+        200, ge=8, le=10_000, description="HNSW ef while building the user->item index."
+    )
+    similar_ef_construction: int = Field(
+        100, ge=8, le=10_000, description="HNSW ef while building the item->item (cosine) index."
+    )
     recall_sample: int = Field(
         200, ge=0, le=100_000, description="Queries used to measure recall@10 against exact search."
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,10 @@ def build_model(
     """Assemble the domain Model: id maps, factors, history, popularity and both indexes."""
     params = index_params(index, build_threads=train.threads)
     user_index = ItemIndex.build(factors.item_factors, "ip", params)
-    similar_index = ItemIndex.build(factors.item_factors, "cosine", params)
+    # Normalised vectors make an easy graph: half the build effort keeps its recall
+    # (bench/train.py measures it) and keeps training within 1.2x of raw implicit + hnswlib.
+    similar_params = replace(params, ef_construction=index.similar_ef_construction)
+    similar_index = ItemIndex.build(factors.item_factors, "cosine", similar_params)
     recall = _measure_recall(user_index, factors.user_factors, index)
     item_categories, names = _category_codes(interactions.item_ids, categories or {})
     matrix = interactions.matrix
