@@ -45,6 +45,9 @@ class ServerSettings(_Section):
     max_send_message_bytes: int = Field(
         16 * MiB, ge=MiB, le=256 * MiB, description="Largest response sent."
     )
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0: off."
+    )
     drain_seconds: float = Field(
         2.0,
         ge=0,
@@ -78,6 +81,47 @@ class ServingSettings(_Section):
     search_threads: int = Field(
         1, ge=1, le=256, description="Threads hnswlib may use for one query."
     )
+    model_poll_seconds: float = Field(
+        2.0, ge=0, le=3600, description="How often to look for a new model version; 0: never."
+    )
+
+
+class StoreSettings(_Section):
+    """User state (Redis or in-process) and the event log."""
+
+    timeout_seconds: float = Field(
+        0.05, gt=0, le=10, description="Longest wait for the user store in one request."
+    )
+    connect_timeout_seconds: float = Field(0.5, gt=0, le=30, description="Redis connect timeout.")
+    key_prefix: str = Field("recsvc", min_length=1, max_length=32, description="Redis key prefix.")
+    vector_ttl_seconds: int = Field(
+        7 * 86400, ge=60, description="TTL of a cached user vector (per model version)."
+    )
+    history_ttl_seconds: int = Field(
+        30 * 86400, ge=60, description="TTL of a user's recent-interaction history."
+    )
+    history_max_items: int = Field(
+        500, ge=1, le=100_000, description="Items kept per user history (newest first)."
+    )
+    max_users_in_process: int = Field(
+        1_000_000, ge=1, description="Users kept by the in-process store (least recent dropped)."
+    )
+    event_log_path: Path | None = Field(
+        None, description="Event log file without Redis; unset: events.jsonl in the model store."
+    )
+    dedupe_ttl_seconds: int = Field(
+        7 * 86400, ge=60, description="How long an event_id is remembered for idempotency (Redis)."
+    )
+
+
+class EventWeights(_Section):
+    """Default weight of each event type (when an interaction carries no weight)."""
+
+    view: float = Field(1.0, gt=0, description="Weight of a view.")
+    click: float = Field(2.0, gt=0, description="Weight of a click.")
+    cart: float = Field(3.0, gt=0, description="Weight of an add-to-cart.")
+    purchase: float = Field(5.0, gt=0, description="Weight of a purchase.")
+    rating: float = Field(1.0, gt=0, description="Weight of a rating sent without a value.")
 
 
 class IndexSettings(_Section):
@@ -142,6 +186,8 @@ class Settings(BaseSettings):
     )
     server: ServerSettings = Field(default_factory=ServerSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    events: EventWeights = Field(default_factory=EventWeights)
     index: IndexSettings = Field(default_factory=IndexSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
 

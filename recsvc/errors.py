@@ -35,6 +35,10 @@ class Unavailable(RecsvcError):
     """No model is loaded yet, or a needed backend is down; the caller may retry."""
 
 
+class StoreUnavailable(Unavailable):
+    """A storage backend (Redis, the event log) did not answer in time or refused."""
+
+
 class NotImplementedYet(RecsvcError):
     """A part of the API that this version does not implement."""
 

@@ -1,13 +1,19 @@
 """The gRPC server: build it, load the model, serve, and shut down gracefully on SIGTERM.
 
 Start-up order: bind the port with health NOT_SERVING, load and verify the latest model, turn
-health SERVING, print ``listening on HOST:PORT``. Shutdown (SIGTERM or SIGINT): health
-NOT_SERVING, keep serving ``drain_seconds`` so load balancers notice, then ``stop(grace)``.
+health SERVING, print ``listening on HOST:PORT``. While serving, a watcher swaps in new model
+versions. Shutdown (SIGTERM or SIGINT): health NOT_SERVING, keep serving ``drain_seconds`` so
+load balancers notice, then ``stop(grace)``.
+
+Health services: ``""`` and ``recsvc.v1.Recommender`` (liveness and readiness: the model is
+loaded and answering) stay SERVING while the user store is down, because answers continue from
+fallbacks; ``store`` reports the user store itself (NOT_SERVING while degraded).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from dataclasses import dataclass
@@ -21,16 +27,25 @@ from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
 from recsvc.api.servicer import RecommenderServicer
 from recsvc.artifacts import ModelStore
+from recsvc.artifacts.watcher import ModelWatcher
 from recsvc.config import Settings
 from recsvc.core.holder import RecommenderHolder
 from recsvc.core.queries import Limits
 from recsvc.core.recommender import Recommender
+from recsvc.core.service import RecommendationService
+from recsvc.core.state import EventLog, EventType, UserStateStore
 from recsvc.index import IndexParams
+from recsvc.metrics import Metrics
+from recsvc.store.file_log import FileEventLog
+from recsvc.store.memory import InMemoryUserStore
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
 HEALTH_SERVICES = ("", SERVICE_NAME)
+STORE_HEALTH = "store"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @dataclass
@@ -40,7 +55,9 @@ class ServerHandle:
     health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
 
 
-def create_server(settings: Settings, holder: RecommenderHolder) -> ServerHandle:
+def create_server(
+    settings: Settings, service: RecommendationService, metrics: Metrics | None = None
+) -> ServerHandle:
     """A grpc.aio server with the Recommender, health and reflection services, bound to
     ``settings.server.host:port`` (port 0 picks a free one). Not started yet."""
     options = [
@@ -49,7 +66,7 @@ def create_server(settings: Settings, holder: RecommenderHolder) -> ServerHandle
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(options=options)
-    pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(holder), server)
+    pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(service, metrics), server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -62,10 +79,28 @@ def create_server(settings: Settings, holder: RecommenderHolder) -> ServerHandle
     return ServerHandle(server, port, health_servicer)
 
 
-def load_recommender(settings: Settings) -> Recommender:
-    """Load and verify the latest model in the model store."""
+def build_state(settings: Settings) -> tuple[UserStateStore, EventLog]:
+    """Redis backends when RECSVC_REDIS_URL is set, else in-process state and a file log."""
+    s = settings.store
+    if settings.redis_url:
+        from recsvc.store.redis_backend import RedisEventLog, RedisUserStore, connect
+
+        client = connect(settings.redis_url, s.timeout_seconds, s.connect_timeout_seconds)
+        store: UserStateStore = RedisUserStore(
+            client, s.key_prefix, s.history_max_items, s.history_ttl_seconds, s.vector_ttl_seconds
+        )
+        return store, RedisEventLog(client, s.key_prefix, s.dedupe_ttl_seconds)
+    memory = InMemoryUserStore(
+        s.history_max_items, s.history_ttl_seconds, s.vector_ttl_seconds, s.max_users_in_process
+    )
+    return memory, FileEventLog(s.event_log_path or settings.model_store / "events.jsonl")
+
+
+def load_recommender(settings: Settings, version: str | None = None) -> Recommender:
+    """Load and verify a model version (default: the latest) from the model store."""
     store = ModelStore(settings.model_store)
-    model = store.load_latest(query_index_params(settings))
+    params = query_index_params(settings)
+    model = store.load(version, params) if version else store.load_latest(params)
     log.info(
         "loaded model %s: %d users, %d items, recall@10 %.3f",
         model.version,
@@ -96,25 +131,77 @@ async def set_health(handle: ServerHandle, status: int) -> None:
         await handle.health.set(service, status)
 
 
+class StoreHealth:
+    """Mirrors the user store's state into the ``store`` health service, and pings it while
+    it is down so that the status comes back without waiting for traffic."""
+
+    def __init__(self, handle: ServerHandle, store: UserStateStore) -> None:
+        self.handle = handle
+        self.store = store
+        self.healthy = True
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def report(self, healthy: bool) -> None:
+        if healthy != self.healthy:
+            self.healthy = healthy
+            log.warning("user store %s", "is back" if healthy else "is unavailable; degrading")
+            task = asyncio.get_running_loop().create_task(
+                self.handle.health.set(STORE_HEALTH, SERVING if healthy else NOT_SERVING)
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def run(self, interval: float = 1.0) -> None:
+        await self.handle.health.set(STORE_HEALTH, SERVING)
+        while True:
+            await asyncio.sleep(interval)
+            if not self.healthy:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(interval):
+                        self.report(await self.store.ping())
+
+
 async def serve(settings: Settings, announce: bool = True) -> None:
     """Run the server until SIGTERM or SIGINT, then drain and stop."""
     holder = RecommenderHolder()
-    handle = create_server(settings, holder)
-    await set_health(handle, health_pb2.HealthCheckResponse.NOT_SERVING)
+    store, events = build_state(settings)
+    weights = {EventType(name): weight for name, weight in settings.events.model_dump().items()}
+    service = RecommendationService(holder, store, events, weights, settings.store.timeout_seconds)
+    metrics = Metrics()
+    handle = create_server(settings, service, metrics)
+    store_health = StoreHealth(handle, store)
+    service.on_store_status = store_health.report
+    watcher = ModelWatcher(
+        ModelStore(settings.model_store),
+        holder,
+        lambda version: load_recommender(settings, version),
+        settings.serving.model_poll_seconds,
+    )
+    metrics.watch(service, lambda: (watcher.swaps, watcher.failures))
+    if settings.server.metrics_port:
+        metrics.serve(settings.server.metrics_port, settings.server.host)
+    await set_health(handle, NOT_SERVING)
     await handle.server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    background: list[asyncio.Task[None]] = [loop.create_task(store_health.run())]
     try:
         holder.swap(await asyncio.to_thread(load_recommender, settings))
-        await set_health(handle, health_pb2.HealthCheckResponse.SERVING)
+        if settings.serving.model_poll_seconds > 0:
+            background.append(loop.create_task(watcher.run()))
+        await set_health(handle, SERVING)
         if announce:
             print(f"listening on {settings.server.host}:{handle.port}", flush=True)
         await stop.wait()
         log.info("shutting down: NOT_SERVING, draining for %.1fs", settings.server.drain_seconds)
-        await set_health(handle, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await set_health(handle, NOT_SERVING)
         await asyncio.sleep(settings.server.drain_seconds)
     finally:
+        for task in background:
+            task.cancel()
         await handle.server.stop(settings.server.grace_seconds)
+        await store.close()
+        await events.close()
         log.info("stopped")

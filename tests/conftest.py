@@ -24,6 +24,11 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> DemoData:
 
 
 @pytest.fixture(scope="session")
+def demo_data_path(demo_data: DemoData) -> Path:
+    return demo_data.interactions
+
+
+@pytest.fixture(scope="session")
 def model_store(tmp_path_factory: pytest.TempPathFactory, demo_data: DemoData) -> Path:
     root = tmp_path_factory.mktemp("model-store")
     train_from_files(
@@ -46,6 +51,7 @@ def model(model_store: Path) -> Model:
 def server(model_store: Path) -> Iterator[ServerProcess]:
     """A real `recsvc serve` process on a free port; HNSW search (no exact shortcut)."""
     env = server_env(
+        RECSVC_STORE__EVENT_LOG_PATH=str(model_store.parent / "server-events.jsonl"),
         RECSVC_SERVING__EXACT_SEARCH_MAX_ITEMS="0",
         RECSVC_SERVING__MAX_K="100",
         RECSVC_SERVER__DRAIN_SECONDS="0",

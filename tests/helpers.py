@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +28,12 @@ class ServerProcess:
 
 def recsvc_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "recsvc", *args]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def server_env(**extra: str) -> dict[str, str]:
@@ -75,3 +82,42 @@ def running_server(
             except subprocess.TimeoutExpired:
                 process.kill()
         process.stdout.close()
+
+
+@contextmanager
+def redis_server(port: int | None = None) -> Iterator[str]:
+    """A private redis-server on a free port (nothing persisted); yields its URL."""
+    port = port or free_port()
+    process = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        process.kill()
+        raise AssertionError("redis-server did not start")
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -6,6 +6,7 @@ The domain never sees a ``*_pb2`` type; this module is the only place that knows
 from __future__ import annotations
 
 from recsvc._proto.v1 import recommender_pb2 as pb
+from recsvc.core.interactions import RawInteraction
 from recsvc.core.model import ModelInfo
 from recsvc.core.queries import (
     CategoryFilter,
@@ -17,6 +18,7 @@ from recsvc.core.queries import (
     SimilarQuery,
     Strategy,
 )
+from recsvc.core.state import EventType
 from recsvc.errors import InvalidArgument
 
 _STRATEGY_TO_PB = {
@@ -53,6 +55,7 @@ def recommend_query_from_pb(message: pb.RecommendRequest) -> RecommendQuery:
         exclude_item_ids=tuple(message.exclude_item_ids),
         recent_item_ids=tuple(message.recent_item_ids),
         categories=categories_from_pb(message.categories),
+        diversity=message.diversity,
     )
 
 
@@ -65,6 +68,47 @@ def similar_query_from_pb(message: pb.SimilarItemsRequest) -> SimilarQuery:
         k=message.k,
         mode=mode,
         categories=categories_from_pb(message.categories),
+    )
+
+
+_EVENT_FROM_PB = {
+    pb.EVENT_TYPE_UNSPECIFIED: EventType.VIEW,
+    pb.EVENT_TYPE_VIEW: EventType.VIEW,
+    pb.EVENT_TYPE_CLICK: EventType.CLICK,
+    pb.EVENT_TYPE_CART: EventType.CART,
+    pb.EVENT_TYPE_PURCHASE: EventType.PURCHASE,
+    pb.EVENT_TYPE_RATING: EventType.RATING,
+}
+_EVENT_TO_PB = {value: key for key, value in _EVENT_FROM_PB.items() if key}
+
+
+def interactions_from_pb(message: pb.RecordInteractionsRequest) -> list[RawInteraction]:
+    return [
+        RawInteraction(
+            user_id=i.user_id,
+            item_id=i.item_id,
+            event_type=_EVENT_FROM_PB.get(i.event_type),
+            weight=i.weight if i.HasField("weight") else None,
+            timestamp_ms=i.timestamp_ms,
+            event_id=i.event_id,
+        )
+        for i in message.interactions
+    ]
+
+
+def interactions_to_pb(interactions: list[RawInteraction]) -> pb.RecordInteractionsRequest:
+    return pb.RecordInteractionsRequest(
+        interactions=[
+            pb.Interaction(
+                user_id=i.user_id,
+                item_id=i.item_id,
+                event_type=_EVENT_TO_PB[i.event_type or EventType.VIEW],
+                weight=i.weight,
+                timestamp_ms=i.timestamp_ms,
+                event_id=i.event_id,
+            )
+            for i in interactions
+        ]
     )
 
 
@@ -81,6 +125,7 @@ def recommend_query_to_pb(query: RecommendQuery) -> pb.RecommendRequest:
         categories=pb.CategoryFilter(
             include=list(query.categories.include), exclude=list(query.categories.exclude)
         ),
+        diversity=query.diversity,
     )
 
 

@@ -1,4 +1,5 @@
-"""The one table from recsvc's exceptions to gRPC status codes, and the decorator that applies it.
+"""The one table from recsvc's exceptions to gRPC status codes, and the decorator that applies
+it (and times every call for the metrics).
 
 Nothing escapes a servicer as UNKNOWN: a RecsvcError gets its code and message; anything else is
 logged with its traceback and answered INTERNAL.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -58,13 +60,21 @@ def translate_errors(method: Handler[Request, Response]) -> Handler[Request, Res
     async def wrapper(
         self: Any, request: Request, context: grpc.aio.ServicerContext[Request, Response]
     ) -> Response:
+        started = time.perf_counter()
+        observe = getattr(getattr(self, "metrics", None), "observe_rpc", None)
         try:
-            return await method(self, request, context)
+            response = await method(self, request, context)
         except RecsvcError as exc:
             code, message = status_for(exc), str(exc)
         except Exception:
             log.exception("%s failed", method.__name__)
             code, message = grpc.StatusCode.INTERNAL, "internal error; the server log has details"
+        else:
+            if observe:
+                observe(method.__name__, "OK", time.perf_counter() - started)
+            return response
+        if observe:
+            observe(method.__name__, code.name, time.perf_counter() - started)
         await context.abort(code, message)
         raise AssertionError("context.abort returned")  # abort always raises
 

@@ -8,18 +8,19 @@ from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
 from recsvc.api import convert
 from recsvc.api.errors import translate_errors
-from recsvc.core.holder import RecommenderHolder
-from recsvc.core.recommender import recommend_batch
+from recsvc.core.service import RecommendationService
 from recsvc.errors import NotImplementedYet
+from recsvc.metrics import Metrics
 
 Context = grpc.aio.ServicerContext
 
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
-    """gRPC front of :class:`recsvc.core.recommender.Recommender`."""
+    """gRPC front of :class:`recsvc.core.service.RecommendationService`."""
 
-    def __init__(self, holder: RecommenderHolder) -> None:
-        self._holder = holder
+    def __init__(self, service: RecommendationService, metrics: Metrics | None = None) -> None:
+        self._service = service
+        self.metrics = metrics
 
     @translate_errors
     async def Recommend(
@@ -28,7 +29,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         context: Context[pb.RecommendRequest, pb.RecommendResponse],
     ) -> pb.RecommendResponse:
         query = convert.recommend_query_from_pb(request)
-        return convert.recommendation_to_pb(self._holder.current().recommend(query))
+        result = await self._service.recommend(query, context.time_remaining())
+        return convert.recommendation_to_pb(result)
 
     @translate_errors
     async def RecommendBatch(
@@ -37,7 +39,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         context: Context[pb.RecommendBatchRequest, pb.RecommendBatchResponse],
     ) -> pb.RecommendBatchResponse:
         queries = [convert.recommend_query_from_pb(r) for r in request.requests]
-        results = recommend_batch(self._holder.current(), queries)
+        results = await self._service.recommend_batch(queries, context.time_remaining())
         return pb.RecommendBatchResponse(
             responses=[convert.recommendation_to_pb(r) for r in results]
         )
@@ -49,7 +51,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         context: Context[pb.SimilarItemsRequest, pb.SimilarItemsResponse],
     ) -> pb.SimilarItemsResponse:
         query = convert.similar_query_from_pb(request)
-        return convert.similar_items_to_pb(self._holder.current().similar_items(query))
+        return convert.similar_items_to_pb(await self._service.similar_items(query))
 
     @translate_errors
     async def GetModelInfo(
@@ -57,7 +59,19 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         request: pb.GetModelInfoRequest,
         context: Context[pb.GetModelInfoRequest, pb.ModelInfo],
     ) -> pb.ModelInfo:
-        return convert.model_info_to_pb(self._holder.current().model.info)
+        return convert.model_info_to_pb(self._service.holder.current().model.info)
+
+    @translate_errors
+    async def RecordInteractions(
+        self,
+        request: pb.RecordInteractionsRequest,
+        context: Context[pb.RecordInteractionsRequest, pb.RecordInteractionsResponse],
+    ) -> pb.RecordInteractionsResponse:
+        raw = convert.interactions_from_pb(request)
+        result = await self._service.record(raw, context.time_remaining())
+        return pb.RecordInteractionsResponse(
+            accepted=len(result.accepted), duplicates=result.duplicates
+        )
 
     @translate_errors
     async def SearchByImage(
@@ -66,14 +80,6 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         context: Context[pb.SearchByImageRequest, pb.SearchByImageResponse],
     ) -> pb.SearchByImageResponse:
         raise NotImplementedYet("SearchByImage is not implemented yet (image embeddings)")
-
-    @translate_errors
-    async def RecordInteractions(
-        self,
-        request: pb.RecordInteractionsRequest,
-        context: Context[pb.RecordInteractionsRequest, pb.RecordInteractionsResponse],
-    ) -> pb.RecordInteractionsResponse:
-        raise NotImplementedYet("RecordInteractions is not implemented yet (real-time serving)")
 
     @translate_errors
     async def UpsertItems(

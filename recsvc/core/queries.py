@@ -49,10 +49,13 @@ class RecommendQuery:
     exclude_item_ids: tuple[str, ...] = ()
     recent_item_ids: tuple[str, ...] = ()
     categories: CategoryFilter = CategoryFilter()
+    diversity: float = 0.0
 
     def validate(self, limits: Limits, prefix: str = "") -> None:
         """Raise InvalidArgument naming the first bad field (``prefix`` locates it in a batch)."""
         check_k(self.k, limits, f"{prefix}k")
+        if not 0.0 <= self.diversity <= 1.0:  # also rejects NaN
+            raise InvalidArgument(f"{prefix}diversity", f"must be in [0, 1], got {self.diversity}")
         if self.user_id:
             check_id(self.user_id, f"{prefix}user_id")
         elif not self.recent_item_ids:

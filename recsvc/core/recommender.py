@@ -19,6 +19,8 @@ from recsvc.core.queries import (
     Strategy,
     check_batch_size,
 )
+from recsvc.core.ranking import mmr
+from recsvc.core.state import UserState
 from recsvc.errors import NotFound, NotImplementedYet
 from recsvc.index import ItemIndex
 
@@ -42,30 +44,72 @@ class Recommender:
     def version(self) -> str:
         return self.model.version
 
-    def recommend(self, query: RecommendQuery) -> Recommendation:
-        """Top-k items for a user, a session, or everyone (popular), per ``query``."""
+    def recommend(self, query: RecommendQuery, state: UserState | None = None) -> Recommendation:
+        """Top-k items for a user, a session, or everyone (popular), per ``query``.
+
+        ``state`` is what the store knows beyond the model: interactions since training (they
+        are excluded like the training history) and the user's folded-in vector, which wins
+        over the model's own user factors.
+        """
         query.validate(self.limits)
+        state = state or UserState()
         model = self.model
         user_row = model.users.row(query.user_id) if query.user_id else None
         recent_rows = model.items.rows(query.recent_item_ids)
         blocked = model.items.rows(query.exclude_item_ids)
         if query.exclude_seen:
             seen = model.seen_items(user_row) if user_row is not None else np.empty(0, np.int64)
-            blocked = np.concatenate([blocked, seen, recent_rows])
+            history = model.items.rows(state.history)
+            blocked = np.concatenate([blocked, seen, history, recent_rows])
         allowed = self._allowed_mask(query.categories)
 
-        if user_row is not None:
+        if state.vector is not None and state.vector.shape == (model.item_factors.shape[1],):
+            vector = state.vector
+            strategy = Strategy.PERSONALISED
+        elif user_row is not None:
             vector = model.user_factors[user_row]
             strategy = Strategy.PERSONALISED
         elif len(recent_rows):
-            vector = self._fold_in(np.unique(recent_rows))
+            rows = np.unique(recent_rows)
+            vector = self._fold_in(rows, np.ones(len(rows), dtype=np.float32))
             strategy = Strategy.SESSION
         else:
             labels, scores = self._popular(query.k, blocked, allowed)
             return Recommendation(self._scored(labels, scores), model.version, Strategy.POPULAR)
 
-        labels, scores = self._search(model.user_index, vector, query.k, blocked, allowed)
+        if query.diversity > 0:
+            pool = min(model.info.num_items, max(3 * query.k, query.k + 50))
+            labels, scores = self._search(model.user_index, vector, pool, blocked, allowed)
+            labels, scores = mmr(
+                labels, scores, model.similar_index.vectors, query.k, query.diversity
+            )
+        else:
+            labels, scores = self._search(model.user_index, vector, query.k, blocked, allowed)
         return Recommendation(self._scored(labels, scores), model.version, strategy)
+
+    def fold_in_user(
+        self, user_id: str, history: dict[str, float]
+    ) -> npt.NDArray[np.float32] | None:
+        """The user's vector from the training history plus ``history`` (item -> weight of
+        interactions since), by the model's own rule; None when no known item is involved."""
+        model = self.model
+        weights: dict[int, float] = {}
+        user_row = model.users.row(user_id)
+        if user_row is not None:
+            start, end = model.user_items.indptr[user_row], model.user_items.indptr[user_row + 1]
+            for item, weight in zip(
+                model.user_items.indices[start:end], model.user_items.data[start:end], strict=True
+            ):
+                weights[int(item)] = float(weight)
+        for item_id, weight in history.items():
+            row = model.items.row(item_id)
+            if row is not None:
+                weights[row] = weights.get(row, 0.0) + weight
+        if not weights:
+            return None
+        rows = np.fromiter(weights.keys(), dtype=np.int64, count=len(weights))
+        values = np.fromiter(weights.values(), dtype=np.float32, count=len(weights))
+        return self._fold_in(rows, values)
 
     def similar_items(self, query: SimilarQuery) -> SimilarItems:
         """Items most similar to ``query.item_id`` (never the item itself)."""
@@ -82,10 +126,15 @@ class Recommender:
         labels, scores = self._search(model.similar_index, vector, query.k, blocked, allowed)
         return SimilarItems(self._scored(labels, scores), model.version)
 
-    def _fold_in(self, item_rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
-        """A user vector from interacted items (weight 1 each), by the model's own rule."""
+    def _fold_in(
+        self, item_rows: npt.NDArray[np.int64], weights: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.float32]:
+        """A user vector from distinct interacted items and their weights, by the model's own
+        rule. The weights get the training's weighting where it is per-entry (binary); for
+        bm25/tf-idf, which need corpus statistics, raw weights are an approximation."""
         model = self.model
-        weights = np.ones(len(item_rows), dtype=np.float32)
+        if model.info.parameters.get("weighting") == "binary":
+            weights = np.ones_like(weights)
         if model.info.algorithm == "als":
             return als_fold_in(
                 model.item_factors, model.yty, item_rows, weights, model.regularization, model.alpha

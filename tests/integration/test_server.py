@@ -151,7 +151,6 @@ def test_batch_rejects_bad_entries_by_position(stub: pb_grpc.RecommenderStub) ->
     ("method", "request_message"),
     [
         ("SearchByImage", pb.SearchByImageRequest(image=b"x", k=3)),
-        ("RecordInteractions", pb.RecordInteractionsRequest()),
         ("UpsertItems", pb.UpsertItemsRequest()),
     ],
 )

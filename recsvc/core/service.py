@@ -1,0 +1,214 @@
+"""RecommendationService: the real-time layer over the Recommender.
+
+It brings in what the model alone does not know: the user's interactions since training and
+their folded-in vector (from a UserStateStore), and durable recording of new interactions (an
+EventLog). Storage is slow or down? Requests degrade (the model's own user factors, the
+session, popular items) instead of failing; only recording, which must be durable, fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from recsvc.core.holder import RecommenderHolder
+from recsvc.core.interactions import RawInteraction, validate_interactions
+from recsvc.core.queries import (
+    Recommendation,
+    RecommendQuery,
+    SimilarItems,
+    SimilarQuery,
+    check_batch_size,
+)
+from recsvc.core.recommender import Recommender
+from recsvc.core.state import (
+    AppendResult,
+    EventLog,
+    EventType,
+    Interaction,
+    UserState,
+    UserStateStore,
+)
+from recsvc.errors import StoreUnavailable, Unavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceStats:
+    """Counters the metrics layer reads (the domain does not import prometheus)."""
+
+    vector_hits: int = 0
+    vector_misses: int = 0
+    store_errors: int = 0
+    fold_ins: int = 0
+    fold_in_seconds: list[float] = field(default_factory=list)
+
+    def observe_fold_in(self, seconds: float) -> None:
+        self.fold_ins += 1
+        self.fold_in_seconds.append(seconds)
+        if len(self.fold_in_seconds) > 10_000:
+            del self.fold_in_seconds[:5_000]
+
+
+class RecommendationService:
+    """Answers Recommend/SimilarItems/RecordInteractions with user state and degradation.
+
+    Parameters
+    ----------
+    holder : the current model version (swapped by the model watcher)
+    store : per-user vectors and histories
+    events : the durable event log
+    event_weights : default weight per event type
+    store_timeout : longest wait for the store in one request (further bounded by the deadline)
+    """
+
+    def __init__(
+        self,
+        holder: RecommenderHolder,
+        store: UserStateStore,
+        events: EventLog,
+        event_weights: dict[EventType, float],
+        store_timeout: float,
+        on_store_status: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.holder = holder
+        self.store = store
+        self.events = events
+        self.event_weights = event_weights
+        self.store_timeout = store_timeout
+        self.stats = ServiceStats()
+        self.on_store_status = on_store_status or (lambda healthy: None)
+        self._background: set[asyncio.Task[None]] = set()
+
+    # --------------------------------------------------------------------------- queries
+
+    async def recommend(
+        self, query: RecommendQuery, time_left: float | None = None
+    ) -> Recommendation:
+        recommender = self.holder.current()
+        query.validate(recommender.limits)
+        state = await self._state_for(recommender, query.user_id, time_left)
+        return recommender.recommend(query, state)
+
+    async def recommend_batch(
+        self, queries: list[RecommendQuery], time_left: float | None = None
+    ) -> list[Recommendation]:
+        recommender = self.holder.current()
+        check_batch_size(len(queries), recommender.limits, "requests")
+        for position, query in enumerate(queries):
+            query.validate(recommender.limits, prefix=f"requests[{position}].")
+        states = await asyncio.gather(
+            *(self._state_for(recommender, q.user_id, time_left) for q in queries)
+        )
+        return [recommender.recommend(q, s) for q, s in zip(queries, states, strict=True)]
+
+    async def similar_items(self, query: SimilarQuery) -> SimilarItems:
+        return self.holder.current().similar_items(query)
+
+    # --------------------------------------------------------------------------- recording
+
+    async def record(
+        self, raw: list[RawInteraction], time_left: float | None = None
+    ) -> AppendResult:
+        """Validate, append durably to the event log, then update each user's history and
+        vector. Only the log must succeed: a store failure after it loses nothing (the vector
+        is recomputed from the history, or the events reach the next model)."""
+        recommender = self.holder.current()
+        interactions = validate_interactions(raw, recommender.limits, self.event_weights)
+        try:
+            result = await self.events.append(interactions)
+        except StoreUnavailable as exc:
+            raise Unavailable(
+                f"interactions: not recorded, the event log is unavailable ({exc})"
+            ) from exc
+        by_user: dict[str, list[Interaction]] = defaultdict(list)
+        for event in result.accepted:
+            by_user[event.user_id].append(event)
+        for user_id, events in by_user.items():
+            await self._update_user(recommender, user_id, events, time_left)
+        return result
+
+    async def _update_user(
+        self,
+        recommender: Recommender,
+        user_id: str,
+        events: list[Interaction],
+        time_left: float | None,
+    ) -> None:
+        try:
+            async with asyncio.timeout(self._budget(time_left)):
+                history = await self.store.add_history(user_id, events)
+                vector = self._fold_in(recommender, user_id, history)
+                if vector is not None:
+                    await self.store.put_vector(user_id, recommender.version, vector)
+            self.on_store_status(True)
+        except (StoreUnavailable, TimeoutError) as exc:
+            self.stats.store_errors += 1
+            self.on_store_status(False)
+            log.warning("user %s: state not updated (%s); events are in the log", user_id, exc)
+
+    # --------------------------------------------------------------------------- helpers
+
+    async def _state_for(
+        self, recommender: Recommender, user_id: str, time_left: float | None
+    ) -> UserState:
+        """The user's stored state for this model version; folds in (and stores) a vector when
+        only the history is known (e.g. after a model swap). Degrades to no state."""
+        if not user_id:
+            return UserState()
+        try:
+            async with asyncio.timeout(self._budget(time_left)):
+                state = await self.store.get_state(user_id, recommender.version)
+            self.on_store_status(True)
+        except (StoreUnavailable, TimeoutError) as exc:
+            self.stats.store_errors += 1
+            self.on_store_status(False)
+            log.debug("user %s: store unavailable (%s); answering without it", user_id, exc)
+            return UserState()
+        if state.vector is not None:
+            self.stats.vector_hits += 1
+            return state
+        self.stats.vector_misses += 1
+        if not state.history:
+            return state
+        vector = self._fold_in(recommender, user_id, state.history)
+        if vector is not None:
+            self._spawn(self._store_vector(user_id, recommender.version, vector))
+        return UserState(state.history, vector)
+
+    def _fold_in(
+        self, recommender: Recommender, user_id: str, history: dict[str, float]
+    ) -> npt.NDArray[np.float32] | None:
+        started = time.perf_counter()
+        vector = recommender.fold_in_user(user_id, history)
+        self.stats.observe_fold_in(time.perf_counter() - started)
+        return vector
+
+    async def _store_vector(
+        self, user_id: str, version: str, vector: npt.NDArray[np.float32]
+    ) -> None:
+        try:
+            async with asyncio.timeout(self.store_timeout):
+                await self.store.put_vector(user_id, version, vector)
+        except (StoreUnavailable, TimeoutError):
+            self.stats.store_errors += 1
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _budget(self, time_left: float | None) -> float:
+        """Time the store may take: the configured limit, within the request's deadline."""
+        if time_left is None:
+            return self.store_timeout
+        return max(0.001, min(self.store_timeout, time_left * 0.5))

@@ -1,0 +1,89 @@
+"""What the domain needs from storage, as interfaces; implementations live in recsvc.store.
+
+The domain never imports Redis: the service gets a UserStateStore and an EventLog in its
+constructor (Redis-backed in production, in-process in embedded mode and where tests want it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+
+class EventType(StrEnum):
+    VIEW = "view"
+    CLICK = "click"
+    CART = "cart"
+    PURCHASE = "purchase"
+    RATING = "rating"
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """One recorded interaction, validated; ``weight`` is resolved (never None)."""
+
+    user_id: str
+    item_id: str
+    event_type: EventType
+    weight: float
+    timestamp_ms: int
+    event_id: str
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """Which of the appended interactions were new (the rest had a known event_id)."""
+
+    accepted: list[Interaction]
+    duplicates: int
+
+
+@dataclass(frozen=True)
+class UserState:
+    """What the store knows about a user beyond the model.
+
+    history : item_id -> summed weight of interactions recorded since serving started
+        (bounded, with a TTL); vector : the user's folded-in vector for the current model
+        version, or None when it must be (re)computed.
+    """
+
+    history: dict[str, float] = field(default_factory=dict)
+    vector: npt.NDArray[np.float32] | None = None
+
+
+class UserStateStore(Protocol):
+    """Per-user vectors (keyed by model version) and bounded interaction histories.
+
+    Every method raises ``recsvc.errors.StoreUnavailable`` when the backend fails; callers
+    bound each call with ``asyncio.timeout`` (the request's deadline) and degrade instead of
+    failing.
+    """
+
+    async def get_state(self, user_id: str, model_version: str) -> UserState: ...
+
+    async def put_vector(
+        self, user_id: str, model_version: str, vector: npt.NDArray[np.float32]
+    ) -> None: ...
+
+    async def add_history(self, user_id: str, interactions: list[Interaction]) -> dict[str, float]:
+        """Add interactions to the user's history; return the updated history."""
+        ...
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class EventLog(Protocol):
+    """The durable log of recorded interactions: the source of truth for retraining."""
+
+    async def append(self, interactions: list[Interaction]) -> AppendResult:
+        """Durably append the interactions whose event_id is new; when this returns, they
+        survive a crash. Raises StoreUnavailable when that cannot be guaranteed."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,94 @@
+"""In-process user state for the embedded mode: bounded (LRU), with TTLs, lost on restart."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from recsvc.core.state import Interaction, UserState
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class InMemoryUserStore:
+    """UserStateStore in a dict: at most ``max_users`` users (least recently used go first)."""
+
+    def __init__(
+        self,
+        history_max_items: int,
+        history_ttl: float,
+        vector_ttl: float,
+        max_users: int = 1_000_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.history_max_items = history_max_items
+        self.history_ttl = history_ttl
+        self.vector_ttl = vector_ttl
+        self.max_users = max_users
+        self._clock = clock
+        # user -> (expires_at, {item: (weight, timestamp_ms)})
+        self._history: OrderedDict[str, tuple[float, dict[str, tuple[float, int]]]] = OrderedDict()
+        # (user, model version) -> (expires_at, vector)
+        self._vectors: OrderedDict[tuple[str, str], tuple[float, npt.NDArray[np.float32]]] = (
+            OrderedDict()
+        )
+
+    async def get_state(self, user_id: str, model_version: str) -> UserState:
+        now = self._clock()
+        history = self._live(self._history, user_id, now)
+        vector = self._live(self._vectors, (user_id, model_version), now)
+        weights = {item: weight for item, (weight, _) in (history or {}).items()}
+        return UserState(weights, vector)
+
+    async def put_vector(
+        self, user_id: str, model_version: str, vector: npt.NDArray[np.float32]
+    ) -> None:
+        self._vectors[(user_id, model_version)] = (self._clock() + self.vector_ttl, vector.copy())
+        self._vectors.move_to_end((user_id, model_version))
+        self._bound(self._vectors)
+
+    async def add_history(self, user_id: str, interactions: list[Interaction]) -> dict[str, float]:
+        now = self._clock()
+        history = self._live(self._history, user_id, now) or {}
+        for event in interactions:
+            weight, latest = history.get(event.item_id, (0.0, 0))
+            history[event.item_id] = (weight + event.weight, max(latest, event.timestamp_ms))
+        if len(history) > self.history_max_items:
+            newest = sorted(history.items(), key=lambda kv: kv[1][1])[-self.history_max_items :]
+            history = dict(newest)
+        self._history[user_id] = (now + self.history_ttl, history)
+        self._history.move_to_end(user_id)
+        self._bound(self._history)
+        return {item: weight for item, (weight, _) in history.items()}
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+    def _live(
+        self,
+        table: OrderedDict[K, tuple[float, V]],
+        key: K,
+        now: float,
+    ) -> V | None:
+        entry = table.get(key)
+        if entry is None:
+            return None
+        expires_at, value = entry
+        if expires_at <= now:
+            del table[key]
+            return None
+        table.move_to_end(key)
+        return value
+
+    def _bound(self, table: OrderedDict[K, V]) -> None:
+        while len(table) > self.max_users:
+            table.popitem(last=False)

@@ -1,0 +1,171 @@
+"""Redis backends: user state (vectors, bounded histories) and the event log (a Stream).
+
+Keys carry a hash tag so that each user's keys, and all event-log keys, share a Redis Cluster
+slot (which the Lua scripts need):
+
+    {prefix}:{u:<user>}:v:<model version>   float32 vector bytes, TTL
+    {prefix}:{u:<user>}:h / :t              history: item -> weight (hash), item -> time (zset)
+    {prefix}:{ev}:stream                    the event stream (XADD)
+    {prefix}:{ev}:id:<event_id>             idempotency marker, TTL
+
+Sockets have timeouts; callers bound each call by the request's deadline (asyncio.timeout);
+Redis failures become StoreUnavailable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from recsvc.core.state import AppendResult, Interaction, UserState
+from recsvc.errors import StoreUnavailable
+from recsvc.store.codec import interaction_to_json, vector_from_bytes, vector_to_bytes
+
+T = TypeVar("T")
+
+# Add interactions to a user's history and keep only the newest ARGV[2] items, atomically.
+_ADD_HISTORY = """
+local weights, times = KEYS[1], KEYS[2]
+local ttl, keep = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 3, #ARGV, 3 do
+  redis.call('HINCRBYFLOAT', weights, ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', times, 'GT', ARGV[i + 2], ARGV[i])
+  redis.call('ZADD', times, 'NX', ARGV[i + 2], ARGV[i])
+end
+local n = redis.call('ZCARD', times)
+if n > keep then
+  local old = redis.call('ZRANGE', times, 0, n - keep - 1)
+  redis.call('ZREMRANGEBYRANK', times, 0, n - keep - 1)
+  redis.call('HDEL', weights, unpack(old))
+end
+redis.call('EXPIRE', weights, ttl)
+redis.call('EXPIRE', times, ttl)
+return redis.call('HGETALL', weights)
+"""
+
+# Append the events whose id is new; return their positions (1-based) in the batch.
+_APPEND_EVENTS = """
+local stream, id_prefix, ttl = KEYS[1], KEYS[2], tonumber(ARGV[1])
+local accepted = {}
+for i = 2, #ARGV, 2 do
+  if redis.call('SET', id_prefix .. ARGV[i], '1', 'NX', 'EX', ttl) then
+    redis.call('XADD', stream, '*', 'event', ARGV[i + 1])
+    accepted[#accepted + 1] = i / 2
+  end
+end
+return accepted
+"""
+
+
+def connect(url: str, timeout: float, connect_timeout: float) -> redis.Redis:
+    """A client with bounded socket timeouts; reconnection is automatic on the next call."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=connect_timeout,
+        health_check_interval=5,
+        retry_on_timeout=False,
+    )
+
+
+async def _checked(call: Awaitable[T], what: str) -> T:
+    try:
+        return await call
+    except (RedisError, OSError) as exc:
+        raise StoreUnavailable(f"redis: {what} failed: {exc or type(exc).__name__}") from exc
+
+
+class RedisUserStore:
+    """UserStateStore in Redis."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        history_max_items: int,
+        history_ttl: int,
+        vector_ttl: int,
+    ) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self.history_max_items = history_max_items
+        self.history_ttl = history_ttl
+        self.vector_ttl = vector_ttl
+        self._add_history = client.register_script(_ADD_HISTORY)
+
+    def _key(self, user_id: str, suffix: str) -> str:
+        return f"{self._prefix}:{{u:{user_id}}}:{suffix}"
+
+    async def get_state(self, user_id: str, model_version: str) -> UserState:
+        async def fetch() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(self._key(user_id, f"v:{model_version}"))
+                pipe.hgetall(self._key(user_id, "h"))
+                return await pipe.execute()  # type: ignore[no-any-return]
+
+        vector_bytes, history = await _checked(fetch(), "reading user state")
+        vector = vector_from_bytes(vector_bytes) if vector_bytes else None
+        return UserState(_decode_history(history), vector)
+
+    async def put_vector(
+        self, user_id: str, model_version: str, vector: npt.NDArray[np.float32]
+    ) -> None:
+        key = self._key(user_id, f"v:{model_version}")
+        await _checked(
+            self._redis.set(key, vector_to_bytes(vector), ex=self.vector_ttl),
+            "writing a user vector",
+        )
+
+    async def add_history(self, user_id: str, interactions: list[Interaction]) -> dict[str, float]:
+        args: list[Any] = [self.history_ttl, self.history_max_items]
+        for event in interactions:
+            args += [event.item_id, event.weight, event.timestamp_ms]
+        keys = [self._key(user_id, "h"), self._key(user_id, "t")]
+        flat = await _checked(self._add_history(keys=keys, args=args), "updating a user history")
+        return _decode_history(dict(zip(flat[::2], flat[1::2], strict=True)))
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await _checked(self._redis.ping(), "ping"))
+        except StoreUnavailable:
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+class RedisEventLog:
+    """EventLog in a Redis Stream, idempotent on event_id (markers kept ``dedupe_ttl`` s).
+
+    Durability is Redis's: with AOF ``appendfsync everysec`` up to one second of acknowledged
+    events can be lost on a crash of the Redis host (see docs/deploy for the settings)."""
+
+    def __init__(self, client: redis.Redis, prefix: str, dedupe_ttl: int) -> None:
+        self._redis = client
+        self.stream_key = f"{prefix}:{{ev}}:stream"
+        self._id_prefix = f"{prefix}:{{ev}}:id:"
+        self.dedupe_ttl = dedupe_ttl
+        self._append = client.register_script(_APPEND_EVENTS)
+
+    async def append(self, interactions: list[Interaction]) -> AppendResult:
+        args: list[Any] = [self.dedupe_ttl]
+        for event in interactions:
+            args += [event.event_id, interaction_to_json(event)]
+        positions = await _checked(
+            self._append(keys=[self.stream_key, self._id_prefix], args=args),
+            "appending events",
+        )
+        accepted = [interactions[int(p) - 1] for p in positions]
+        return AppendResult(accepted, len(interactions) - len(accepted))
+
+    async def close(self) -> None:
+        return None
+
+
+def _decode_history(raw: dict[Any, Any]) -> dict[str, float]:
+    return {(k.decode() if isinstance(k, bytes) else str(k)): float(v) for k, v in raw.items()}
