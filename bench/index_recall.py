@@ -49,14 +49,22 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=20000)
     parser.add_argument("--factors", type=int, default=64)
     parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--powerlaw", type=int, help="use bench/train.py's power-law data, N rows")
     parser.add_argument("--ef", type=int, nargs="+", default=[64, 128, 256, 512])
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        data = generate_demo_data(Path(tmp), num_users=args.users, num_items=args.items, seed=11)
-        interactions = read_interactions(data.interactions)
+    if args.powerlaw:
+        from train import power_law_matrix  # bench/train.py, beside this file
+
+        matrix = power_law_matrix(args.powerlaw)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = generate_demo_data(
+                Path(tmp), num_users=args.users, num_items=args.items, seed=11
+            )
+            matrix = read_interactions(data.interactions).matrix
     factors = fit_factors(
-        interactions.matrix, TrainSettings(factors=args.factors, iterations=15), progress=False
+        matrix, TrainSettings(factors=args.factors, iterations=15), progress=False
     )
     items, users = factors.item_factors, factors.user_factors
     rng = np.random.default_rng(0)
@@ -65,14 +73,21 @@ def main() -> None:
     started = time.perf_counter()
     index = ItemIndex.build(items, "ip", params)
     build_seconds = time.perf_counter() - started
+    graph_only = ItemIndex(items, "ip", index.hnsw, exact_head_share=0.0)
     norms = np.linalg.norm(items, axis=1)
     sweep = {}
     for ef in args.ef:
         assert index.hnsw is not None
         index.hnsw.set_ef(ef)
         swept = IndexParams(threads=2, ef_search=ef)
+        started = time.perf_counter()
+        for query in queries:
+            index.search(query, 10)
+        per_query_ms = (time.perf_counter() - started) * 1000 / len(queries)
         sweep[ef] = {
-            "plain_ip": round(recall_at_k(index, queries, 10), 4),
+            "recsvc_ip_with_exact_head": round(recall_at_k(index, queries, 10), 4),
+            "ms_per_query": round(per_query_ms, 3),
+            "plain_ip_graph_only": round(recall_at_k(graph_only, queries, 10), 4),
             "mips_transform": round(mips_transform_recall(items, queries, swept), 4),
         }
     print(
@@ -82,7 +97,7 @@ def main() -> None:
                 "users": len(users),
                 "items": len(items),
                 "factors": items.shape[1],
-                "interactions": interactions.num_interactions,
+                "interactions": int(matrix.nnz),
                 "item_norm_p5_p50_p95": [
                     round(float(x), 3) for x in np.percentile(norms, [5, 50, 95])
                 ],

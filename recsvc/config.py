@@ -81,6 +81,9 @@ class ServingSettings(_Section):
     search_threads: int = Field(
         1, ge=1, le=256, description="Threads hnswlib may use for one query."
     )
+    exact_head_share: float = Field(
+        0.02, ge=0, le=1, description="Share of items (largest norms) also searched exactly."
+    )
     model_poll_seconds: float = Field(
         2.0, ge=0, le=3600, description="How often to look for a new model version; 0: never."
     )
@@ -96,6 +99,9 @@ class StoreSettings(_Section):
     key_prefix: str = Field("recsvc", min_length=1, max_length=32, description="Redis key prefix.")
     vector_ttl_seconds: int = Field(
         7 * 86400, ge=60, description="TTL of a cached user vector (per model version)."
+    )
+    vector_encoding: Literal["float32", "float16"] = Field(
+        "float32", description="How Redis stores user vectors; float16 halves their memory."
     )
     history_ttl_seconds: int = Field(
         30 * 86400, ge=60, description="TTL of a user's recent-interaction history."

@@ -87,7 +87,12 @@ def build_state(settings: Settings) -> tuple[UserStateStore, EventLog]:
 
         client = connect(settings.redis_url, s.timeout_seconds, s.connect_timeout_seconds)
         store: UserStateStore = RedisUserStore(
-            client, s.key_prefix, s.history_max_items, s.history_ttl_seconds, s.vector_ttl_seconds
+            client,
+            s.key_prefix,
+            s.history_max_items,
+            s.history_ttl_seconds,
+            s.vector_ttl_seconds,
+            s.vector_encoding,
         )
         return store, RedisEventLog(client, s.key_prefix, s.dedupe_ttl_seconds)
     memory = InMemoryUserStore(
@@ -123,6 +128,7 @@ def query_index_params(settings: Settings) -> IndexParams:
         ef_search=settings.serving.hnsw_ef_search,
         seed=settings.index.seed,
         threads=settings.serving.search_threads,
+        exact_head_share=settings.serving.exact_head_share,
     )
 
 

@@ -26,6 +26,7 @@ class FileEventLog:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _drop_partial_tail(self.path)
         self._seen: set[str] = {event.event_id for event in read_event_file(self.path)}
         self._lock = asyncio.Lock()
 
@@ -54,6 +55,22 @@ class FileEventLog:
 
     async def close(self) -> None:
         return None
+
+
+def _drop_partial_tail(path: Path) -> None:
+    """Cut a line left incomplete by a crash (it was never acknowledged), so that the next
+    append starts on a line of its own."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as handle:
+        data = handle.read()
+        if data.endswith(b"\n"):
+            return
+        keep = data.rfind(b"\n") + 1
+        log.warning("%s: dropping %d bytes of an incomplete last line", path, len(data) - keep)
+        handle.truncate(keep)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def read_event_file(path: Path) -> Iterator[Interaction]:

@@ -90,8 +90,10 @@ class RedisUserStore:
         history_max_items: int,
         history_ttl: int,
         vector_ttl: int,
+        vector_encoding: str = "float32",
     ) -> None:
         self._redis = client
+        self.vector_encoding = vector_encoding
         self._prefix = prefix
         self.history_max_items = history_max_items
         self.history_ttl = history_ttl
@@ -109,7 +111,7 @@ class RedisUserStore:
                 return await pipe.execute()  # type: ignore[no-any-return]
 
         vector_bytes, history = await _checked(fetch(), "reading user state")
-        vector = vector_from_bytes(vector_bytes) if vector_bytes else None
+        vector = vector_from_bytes(vector_bytes, self.vector_encoding) if vector_bytes else None
         return UserState(_decode_history(history), vector)
 
     async def put_vector(
@@ -117,7 +119,7 @@ class RedisUserStore:
     ) -> None:
         key = self._key(user_id, f"v:{model_version}")
         await _checked(
-            self._redis.set(key, vector_to_bytes(vector), ex=self.vector_ttl),
+            self._redis.set(key, vector_to_bytes(vector, self.vector_encoding), ex=self.vector_ttl),
             "writing a user vector",
         )
 

@@ -1,0 +1,153 @@
+"""User-state stores and event logs: the in-process ones, and Redis against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from recsvc.core.state import EventType, Interaction
+from recsvc.store.file_log import FileEventLog, read_event_file
+from recsvc.store.memory import InMemoryUserStore
+from recsvc.store.redis_backend import RedisEventLog, RedisUserStore, connect
+from tests.helpers import redis_server
+
+
+def interaction(
+    user: str, item: str, event_id: str, weight: float = 1.0, ts: int = 1
+) -> Interaction:
+    return Interaction(user, item, EventType.VIEW, weight, ts, event_id)
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
+
+
+def test_memory_store_history_is_bounded_and_expires() -> None:
+    now = [0.0]
+    store = InMemoryUserStore(
+        history_max_items=3, history_ttl=10, vector_ttl=5, max_users=2, clock=lambda: now[0]
+    )
+
+    async def scenario() -> None:
+        events = [interaction("u", f"i{n}", f"e{n}", ts=n) for n in range(5)]
+        history = await store.add_history("u", events[:2])
+        assert history == {"i0": 1.0, "i1": 1.0}
+        history = await store.add_history("u", [*events[2:], interaction("u", "i4", "x", 2.0, 9)])
+        assert history == {"i2": 1.0, "i3": 1.0, "i4": 3.0}  # newest 3 kept, weights summed
+        await store.put_vector("u", "v1", np.ones(4, np.float32))
+        state = await store.get_state("u", "v1")
+        assert state.vector is not None and state.history["i4"] == 3.0
+        assert (await store.get_state("u", "v2")).vector is None  # other model version
+        now[0] = 6.0
+        assert (await store.get_state("u", "v1")).vector is None  # vector TTL passed
+        now[0] = 20.0
+        assert (await store.get_state("u", "v1")).history == {}  # history TTL passed
+        for user in ("a", "b", "c"):
+            await store.add_history(user, [interaction(user, "i", user)])
+        assert (await store.get_state("a", "v1")).history == {}  # least recent user dropped
+
+    asyncio.run(scenario())
+
+
+def test_file_event_log_is_idempotent_across_restarts(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+
+    async def scenario() -> None:
+        log = FileEventLog(path)
+        first = await log.append(
+            [interaction("u", "a", "1"), interaction("u", "b", "2"), interaction("u", "b", "2")]
+        )
+        assert len(first.accepted) == 2 and first.duplicates == 1
+        with path.open("a") as handle:
+            handle.write('{"event_id": "torn')  # a crash mid-write
+        reopened = FileEventLog(path)
+        again = await reopened.append([interaction("u", "a", "1"), interaction("u", "c", "3")])
+        assert [e.event_id for e in again.accepted] == ["3"] and again.duplicates == 1
+
+    asyncio.run(scenario())
+    assert [e.event_id for e in read_event_file(path)] == ["1", "2", "3"]
+
+
+def test_redis_store_keys_carry_ttls_hash_tags_and_stay_small(redis_url: str) -> None:
+    raw = redis.Redis.from_url(redis_url)
+    raw.flushdb()
+
+    async def scenario() -> None:
+        client = connect(redis_url, timeout=1.0, connect_timeout=1.0)
+        store = RedisUserStore(client, "rs", history_max_items=3, history_ttl=600, vector_ttl=300)
+        vector = np.arange(64, dtype=np.float32)
+        await store.put_vector("user-1", "v7", vector)
+        history = await store.add_history(
+            "user-1", [interaction("user-1", f"i{n}", f"e{n}", ts=n) for n in range(5)]
+        )
+        assert history == {"i2": 1.0, "i3": 1.0, "i4": 1.0}
+        state = await store.get_state("user-1", "v7")
+        assert state.vector is not None and np.array_equal(state.vector, vector)
+        assert await store.ping()
+        await store.close()
+
+    asyncio.run(scenario())
+    keys = sorted(k.decode() for k in raw.keys("rs:*"))
+    assert keys == ["rs:{u:user-1}:h", "rs:{u:user-1}:t", "rs:{u:user-1}:v:v7"]
+    assert all(0 < raw.ttl(k) <= 600 for k in keys)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "budget"), [("float32", 4 * 64 + 180), ("float16", 4 * 64 + 100)]
+)
+def test_redis_memory_per_cached_vector(redis_url: str, encoding: str, budget: int) -> None:
+    """MEMORY USAGE of one user's vector key (dim 64, a realistic version name). float32 pays
+    jemalloc's 320-byte size class for a 262-byte string: 424 bytes, 4 x dim + 168; float16 fits
+    the 4 x dim + 100 budget with room to spare (docs/BENCHMARKS.md)."""
+    raw = redis.Redis.from_url(redis_url)
+
+    async def scenario() -> None:
+        client = connect(redis_url, timeout=1.0, connect_timeout=1.0)
+        store = RedisUserStore(client, "recsvc", 3, 600, 300, vector_encoding=encoding)
+        vector = np.linspace(-1, 1, 64, dtype=np.float32)
+        await store.put_vector("u0012345", "v20261125-123025-401536", vector)
+        state = await store.get_state("u0012345", "v20261125-123025-401536")
+        assert state.vector is not None
+        np.testing.assert_allclose(state.vector, vector, atol=1e-3)
+        await store.close()
+
+    asyncio.run(scenario())
+    assert raw.memory_usage("recsvc:{u:u0012345}:v:v20261125-123025-401536") <= budget
+
+
+def test_redis_event_log_appends_once_per_event_id(redis_url: str) -> None:
+    raw = redis.Redis.from_url(redis_url)
+    raw.flushdb()
+
+    async def scenario() -> tuple[int, int, int]:
+        client = connect(redis_url, timeout=1.0, connect_timeout=1.0)
+        log = RedisEventLog(client, "rs", dedupe_ttl=600)
+        first = await log.append([interaction("u", "a", "1"), interaction("u", "b", "2")])
+        second = await log.append([interaction("u", "a", "1"), interaction("u", "c", "3")])
+        await client.aclose()
+        return len(first.accepted), len(second.accepted), second.duplicates
+
+    assert asyncio.run(scenario()) == (2, 1, 1)
+    assert raw.xlen("rs:{ev}:stream") == 3
+    assert 0 < raw.ttl("rs:{ev}:id:1") <= 600
+
+
+def test_redis_down_raises_store_unavailable() -> None:
+    from recsvc.errors import StoreUnavailable
+
+    async def scenario() -> None:
+        client = connect("redis://127.0.0.1:1/0", timeout=0.2, connect_timeout=0.2)
+        store = RedisUserStore(client, "rs", 3, 60, 60)
+        with pytest.raises(StoreUnavailable, match="redis"):
+            await store.get_state("u", "v")
+        assert not await store.ping()
+        await store.close()
+
+    asyncio.run(scenario())
