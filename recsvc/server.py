@@ -204,6 +204,10 @@ async def serve(settings: Settings, announce: bool = True) -> None:
         log.info("shutting down: NOT_SERVING, draining for %.1fs", settings.server.drain_seconds)
         await set_health(handle, NOT_SERVING)
         await asyncio.sleep(settings.server.drain_seconds)
+        # Calls still arriving get a clean UNAVAILABLE from us rather than being cut off by
+        # the transport; then the server stops, letting in-flight calls finish.
+        service.accepting = False
+        await asyncio.sleep(min(0.2, settings.server.grace_seconds))
     finally:
         for task in background:
             task.cancel()

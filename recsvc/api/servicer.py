@@ -59,7 +59,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         request: pb.GetModelInfoRequest,
         context: Context[pb.GetModelInfoRequest, pb.ModelInfo],
     ) -> pb.ModelInfo:
-        return convert.model_info_to_pb(self._service.holder.current().model.info)
+        return convert.model_info_to_pb(self._service.current().model.info)
 
     @translate_errors
     async def RecordInteractions(

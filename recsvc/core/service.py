@@ -86,15 +86,22 @@ class RecommendationService:
         self.event_weights = event_weights
         self.store_timeout = store_timeout
         self.stats = ServiceStats()
+        self.accepting = True
         self.on_store_status = on_store_status or (lambda healthy: None)
         self._background: set[asyncio.Task[None]] = set()
 
     # --------------------------------------------------------------------------- queries
 
+    def current(self) -> Recommender:
+        """The model answering now; Unavailable while starting or shutting down."""
+        if not self.accepting:
+            raise Unavailable("shutting down; retry on another replica")
+        return self.holder.current()
+
     async def recommend(
         self, query: RecommendQuery, time_left: float | None = None
     ) -> Recommendation:
-        recommender = self.holder.current()
+        recommender = self.current()
         query.validate(recommender.limits)
         state = await self._state_for(recommender, query.user_id, time_left)
         return recommender.recommend(query, state)
@@ -102,7 +109,7 @@ class RecommendationService:
     async def recommend_batch(
         self, queries: list[RecommendQuery], time_left: float | None = None
     ) -> list[Recommendation]:
-        recommender = self.holder.current()
+        recommender = self.current()
         check_batch_size(len(queries), recommender.limits, "requests")
         for position, query in enumerate(queries):
             query.validate(recommender.limits, prefix=f"requests[{position}].")
@@ -112,7 +119,7 @@ class RecommendationService:
         return [recommender.recommend(q, s) for q, s in zip(queries, states, strict=True)]
 
     async def similar_items(self, query: SimilarQuery) -> SimilarItems:
-        return self.holder.current().similar_items(query)
+        return self.current().similar_items(query)
 
     # --------------------------------------------------------------------------- recording
 
@@ -122,7 +129,7 @@ class RecommendationService:
         """Validate, append durably to the event log, then update each user's history and
         vector. Only the log must succeed: a store failure after it loses nothing (the vector
         is recomputed from the history, or the events reach the next model)."""
-        recommender = self.holder.current()
+        recommender = self.current()
         interactions = validate_interactions(raw, recommender.limits, self.event_weights)
         try:
             result = await self.events.append(interactions)

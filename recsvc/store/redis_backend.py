@@ -62,6 +62,15 @@ return accepted
 """
 
 
+def user_key(prefix: str, user_id: str, suffix: str) -> str:
+    """A key of one user's; the hash tag keeps all of them in one cluster slot."""
+    return f"{prefix}:{{u:{user_id}}}:{suffix}"
+
+
+def vector_key(prefix: str, user_id: str, model_version: str) -> str:
+    return user_key(prefix, user_id, f"v:{model_version}")
+
+
 def connect(url: str, timeout: float, connect_timeout: float) -> redis.Redis:
     """A client with bounded socket timeouts; reconnection is automatic on the next call."""
     return redis.Redis.from_url(
@@ -101,12 +110,12 @@ class RedisUserStore:
         self._add_history = client.register_script(_ADD_HISTORY)
 
     def _key(self, user_id: str, suffix: str) -> str:
-        return f"{self._prefix}:{{u:{user_id}}}:{suffix}"
+        return user_key(self._prefix, user_id, suffix)
 
     async def get_state(self, user_id: str, model_version: str) -> UserState:
         async def fetch() -> list[Any]:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.get(self._key(user_id, f"v:{model_version}"))
+                pipe.get(vector_key(self._prefix, user_id, model_version))
                 pipe.hgetall(self._key(user_id, "h"))
                 return await pipe.execute()  # type: ignore[no-any-return]
 
@@ -117,7 +126,7 @@ class RedisUserStore:
     async def put_vector(
         self, user_id: str, model_version: str, vector: npt.NDArray[np.float32]
     ) -> None:
-        key = self._key(user_id, f"v:{model_version}")
+        key = vector_key(self._prefix, user_id, model_version)
         await _checked(
             self._redis.set(key, vector_to_bytes(vector, self.vector_encoding), ex=self.vector_ttl),
             "writing a user vector",

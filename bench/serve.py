@@ -1,0 +1,329 @@
+"""Serving benchmark: Recommend over gRPC against the framework's and the engine's limits.
+
+In one run, on this machine:
+  - recsvc serve (Redis mode) with a 100k-item x 64-dim model and 1M users whose vectors are
+    in Redis, under a grpc.aio load generator at several concurrencies;
+  - a bare grpc.aio echo server answering Recommend with a fixed response of the same size
+    (the framework's limit);
+  - RecommendationService called in-process with the same Redis (the engine's limit);
+  - p99 at half of recsvc's saturation rate (open-loop, paced requests);
+  - RecordInteractions latency and the fold-in time per call.
+Prints one JSON line per measurement and a summary line.
+
+    .venv/bin/python bench/serve.py [--items 100000] [--users 1000000] [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import redis
+import scipy.sparse as sp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from recsvc._proto.v1 import recommender_pb2 as pb  # noqa: E402
+from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc  # noqa: E402
+from recsvc.artifacts import ModelStore  # noqa: E402
+from recsvc.config import IndexSettings, TrainSettings, load_settings  # noqa: E402
+from recsvc.core.holder import RecommenderHolder  # noqa: E402
+from recsvc.core.queries import RecommendQuery  # noqa: E402
+from recsvc.core.service import RecommendationService  # noqa: E402
+from recsvc.core.state import EventType  # noqa: E402
+from recsvc.store.codec import vector_to_bytes  # noqa: E402
+from recsvc.store.redis_backend import RedisEventLog, RedisUserStore, connect, vector_key  # noqa: E402
+from tests.helpers import free_port, redis_server, running_server, server_env  # noqa: E402
+from workers.interactions import Interactions, ReadReport  # noqa: E402
+from workers.models import TrainedFactors  # noqa: E402
+from workers.train import build_model, index_params  # noqa: E402
+
+K = 10
+
+
+def make_model_store(root: Path, n_items: int, n_users: int, dim: int) -> str:
+    """A published model with synthetic clustered factors (training is bench/train.py's job)."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(50, dim))
+    items = centres[rng.integers(0, 50, n_items)] + 0.5 * rng.normal(size=(n_items, dim))
+    items *= rng.lognormal(sigma=0.7, size=(n_items, 1)) * 0.05
+    users = centres[rng.integers(0, 50, n_users)] + 0.5 * rng.normal(size=(n_users, dim))
+    rows = np.repeat(np.arange(n_users), 20)
+    cols = rng.integers(0, n_items, size=len(rows))
+    history = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), (n_users, n_items))
+    history.sum_duplicates()
+    history.data[:] = 1.0
+    data = Interactions(
+        [f"m{u}" for u in range(n_users)],
+        [f"i{i}" for i in range(n_items)],
+        history,
+        None,
+        ReadReport("synthetic", rows_read=history.nnz),
+    )
+    factors = TrainedFactors(users.astype(np.float32), items.astype(np.float32), "cpu", 0.0)
+    store = ModelStore(root)
+    index = IndexSettings()
+    model = build_model(data, factors, TrainSettings(factors=dim), index, store.new_version())
+    store.publish(model, index_params(index))
+    return model.version
+
+
+def seed_redis(url: str, version: str, n_users: int, dim: int) -> None:
+    client = redis.Redis.from_url(url)
+    rng = np.random.default_rng(1)
+    for start in range(0, n_users, 10_000):
+        pipe = client.pipeline(transaction=False)
+        block = rng.normal(size=(min(10_000, n_users - start), dim)).astype(np.float32)
+        for offset, vector in enumerate(block):
+            pipe.set(
+                vector_key("recsvc", f"u{start + offset}", version),
+                vector_to_bytes(vector),
+                ex=86400,
+            )
+        pipe.execute()
+
+
+async def closed_loop(call, concurrency: int, seconds: float) -> dict[str, float]:
+    """``concurrency`` workers calling back to back for ``seconds``."""
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal errors
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            try:
+                await call()
+            except grpc.aio.AioRpcError:
+                errors += 1
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return summarise(latencies, time.perf_counter() - started, errors)
+
+
+async def open_loop(call, rate: float, seconds: float) -> dict[str, float]:
+    """Requests started at a fixed ``rate`` (so queueing shows in the latency)."""
+    latencies: list[float] = []
+    errors = 0
+    tasks = []
+
+    async def one() -> None:
+        nonlocal errors
+        started = time.perf_counter()
+        try:
+            await call()
+        except grpc.aio.AioRpcError:
+            errors += 1
+        latencies.append(time.perf_counter() - started)
+
+    begin = time.perf_counter()
+    for n in range(int(rate * seconds)):
+        delay = begin + n / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one()))
+    await asyncio.gather(*tasks)
+    return summarise(latencies, time.perf_counter() - begin, errors)
+
+
+def summarise(latencies: list[float], elapsed: float, errors: int) -> dict[str, float]:
+    ms = np.asarray(latencies) * 1000
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "rps": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p95_ms": round(float(np.percentile(ms, 95)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+    }
+
+
+def recommend_call(stub: pb_grpc.RecommenderStub, n_users: int):
+    async def call() -> None:
+        user = f"u{random.randrange(n_users)}"
+        await stub.Recommend(pb.RecommendRequest(user_id=user, k=K), timeout=5)
+
+    return call
+
+
+async def sweep(target: str, n_users: int, levels: list[int], seconds: float) -> dict[int, dict]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        await closed_loop(recommend_call(stub, n_users), 4, 1.0)  # warm up
+        return {c: await closed_loop(recommend_call(stub, n_users), c, seconds) for c in levels}
+
+
+async def paced(target: str, n_users: int, rate: float, seconds: float) -> dict[str, float]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        return await open_loop(recommend_call(stub, n_users), rate, seconds)
+
+
+async def record_latency(target: str, n_users: int, seconds: float) -> dict[str, float]:
+    counter = iter(range(10**9))
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+
+        async def call() -> None:
+            n = next(counter)
+            user = f"u{random.randrange(n_users)}"
+            event = pb.Interaction(
+                user_id=user,
+                item_id=f"i{random.randrange(1000)}",
+                event_type=pb.EVENT_TYPE_VIEW,
+                event_id=f"bench-{os.getpid()}-{n}",
+            )
+            await stub.RecordInteractions(
+                pb.RecordInteractionsRequest(interactions=[event]), timeout=5
+            )
+
+        return await closed_loop(call, 4, seconds)
+
+
+async def in_process(
+    redis_url: str, store_dir: Path, n_users: int, levels: list[int], seconds: float
+) -> tuple[dict[int, dict], float]:
+    from recsvc.server import load_recommender
+
+    settings = load_settings(model_store=store_dir)
+    holder = RecommenderHolder(load_recommender(settings))
+    client = connect(redis_url, 1.0, 1.0)
+    service = RecommendationService(
+        holder,
+        RedisUserStore(client, "recsvc", 500, 86400, 86400),
+        RedisEventLog(client, "recsvc", 86400),
+        dict.fromkeys(EventType, 1.0),
+        0.05,
+    )
+
+    async def call() -> None:
+        await service.recommend(RecommendQuery(f"u{random.randrange(n_users)}", K))
+
+    results = {c: await closed_loop(call, c, seconds) for c in levels}
+    recommender = holder.current()
+    timings = []
+    for n in range(2000):
+        history = {f"i{random.randrange(1000)}": 1.0 for _ in range(10)}
+        started = time.perf_counter()
+        recommender.fold_in_user(f"m{n}", history)
+        timings.append(time.perf_counter() - started)
+    await client.aclose()
+    return results, float(np.percentile(np.asarray(timings) * 1000, 99))
+
+
+def echo_server(port: int) -> None:
+    """A bare grpc.aio Recommender answering every Recommend with the same 10-item response."""
+    response = pb.RecommendResponse(
+        items=[pb.ScoredItem(item_id=f"i{n:05d}", score=1.0 / (n + 1)) for n in range(K)],
+        model_version="v20261125-000000-000000",
+        strategy=pb.STRATEGY_PERSONALISED,
+    )
+
+    class Echo(pb_grpc.RecommenderServicer):
+        async def Recommend(self, request, context):
+            return response
+
+    async def run() -> None:
+        server = grpc.aio.server()
+        pb_grpc.add_RecommenderServicer_to_server(Echo(), server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        print(f"listening on 127.0.0.1:{port}", flush=True)
+        await server.wait_for_termination()
+
+    asyncio.run(run())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--users", type=int, default=1_000_000, help="users with Redis vectors")
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.echo_server:
+        echo_server(args.echo_server)
+        return
+
+    conditions = {
+        "items": args.items,
+        "dim": args.dim,
+        "redis_users": args.users,
+        "seconds": args.seconds,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+    }
+    with tempfile.TemporaryDirectory() as tmp, redis_server() as url:
+        store_dir = Path(tmp) / "store"
+        version = make_model_store(store_dir, args.items, 100_000, args.dim)
+        seed_redis(url, version, args.users, args.dim)
+        redis_memory = redis.Redis.from_url(url).info("memory")["used_memory"]
+        env = server_env(
+            RECSVC_REDIS_URL=url,
+            RECSVC_SERVER__DRAIN_SECONDS="0",
+            RECSVC_SERVING__MODEL_POLL_SECONDS="0",
+            RECSVC_LOG_LEVEL="WARNING",
+        )
+        with running_server(["serve", "--model-store", str(store_dir), "--port", "0"], env) as srv:
+            recsvc = asyncio.run(sweep(srv.target, args.users, args.concurrency, args.seconds))
+            saturation = max(r["rps"] for r in recsvc.values())
+            half = asyncio.run(paced(srv.target, args.users, saturation / 2, args.seconds))
+            record = asyncio.run(record_latency(srv.target, args.users, args.seconds))
+        port = free_port()
+        echo_cmd = [sys.executable, __file__, "--echo-server", str(port)]
+        echo = subprocess.Popen(echo_cmd, stdout=subprocess.PIPE, text=True)
+        assert echo.stdout is not None and "listening" in echo.stdout.readline()
+        try:
+            bare = asyncio.run(
+                sweep(f"127.0.0.1:{port}", args.users, args.concurrency, args.seconds)
+            )
+        finally:
+            echo.terminate()
+            echo.wait()
+        engine, fold_in_p99 = asyncio.run(
+            in_process(url, store_dir, args.users, args.concurrency, args.seconds)
+        )
+    for name, results in (("recsvc", recsvc), ("bare_echo", bare), ("in_process", engine)):
+        for concurrency, result in results.items():
+            print(
+                json.dumps({"bench": "serve", "target": name, "concurrency": concurrency, **result})
+            )
+    best_bare = max(r["rps"] for r in bare.values())
+    print(
+        json.dumps(
+            {
+                "bench": "serve",
+                "summary": True,
+                **conditions,
+                "recsvc_saturation_rps": saturation,
+                "bare_echo_saturation_rps": best_bare,
+                "ratio_to_echo": round(saturation / best_bare, 3),
+                "in_process_rps": max(r["rps"] for r in engine.values()),
+                "half_saturation": half,
+                "record_interactions": record,
+                "fold_in_p99_ms": round(fold_in_p99, 3),
+                "redis_used_memory_bytes": redis_memory,
+                "redis_bytes_per_user": round(redis_memory / args.users, 1),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
