@@ -14,6 +14,7 @@ from typing import Any
 
 from recsvc.config import Settings, load_settings, settings_table
 from recsvc.errors import RecsvcError
+from recsvc.logs import setup_logging
 
 log = logging.getLogger("recsvc")
 
@@ -125,6 +126,7 @@ def _add_serve(commands: Any) -> None:
     p.add_argument("--model-store", type=Path, help="model store directory")
     p.add_argument("--host", help="address to listen on")
     p.add_argument("--port", type=int, help="port (0 picks a free one)")
+    p.add_argument("--workers", type=int, help="server processes (default 1; >1 needs Redis)")
     _common(p)
     p.set_defaults(run=_run_serve)
 
@@ -133,8 +135,17 @@ def _run_serve(args: argparse.Namespace) -> int:
     from recsvc.server import serve
 
     settings = _settings(
-        args, model_store=args.model_store, server={"host": args.host, "port": args.port}
+        args,
+        model_store=args.model_store,
+        server={"host": args.host, "port": args.port, "workers": args.workers},
     )
+    if settings.server.workers > 1:
+        from recsvc.supervisor import run_workers
+
+        passed = ["--model-store", str(settings.model_store), "--host", settings.server.host]
+        if args.config:
+            passed += ["--config", str(args.config)]
+        return run_workers(settings, passed)
     asyncio.run(serve(settings))
     return 0
 
@@ -532,11 +543,7 @@ def _split_seed(args: argparse.Namespace) -> int:
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     settings = load_settings(args.config, log_level=args.log_level, **overrides)
-    logging.basicConfig(
-        level=settings.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(settings.log_level, json_lines=settings.log_format == "json")
     return settings
 
 

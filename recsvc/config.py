@@ -45,6 +45,15 @@ class ServerSettings(_Section):
     max_send_message_bytes: int = Field(
         16 * MiB, ge=MiB, le=256 * MiB, description="Largest response sent."
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Server processes sharing the port (SO_REUSEPORT); >1 needs Redis.",
+    )
+    reuse_port: bool = Field(
+        False, description="Let several processes bind the port (set for workers automatically)."
+    )
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0: off."
     )
@@ -186,6 +195,9 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text, or one JSON object each (with request ids)."
     )
     redis_url: str | None = Field(
         None, description="Redis for user vectors and events; unset: in-process (embedded mode)."

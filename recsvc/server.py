@@ -63,7 +63,7 @@ def create_server(
     options = [
         ("grpc.max_receive_message_length", settings.server.max_receive_message_bytes),
         ("grpc.max_send_message_length", settings.server.max_send_message_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if settings.server.reuse_port else 0),
     ]
     server = grpc.aio.server(options=options)
     pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(service, metrics), server)

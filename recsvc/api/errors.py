@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -26,6 +27,7 @@ from recsvc.errors import (
     RecsvcError,
     Unavailable,
 )
+from recsvc.logs import request_id
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ def translate_errors(method: Handler[Request, Response]) -> Handler[Request, Res
     ) -> Response:
         started = time.perf_counter()
         observe = getattr(getattr(self, "metrics", None), "observe_rpc", None)
+        request_id.set(_request_id(context))
         try:
             response = await method(self, request, context)
         except RecsvcError as exc:
@@ -79,3 +82,11 @@ def translate_errors(method: Handler[Request, Response]) -> Handler[Request, Res
         raise AssertionError("context.abort returned")  # abort always raises
 
     return wrapper
+
+
+def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The caller's x-request-id, or a new one; echoed back in the trailing metadata."""
+    given = dict(context.invocation_metadata() or ()).get("x-request-id")
+    value = str(given)[:64] if given else uuid.uuid4().hex[:16]
+    context.set_trailing_metadata((("x-request-id", value),))
+    return value
