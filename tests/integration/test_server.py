@@ -208,17 +208,17 @@ def test_serve_without_a_model_fails_clearly(tmp_path: Path) -> None:
 
 def test_request_ids_are_echoed_and_json_logs_are_json(model_store: Path) -> None:
     env = server_env(RECSVC_LOG_FORMAT="json", RECSVC_SERVER__DRAIN_SECONDS="0")
-    with running_server(["serve", "--model-store", str(model_store), "--port", "0"], env) as proc:
-        with grpc.insecure_channel(proc.target) as channel:
-            stub = pb_grpc.RecommenderStub(channel)
-            _, call = stub.Recommend.with_call(
-                pb.RecommendRequest(user_id="x", k=1),
-                metadata=(("x-request-id", "abc-123"),),
-                timeout=5,
-            )
-            assert ("x-request-id", "abc-123") in call.trailing_metadata()
-            _, call = stub.Recommend.with_call(pb.RecommendRequest(user_id="x", k=1), timeout=5)
-            assert any(key == "x-request-id" and value for key, value in call.trailing_metadata())
+    args = ["serve", "--model-store", str(model_store), "--port", "0"]
+    with running_server(args, env) as proc, grpc.insecure_channel(proc.target) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        _, call = stub.Recommend.with_call(
+            pb.RecommendRequest(user_id="x", k=1),
+            metadata=(("x-request-id", "abc-123"),),
+            timeout=5,
+        )
+        assert ("x-request-id", "abc-123") in call.trailing_metadata()
+        _, call = stub.Recommend.with_call(pb.RecommendRequest(user_id="x", k=1), timeout=5)
+        assert any(key == "x-request-id" and value for key, value in call.trailing_metadata())
     lines = [line for line in proc.output if line.startswith("{")]
     assert lines, proc.output
     assert json.loads(lines[0])["level"] in {"INFO", "WARNING"}
