@@ -191,6 +191,8 @@ def _print_demo_help(settings: Settings) -> None:
         f"recsvc demo: model in {settings.model_store}. Once 'listening on' shows, try:\n"
         f"  .venv/bin/recsvc call recommend --target {target} --user u00001 -k 5\n"
         f"  .venv/bin/recsvc call similar --target {target} --item i00042 -k 5\n"
+        f"  .venv/bin/recsvc call record --target {target} --user u00001 --items i00042 "
+        f"--event purchase\n"
         f"  .venv/bin/recsvc call info --target {target}\n"
         f'  grpcurl -plaintext -d \'{{"user_id": "u00001", "k": 5}}\' {target} '
         f"recsvc.v1.Recommender/Recommend\n"
@@ -230,8 +232,37 @@ def _add_call(commands: Any) -> None:
     sim = call("similar", "items similar to an item", lambda c, a: c.similar_items(a.item, a.k))
     sim.add_argument("--item", required=True)
     sim.add_argument("-k", type=int, default=10)
+    rec_events = call(
+        "record",
+        "record that a user interacted with items",
+        lambda c, a: dict(
+            zip(
+                ("accepted", "duplicates"),
+                c.record_interactions(
+                    [_raw_interaction(a.user, item, a.event, n) for n, item in enumerate(a.items)]
+                ),
+                strict=True,
+            )
+        ),
+    )
+    rec_events.add_argument("--user", required=True)
+    rec_events.add_argument("--items", nargs="+", required=True, help="item ids")
+    rec_events.add_argument(
+        "--event", default="view", choices=["view", "click", "cart", "purchase", "rating"]
+    )
     call("info", "the model being served", lambda c, a: c.model_info())
     call("health", "the server's health status", lambda c, a: {"status": c.health()})
+
+
+def _raw_interaction(user: str, item: str, event: str, n: int) -> Any:
+    import time
+    import uuid
+
+    from recsvc.core.interactions import RawInteraction
+    from recsvc.core.state import EventType
+
+    event_id = f"cli-{uuid.uuid4().hex[:12]}-{n}"
+    return RawInteraction(user, item, EventType(event), None, int(time.time() * 1000), event_id)
 
 
 def _run_call(args: argparse.Namespace, run: Callable[[Any, argparse.Namespace], Any]) -> int:

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
 from recsvc.api import convert
+from recsvc.core.interactions import RawInteraction
 from recsvc.core.model import ModelInfo
 from recsvc.core.queries import (
     CategoryFilter,
@@ -31,10 +32,13 @@ from recsvc.core.queries import (
     SimilarQuery,
     Strategy,
 )
+from recsvc.core.state import EventType
 
 __all__ = [
     "CategoryFilter",
+    "EventType",
     "ModelInfo",
+    "RawInteraction",
     "RecommendQuery",
     "Recommendation",
     "RecsvcClient",
@@ -101,6 +105,12 @@ class RecsvcClient:
             SimilarQuery(item_id, k, mode, categories or CategoryFilter())
         )
         return convert.similar_items_from_pb(self._stub.SimilarItems(request, timeout=self.timeout))
+
+    def record_interactions(self, interactions: Sequence[RawInteraction]) -> tuple[int, int]:
+        """Record interactions; returns (accepted, duplicates)."""
+        request = convert.interactions_to_pb(list(interactions))
+        response = self._stub.RecordInteractions(request, timeout=self.timeout)
+        return response.accepted, response.duplicates
 
     def model_info(self) -> ModelInfo:
         response = self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout)

@@ -21,6 +21,7 @@ SUBCOMMANDS = [
     ["call", "recommend"],
     ["call", "similar"],
     ["call", "info"],
+    ["call", "record"],
     ["call", "health"],
     ["config"],
 ]
@@ -110,5 +111,22 @@ def test_demo_serves_the_embedded_default(tmp_path: Path) -> None:
             assert seen and not seen & set(ids)
         result = run("call", "recommend", "--target", proc.target, "--user", "u00002", "-k", "3")
         assert result.returncode == 0 and len(json.loads(result.stdout)["items"]) == 3
+        result = run(
+            "call",
+            "record",
+            "--target",
+            proc.target,
+            "--user",
+            "u00002",
+            "--items",
+            "i00001",
+            "i00002",
+            "--event",
+            "purchase",
+        )
+        assert result.returncode == 0 and json.loads(result.stdout) == {
+            "accepted": 2,
+            "duplicates": 0,
+        }
         result = run("call", "similar", "--target", proc.target, "--item", "nope")
         assert result.returncode == 1 and "NOT_FOUND" in result.stderr
