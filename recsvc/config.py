@@ -85,7 +85,13 @@ class ServingSettings(_Section):
         description="Catalogues up to this size are searched exactly instead of by HNSW.",
     )
     hnsw_ef_search: int = Field(
-        128, ge=1, le=100_000, description="HNSW ef at query time (recall vs speed)."
+        64,
+        ge=1,
+        le=100_000,
+        description="HNSW ef of user->item queries (the exact head keeps recall).",
+    )
+    similar_ef_search: int = Field(
+        128, ge=1, le=100_000, description="HNSW ef of item->item (SimilarItems) queries."
     )
     search_threads: int = Field(
         1, ge=1, le=256, description="Threads hnswlib may use for one query."

@@ -34,6 +34,7 @@ from recsvc.core.queries import Limits
 from recsvc.core.recommender import Recommender
 from recsvc.core.service import RecommendationService
 from recsvc.core.state import EventLog, EventType, UserStateStore
+from recsvc.errors import ConfigError
 from recsvc.index import IndexParams
 from recsvc.metrics import Metrics
 from recsvc.store.file_log import FileEventLog
@@ -73,9 +74,12 @@ def create_server(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     address = f"{settings.server.host}:{settings.server.port}"
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpc's "Failed to bind"
+        raise ConfigError(f"server.port: cannot listen on {address} (in use?)") from exc
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise ConfigError(f"server.port: cannot listen on {address} (in use?)")
     return ServerHandle(server, port, health_servicer)
 
 
@@ -126,6 +130,7 @@ def query_index_params(settings: Settings) -> IndexParams:
         m=settings.index.m,
         ef_construction=settings.index.ef_construction,
         ef_search=settings.serving.hnsw_ef_search,
+        similar_ef_search=settings.serving.similar_ef_search,
         seed=settings.index.seed,
         threads=settings.serving.search_threads,
         exact_head_share=settings.serving.exact_head_share,

@@ -110,7 +110,7 @@ def train_parameters(train: TrainSettings) -> dict[str, object]:
     return {key: getattr(train, key) for key in keys}
 
 
-def index_params(index: IndexSettings, build_threads: int = 0, ef_search: int = 128) -> IndexParams:
+def index_params(index: IndexSettings, build_threads: int = 0, ef_search: int = 64) -> IndexParams:
     return IndexParams(
         m=index.m,
         ef_construction=index.ef_construction,

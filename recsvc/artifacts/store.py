@@ -17,6 +17,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -342,7 +343,12 @@ def _read_model(directory: Path, manifest: Manifest, params: IndexParams) -> Mod
         item_categories=item_categories,
         category_names=names,
         user_index=ItemIndex.load(item_factors, "ip", directory / USER_INDEX, params),
-        similar_index=ItemIndex.load(item_factors, "cosine", directory / SIMILAR_INDEX, params),
+        similar_index=ItemIndex.load(
+            item_factors,
+            "cosine",
+            directory / SIMILAR_INDEX,
+            replace(params, ef_search=params.similar_ef_search),
+        ),
         regularization=manifest.regularization,
         alpha=manifest.alpha,
     )
