@@ -111,6 +111,9 @@ class StoreSettings(_Section):
         0.05, gt=0, le=10, description="Longest wait for the user store in one request."
     )
     connect_timeout_seconds: float = Field(0.5, gt=0, le=30, description="Redis connect timeout.")
+    retries: int = Field(
+        1, ge=0, le=10, description="Quick retries of a failed Redis command, within the deadline."
+    )
     key_prefix: str = Field("recsvc", min_length=1, max_length=32, description="Redis key prefix.")
     vector_ttl_seconds: int = Field(
         7 * 86400, ge=60, description="TTL of a cached user vector (per model version)."

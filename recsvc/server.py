@@ -89,7 +89,9 @@ def build_state(settings: Settings) -> tuple[UserStateStore, EventLog]:
     if settings.redis_url:
         from recsvc.store.redis_backend import RedisEventLog, RedisUserStore, connect
 
-        client = connect(settings.redis_url, s.timeout_seconds, s.connect_timeout_seconds)
+        client = connect(
+            settings.redis_url, s.timeout_seconds, s.connect_timeout_seconds, s.retries
+        )
         store: UserStateStore = RedisUserStore(
             client,
             s.key_prefix,

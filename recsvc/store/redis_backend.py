@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from recsvc.core.state import AppendResult, Interaction, UserState
@@ -71,14 +73,15 @@ def vector_key(prefix: str, user_id: str, model_version: str) -> str:
     return user_key(prefix, user_id, f"v:{model_version}")
 
 
-def connect(url: str, timeout: float, connect_timeout: float) -> redis.Redis:
-    """A client with bounded socket timeouts; reconnection is automatic on the next call."""
+def connect(url: str, timeout: float, connect_timeout: float, retries: int = 1) -> redis.Redis:
+    """A client with bounded socket timeouts and ``retries`` quick retries of a failed command
+    (the caller's deadline bounds them all); reconnection is automatic on the next call."""
     return redis.Redis.from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=connect_timeout,
         health_check_interval=5,
-        retry_on_timeout=False,
+        retry=Retry(ExponentialBackoff(cap=0.01, base=0.001), retries),
     )
 
 
