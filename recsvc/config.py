@@ -148,6 +148,28 @@ class EventWeights(_Section):
     rating: float = Field(1.0, gt=0, description="Weight of a rating sent without a value.")
 
 
+class WorkerSettings(_Section):
+    """The ingest and train workers."""
+
+    interaction_store: Path = Field(
+        Path("interaction-store"), description="Parquet store of ingested interactions."
+    )
+    batch_size: int = Field(10_000, ge=1, le=10_000_000, description="Events per ingested part.")
+    interval_seconds: float = Field(
+        5.0, gt=0, le=86400, description="Pause between rounds of a worker in loop mode."
+    )
+    retrain_min_new_events: int = Field(
+        1000, ge=1, description="Retrain once this many new interactions were ingested."
+    )
+    retrain_max_age_seconds: float = Field(
+        3600.0, gt=0, description="Retrain at least this often when there is anything new."
+    )
+    retrain_tolerance: float = Field(
+        0.05, ge=0, le=1, description="Refuse a model whose holdout ndcg@10 drops by more."
+    )
+    keep_versions: int = Field(3, ge=1, le=1000, description="Model versions kept by the worker.")
+
+
 class IndexSettings(_Section):
     """Building the HNSW index at training time."""
 
@@ -216,6 +238,7 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     events: EventWeights = Field(default_factory=EventWeights)
     index: IndexSettings = Field(default_factory=IndexSettings)
+    workers: WorkerSettings = Field(default_factory=WorkerSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
 
     @classmethod

@@ -214,6 +214,27 @@ def read_interactions(path: Path, options: ReadOptions | None = None) -> Interac
     )
 
 
+def interactions_from_arrays(
+    users: pa.ChunkedArray | pa.Array,
+    items: pa.ChunkedArray | pa.Array,
+    weights: npt.NDArray[np.float32],
+    stamps: npt.NDArray[np.int64] | None,
+    source: str,
+) -> Interactions:
+    """Aggregate already-validated interactions (e.g. from the Parquet interaction store)."""
+    if len(weights) == 0:
+        raise DataError(f"{source}: holds no interactions")
+    report = ReadReport(source, rows_read=len(weights))
+    return _aggregate(
+        pa.chunked_array([users]) if isinstance(users, pa.Array) else users,
+        pa.chunked_array([items]) if isinstance(items, pa.Array) else items,
+        weights,
+        stamps,
+        ReadOptions(),
+        report,
+    )
+
+
 def read_categories(path: Path, file_format: FileFormat = "auto") -> dict[str, str]:
     """Read an item catalogue (item id and category columns) into {item_id: category}."""
     fmt = detect_format(path) if file_format == "auto" else file_format

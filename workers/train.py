@@ -81,17 +81,16 @@ def train_and_publish(
     categories: dict[str, str] | None = None,
     progress: bool = True,
     evaluate: Protocol | None = None,
+    metrics: dict[str, Any] | None = None,
 ) -> Model:
     """Fit, build and publish a new model version; nothing is visible until it is complete.
 
     With ``evaluate``, the same parameters are first fit on that protocol's training part and
-    measured on its test part; the metrics go into the manifest.
+    measured on its test part; the metrics (or ``metrics``, measured by the caller) go into
+    the manifest.
     """
-    metrics = None
-    if evaluate is not None:
-        split = split_interactions(interactions.matrix, interactions.timestamps, evaluate)
-        metrics = {"protocol": evaluate, **evaluate_model(split, train, k=10)}
-        log.info("holdout (%s): ndcg@10 %.4f", evaluate, metrics["ndcg@10"])
+    if evaluate is not None and metrics is None:
+        metrics = holdout_metrics(interactions, train, evaluate)
     factors = fit_factors(interactions.matrix, train, progress=progress)
     log.info("%s fit on %s in %.2fs", train.algorithm, factors.device, factors.seconds)
     model = build_model(
@@ -99,6 +98,16 @@ def train_and_publish(
     )
     store.publish(model, index_params(index, build_threads=train.threads))
     return model
+
+
+def holdout_metrics(
+    interactions: Interactions, train: TrainSettings, protocol: Protocol
+) -> dict[str, Any]:
+    """Metrics at 10 of ``train``'s parameters on ``protocol``'s holdout of ``interactions``."""
+    split = split_interactions(interactions.matrix, interactions.timestamps, protocol)
+    metrics = {"protocol": protocol, **evaluate_model(split, train, k=10)}
+    log.info("holdout (%s): ndcg@10 %.4f", protocol, metrics["ndcg@10"])
+    return metrics
 
 
 def train_parameters(train: TrainSettings) -> dict[str, object]:

@@ -83,3 +83,23 @@ def read_event_file(path: Path) -> Iterator[Interaction]:
                 yield interaction_from_json(line)
             except (ValueError, KeyError) as exc:
                 log.warning("%s: line %d is not a complete event (%s); skipped", path, number, exc)
+
+
+def read_events_from(path: Path, offset: int, max_events: int) -> tuple[list[Interaction], int]:
+    """Up to ``max_events`` complete events starting at byte ``offset``; returns them and the
+    offset just past the last one (an incomplete last line is left for later)."""
+    events: list[Interaction] = []
+    if not path.exists():
+        return events, offset
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        position = offset
+        for line in handle:
+            if not line.endswith(b"\n") or len(events) >= max_events:
+                break
+            position += len(line)
+            try:
+                events.append(interaction_from_json(line))
+            except (ValueError, KeyError) as exc:
+                log.warning("%s: bad event at byte %d skipped (%s)", path, position, exc)
+    return events, position

@@ -1,0 +1,138 @@
+"""The train worker: retrain when enough new interactions arrived or enough time passed,
+refuse a model whose holdout metric dropped, publish, keep the last K versions.
+
+Training data = the base interaction file (optional) + every event in the Parquet interaction
+store. Its state (events seen at the last training, and when) is kept beside the store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from recsvc.artifacts import ModelStore
+from recsvc.config import IndexSettings, TrainSettings
+from workers.evaluate import Protocol
+from workers.ingest import InteractionStore
+from workers.interactions import Interactions, interactions_from_arrays, read_interactions
+from workers.train import holdout_metrics, train_and_publish
+
+log = logging.getLogger(__name__)
+STATE = "_train_state.json"
+
+
+@dataclass(frozen=True)
+class RetrainPolicy:
+    min_new_events: int = 1000
+    max_age_seconds: float = 3600.0
+    tolerance: float = 0.05  # refuse when ndcg@10 falls more than 5% below the current model's
+    keep_versions: int = 3
+    protocol: Protocol = "stratified-user"
+
+
+class TrainWorker:
+    def __init__(
+        self,
+        events: InteractionStore,
+        models: ModelStore,
+        train: TrainSettings,
+        index: IndexSettings,
+        policy: RetrainPolicy,
+        base_interactions: Path | None = None,
+    ) -> None:
+        self.events = events
+        self.models = models
+        self.train = train
+        self.index = index
+        self.policy = policy
+        self.base = base_interactions
+
+    def due(self) -> tuple[bool, int]:
+        """Whether to train now, and how many events the store holds."""
+        state = self._state()
+        count = self.events.count()
+        new = count - int(state.get("events", 0))
+        age = time.time() - float(state.get("trained_at", 0))
+        return (
+            new >= self.policy.min_new_events or (new > 0 and age >= self.policy.max_age_seconds)
+        ), count
+
+    def run_once(self, force: bool = False) -> str | None:
+        """Train and publish if due; returns the new version, or None (not due, or refused)."""
+        due, count = self.due()
+        if not (due or force):
+            return None
+        data = self._training_data()
+        metrics = holdout_metrics(data, self.train, self.policy.protocol)
+        current = self._current_metric()
+        if current is not None and metrics["ndcg@10"] < current * (1 - self.policy.tolerance):
+            log.error(
+                "refusing to publish: ndcg@10 %.4f is more than %.0f%% below the current %.4f",
+                metrics["ndcg@10"],
+                100 * self.policy.tolerance,
+                current,
+            )
+            self._save_state(count)
+            return None
+        model = train_and_publish(
+            data, self.models, self.train, self.index, progress=False, metrics=metrics
+        )
+        self.models.collect_garbage(self.policy.keep_versions)
+        self._save_state(count)
+        return model.version
+
+    def _training_data(self) -> Interactions:
+        users: list[pa.Array] = []
+        items: list[pa.Array] = []
+        weights: list[np.ndarray] = []
+        stamps: list[np.ndarray] = []
+        if self.base is not None:
+            base = read_interactions(self.base)
+            coo = base.matrix.tocoo()
+            users.append(pa.array(np.asarray(base.user_ids, dtype=object)[coo.row], pa.string()))
+            items.append(pa.array(np.asarray(base.item_ids, dtype=object)[coo.col], pa.string()))
+            weights.append(coo.data.astype(np.float32))
+            if base.timestamps is not None:
+                stamps.append(base.timestamps.tocoo().data.astype(np.int64))
+            else:
+                stamps.append(np.zeros(len(coo.data), np.int64))
+        table = self.events.read()
+        if table.num_rows:
+            users.append(table.column("user_id").combine_chunks())
+            items.append(table.column("item_id").combine_chunks())
+            weights.append(table.column("weight").to_numpy().astype(np.float32))
+            stamps.append(table.column("timestamp_ms").to_numpy() // 1000)
+        return interactions_from_arrays(
+            pa.chunked_array(users, pa.string()),
+            pa.chunked_array(items, pa.string()),
+            np.concatenate(weights) if weights else np.empty(0, np.float32),
+            np.concatenate(stamps) if stamps else None,
+            source=str(self.events.root),
+        )
+
+    def _current_metric(self) -> float | None:
+        version = self.models.latest_version()
+        if version is None:
+            return None
+        metrics = self.models.read_manifest(version).metrics
+        if metrics.get("protocol") != self.policy.protocol or "ndcg@10" not in metrics:
+            return None
+        return float(metrics["ndcg@10"])
+
+    def _state(self) -> dict[str, float]:
+        path = self.events.root / STATE
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def _save_state(self, count: int) -> None:
+        self.events.root.mkdir(parents=True, exist_ok=True)
+        path = self.events.root / STATE
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps({"events": count, "trained_at": time.time()}))
+        os.replace(temporary, path)
