@@ -40,11 +40,9 @@ def als_fold_in(
     -------
     float32, shape (f,)
     """
-    factors = item_factors[item_rows].astype(np.float64)
-    confidence = alpha * weights.astype(np.float64)
-    a = yty + regularization * np.eye(yty.shape[0]) + (factors.T * (confidence - 1.0)) @ factors
-    b = factors.T @ confidence
-    return np.linalg.solve(a, b).astype(np.float32)
+    vectors = fold_in_many(item_factors, yty, [(item_rows, weights)], regularization, alpha)
+    vector: npt.NDArray[np.float32] = vectors[0]
+    return vector
 
 
 def least_squares_fold_in(
@@ -58,6 +56,33 @@ def least_squares_fold_in(
 
     Shapes as in :func:`als_fold_in`; returns float32, shape (f,).
     """
-    factors = item_factors[item_rows].astype(np.float64)
-    a = factors.T @ factors + max(regularization, 1e-6) * np.eye(factors.shape[1])
-    return np.linalg.solve(a, factors.T @ weights.astype(np.float64)).astype(np.float32)
+    vectors = fold_in_many(item_factors, None, [(item_rows, weights)], regularization, 1.0)
+    vector: npt.NDArray[np.float32] = vectors[0]
+    return vector
+
+
+def fold_in_many(
+    item_factors: npt.NDArray[np.float32],
+    yty: npt.NDArray[np.float64] | None,
+    users: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]],
+    regularization: float,
+    alpha: float,
+) -> npt.NDArray[np.float32]:
+    """Fold in many users at once: one (rows, weights) pair per user; returns float32, shape
+    (len(users), f). With ``yty`` this is :func:`als_fold_in` per user, else
+    :func:`least_squares_fold_in`; the linear systems are solved in one batched call."""
+    f = item_factors.shape[1]
+    a = np.empty((len(users), f, f), dtype=np.float64)
+    b = np.empty((len(users), f), dtype=np.float64)
+    ridge = regularization * np.eye(f) if yty is not None else max(regularization, 1e-6) * np.eye(f)
+    for n, (rows, weights) in enumerate(users):
+        factors = item_factors[rows].astype(np.float64)
+        if yty is not None:
+            confidence = alpha * weights.astype(np.float64)
+            a[n] = yty + ridge + (factors.T * (confidence - 1.0)) @ factors
+            b[n] = factors.T @ confidence
+        else:
+            a[n] = factors.T @ factors + ridge
+            b[n] = factors.T @ weights.astype(np.float64)
+    solved: npt.NDArray[np.float32] = np.linalg.solve(a, b[..., None])[..., 0].astype(np.float32)
+    return solved

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from recsvc.core.foldin import als_fold_in, least_squares_fold_in
+from recsvc.core.foldin import fold_in_many
 from recsvc.core.model import Model
 from recsvc.core.queries import (
     CategoryFilter,
@@ -92,24 +92,45 @@ class Recommender:
     ) -> npt.NDArray[np.float32] | None:
         """The user's vector from the training history plus ``history`` (item -> weight of
         interactions since), by the model's own rule; None when no known item is involved."""
+        return self.fold_in_users({user_id: history}).get(user_id)
+
+    def fold_in_users(
+        self, histories: dict[str, dict[str, float]]
+    ) -> dict[str, npt.NDArray[np.float32]]:
+        """:meth:`fold_in_user` for many users, solved in one batch (users without any known
+        item are left out)."""
         model = self.model
-        weights: dict[int, float] = {}
+        binary = model.info.parameters.get("weighting") == "binary"
+        users: list[str] = []
+        inputs: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]] = []
+        for user_id, history in histories.items():
+            rows, weights = self._combined_history(user_id, history)
+            if len(rows):
+                users.append(user_id)
+                inputs.append((rows, np.ones_like(weights) if binary else weights))
+        if not users:
+            return {}
+        yty = model.yty if model.info.algorithm == "als" else None
+        vectors = fold_in_many(model.item_factors, yty, inputs, model.regularization, model.alpha)
+        return dict(zip(users, vectors, strict=True))
+
+    def _combined_history(
+        self, user_id: str, history: dict[str, float]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Distinct item rows and summed weights: training history plus ``history``."""
+        model = self.model
+        new_rows = model.items.rows(history)
+        new_weights = np.fromiter(
+            (w for item, w in history.items() if item in model.items), np.float32, len(new_rows)
+        )
         user_row = model.users.row(user_id)
         if user_row is not None:
             start, end = model.user_items.indptr[user_row], model.user_items.indptr[user_row + 1]
-            for item, weight in zip(
-                model.user_items.indices[start:end], model.user_items.data[start:end], strict=True
-            ):
-                weights[int(item)] = float(weight)
-        for item_id, weight in history.items():
-            row = model.items.row(item_id)
-            if row is not None:
-                weights[row] = weights.get(row, 0.0) + weight
-        if not weights:
-            return None
-        rows = np.fromiter(weights.keys(), dtype=np.int64, count=len(weights))
-        values = np.fromiter(weights.values(), dtype=np.float32, count=len(weights))
-        return self._fold_in(rows, values)
+            new_rows = np.concatenate([model.user_items.indices[start:end], new_rows])
+            new_weights = np.concatenate([model.user_items.data[start:end], new_weights])
+        rows, inverse = np.unique(new_rows.astype(np.int64), return_inverse=True)
+        weights = np.bincount(inverse, weights=new_weights, minlength=len(rows))
+        return rows, weights.astype(np.float32)
 
     def similar_items(self, query: SimilarQuery) -> SimilarItems:
         """Items most similar to ``query.item_id`` (never the item itself)."""
@@ -135,11 +156,11 @@ class Recommender:
         model = self.model
         if model.info.parameters.get("weighting") == "binary":
             weights = np.ones_like(weights)
-        if model.info.algorithm == "als":
-            return als_fold_in(
-                model.item_factors, model.yty, item_rows, weights, model.regularization, model.alpha
-            )
-        return least_squares_fold_in(model.item_factors, item_rows, weights, model.regularization)
+        yty = model.yty if model.info.algorithm == "als" else None
+        inputs = [(item_rows, weights)]
+        vectors = fold_in_many(model.item_factors, yty, inputs, model.regularization, model.alpha)
+        vector: npt.NDArray[np.float32] = vectors[0]
+        return vector
 
     def _allowed_mask(self, categories: CategoryFilter) -> npt.NDArray[np.bool_] | None:
         """Boolean mask of items the category filter lets through; None when there is no filter."""

@@ -52,9 +52,10 @@ class ServiceStats:
     fold_ins: int = 0
     fold_in_seconds: list[float] = field(default_factory=list)
 
-    def observe_fold_in(self, seconds: float) -> None:
-        self.fold_ins += 1
-        self.fold_in_seconds.append(seconds)
+    def observe_fold_in(self, seconds: float, users: int = 1) -> None:
+        """Record a fold-in of ``users`` users that took ``seconds`` (kept per user)."""
+        self.fold_ins += users
+        self.fold_in_seconds.append(seconds / max(users, 1))
         if len(self.fold_in_seconds) > 10_000:
             del self.fold_in_seconds[:5_000]
 
@@ -140,28 +141,37 @@ class RecommendationService:
         by_user: dict[str, list[Interaction]] = defaultdict(list)
         for event in result.accepted:
             by_user[event.user_id].append(event)
-        for user_id, events in by_user.items():
-            await self._update_user(recommender, user_id, events, time_left)
+        await self._update_users(recommender, by_user, time_left)
         return result
 
-    async def _update_user(
+    async def _update_users(
         self,
         recommender: Recommender,
-        user_id: str,
-        events: list[Interaction],
+        by_user: dict[str, list[Interaction]],
         time_left: float | None,
     ) -> None:
+        """Histories first, then one batched fold-in for all users, then their vectors. The
+        store gets its per-call budget once per user, within most of the request's deadline."""
+        budget = self.store_timeout * max(1, len(by_user))
+        if time_left is not None:
+            budget = max(0.001, min(budget, time_left * 0.8))
+        histories: dict[str, dict[str, float]] = {}
         try:
-            async with asyncio.timeout(self._budget(time_left)):
-                history = await self.store.add_history(user_id, events)
-                vector = self._fold_in(recommender, user_id, history)
-                if vector is not None:
+            async with asyncio.timeout(budget):
+                for user_id, events in by_user.items():
+                    histories[user_id] = await self.store.add_history(user_id, events)
+                started = time.perf_counter()
+                vectors = recommender.fold_in_users(histories)
+                self.stats.observe_fold_in(time.perf_counter() - started, len(vectors))
+                for user_id, vector in vectors.items():
                     await self.store.put_vector(user_id, recommender.version, vector)
             self.on_store_status(True)
         except (StoreUnavailable, TimeoutError) as exc:
             self.stats.store_errors += 1
             self.on_store_status(False)
-            log.warning("user %s: state not updated (%s); events are in the log", user_id, exc)
+            log.warning(
+                "%d users: state not updated (%s); events are in the log", len(by_user), exc
+            )
 
     # --------------------------------------------------------------------------- helpers
 

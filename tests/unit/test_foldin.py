@@ -31,3 +31,22 @@ def test_fold_in_matches_implicit_recalculate_user() -> None:
         alpha=2.0,
     )
     np.testing.assert_allclose(folded, expected, rtol=1e-3, atol=1e-4)
+
+
+def test_batched_fold_in_matches_implicit_for_many_users() -> None:
+    from recsvc.core.foldin import fold_in_many
+
+    rng = np.random.default_rng(1)
+    dense = (rng.random((100, 80)) < 0.08) * rng.integers(1, 4, (100, 80))
+    matrix = sp.csr_matrix(dense.astype(np.float32))
+    with threadpool_limits(1, "blas"):
+        model = implicit.cpu.als.AlternatingLeastSquares(
+            factors=8, regularization=0.5, alpha=3.0, iterations=4, random_state=2
+        )
+        model.fit(matrix, show_progress=False)
+        users = [u for u in range(20) if matrix[u].nnz]
+        expected = model.recalculate_user(users, matrix[users])
+    items = model.item_factors
+    inputs = [(matrix[u].indices.astype(np.int64), matrix[u].data) for u in users]
+    folded = fold_in_many(items, items.astype(np.float64).T @ items, inputs, 0.5, 3.0)
+    np.testing.assert_allclose(folded, expected, rtol=1e-3, atol=1e-4)
