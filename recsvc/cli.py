@@ -314,17 +314,25 @@ def _add_eval(commands: Any) -> None:
     p.set_defaults(run=_run_eval)
 
 
-def _run_eval(args: argparse.Namespace) -> int:
-    from workers.evaluate import evaluate_model, evaluate_with_baselines, split_interactions
+def _load_split(args: argparse.Namespace) -> tuple[Settings, Any, Any, int]:
+    """eval and tune: settings, the interactions, their split by the protocol, and its seed."""
+    from workers.evaluate import split_interactions
     from workers.interactions import read_interactions
-    from workers.train import train_parameters
 
     settings = _settings(args, train=_train_overrides(args))
     data = read_interactions(args.interactions, _read_options(args))
-    seed = _split_seed(args)
+    seed = 42 if args.seed is None else int(args.seed)
     split = split_interactions(
         data.matrix, data.timestamps, args.protocol, args.ratio, seed, args.last_n
     )
+    return settings, data, split, seed
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from workers.evaluate import evaluate_model, evaluate_with_baselines
+    from workers.train import train_parameters
+
+    settings, data, split, seed = _load_split(args)
     if args.no_baselines:
         result: dict[str, Any] = {"model": evaluate_model(split, settings.train, args.k)}
     else:
@@ -376,16 +384,9 @@ def _add_tune(commands: Any) -> None:
 
 
 def _run_tune(args: argparse.Namespace) -> int:
-    from workers.evaluate import split_interactions
-    from workers.interactions import read_interactions
     from workers.tune import tune, write_params
 
-    settings = _settings(args, train=_train_overrides(args))
-    data = read_interactions(args.interactions, _read_options(args))
-    seed = _split_seed(args)
-    split = split_interactions(
-        data.matrix, data.timestamps, args.protocol, args.ratio, seed, args.last_n
-    )
+    settings, _, split, seed = _load_split(args)
     result = tune(
         split,
         settings.train,
@@ -656,10 +657,6 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
     return overrides
-
-
-def _split_seed(args: argparse.Namespace) -> int:
-    return 42 if args.seed is None else int(args.seed)
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
