@@ -1,0 +1,338 @@
+"""recsvc train, eval, tune and models: the offline commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from recsvc.cli.common import PROTOCOLS, common_options, settings_from
+from recsvc.config import Settings
+
+log = logging.getLogger("recsvc")
+
+
+def add_train(commands: Any) -> None:
+    p = commands.add_parser(
+        "train",
+        help="train a model from an interactions file and publish it",
+        description="Read interactions (CSV, TSV, Parquet or MovieLens u.data: user, item, "
+        "optional weight and timestamp), fit implicit ALS (GPU when available), build the HNSW "
+        "indexes and publish a new, checksummed model version to the model store.",
+    )
+    p.add_argument("--out", type=Path, help="model store directory (default: RECSVC_MODEL_STORE)")
+    p.add_argument("--items", type=Path, help="optional catalogue: item id and category columns")
+    p.add_argument(
+        "--evaluate",
+        choices=PROTOCOLS,
+        help="also measure these parameters on this protocol's holdout; metrics go into the model",
+    )
+    _add_data_options(p)
+    _add_model_options(p)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    common_options(p)
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from recsvc.artifacts import ModelStore
+    from workers.train import train_from_files
+
+    settings = settings_from(args, model_store=args.out, train=_train_overrides(args))
+    model = train_from_files(
+        args.interactions,
+        ModelStore(settings.model_store),
+        settings.train,
+        settings.index,
+        items_path=args.items,
+        progress=not args.no_progress,
+        read_options=_read_options(args),
+        evaluate=args.evaluate,
+    )
+    print(
+        json.dumps(
+            {
+                "model_version": model.version,
+                "model_store": str(settings.model_store),
+                "users": model.info.num_users,
+                "items": model.info.num_items,
+                "interactions": model.info.num_interactions,
+                "trained_on": model.info.trained_on,
+                "index_recall_at_10": round(model.info.index_recall_at_10, 4),
+            }
+        )
+    )
+    return 0
+
+
+def add_eval(commands: Any) -> None:
+    p = commands.add_parser(
+        "eval",
+        help="evaluate a model offline against baselines",
+        description="Split the interactions by a protocol, fit the model on the training part and "
+        "report ranking metrics at k on the test part, with popularity, random and (for ALS) BPR "
+        "baselines computed in the same run. MAP@k = (sum of precision@r at each hit rank r) / "
+        "min(k, relevant items), averaged over users with test items.",
+    )
+    _add_split_options(p)
+    _add_data_options(p)
+    _add_model_options(p)
+    p.add_argument("--no-baselines", action="store_true", help="measure the model only")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    common_options(p)
+    p.set_defaults(run=_run_eval)
+
+
+def _load_split(args: argparse.Namespace) -> tuple[Settings, Any, Any, int]:
+    """eval and tune: settings, the interactions, their split by the protocol, and its seed."""
+    from workers.evaluate import split_interactions
+    from workers.interactions import read_interactions
+
+    settings = settings_from(args, train=_train_overrides(args))
+    data = read_interactions(args.interactions, _read_options(args))
+    seed = 42 if args.seed is None else int(args.seed)
+    split = split_interactions(
+        data.matrix, data.timestamps, args.protocol, args.ratio, seed, args.last_n
+    )
+    return settings, data, split, seed
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from workers.evaluate import evaluate_model, evaluate_with_baselines
+    from workers.train import train_parameters
+
+    settings, data, split, seed = _load_split(args)
+    if args.no_baselines:
+        result: dict[str, Any] = {"model": evaluate_model(split, settings.train, args.k)}
+    else:
+        result = evaluate_with_baselines(split, settings.train, args.k, seed)
+    summary = {
+        **{k: v for k, v in result["model"].items() if "@" in k},
+        "protocol": args.protocol,
+        "k": args.k,
+        "seed": seed,
+        "data": data.statistics(),
+        "split": {"train": int(split.train.nnz), "test": int(split.test.nnz)},
+        "params": train_parameters(settings.train),
+        **result,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        _print_metrics_table(summary, args.k)
+    return 0
+
+
+def _print_metrics_table(summary: dict[str, Any], k: int) -> None:
+    rows = {"model": summary["model"], **summary.get("baselines", {})}
+    names = ["ndcg", "precision", "recall", "map", "hit_rate", "coverage", "mean_popularity"]
+    print(f"protocol {summary['protocol']}, k={k}, {summary['data']}")
+    print(f"{'':12}" + "".join(f"{n + '@' + str(k):>20}" for n in names))
+    for label, metrics in rows.items():
+        print(f"{label:12}" + "".join(f"{metrics[f'{n}@{k}']:>20.4f}" for n in names))
+
+
+def add_tune(commands: Any) -> None:
+    p = commands.add_parser(
+        "tune",
+        help="search hyper-parameters on a validation split (optuna)",
+        description="Split by the protocol into train and test; search parameters on validation "
+        "splits carved from the training part only; fit the best on the whole training part and "
+        "measure it on the test part once. Writes the best parameters to --out, which train and "
+        "eval accept as --params.",
+    )
+    _add_split_options(p)
+    _add_data_options(p)
+    _add_model_options(p)
+    p.add_argument("--trials", type=int, default=120, help="trials to run (default 120)")
+    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument("--metric", default="ndcg", choices=["ndcg", "precision", "recall", "map"])
+    p.add_argument("--out", type=Path, required=True, help="where to write the parameters (JSON)")
+    common_options(p)
+    p.set_defaults(run=_run_tune)
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    from workers.tune import tune, write_params
+
+    settings, _, split, seed = _load_split(args)
+    result = tune(
+        split,
+        settings.train,
+        args.protocol,
+        args.k,
+        args.trials,
+        seed,
+        metric=args.metric,
+        timeout=args.timeout,
+        last_n=args.last_n,
+    )
+    write_params(result, args.out)
+    print(json.dumps(result))
+    return 0
+
+
+def add_models(commands: Any) -> None:
+    p = commands.add_parser(
+        "models",
+        help="list, show, verify or prune the model store",
+        description="Inspect and maintain the model store.",
+    )
+    actions = p.add_subparsers(title="actions", metavar="ACTION", required=True)
+    for name, text in [
+        ("list", "one line per version (the latest is marked *)"),
+        ("show", "a version's manifest (default: the latest)"),
+        ("verify", "check every file's checksum (default: every version); exit 1 on damage"),
+        ("gc", "remove old versions, keeping the latest and the --keep newest"),
+    ]:
+        sub = actions.add_parser(name, help=text, description=text)
+        sub.add_argument("--model-store", type=Path, help="model store directory")
+        if name in ("show", "verify"):
+            sub.add_argument("version", nargs="?", help="a version name")
+        if name == "gc":
+            sub.add_argument("--keep", type=int, default=3, help="newest versions kept (default 3)")
+        common_options(sub)
+        sub.set_defaults(run=_run_models, action=name)
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from recsvc.artifacts import ModelStore
+    from recsvc.errors import ArtifactError
+
+    settings = settings_from(args, model_store=args.model_store)
+    store = ModelStore(settings.model_store)
+    latest = store.latest_version()
+    if args.action == "list":
+        for version in store.list_versions():
+            mark = "*" if version == latest else " "
+            try:
+                m = store.read_manifest(version)
+                print(
+                    f"{mark} {version}  {m.algorithm}  users={m.num_users} items={m.num_items} "
+                    f"interactions={m.num_interactions} factors={m.factors} on={m.trained_on}"
+                )
+            except ArtifactError as exc:
+                print(f"{mark} {version}  UNREADABLE: {exc}")
+        return 0
+    if args.action == "show":
+        shown: str | None = args.version or latest
+        if shown is None:
+            raise ArtifactError(f"no model published in {store.root}")
+        print(store.read_manifest(shown).model_dump_json(indent=2))
+        return 0
+    if args.action == "verify":
+        failed = 0
+        for version in [args.version] if args.version else store.list_versions():
+            try:
+                store.verify(version)
+                print(f"ok      {version}")
+            except ArtifactError as exc:
+                failed += 1
+                print(f"FAILED  {version}: {exc}")
+        return 1 if failed else 0
+    if args.keep < 1:
+        raise ArtifactError("--keep must be at least 1")
+    for version in store.collect_garbage(args.keep):
+        print(f"removed {version}")
+    return 0
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("input data")
+    g.add_argument("--interactions", type=Path, required=True, help="interactions file")
+    g.add_argument(
+        "--format",
+        choices=["auto", "csv", "tsv", "parquet", "movielens"],
+        default="auto",
+        help="file format (default: from the name)",
+    )
+    g.add_argument("--user-column", help="user id column (default: found by name)")
+    g.add_argument("--item-column", help="item id column")
+    g.add_argument("--weight-column", help="weight column (default: found, else 1 per row)")
+    g.add_argument("--timestamp-column", help="timestamp column (Unix seconds or ISO-8601)")
+    g.add_argument("--event-column", help="event type column (needs --event-weights)")
+    g.add_argument("--event-weights", help="weights per event type, e.g. view=1,cart=3,purchase=5")
+    g.add_argument("--strict", action="store_true", help="fail on the first malformed row")
+    g.add_argument("--min-user-interactions", type=int, default=1, help="drop sparser users")
+    g.add_argument("--min-item-interactions", type=int, default=1, help="drop sparser items")
+
+
+def _read_options(args: argparse.Namespace) -> Any:
+    from workers.interactions import ReadOptions
+
+    return ReadOptions(
+        file_format=args.format,
+        user_column=args.user_column,
+        item_column=args.item_column,
+        weight_column=args.weight_column,
+        timestamp_column=args.timestamp_column,
+        event_column=args.event_column,
+        event_weights=_parse_event_weights(args.event_weights),
+        strict=args.strict,
+        min_user_interactions=args.min_user_interactions,
+        min_item_interactions=args.min_item_interactions,
+    )
+
+
+def _parse_event_weights(text: str | None) -> dict[str, float]:
+    from recsvc.errors import ConfigError
+
+    weights: dict[str, float] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip() or weights.get(name.strip(), 0) <= 0:
+            raise ConfigError(f"--event-weights: {part!r} is not NAME=POSITIVE_NUMBER")
+    return weights
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--params", type=Path, help="parameters file written by `recsvc tune`")
+    g.add_argument("--algorithm", choices=["als", "bpr"])
+    g.add_argument("--weighting", choices=["none", "binary", "bm25", "tfidf"])
+    g.add_argument("--factors", type=int)
+    g.add_argument("--iterations", type=int)
+    g.add_argument("--regularization", type=float)
+    g.add_argument("--alpha", type=float, help="ALS confidence scaling")
+    g.add_argument("--learning-rate", type=float, help="BPR learning rate")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--threads", type=int, help="CPU threads (0 = every core)")
+    g.add_argument("--seed", type=int, help="random seed (default 42)")
+
+
+def _add_split_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("protocol")
+    g.add_argument("--protocol", choices=PROTOCOLS, default="stratified-item")
+    g.add_argument("--k", type=int, default=10, help="cut-off of the metrics (default 10)")
+    g.add_argument("--ratio", type=float, default=0.75, help="train share for stratified splits")
+    g.add_argument("--last-n", type=int, default=1, help="test items per user for leave-last-n")
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Training settings: the --params file, overridden by explicit flags."""
+    from workers.tune import read_params
+
+    overrides = read_params(args.params) if args.params else {}
+    for name in (
+        "algorithm",
+        "weighting",
+        "factors",
+        "iterations",
+        "regularization",
+        "alpha",
+        "learning_rate",
+        "device",
+        "threads",
+        "seed",
+    ):
+        if getattr(args, name, None) is not None:
+            overrides[name] = getattr(args, name)
+    return overrides

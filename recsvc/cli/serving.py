@@ -1,0 +1,200 @@
+"""recsvc serve, demo, call and config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from recsvc.cli.common import DEFAULT_DEMO_DIR, common_options, settings_from
+from recsvc.config import Settings, settings_table
+
+log = logging.getLogger("recsvc")
+
+
+def add_serve(commands: Any) -> None:
+    p = commands.add_parser(
+        "serve",
+        help="serve the latest model over gRPC",
+        description="Load and verify the latest model in the model store and serve it over gRPC "
+        "(with health checking and reflection). Prints 'listening on HOST:PORT' when ready; "
+        "SIGTERM drains and stops.",
+    )
+    p.add_argument("--model-store", type=Path, help="model store directory")
+    p.add_argument("--host", help="address to listen on")
+    p.add_argument("--port", type=int, help="port (0 picks a free one)")
+    p.add_argument("--workers", type=int, help="server processes (default 1; >1 needs Redis)")
+    common_options(p)
+    p.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from recsvc.server import serve
+
+    settings = settings_from(
+        args,
+        model_store=args.model_store,
+        server={"host": args.host, "port": args.port, "workers": args.workers},
+    )
+    if settings.server.workers > 1:
+        from recsvc.supervisor import run_workers
+
+        passed = ["--model-store", str(settings.model_store), "--host", settings.server.host]
+        if args.config:
+            passed += ["--config", str(args.config)]
+        return run_workers(settings, passed)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def add_demo(commands: Any) -> None:
+    p = commands.add_parser(
+        "demo",
+        help="generate demo data, train and serve it (no Redis needed)",
+        description="The embedded default: generate synthetic shop data (2,000 users, 3,000 items, "
+        "12 categories), train a real ALS model with an HNSW index, and serve it over gRPC with "
+        "in-process state. Prints how to call it.",
+    )
+    p.add_argument("--dir", type=Path, default=DEFAULT_DEMO_DIR, help="where data and models go")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 50051; 0 picks a free one)")
+    p.add_argument("--retrain", action="store_true", help="train again even if a model exists")
+    common_options(p)
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from recsvc.artifacts import ModelStore
+    from recsvc.server import serve
+    from workers.demo_data import generate_demo_data
+    from workers.train import train_from_files
+
+    store_dir = args.dir / "model-store"
+    settings = settings_from(
+        args, model_store=store_dir, server={"host": args.host, "port": args.port}
+    )
+    store = ModelStore(store_dir)
+    if args.retrain or store.latest_version() is None:
+        log.info("generating demo data in %s", args.dir)
+        data = generate_demo_data(args.dir / "data")
+        train_from_files(data.interactions, store, settings.train, settings.index, data.items)
+    _print_demo_help(settings)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _print_demo_help(settings: Settings) -> None:
+    port = settings.server.port or "PORT"
+    target = f"{settings.server.host}:{port}"
+    print(
+        f"recsvc demo: model in {settings.model_store}. Once 'listening on' shows, try:\n"
+        f"  .venv/bin/recsvc call recommend --target {target} --user u00001 -k 5\n"
+        f"  .venv/bin/recsvc call similar --target {target} --item i00042 -k 5\n"
+        f"  .venv/bin/recsvc call record --target {target} --user u00001 --items i00042 "
+        f"--event purchase\n"
+        f"  .venv/bin/recsvc call info --target {target}\n"
+        f'  grpcurl -plaintext -d \'{{"user_id": "u00001", "k": 5}}\' {target} '
+        f"recsvc.v1.Recommender/Recommend\n"
+        f"Ctrl-C stops it.",
+        flush=True,
+    )
+
+
+def add_call(commands: Any) -> None:
+    p = commands.add_parser(
+        "call",
+        help="call a running server (recommend, similar, info, health)",
+        description="Call a running recsvc server and print the answer as JSON.",
+    )
+    calls = p.add_subparsers(title="calls", metavar="CALL", required=True)
+
+    def call(
+        name: str, help_text: str, run: Callable[[Any, argparse.Namespace], Any]
+    ) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = calls.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of the server")
+        sub.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds")
+        sub.set_defaults(run=lambda args: _run_call(args, run))
+        return sub
+
+    rec = call(
+        "recommend",
+        "top-k items for a user",
+        lambda c, a: c.recommend(
+            a.user, a.k, exclude_seen=not a.include_seen, recent_item_ids=a.recent or ()
+        ),
+    )
+    rec.add_argument("--user", default="", help="user id (may be empty with --recent)")
+    rec.add_argument("-k", type=int, default=10)
+    rec.add_argument("--recent", nargs="*", help="recent item ids of an anonymous session")
+    rec.add_argument("--include-seen", action="store_true", help="allow items the user has seen")
+    sim = call("similar", "items similar to an item", lambda c, a: c.similar_items(a.item, a.k))
+    sim.add_argument("--item", required=True)
+    sim.add_argument("-k", type=int, default=10)
+    rec_events = call(
+        "record",
+        "record that a user interacted with items",
+        lambda c, a: dict(
+            zip(
+                ("accepted", "duplicates"),
+                c.record_interactions(
+                    [_raw_interaction(a.user, item, a.event, n) for n, item in enumerate(a.items)]
+                ),
+                strict=True,
+            )
+        ),
+    )
+    rec_events.add_argument("--user", required=True)
+    rec_events.add_argument("--items", nargs="+", required=True, help="item ids")
+    rec_events.add_argument(
+        "--event", default="view", choices=["view", "click", "cart", "purchase", "rating"]
+    )
+    call("info", "the model being served", lambda c, a: c.model_info())
+    call("health", "the server's health status", lambda c, a: {"status": c.health()})
+
+
+def _raw_interaction(user: str, item: str, event: str, n: int) -> Any:
+    import time
+    import uuid
+
+    from recsvc.core.interactions import RawInteraction
+    from recsvc.core.state import EventType
+
+    event_id = f"cli-{uuid.uuid4().hex[:12]}-{n}"
+    return RawInteraction(user, item, EventType(event), None, int(time.time() * 1000), event_id)
+
+
+def _run_call(args: argparse.Namespace, run: Callable[[Any, argparse.Namespace], Any]) -> int:
+    import grpc
+
+    from recsvc.client import RecsvcClient
+
+    with RecsvcClient(args.target, timeout=args.timeout) as client:
+        try:
+            result = run(client, args)
+        except grpc.RpcError as exc:
+            print(f"recsvc: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    print(json.dumps(result if isinstance(result, dict) else asdict(result), indent=2))
+    return 0
+
+
+def add_config(commands: Any) -> None:
+    p = commands.add_parser("config", help="show the settings or their documentation")
+    p.add_argument("what", choices=["show", "docs"], help="show: effective values; docs: the table")
+    common_options(p)
+    p.set_defaults(run=_run_config)
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    if args.what == "docs":
+        print(settings_table())
+    else:
+        print(settings_from(args).model_dump_json(indent=2))
+    return 0
