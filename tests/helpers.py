@@ -30,6 +30,13 @@ def recsvc_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "recsvc", *args]
 
 
+def run_recsvc(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python -m recsvc ARGS`` to completion, with a clean environment; output captured."""
+    return subprocess.run(
+        recsvc_command(*args), env=server_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

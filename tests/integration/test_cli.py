@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from recsvc.client import RecsvcClient
-from tests.helpers import recsvc_command, running_server, server_env
+from tests.helpers import run_recsvc as run
+from tests.helpers import running_server, server_env
 from workers.demo_data import DemoData
 
 SUBCOMMANDS = [
@@ -25,12 +25,6 @@ SUBCOMMANDS = [
     ["call", "health"],
     ["config"],
 ]
-
-
-def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        recsvc_command(*args), env=server_env(), capture_output=True, text=True, timeout=timeout
-    )
 
 
 @pytest.mark.parametrize("args", SUBCOMMANDS, ids=lambda a: " ".join(a) or "recsvc")

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import SHARED_DATA, recsvc_command, server_env
+from tests.helpers import SHARED_DATA
+from tests.helpers import run_recsvc as run
 from workers.demo_data import DemoData
 
 ML100K = SHARED_DATA / "ml-100k" / "u.data"
-
-
-def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        recsvc_command(*args), env=server_env(), capture_output=True, text=True, timeout=timeout
-    )
 
 
 def test_eval_json_has_the_metrics_and_baselines(demo_data: DemoData) -> None:
