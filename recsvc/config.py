@@ -91,7 +91,7 @@ class ServingSettings(_Section):
         description="HNSW ef of user->item queries (the exact head keeps recall).",
     )
     similar_ef_search: int = Field(
-        128, ge=1, le=100_000, description="HNSW ef of item->item (SimilarItems) queries."
+        512, ge=1, le=100_000, description="HNSW ef of item->item (SimilarItems) queries."
     )
     search_threads: int = Field(
         1, ge=1, le=256, description="Threads hnswlib may use for one query."

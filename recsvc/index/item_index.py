@@ -40,7 +40,7 @@ class IndexParams:
     m: int = 16
     ef_construction: int = 200
     ef_search: int = 64
-    similar_ef_search: int = 128
+    similar_ef_search: int = 512
     seed: int = 42
     threads: int = 1
     exact_head_share: float = 0.02
