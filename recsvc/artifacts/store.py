@@ -9,7 +9,6 @@ checks neither the integrity nor the dimension of what it reads.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -393,8 +392,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-
-
-def manifest_summary(manifest: Manifest) -> str:
-    """One JSON line describing a version (for the command line)."""
-    return json.dumps(manifest.model_dump(exclude={"files"}), sort_keys=True)

@@ -45,22 +45,6 @@ def als_fold_in(
     return vector
 
 
-def least_squares_fold_in(
-    item_factors: npt.NDArray[np.float32],
-    item_rows: npt.NDArray[np.int64],
-    weights: npt.NDArray[np.float32],
-    regularization: float,
-) -> npt.NDArray[np.float32]:
-    """A user vector for models without a closed-form user update (BPR): the regularised least
-    squares fit of the interaction weights, ``argmin_x |Y_u x - w|^2 + reg |x|^2``.
-
-    Shapes as in :func:`als_fold_in`; returns float32, shape (f,).
-    """
-    vectors = fold_in_many(item_factors, None, [(item_rows, weights)], regularization, 1.0)
-    vector: npt.NDArray[np.float32] = vectors[0]
-    return vector
-
-
 def fold_in_many(
     item_factors: npt.NDArray[np.float32],
     yty: npt.NDArray[np.float64] | None,
@@ -69,8 +53,9 @@ def fold_in_many(
     alpha: float,
 ) -> npt.NDArray[np.float32]:
     """Fold in many users at once: one (rows, weights) pair per user; returns float32, shape
-    (len(users), f). With ``yty`` this is :func:`als_fold_in` per user, else
-    :func:`least_squares_fold_in`; the linear systems are solved in one batched call.
+    (len(users), f). With ``yty`` this is :func:`als_fold_in` per user; without it (BPR,
+    which has no closed-form user update) the regularised least-squares fit of the weights,
+    ``argmin_x |Y_u x - w|^2 + reg |x|^2``. The linear systems are solved in one batched call.
 
     The systems are built and solved in float32 (as implicit trains): half the time of
     float64, and the same vectors to ~1e-7 relative on 64 factors.

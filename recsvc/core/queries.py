@@ -132,3 +132,11 @@ def check_batch_size(size: int, limits: Limits, field: str) -> None:
         raise InvalidArgument(field, "must hold at least one entry")
     if size > limits.max_batch:
         raise InvalidArgument(field, f"holds {size} entries, at most {limits.max_batch} allowed")
+
+
+def validate_batch(queries: list[RecommendQuery], limits: Limits) -> None:
+    """Check a batch and every query in it first, so a bad one fails the whole batch with a
+    message naming it (``requests[i].field``) before any work is done."""
+    check_batch_size(len(queries), limits, "requests")
+    for position, query in enumerate(queries):
+        query.validate(limits, prefix=f"requests[{position}].")

@@ -17,7 +17,7 @@ from recsvc.core.queries import (
     SimilarityMode,
     SimilarQuery,
     Strategy,
-    check_batch_size,
+    validate_batch,
 )
 from recsvc.core.ranking import mmr
 from recsvc.core.state import UserState
@@ -71,7 +71,7 @@ class Recommender:
             strategy = Strategy.PERSONALISED
         elif len(recent_rows):
             rows = np.unique(recent_rows)
-            vector = self._fold_in(rows, np.ones(len(rows), dtype=np.float32))
+            vector = self._fold_in_many([(rows, np.ones(len(rows), dtype=np.float32))])[0]
             strategy = Strategy.SESSION
         else:
             labels, scores = self._popular(query.k, blocked, allowed)
@@ -99,20 +99,16 @@ class Recommender:
     ) -> dict[str, npt.NDArray[np.float32]]:
         """:meth:`fold_in_user` for many users, solved in one batch (users without any known
         item are left out)."""
-        model = self.model
-        binary = model.info.parameters.get("weighting") == "binary"
         users: list[str] = []
         inputs: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]] = []
         for user_id, history in histories.items():
             rows, weights = self._combined_history(user_id, history)
             if len(rows):
                 users.append(user_id)
-                inputs.append((rows, np.ones_like(weights) if binary else weights))
+                inputs.append((rows, weights))
         if not users:
             return {}
-        yty = model.yty if model.info.algorithm == "als" else None
-        vectors = fold_in_many(model.item_factors, yty, inputs, model.regularization, model.alpha)
-        return dict(zip(users, vectors, strict=True))
+        return dict(zip(users, self._fold_in_many(inputs), strict=True))
 
     def _combined_history(
         self, user_id: str, history: dict[str, float]
@@ -147,20 +143,17 @@ class Recommender:
         labels, scores = self._search(model.similar_index, vector, query.k, blocked, allowed)
         return SimilarItems(self._scored(labels, scores), model.version)
 
-    def _fold_in(
-        self, item_rows: npt.NDArray[np.int64], weights: npt.NDArray[np.float32]
+    def _fold_in_many(
+        self, inputs: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]
     ) -> npt.NDArray[np.float32]:
-        """A user vector from distinct interacted items and their weights, by the model's own
-        rule. The weights get the training's weighting where it is per-entry (binary); for
-        bm25/tf-idf, which need corpus statistics, raw weights are an approximation."""
+        """User vectors from (distinct item rows, weights) pairs, by the model's own rule. The
+        weights get the training's weighting where it is per-entry (binary); for bm25/tf-idf,
+        which need corpus statistics, raw weights are an approximation."""
         model = self.model
         if model.info.parameters.get("weighting") == "binary":
-            weights = np.ones_like(weights)
+            inputs = [(rows, np.ones_like(weights)) for rows, weights in inputs]
         yty = model.yty if model.info.algorithm == "als" else None
-        inputs = [(item_rows, weights)]
-        vectors = fold_in_many(model.item_factors, yty, inputs, model.regularization, model.alpha)
-        vector: npt.NDArray[np.float32] = vectors[0]
-        return vector
+        return fold_in_many(model.item_factors, yty, inputs, model.regularization, model.alpha)
 
     def _allowed_mask(self, categories: CategoryFilter) -> npt.NDArray[np.bool_] | None:
         """Boolean mask of items the category filter lets through; None when there is no filter."""
@@ -232,7 +225,5 @@ def recommend_batch(
 ) -> list[Recommendation]:
     """Recommend for each query; every query is validated first, so a bad one fails the whole
     batch with a message naming it (``requests[i].field``) before any work is done."""
-    check_batch_size(len(queries), recommender.limits, "requests")
-    for position, query in enumerate(queries):
-        query.validate(recommender.limits, prefix=f"requests[{position}].")
+    validate_batch(queries, recommender.limits)
     return [recommender.recommend(query) for query in queries]

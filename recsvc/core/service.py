@@ -26,7 +26,7 @@ from recsvc.core.queries import (
     RecommendQuery,
     SimilarItems,
     SimilarQuery,
-    check_batch_size,
+    validate_batch,
 )
 from recsvc.core.recommender import Recommender
 from recsvc.core.state import (
@@ -111,9 +111,7 @@ class RecommendationService:
         self, queries: list[RecommendQuery], time_left: float | None = None
     ) -> list[Recommendation]:
         recommender = self.current()
-        check_batch_size(len(queries), recommender.limits, "requests")
-        for position, query in enumerate(queries):
-            query.validate(recommender.limits, prefix=f"requests[{position}].")
+        validate_batch(queries, recommender.limits)
         states = await asyncio.gather(
             *(self._state_for(recommender, q.user_id, time_left) for q in queries)
         )
