@@ -213,6 +213,38 @@ class TrainSettings(_Section):
     seed: int = Field(42, description="Random seed, for reproducible models.")
 
 
+class ImageSettings(_Section):
+    """Product images: the CNN backbone, embedding jobs, and image requests."""
+
+    backbone: str = Field(
+        "efficientnet_lite0",
+        min_length=1,
+        description="CNN backbone; efficientnet_lite0 ships its weights, others need `weights`.",
+    )
+    weights: Path | None = Field(
+        None, description="Local weights file (a state dict) for the backbone; never downloaded."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where embedding runs (auto: a GPU when there is one)."
+    )
+    batch_size: int = Field(32, ge=1, le=4096, description="Images per forward pass.")
+    loader_workers: int = Field(
+        2, ge=0, le=64, description="Processes decoding images for `recsvc embed`; 0: inline."
+    )
+    max_image_bytes: int = Field(
+        10 * MiB, ge=1024, le=256 * MiB, description="Largest encoded image accepted."
+    )
+    max_pixels: int = Field(
+        40_000_000,
+        ge=10_000,
+        le=1_000_000_000,
+        description="Largest image (width x height) decoded: the decompression-bomb guard.",
+    )
+    hybrid_visual_weight: float = Field(
+        0.5, ge=0, le=1, description="Weight of visual similarity in SimilarItems hybrid mode."
+    )
+
+
 class Settings(BaseSettings):
     """recsvc's settings. Every field can be set by environment variable or config file."""
 
@@ -240,6 +272,7 @@ class Settings(BaseSettings):
     index: IndexSettings = Field(default_factory=IndexSettings)
     workers: WorkerSettings = Field(default_factory=WorkerSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
+    images: ImageSettings = Field(default_factory=ImageSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -264,7 +264,7 @@ def read_categories(path: Path, file_format: FileFormat = "auto") -> dict[str, s
 
 
 def _choose_columns(path: Path, fmt: FileFormat, options: ReadOptions) -> dict[str, str | None]:
-    names = _column_names(path, fmt)
+    names = column_names(path, fmt)
 
     def pick(given: str | None, candidates: tuple[str, ...], role: str) -> str | None:
         if given is not None:
@@ -292,7 +292,7 @@ def _choose_columns(path: Path, fmt: FileFormat, options: ReadOptions) -> dict[s
     return chosen
 
 
-def _column_names(path: Path, fmt: FileFormat) -> list[str]:
+def column_names(path: Path, fmt: FileFormat) -> list[str]:
     if fmt == "movielens":
         return list(MOVIELENS_COLUMNS)
     try:

@@ -5,21 +5,28 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from recsvc.artifacts import ModelStore
 from recsvc.config import IndexSettings, TrainSettings
-from recsvc.core.model import NO_CATEGORY, IdMap, Model, ModelInfo
+from recsvc.core.model import NO_CATEGORY, IdMap, Model, ModelInfo, VisualPart
+from recsvc.core.projection import Projection
 from recsvc.index import IndexParams, ItemIndex, recall_at_k
+from workers.embed import EmbeddingTable
 from workers.evaluate import Protocol, evaluate_model, split_interactions
 from workers.interactions import Interactions, ReadOptions, read_categories, read_interactions
 from workers.models import TrainedFactors, fit_factors
+from workers.projection import ProjectionSettings, fit_projection
+from workers.visual_space import fit_visual_adapter
 
 log = logging.getLogger(__name__)
+
+MIN_PROJECTION_ITEMS = 20
 
 
 def build_model(
@@ -30,9 +37,23 @@ def build_model(
     version: str,
     categories: dict[str, str] | None = None,
     metrics: dict[str, Any] | None = None,
+    images: EmbeddingTable | None = None,
 ) -> Model:
-    """Assemble the domain Model: id maps, factors, history, popularity and both indexes."""
+    """Assemble the domain Model: id maps, factors, history, popularity and the indexes.
+
+    With ``images``, the model also gets a visual index over every item that has an image
+    embedding, a projection from image embeddings to item factors learned on the warm items,
+    and the items that have an image but no interaction (cold items) with projected factors.
+    """
     params = index_params(index, build_threads=train.threads)
+    statistics = interactions.statistics()
+    visual: VisualPart | None = None
+    if images is not None:
+        attached = attach_images(interactions, factors, images, params, train.seed, categories)
+        interactions, factors, visual = attached.interactions, attached.factors, attached.visual
+        statistics.update(attached.statistics)
+        image_categories = dict(zip(images.item_ids, images.categories, strict=True))
+        categories = {**{i: c for i, c in image_categories.items() if c}, **(categories or {})}
     user_index = ItemIndex.build(factors.item_factors, "ip", params)
     # Normalised vectors make an easy graph: half the build effort keeps its recall
     # (bench/train.py measures it) and keeps training within 1.2x of raw implicit + hnswlib.
@@ -53,7 +74,7 @@ def build_model(
         created_at_ms=int(time.time() * 1000),
         trained_on=factors.device,
         index_recall_at_10=recall,
-        statistics=interactions.statistics(),
+        statistics=statistics,
         metrics=metrics or {},
     )
     return Model(
@@ -70,6 +91,103 @@ def build_model(
         similar_index=similar_index,
         regularization=train.regularization,
         alpha=train.alpha,
+        visual=visual,
+    )
+
+
+@dataclass(frozen=True)
+class WithImages:
+    """Interactions and factors extended by the cold items, and the model's visual part."""
+
+    interactions: Interactions
+    factors: TrainedFactors
+    visual: VisualPart
+    statistics: dict[str, Any]
+
+
+def attach_images(
+    interactions: Interactions,
+    factors: TrainedFactors,
+    images: EmbeddingTable,
+    params: IndexParams,
+    seed: int,
+    categories: dict[str, str] | None = None,
+) -> WithImages:
+    """Learn the projection on warm items with images; add cold items (an image, no
+    interaction) with projected factors; learn the visual space from the categories (the
+    catalogue's where given, else the table's) and index every image in it."""
+    categories = categories or {}
+    known = {item_id: row for row, item_id in enumerate(interactions.item_ids)}
+    warm = [(pos, known[i]) for pos, i in enumerate(images.item_ids) if i in known]
+    cold = [pos for pos, i in enumerate(images.item_ids) if i not in known]
+    projection: Projection | None = None
+    r2: float | None = None
+    if len(warm) >= MIN_PROJECTION_ITEMS:
+        positions, rows = (np.asarray(x, dtype=np.int64) for x in zip(*warm, strict=True))
+        fitted = fit_projection(
+            images.vectors[positions],
+            factors.item_factors[rows],
+            ProjectionSettings(seed=seed),
+        )
+        projection, r2 = fitted.projection, fitted.validation_r2
+    elif cold:
+        log.warning(
+            "only %d items have both an image and interactions (need %d): no projection, "
+            "the %d items without interactions are left out",
+            len(warm),
+            MIN_PROJECTION_ITEMS,
+            len(cold),
+        )
+        cold = []
+    item_ids = [*interactions.item_ids, *(images.item_ids[p] for p in cold)]
+    item_factors = factors.item_factors
+    if cold and projection is not None:
+        projected = projection.apply(images.vectors[np.asarray(cold)])
+        item_factors = np.vstack([item_factors, projected.astype(np.float32)])
+    matrix = interactions.matrix
+    n_items = len(item_ids)
+    widened = sp.csr_matrix(
+        (matrix.data, matrix.indices, matrix.indptr), shape=(matrix.shape[0], n_items)
+    )
+    timestamps = interactions.timestamps
+    if timestamps is not None:
+        timestamps = sp.csr_matrix(
+            (timestamps.data, timestamps.indices, timestamps.indptr),
+            shape=(matrix.shape[0], n_items),
+        )
+    row_of = {item_id: row for row, item_id in enumerate(item_ids)}
+    image_positions = [p for p, i in enumerate(images.item_ids) if i in row_of]
+    rows = np.asarray([row_of[images.item_ids[p]] for p in image_positions], dtype=np.int64)
+    raw = images.vectors[np.asarray(image_positions, dtype=np.int64)]
+    labels = [categories.get(images.item_ids[p]) or images.categories[p] for p in image_positions]
+    adapter = fit_visual_adapter(raw, labels)
+    embeddings = adapter.apply(raw) if adapter is not None else raw
+    visual_params = replace(params, ef_construction=min(params.ef_construction, 100))
+    visual = VisualPart(
+        backbone=images.backbone,
+        backbone_dim=images.dim,
+        rows=rows,
+        embeddings=np.ascontiguousarray(embeddings, dtype=np.float32),
+        index=ItemIndex.build(embeddings, "cosine", visual_params),
+        projection=projection,
+        adapter=adapter,
+        n_items=n_items,
+    )
+    log.info(
+        "images: %d items with an embedding, %d cold items added, projection R^2 %s",
+        len(rows),
+        len(cold),
+        r2,
+    )
+    extended = replace(interactions, item_ids=item_ids, matrix=widened, timestamps=timestamps)
+    statistics: dict[str, Any] = {"cold_items": len(cold), "items_with_images": len(rows)}
+    if r2 is not None:
+        statistics["projection_r2"] = r2
+    return WithImages(
+        extended,
+        replace(factors, item_factors=np.ascontiguousarray(item_factors)),
+        visual,
+        statistics,
     )
 
 
@@ -82,6 +200,7 @@ def train_and_publish(
     progress: bool = True,
     evaluate: Protocol | None = None,
     metrics: dict[str, Any] | None = None,
+    images: EmbeddingTable | None = None,
 ) -> Model:
     """Fit, build and publish a new model version; nothing is visible until it is complete.
 
@@ -94,7 +213,7 @@ def train_and_publish(
     factors = fit_factors(interactions.matrix, train, progress=progress)
     log.info("%s fit on %s in %.2fs", train.algorithm, factors.device, factors.seconds)
     model = build_model(
-        interactions, factors, train, index, store.new_version(), categories, metrics
+        interactions, factors, train, index, store.new_version(), categories, metrics, images
     )
     store.publish(model, index_params(index, build_threads=train.threads))
     return model
@@ -159,8 +278,9 @@ def train_from_files(
     progress: bool = True,
     read_options: ReadOptions | None = None,
     evaluate: Protocol | None = None,
+    images_path: Path | None = None,
 ) -> Model:
-    """The `recsvc train` pipeline."""
+    """The `recsvc train` pipeline (``images_path``: an embedding table from `recsvc embed`)."""
     interactions = read_interactions(interactions_path, read_options)
     log.info(
         "read %d rows: %d users, %d items, %d distinct interactions",
@@ -170,4 +290,7 @@ def train_from_files(
         interactions.num_interactions,
     )
     categories = read_categories(items_path) if items_path else None
-    return train_and_publish(interactions, store, train, index, categories, progress, evaluate)
+    images = EmbeddingTable.load(images_path) if images_path else None
+    return train_and_publish(
+        interactions, store, train, index, categories, progress, evaluate, images=images
+    )

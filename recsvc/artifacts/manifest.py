@@ -28,6 +28,21 @@ class IndexEntry(BaseModel):
     recall_at_10: float = Field(ge=0.0, le=1.0)
 
 
+class ImagesEntry(BaseModel):
+    """The image part of a model: which backbone made the embeddings, and what was learned."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backbone: str
+    backbone_dim: int = Field(ge=1, description="Dimension of the backbone's embeddings.")
+    dim: int = Field(ge=1, description="Dimension of the visual space the index searches.")
+    adapter: bool = Field(description="Whether a learned map into the visual space is included.")
+    items_with_images: int = Field(ge=0)
+    cold_items: int = Field(ge=0, description="Items that entered by their image alone.")
+    projection: bool = Field(description="Whether a cold-start projection is included.")
+    projection_r2: float | None = None
+
+
 class Manifest(BaseModel):
     """The manifest of one model version. Unknown keys are rejected: a newer schema must bump
     ``schema_version`` so that older servers refuse it instead of misreading it."""
@@ -49,6 +64,7 @@ class Manifest(BaseModel):
     index: IndexEntry
     data: dict[str, Any] = Field(default_factory=dict, description="Training data statistics.")
     metrics: dict[str, Any] = Field(default_factory=dict, description="Offline evaluation.")
+    images: ImagesEntry | None = None
     files: dict[str, FileEntry]
 
 

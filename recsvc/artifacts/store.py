@@ -31,12 +31,14 @@ from recsvc.artifacts.manifest import (
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
     SCHEMA_VERSION,
+    ImagesEntry,
     IndexEntry,
     Manifest,
     file_entry,
     sha256_of,
 )
-from recsvc.core.model import NO_CATEGORY, IdMap, Model, ModelInfo
+from recsvc.core.model import NO_CATEGORY, IdMap, Model, ModelInfo, VisualPart
+from recsvc.core.projection import Projection, VisualAdapter
 from recsvc.errors import ArtifactError
 from recsvc.index import IndexParams, ItemIndex
 
@@ -53,6 +55,16 @@ HISTORY_INDICES = "user_items.indices.npy"
 HISTORY_DATA = "user_items.data.npy"
 USER_INDEX = "user_index.hnsw"
 SIMILAR_INDEX = "similar_index.hnsw"
+IMAGE_ROWS = "image_rows.npy"
+IMAGE_EMBEDDINGS = "image_embeddings.npy"
+VISUAL_INDEX = "visual_index.hnsw"
+PROJECTION_FILES = (
+    "projection.w1.npy",
+    "projection.b1.npy",
+    "projection.w2.npy",
+    "projection.b2.npy",
+)
+ADAPTER_FILES = ("visual_adapter.mean.npy", "visual_adapter.components.npy")
 REQUIRED_FILES = frozenset(
     {
         USERS,
@@ -116,7 +128,14 @@ class ModelStore:
             )
         if manifest.model_version != version:
             raise ArtifactError(f"model {version}: manifest names version {manifest.model_version}")
-        missing = REQUIRED_FILES - manifest.files.keys()
+        required = set(REQUIRED_FILES)
+        if manifest.images is not None:
+            required |= {IMAGE_ROWS, IMAGE_EMBEDDINGS, VISUAL_INDEX}
+            if manifest.images.projection:
+                required |= set(PROJECTION_FILES)
+            if manifest.images.adapter:
+                required |= set(ADAPTER_FILES)
+        missing = required - manifest.files.keys()
         if missing:
             raise ArtifactError(f"model {version}: manifest lacks {sorted(missing)}")
         return manifest
@@ -253,12 +272,25 @@ def _write_model_files(directory: Path, model: Model) -> list[str]:
         HISTORY_INDICES: history.indices.astype(np.int32),
         HISTORY_DATA: history.data.astype(np.float32),
     }
+    visual = model.visual
+    if visual is not None:
+        arrays[IMAGE_ROWS] = visual.rows.astype(np.int64)
+        arrays[IMAGE_EMBEDDINGS] = visual.embeddings.astype(np.float32)
+        if visual.projection is not None:
+            p = visual.projection
+            arrays.update(zip(PROJECTION_FILES, (p.w1, p.b1, p.w2, p.b2), strict=True))
+        if visual.adapter is not None:
+            a = visual.adapter
+            arrays.update(zip(ADAPTER_FILES, (a.mean, a.components), strict=True))
     for name, array in arrays.items():
         with (directory / name).open("wb") as handle:
             np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
     model.user_index.save_hnsw(directory / USER_INDEX)
     model.similar_index.save_hnsw(directory / SIMILAR_INDEX)
     names = [USERS, ITEMS, *arrays, USER_INDEX, SIMILAR_INDEX]
+    if visual is not None:
+        visual.index.save_hnsw(directory / VISUAL_INDEX)
+        names.append(VISUAL_INDEX)
     for name in names:
         _fsync_file(directory / name)
     return names
@@ -287,8 +319,62 @@ def _manifest_for(model: Model, params: IndexParams, files: dict[str, object]) -
                 ef_construction=params.ef_construction,
                 recall_at_10=info.index_recall_at_10,
             ),
+            "images": _images_entry(model),
             "files": files,
         }
+    )
+
+
+def _images_entry(model: Model) -> ImagesEntry | None:
+    visual = model.visual
+    if visual is None:
+        return None
+    return ImagesEntry(
+        backbone=visual.backbone,
+        backbone_dim=visual.backbone_dim,
+        dim=visual.dim,
+        adapter=visual.adapter is not None,
+        items_with_images=len(visual.rows),
+        cold_items=int(model.info.statistics.get("cold_items", 0)),
+        projection=visual.projection is not None,
+        projection_r2=model.info.statistics.get("projection_r2"),
+    )
+
+
+def _read_visual(directory: Path, manifest: Manifest, params: IndexParams) -> VisualPart | None:
+    images = manifest.images
+    if images is None:
+        return None
+    rows = _load_array(directory / IMAGE_ROWS, np.int64, None)
+    embeddings = _load_array(directory / IMAGE_EMBEDDINGS, np.float32, (len(rows), images.dim))
+    if len(rows) and (rows.min() < 0 or rows.max() >= manifest.num_items):
+        raise ValueError("image rows point outside the item table")
+    projection = None
+    if images.projection:
+        w1, b1, w2, b2 = (_load_array(directory / n, np.float32, None) for n in PROJECTION_FILES)
+        projection = Projection(w1, b1, w2, b2)
+        if projection.input_dim != images.backbone_dim or projection.output_dim != manifest.factors:
+            raise ValueError("the projection does not map image embeddings to item factors")
+    adapter = None
+    if images.adapter:
+        mean, components = (_load_array(directory / n, np.float32, None) for n in ADAPTER_FILES)
+        adapter = VisualAdapter(mean, components)
+        if adapter.input_dim != images.backbone_dim or adapter.output_dim != images.dim:
+            raise ValueError("the visual adapter does not fit the image embeddings")
+    return VisualPart(
+        backbone=images.backbone,
+        backbone_dim=images.backbone_dim,
+        rows=rows,
+        embeddings=embeddings,
+        index=ItemIndex.load(
+            embeddings,
+            "cosine",
+            directory / VISUAL_INDEX,
+            replace(params, ef_search=params.similar_ef_search),
+        ),
+        projection=projection,
+        adapter=adapter,
+        n_items=manifest.num_items,
     )
 
 
@@ -328,6 +414,7 @@ def _read_model(directory: Path, manifest: Manifest, params: IndexParams) -> Mod
         created_at_ms=manifest.created_at_ms,
         trained_on=manifest.trained_on,
         index_recall_at_10=manifest.index.recall_at_10,
+        image_embedding_dim=manifest.images.dim if manifest.images else 0,
         statistics=dict(manifest.data),
         metrics=dict(manifest.metrics),
     )
@@ -350,6 +437,7 @@ def _read_model(directory: Path, manifest: Manifest, params: IndexParams) -> Mod
         ),
         regularization=manifest.regularization,
         alpha=manifest.alpha,
+        visual=_read_visual(directory, manifest, params),
     )
 
 

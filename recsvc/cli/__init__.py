@@ -1,4 +1,5 @@
-"""The ``recsvc`` command line: train, serve, demo, call, eval, tune, models, worker, config."""
+"""The ``recsvc`` command line: train, embed, serve, demo, call, eval, tune, models, worker,
+config."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from recsvc.cli.images import add_embed
 from recsvc.cli.offline import add_eval, add_models, add_train, add_tune
 from recsvc.cli.serving import add_call, add_config, add_demo, add_serve
 from recsvc.cli.workers import add_worker
@@ -34,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     add_train(commands)
+    add_embed(commands)
     add_serve(commands)
     add_demo(commands)
     add_call(commands)

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from recsvc.cli.common import PROTOCOLS, common_options, settings_from
+from recsvc.cli.images import add_image_eval_options, run_image_eval
 from recsvc.config import Settings
+from recsvc.errors import ConfigError
 
 log = logging.getLogger("recsvc")
 
@@ -24,6 +26,12 @@ def add_train(commands: Any) -> None:
     )
     p.add_argument("--out", type=Path, help="model store directory (default: RECSVC_MODEL_STORE)")
     p.add_argument("--items", type=Path, help="optional catalogue: item id and category columns")
+    p.add_argument(
+        "--images",
+        type=Path,
+        help="embedding table from `recsvc embed`: adds the visual index, the cold-start "
+        "projection and the items that have an image but no interaction",
+    )
     p.add_argument(
         "--evaluate",
         choices=PROTOCOLS,
@@ -42,7 +50,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     settings = settings_from(args, model_store=args.out, train=_train_overrides(args))
     model = train_from_files(
-        args.interactions,
+        _interactions_path(args),
         ModelStore(settings.model_store),
         settings.train,
         settings.index,
@@ -50,6 +58,7 @@ def _run_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         read_options=_read_options(args),
         evaluate=args.evaluate,
+        images_path=args.images,
     )
     print(
         json.dumps(
@@ -81,6 +90,7 @@ def add_eval(commands: Any) -> None:
     _add_model_options(p)
     p.add_argument("--no-baselines", action="store_true", help="measure the model only")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_image_eval_options(p)
     common_options(p)
     p.set_defaults(run=_run_eval)
 
@@ -91,7 +101,7 @@ def _load_split(args: argparse.Namespace) -> tuple[Settings, Any, Any, int]:
     from workers.interactions import read_interactions
 
     settings = settings_from(args, train=_train_overrides(args))
-    data = read_interactions(args.interactions, _read_options(args))
+    data = read_interactions(_interactions_path(args), _read_options(args))
     seed = 42 if args.seed is None else int(args.seed)
     split = split_interactions(
         data.matrix, data.timestamps, args.protocol, args.ratio, seed, args.last_n
@@ -103,6 +113,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     from workers.evaluate import evaluate_model, evaluate_with_baselines
     from workers.train import train_parameters
 
+    if args.images is not None:
+        settings = settings_from(args, train=_train_overrides(args))
+        print(json.dumps(run_image_eval(args, settings)))
+        return 0
     settings, data, split, seed = _load_split(args)
     if args.no_baselines:
         result: dict[str, Any] = {"model": evaluate_model(split, settings.train, args.k)}
@@ -239,9 +253,16 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interactions_path(args: argparse.Namespace) -> Path:
+    if args.interactions is None:
+        raise ConfigError("--interactions: an interactions file is required")
+    path: Path = args.interactions
+    return path
+
+
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("input data")
-    g.add_argument("--interactions", type=Path, required=True, help="interactions file")
+    g.add_argument("--interactions", type=Path, help="interactions file (required)")
     g.add_argument(
         "--format",
         choices=["auto", "csv", "tsv", "parquet", "movielens"],

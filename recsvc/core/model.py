@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from recsvc.core.projection import Projection, VisualAdapter
 from recsvc.index import ItemIndex
 
 NO_CATEGORY = ""
@@ -59,6 +60,54 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class VisualPart:
+    """What a model knows about product images.
+
+    Attributes
+    ----------
+    backbone : name of the CNN that made the embeddings (queries must use the same one)
+    backbone_dim : dimension of the backbone's (raw) embeddings
+    rows : int64, shape (n,): the item row of each embedding (items without an image have none)
+    embeddings : float32, shape (n, dim): unit vectors in the visual space
+    index : cosine ItemIndex over ``embeddings``; its labels are positions in ``rows``
+    projection : raw image embedding -> item factors (None when nothing could be learned)
+    adapter : raw image embedding -> visual space (None: the raw embeddings are the space)
+    """
+
+    backbone: str
+    backbone_dim: int
+    rows: npt.NDArray[np.int64]
+    embeddings: npt.NDArray[np.float32]
+    index: ItemIndex
+    projection: Projection | None
+    adapter: VisualAdapter | None
+    n_items: int
+    position: npt.NDArray[np.int64] = field(init=False)
+
+    def __post_init__(self) -> None:
+        position = np.full(self.n_items, -1, dtype=np.int64)
+        position[self.rows] = np.arange(len(self.rows))
+        object.__setattr__(self, "position", position)
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    def to_visual_space(self, raw: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """(n, backbone_dim) raw embeddings -> (n, dim) unit vectors of the visual space."""
+        if self.adapter is not None:
+            return self.adapter.apply(raw)
+        norms = np.linalg.norm(raw, axis=1, keepdims=True)
+        unit: npt.NDArray[np.float32] = (raw / np.maximum(norms, 1e-12)).astype(np.float32)
+        return unit
+
+    def embedding_of(self, item_row: int) -> npt.NDArray[np.float32] | None:
+        """The item's image embedding, or None when it has no image."""
+        at = int(self.position[item_row])
+        return self.embeddings[at] if at >= 0 else None
+
+
+@dataclass(frozen=True)
 class Model:
     """Everything serving needs from one model version.
 
@@ -76,6 +125,8 @@ class Model:
         Inner-product index over ``item_factors`` (user -> item).
     similar_index : ItemIndex
         Cosine index over ``item_factors`` (item -> item).
+    visual : VisualPart or None
+        Image embeddings, their index and the cold-start projection, when trained with images.
     """
 
     info: ModelInfo
@@ -91,6 +142,7 @@ class Model:
     similar_index: ItemIndex
     regularization: float
     alpha: float
+    visual: VisualPart | None = None
     yty: npt.NDArray[np.float64] = field(init=False)
     popular_order: npt.NDArray[np.int64] = field(init=False)
 

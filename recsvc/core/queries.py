@@ -81,6 +81,18 @@ class SimilarQuery:
 
 
 @dataclass(frozen=True)
+class ImageQuery:
+    """SearchByImage without the image (the service embeds it)."""
+
+    k: int
+    categories: CategoryFilter = CategoryFilter()
+
+    def validate(self, limits: Limits) -> None:
+        check_k(self.k, limits, "k")
+        check_categories(self.categories, limits, "categories")
+
+
+@dataclass(frozen=True)
 class ScoredItem:
     item_id: str
     score: float

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import numpy.typing as npt
 
+from recsvc.core.added import AddedItems, NewItem
 from recsvc.core.foldin import fold_in_many
-from recsvc.core.model import Model
+from recsvc.core.model import Model, VisualPart
 from recsvc.core.queries import (
     CategoryFilter,
+    ImageQuery,
     Limits,
     Recommendation,
     RecommendQuery,
@@ -21,7 +25,7 @@ from recsvc.core.queries import (
 )
 from recsvc.core.ranking import mmr
 from recsvc.core.state import UserState
-from recsvc.errors import NotFound, NotImplementedYet
+from recsvc.errors import FailedPrecondition, InvalidArgument, NotFound
 from recsvc.index import ItemIndex
 
 # Below this share of allowed items, a category filter is served by exact search over the
@@ -39,6 +43,9 @@ class Recommender:
         self.model = model
         self.limits = limits
         self.exact = model.info.num_items <= exact_search_max_items
+        visual_dim = model.visual.dim if model.visual is not None else 0
+        # Replaced (never mutated) by add_items: a query holds on to the table it started with.
+        self.added = AddedItems.empty(model.item_factors.shape[1], visual_dim)
 
     @property
     def version(self) -> str:
@@ -53,15 +60,16 @@ class Recommender:
         """
         query.validate(self.limits)
         state = state or UserState()
-        model = self.model
+        model, added = self.model, self.added
         user_row = model.users.row(query.user_id) if query.user_id else None
-        recent_rows = model.items.rows(query.recent_item_ids)
-        blocked = model.items.rows(query.exclude_item_ids)
+        recent_rows = self._rows(query.recent_item_ids, added)
+        blocked = self._rows(query.exclude_item_ids, added)
         if query.exclude_seen:
             seen = model.seen_items(user_row) if user_row is not None else np.empty(0, np.int64)
-            history = model.items.rows(state.history)
+            history = self._rows(state.history, added)
             blocked = np.concatenate([blocked, seen, history, recent_rows])
-        allowed = self._allowed_mask(query.categories)
+        allowed = self._allowed_mask(query.categories, added)
+        extra = (added.factors, None) if len(added) else None
 
         if state.vector is not None and state.vector.shape == (model.item_factors.shape[1],):
             vector = state.vector
@@ -69,23 +77,76 @@ class Recommender:
         elif user_row is not None:
             vector = model.user_factors[user_row]
             strategy = Strategy.PERSONALISED
-        elif len(recent_rows):
-            rows = np.unique(recent_rows)
+        elif len(recent_rows[recent_rows < model.info.num_items]):
+            rows = np.unique(recent_rows[recent_rows < model.info.num_items])
             vector = self._fold_in_many([(rows, np.ones(len(rows), dtype=np.float32))])[0]
             strategy = Strategy.SESSION
         else:
             labels, scores = self._popular(query.k, blocked, allowed)
-            return Recommendation(self._scored(labels, scores), model.version, Strategy.POPULAR)
+            return Recommendation(
+                self._scored(labels, scores, added), model.version, Strategy.POPULAR
+            )
 
         if query.diversity > 0:
             pool = min(model.info.num_items, max(3 * query.k, query.k + 50))
-            labels, scores = self._search(model.user_index, vector, pool, blocked, allowed)
-            labels, scores = mmr(
-                labels, scores, model.similar_index.vectors, query.k, query.diversity
+            labels, scores = self._search(
+                model.user_index, vector, pool, blocked, allowed, extra=extra
             )
+            unit = self._unit_factors(labels, added)
+            picked, scores = mmr(np.arange(len(labels)), scores, unit, query.k, query.diversity)
+            labels = labels[picked]
         else:
-            labels, scores = self._search(model.user_index, vector, query.k, blocked, allowed)
-        return Recommendation(self._scored(labels, scores), model.version, strategy)
+            labels, scores = self._search(
+                model.user_index, vector, query.k, blocked, allowed, extra=extra
+            )
+        return Recommendation(self._scored(labels, scores, added), model.version, strategy)
+
+    def add_items(self, items: list[NewItem]) -> tuple[int, int]:
+        """Add or update items; returns (created, updated). A new item enters the collaborative
+        search with the projection of its image embedding (no image and no projection: it is
+        kept by the caller for the next training but cannot be ranked yet). An item the model
+        already knows is counted as updated; its learned vectors stay."""
+        model, added = self.model, self.added
+        visual = model.visual
+        created = updated = 0
+        ids: list[str] = []
+        categories: list[str] = []
+        raws: list[npt.NDArray[np.float32]] = []
+        for item in items:
+            if item.item_id in model.items:
+                updated += 1
+                continue
+            if item.item_id in added.rows:
+                updated += 1
+            else:
+                created += 1
+            if item.embedding is not None and visual is not None and visual.projection is not None:
+                ids.append(item.item_id)
+                categories.append(item.category)
+                raws.append(item.embedding)
+        if ids and visual is not None and visual.projection is not None:
+            raw = np.stack(raws).astype(np.float32)
+            self.added = added.with_items(
+                ids,
+                categories,
+                visual.projection.apply(raw),
+                visual.to_visual_space(raw),
+                np.ones(len(ids), dtype=bool),
+            )
+        return created, updated
+
+    def forget_known(self, known: set[str]) -> None:
+        """Drop added items that ``known`` (a newer model's items) already holds."""
+        added = self.added
+        keep = [j for j, item_id in enumerate(added.ids) if item_id not in known]
+        if len(keep) < len(added):
+            self.added = AddedItems.empty(added.factors.shape[1], added.visual.shape[1]).with_items(
+                [added.ids[j] for j in keep],
+                [added.categories[j] for j in keep],
+                added.factors[keep],
+                added.visual[keep],
+                added.has_image[keep],
+            )
 
     def fold_in_user(
         self, user_id: str, history: dict[str, float]
@@ -128,20 +189,153 @@ class Recommender:
         weights = np.bincount(inverse, weights=new_weights, minlength=len(rows))
         return rows, weights.astype(np.float32)
 
-    def similar_items(self, query: SimilarQuery) -> SimilarItems:
-        """Items most similar to ``query.item_id`` (never the item itself)."""
+    def similar_items(self, query: SimilarQuery, visual_weight: float = 0.5) -> SimilarItems:
+        """Items most similar to ``query.item_id`` (never the item itself), by the query's mode:
+        item factors (collaborative), image embeddings (visual) or a blend of both (hybrid,
+        ``visual_weight`` on the visual cosine)."""
         query.validate(self.limits)
         if query.mode is not SimilarityMode.COLLABORATIVE:
-            raise NotImplementedYet(f"mode: {query.mode.value} similarity is not implemented yet")
-        model = self.model
-        row = model.items.row(query.item_id)
-        if row is None:
+            self._visual_part("mode")
+        model, added = self.model, self.added
+        label = self._rows([query.item_id], added)
+        if len(label) == 0:
             raise NotFound("item_id", f"unknown item {query.item_id!r}")
-        blocked = np.asarray([row], dtype=np.int64)
-        allowed = self._allowed_mask(query.categories)
-        vector = model.item_factors[row]
-        labels, scores = self._search(model.similar_index, vector, query.k, blocked, allowed)
-        return SimilarItems(self._scored(labels, scores), model.version)
+        row = int(label[0])
+        blocked = label
+        allowed = self._allowed_mask(query.categories, added)
+        n = model.info.num_items
+        factors = model.item_factors[row] if row < n else added.factors[row - n]
+        if query.mode is SimilarityMode.COLLABORATIVE:
+            labels, scores = self._search(
+                model.similar_index,
+                factors,
+                query.k,
+                blocked,
+                allowed,
+                extra=(added.unit_factors, None) if len(added) else None,
+            )
+            return SimilarItems(self._scored(labels, scores, added), model.version)
+        visual = self._visual_part("mode")
+        embedding = visual.embedding_of(row) if row < n else added.visual[row - n]
+        if embedding is None:
+            if query.mode is SimilarityMode.VISUAL:
+                raise NotFound("item_id", f"item {query.item_id!r} has no image embedding")
+            visual_weight = 0.0  # hybrid without an image: collaborative only
+        if query.mode is SimilarityMode.VISUAL:
+            assert embedding is not None
+            labels, scores = self._search_visual(embedding, query.k, blocked, allowed, added)
+            return SimilarItems(self._scored(labels, scores, added), model.version)
+        labels, scores = self._hybrid(
+            factors, embedding, query.k, blocked, allowed, visual_weight, added
+        )
+        return SimilarItems(self._scored(labels, scores, added), model.version)
+
+    def search_by_image(
+        self, embedding: npt.NDArray[np.float32], query: ImageQuery
+    ) -> SimilarItems:
+        """Items whose images are closest to ``embedding``, the raw embedding of a picture made
+        by the model's backbone."""
+        query.validate(self.limits)
+        visual = self._visual_part("image")
+        if embedding.shape != (visual.backbone_dim,):
+            raise InvalidArgument(
+                "image",
+                f"embedding has shape {embedding.shape}, expected ({visual.backbone_dim},)",
+            )
+        embedding = visual.to_visual_space(embedding[None, :])[0]
+        added = self.added
+        allowed = self._allowed_mask(query.categories, added)
+        blocked = np.empty(0, dtype=np.int64)
+        labels, scores = self._search_visual(embedding, query.k, blocked, allowed, added)
+        return SimilarItems(self._scored(labels, scores, added), self.model.version)
+
+    def _search_visual(
+        self,
+        embedding: npt.NDArray[np.float32],
+        k: int,
+        blocked: npt.NDArray[np.int64],
+        allowed: npt.NDArray[np.bool_] | None,
+        added: AddedItems,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        visual = self._visual_part("mode")
+        extra = (added.visual, added.has_image) if len(added) else None
+        return self._search(
+            visual.index, embedding, k, blocked, allowed, rows=visual.rows, extra=extra
+        )
+
+    def _visual_part(self, field: str) -> VisualPart:
+        if self.model.visual is None:
+            raise FailedPrecondition(
+                f"{field}: model {self.model.version} has no image embeddings; train it with "
+                "`recsvc train --images`"
+            )
+        return self.model.visual
+
+    def _hybrid(
+        self,
+        factors: npt.NDArray[np.float32],
+        embedding: npt.NDArray[np.float32] | None,
+        k: int,
+        blocked: npt.NDArray[np.int64],
+        allowed: npt.NDArray[np.bool_] | None,
+        visual_weight: float,
+        added: AddedItems,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Candidates from both indexes, rescored by the blend of both cosines (an item without
+        an image has visual similarity 0)."""
+        model = self.model
+        pool = max(3 * k, k + 20)
+        extra = (added.unit_factors, None) if len(added) else None
+        candidates, _ = self._search(
+            model.similar_index, factors, pool, blocked, allowed, extra=extra
+        )
+        if embedding is not None:
+            visual_labels, _ = self._search_visual(embedding, pool, blocked, allowed, added)
+            candidates = np.union1d(candidates, visual_labels)
+        query = _as_query(model.similar_index, factors)
+        scores = (1 - visual_weight) * (self._unit_factors(candidates, added) @ query)
+        if embedding is not None:
+            scores += visual_weight * (self._visual_vectors(candidates, added) @ embedding)
+        order = np.argsort(-scores, kind="stable")[:k]
+        return candidates[order].astype(np.int64), scores[order].astype(np.float32)
+
+    def _rows(self, ids: Iterable[str], added: AddedItems) -> npt.NDArray[np.int64]:
+        """Labels of the known ids among ``ids`` (model items, then added items)."""
+        if not len(added):
+            return self.model.items.rows(ids)
+        n = self.model.info.num_items
+        found = [
+            row if (row := self.model.items.row(i)) is not None else n + added.rows[i]
+            for i in ids
+            if i in self.model.items or i in added.rows
+        ]
+        return np.asarray(found, dtype=np.int64)
+
+    def _unit_factors(
+        self, labels: npt.NDArray[np.int64], added: AddedItems
+    ) -> npt.NDArray[np.float32]:
+        """L2-normalised item factors of ``labels`` (model or added items)."""
+        n = self.model.info.num_items
+        base = self.model.similar_index.vectors
+        if not len(added) or labels.max(initial=-1) < n:
+            return base[labels]
+        return np.vstack([base, added.unit_factors])[labels]
+
+    def _visual_vectors(
+        self, labels: npt.NDArray[np.int64], added: AddedItems
+    ) -> npt.NDArray[np.float32]:
+        """Visual-space vectors of ``labels``; zero for items without an image."""
+        visual = self._visual_part("mode")
+        n = self.model.info.num_items
+        out = np.zeros((len(labels), visual.dim), dtype=np.float32)
+        own = labels < n
+        positions = visual.position[labels[own]]
+        rows_with_image = np.flatnonzero(own)[positions >= 0]
+        out[rows_with_image] = visual.embeddings[positions[positions >= 0]]
+        if len(added):
+            extra = np.flatnonzero(~own)
+            out[extra] = added.visual[labels[extra] - n]
+        return out
 
     def _fold_in_many(
         self, inputs: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]
@@ -155,8 +349,11 @@ class Recommender:
         yty = model.yty if model.info.algorithm == "als" else None
         return fold_in_many(model.item_factors, yty, inputs, model.regularization, model.alpha)
 
-    def _allowed_mask(self, categories: CategoryFilter) -> npt.NDArray[np.bool_] | None:
-        """Boolean mask of items the category filter lets through; None when there is no filter."""
+    def _allowed_mask(
+        self, categories: CategoryFilter, added: AddedItems
+    ) -> npt.NDArray[np.bool_] | None:
+        """Boolean mask (model items, then added items) of what the category filter lets
+        through; None when there is no filter."""
         if not categories.active:
             return None
         codes = self.model.item_categories
@@ -165,6 +362,14 @@ class Recommender:
             mask &= np.isin(codes, self.model.category_codes(categories.include))
         if categories.exclude:
             mask &= ~np.isin(codes, self.model.category_codes(categories.exclude))
+        if len(added):
+            names = np.asarray(added.categories)
+            extra = np.ones(len(names), dtype=bool)
+            if categories.include:
+                extra &= np.isin(names, categories.include)
+            if categories.exclude:
+                extra &= ~np.isin(names, categories.exclude)
+            mask = np.concatenate([mask, extra])
         return mask
 
     def _search(
@@ -174,8 +379,52 @@ class Recommender:
         k: int,
         blocked: npt.NDArray[np.int64],
         allowed: npt.NDArray[np.bool_] | None,
+        rows: npt.NDArray[np.int64] | None = None,
+        extra: tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_] | None] | None = None,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """Top-k labels and scores that are not blocked and are allowed."""
+        """Top-k labels and scores that are not blocked and are allowed.
+
+        ``rows`` maps the index's labels to item rows when they differ (the visual index covers
+        only the items that have an image). ``extra``: the added items' vectors in the index's
+        space (and which of them may be returned), searched exactly and merged.
+        """
+        labels, scores = self._search_index(index, vector, k, blocked, allowed, rows)
+        if extra is None or not len(extra[0]):
+            return labels, scores
+        vectors, usable = extra
+        extra_labels = self.model.info.num_items + np.arange(len(vectors), dtype=np.int64)
+        extra_scores = vectors @ _as_query(index, vector)
+        keep = ~np.isin(extra_labels, blocked)
+        if usable is not None:
+            keep &= usable
+        if allowed is not None:
+            keep &= allowed[extra_labels]
+        labels = np.concatenate([labels, extra_labels[keep]])
+        scores = np.concatenate([scores, extra_scores[keep].astype(np.float32)])
+        order = np.argsort(-scores, kind="stable")[:k]
+        return labels[order], scores[order]
+
+    def _search_index(
+        self,
+        index: ItemIndex,
+        vector: npt.NDArray[np.float32],
+        k: int,
+        blocked: npt.NDArray[np.int64],
+        allowed: npt.NDArray[np.bool_] | None,
+        rows: npt.NDArray[np.int64] | None,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        if rows is not None:
+            labels, scores = self._search_index(
+                index,
+                vector,
+                k,
+                np.flatnonzero(np.isin(rows, blocked)),
+                allowed[rows] if allowed is not None else None,
+                None,
+            )
+            return rows[labels], scores
+        if allowed is not None:
+            allowed = allowed[: index.size]
         if allowed is not None and allowed.mean() < _EXACT_FILTER_SHARE:
             candidates = np.flatnonzero(allowed)
             candidates = candidates[~np.isin(candidates, blocked)]
@@ -204,11 +453,15 @@ class Recommender:
         return labels, self.model.item_popularity[labels]
 
     def _scored(
-        self, labels: npt.NDArray[np.int64], scores: npt.NDArray[np.float32]
+        self,
+        labels: npt.NDArray[np.int64],
+        scores: npt.NDArray[np.float32],
+        added: AddedItems,
     ) -> list[ScoredItem]:
         ids = self.model.items.ids
+        n = len(ids)
         return [
-            ScoredItem(ids[label], float(score))
+            ScoredItem(ids[label] if label < n else added.ids[label - n], float(score))
             for label, score in zip(labels, scores, strict=True)
         ]
 

