@@ -240,6 +240,10 @@ class ImageSettings(_Section):
         le=1_000_000_000,
         description="Largest image (width x height) decoded: the decompression-bomb guard.",
     )
+    path_root: Path | None = Field(
+        None,
+        description="Directory UpsertItems may read image_path from; unset: image_path refused.",
+    )
     hybrid_visual_weight: float = Field(
         0.5, ge=0, le=1, description="Weight of visual similarity in SimilarItems hybrid mode."
     )

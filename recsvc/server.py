@@ -30,15 +30,18 @@ from recsvc.artifacts import ModelStore
 from recsvc.artifacts.watcher import ModelWatcher
 from recsvc.config import Settings
 from recsvc.core.holder import RecommenderHolder
+from recsvc.core.items import ImageLimits, ItemService
 from recsvc.core.queries import Limits
 from recsvc.core.recommender import Recommender
 from recsvc.core.service import RecommendationService
-from recsvc.core.state import EventLog, EventType, UserStateStore
+from recsvc.core.state import EventLog, EventType, ItemLog, UserStateStore
 from recsvc.errors import ConfigError
 from recsvc.index import IndexParams
 from recsvc.metrics import Metrics
 from recsvc.store.file_log import FileEventLog
+from recsvc.store.item_log import FileItemLog
 from recsvc.store.memory import InMemoryUserStore
+from recsvc.vision.encoder import ImageEncoder
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,10 @@ class ServerHandle:
 
 
 def create_server(
-    settings: Settings, service: RecommendationService, metrics: Metrics | None = None
+    settings: Settings,
+    service: RecommendationService,
+    items: ItemService,
+    metrics: Metrics | None = None,
 ) -> ServerHandle:
     """A grpc.aio server with the Recommender, health and reflection services, bound to
     ``settings.server.host:port`` (port 0 picks a free one). Not started yet."""
@@ -67,7 +73,7 @@ def create_server(
         ("grpc.so_reuseport", 1 if settings.server.reuse_port else 0),
     ]
     server = grpc.aio.server(options=options)
-    pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(service, metrics), server)
+    pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(service, items, metrics), server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -83,10 +89,11 @@ def create_server(
     return ServerHandle(server, port, health_servicer)
 
 
-def build_state(settings: Settings) -> tuple[UserStateStore, EventLog]:
-    """Redis backends when RECSVC_REDIS_URL is set, else in-process state and a file log."""
+def build_state(settings: Settings) -> tuple[UserStateStore, EventLog, ItemLog]:
+    """Redis backends when RECSVC_REDIS_URL is set, else in-process state and file logs."""
     s = settings.store
     if settings.redis_url:
+        from recsvc.store.item_log import RedisItemLog
         from recsvc.store.redis_backend import RedisEventLog, RedisUserStore, connect
 
         client = connect(
@@ -100,11 +107,30 @@ def build_state(settings: Settings) -> tuple[UserStateStore, EventLog]:
             s.vector_ttl_seconds,
             s.vector_encoding,
         )
-        return store, RedisEventLog(client, s.key_prefix, s.dedupe_ttl_seconds)
+        return (
+            store,
+            RedisEventLog(client, s.key_prefix, s.dedupe_ttl_seconds),
+            RedisItemLog(client, s.key_prefix),
+        )
     memory = InMemoryUserStore(
         s.history_max_items, s.history_ttl_seconds, s.vector_ttl_seconds, s.max_users_in_process
     )
-    return memory, FileEventLog(s.event_log_path or settings.model_store / "events.jsonl")
+    return (
+        memory,
+        FileEventLog(s.event_log_path or settings.model_store / "events.jsonl"),
+        FileItemLog(settings.model_store / "items.jsonl"),
+    )
+
+
+def build_item_service(
+    settings: Settings, holder: RecommenderHolder, item_log: ItemLog
+) -> ItemService:
+    images = settings.images
+    weights = {images.backbone: images.weights} if images.weights else {}
+    device = "cpu" if images.device == "auto" else images.device
+    encoder = ImageEncoder(images.max_pixels, device=device, weights=weights, threads=1)
+    limits = ImageLimits(images.max_image_bytes, images.path_root, images.backbone)
+    return ItemService(holder, item_log, encoder, limits)
 
 
 def load_recommender(settings: Settings, version: str | None = None) -> Recommender:
@@ -177,17 +203,25 @@ class StoreHealth:
 async def serve(settings: Settings, announce: bool = True) -> None:
     """Run the server until SIGTERM or SIGINT, then drain and stop."""
     holder = RecommenderHolder()
-    store, events = build_state(settings)
+    store, events, item_log = build_state(settings)
     weights = {EventType(name): weight for name, weight in settings.events.model_dump().items()}
-    service = RecommendationService(holder, store, events, weights, settings.store.timeout_seconds)
+    service = RecommendationService(
+        holder,
+        store,
+        events,
+        weights,
+        settings.store.timeout_seconds,
+        visual_weight=settings.images.hybrid_visual_weight,
+    )
+    items = build_item_service(settings, holder, item_log)
     metrics = Metrics()
-    handle = create_server(settings, service, metrics)
+    handle = create_server(settings, service, items, metrics)
     store_health = StoreHealth(handle, store)
     service.on_store_status = store_health.report
     watcher = ModelWatcher(
         ModelStore(settings.model_store),
         holder,
-        lambda version: load_recommender(settings, version),
+        lambda version: items.prepare(load_recommender(settings, version)),
         settings.serving.model_poll_seconds,
     )
     metrics.watch(service, lambda: (watcher.swaps, watcher.failures))
@@ -201,9 +235,11 @@ async def serve(settings: Settings, announce: bool = True) -> None:
         loop.add_signal_handler(signum, stop.set)
     background: list[asyncio.Task[None]] = [loop.create_task(store_health.run())]
     try:
-        holder.swap(await asyncio.to_thread(load_recommender, settings))
+        await items.refresh()
+        holder.swap(items.prepare(await asyncio.to_thread(load_recommender, settings)))
         if settings.serving.model_poll_seconds > 0:
             background.append(loop.create_task(watcher.run()))
+            background.append(loop.create_task(items.run(settings.serving.model_poll_seconds)))
         await set_health(handle, SERVING)
         if announce:
             print(f"listening on {settings.server.host}:{handle.port}", flush=True)
@@ -221,4 +257,6 @@ async def serve(settings: Settings, announce: bool = True) -> None:
         await handle.server.stop(settings.server.grace_seconds)
         await store.close()
         await events.close()
+        await item_log.close()
+        items.close()
         log.info("stopped")

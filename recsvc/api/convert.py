@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc.core.interactions import RawInteraction
+from recsvc.core.items import RawItem
 from recsvc.core.model import ModelInfo
 from recsvc.core.queries import (
     CategoryFilter,
+    ImageQuery,
     Recommendation,
     RecommendQuery,
     ScoredItem,
@@ -69,6 +71,23 @@ def similar_query_from_pb(message: pb.SimilarItemsRequest) -> SimilarQuery:
         mode=mode,
         categories=categories_from_pb(message.categories),
     )
+
+
+def image_query_from_pb(message: pb.SearchByImageRequest) -> tuple[bytes, ImageQuery]:
+    return message.image, ImageQuery(k=message.k, categories=categories_from_pb(message.categories))
+
+
+def raw_items_from_pb(message: pb.UpsertItemsRequest) -> list[RawItem]:
+    return [
+        RawItem(
+            item_id=item.item_id,
+            category=item.category,
+            attributes=dict(item.attributes),
+            image_bytes=item.image_bytes if item.WhichOneof("image") == "image_bytes" else None,
+            image_path=item.image_path if item.WhichOneof("image") == "image_path" else None,
+        )
+        for item in message.items
+    ]
 
 
 _EVENT_FROM_PB = {

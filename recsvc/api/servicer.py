@@ -8,18 +8,21 @@ from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
 from recsvc.api import convert
 from recsvc.api.errors import translate_errors
+from recsvc.core.items import ItemService
 from recsvc.core.service import RecommendationService
-from recsvc.errors import NotImplementedYet
 from recsvc.metrics import Metrics
 
 Context = grpc.aio.ServicerContext
 
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
-    """gRPC front of :class:`recsvc.core.service.RecommendationService`."""
+    """gRPC front of :class:`RecommendationService` and :class:`ItemService`."""
 
-    def __init__(self, service: RecommendationService, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, service: RecommendationService, items: ItemService, metrics: Metrics | None = None
+    ) -> None:
         self._service = service
+        self._items = items
         self.metrics = metrics
 
     @translate_errors
@@ -79,7 +82,11 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         request: pb.SearchByImageRequest,
         context: Context[pb.SearchByImageRequest, pb.SearchByImageResponse],
     ) -> pb.SearchByImageResponse:
-        raise NotImplementedYet("SearchByImage is not implemented yet (image embeddings)")
+        image, query = convert.image_query_from_pb(request)
+        result = await self._items.search_by_image(image, query)
+        return pb.SearchByImageResponse(
+            items=convert.similar_items_to_pb(result).items, model_version=result.model_version
+        )
 
     @translate_errors
     async def UpsertItems(
@@ -87,4 +94,5 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         request: pb.UpsertItemsRequest,
         context: Context[pb.UpsertItemsRequest, pb.UpsertItemsResponse],
     ) -> pb.UpsertItemsResponse:
-        raise NotImplementedYet("UpsertItems is not implemented yet (cold-start items)")
+        created, updated = await self._items.upsert(convert.raw_items_from_pb(request))
+        return pb.UpsertItemsResponse(created=created, updated=updated)

@@ -195,7 +195,7 @@ class Recommender:
         ``visual_weight`` on the visual cosine)."""
         query.validate(self.limits)
         if query.mode is not SimilarityMode.COLLABORATIVE:
-            self._visual_part("mode")
+            self.visual_part("mode")
         model, added = self.model, self.added
         label = self._rows([query.item_id], added)
         if len(label) == 0:
@@ -215,7 +215,7 @@ class Recommender:
                 extra=(added.unit_factors, None) if len(added) else None,
             )
             return SimilarItems(self._scored(labels, scores, added), model.version)
-        visual = self._visual_part("mode")
+        visual = self.visual_part("mode")
         embedding = visual.embedding_of(row) if row < n else added.visual[row - n]
         if embedding is None:
             if query.mode is SimilarityMode.VISUAL:
@@ -236,7 +236,7 @@ class Recommender:
         """Items whose images are closest to ``embedding``, the raw embedding of a picture made
         by the model's backbone."""
         query.validate(self.limits)
-        visual = self._visual_part("image")
+        visual = self.visual_part("image")
         if embedding.shape != (visual.backbone_dim,):
             raise InvalidArgument(
                 "image",
@@ -257,13 +257,14 @@ class Recommender:
         allowed: npt.NDArray[np.bool_] | None,
         added: AddedItems,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        visual = self._visual_part("mode")
+        visual = self.visual_part("mode")
         extra = (added.visual, added.has_image) if len(added) else None
         return self._search(
             visual.index, embedding, k, blocked, allowed, rows=visual.rows, extra=extra
         )
 
-    def _visual_part(self, field: str) -> VisualPart:
+    def visual_part(self, field: str) -> VisualPart:
+        """The model's image part; FailedPrecondition (naming ``field``) when it has none."""
         if self.model.visual is None:
             raise FailedPrecondition(
                 f"{field}: model {self.model.version} has no image embeddings; train it with "
@@ -325,7 +326,7 @@ class Recommender:
         self, labels: npt.NDArray[np.int64], added: AddedItems
     ) -> npt.NDArray[np.float32]:
         """Visual-space vectors of ``labels``; zero for items without an image."""
-        visual = self._visual_part("mode")
+        visual = self.visual_part("mode")
         n = self.model.info.num_items
         out = np.zeros((len(labels), visual.dim), dtype=np.float32)
         own = labels < n

@@ -80,12 +80,14 @@ class RecommendationService:
         event_weights: dict[EventType, float],
         store_timeout: float,
         on_store_status: Callable[[bool], None] | None = None,
+        visual_weight: float = 0.5,
     ) -> None:
         self.holder = holder
         self.store = store
         self.events = events
         self.event_weights = event_weights
         self.store_timeout = store_timeout
+        self.visual_weight = visual_weight
         self.stats = ServiceStats()
         self.accepting = True
         self.on_store_status = on_store_status or (lambda healthy: None)
@@ -118,7 +120,7 @@ class RecommendationService:
         return [recommender.recommend(q, s) for q, s in zip(queries, states, strict=True)]
 
     async def similar_items(self, query: SimilarQuery) -> SimilarItems:
-        return self.current().similar_items(query)
+        return self.current().similar_items(query, self.visual_weight)
 
     # --------------------------------------------------------------------------- recording
 

@@ -87,3 +87,30 @@ class EventLog(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    """An upserted item as the item log keeps it: the raw image embedding and the backbone
+    that made it (a later model with another backbone cannot use it)."""
+
+    item_id: str
+    category: str
+    attributes: dict[str, str]
+    backbone: str
+    embedding: npt.NDArray[np.float32] | None
+
+
+class ItemLog(Protocol):
+    """Durable record of upserted items, shared by every serving process."""
+
+    async def put(self, items: list[StoredItem]) -> None:
+        """Store ``items`` durably (replacing earlier records of the same ids)."""
+
+    async def read_all(self) -> dict[str, StoredItem]:
+        """Every stored item, by id."""
+
+    async def version(self) -> str:
+        """A token that changes whenever an item is stored (to notice other replicas' writes)."""
+
+    async def close(self) -> None: ...

@@ -26,7 +26,7 @@ class FileEventLog:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _drop_partial_tail(self.path)
+        drop_partial_tail(self.path)
         self._seen: set[str] = {event.event_id for event in read_event_file(self.path)}
         self._lock = asyncio.Lock()
 
@@ -57,7 +57,7 @@ class FileEventLog:
         return None
 
 
-def _drop_partial_tail(path: Path) -> None:
+def drop_partial_tail(path: Path) -> None:
     """Cut a line left incomplete by a crash (it was never acknowledged), so that the next
     append starts on a line of its own."""
     if not path.exists() or path.stat().st_size == 0:

@@ -149,18 +149,28 @@ def test_batch_rejects_bad_entries_by_position(stub: pb_grpc.RecommenderStub) ->
 
 
 @pytest.mark.parametrize(
-    ("method", "request_message"),
+    ("method", "request_message", "code", "field"),
     [
-        ("SearchByImage", pb.SearchByImageRequest(image=b"x", k=3)),
-        ("UpsertItems", pb.UpsertItemsRequest()),
+        (
+            "SearchByImage",
+            pb.SearchByImageRequest(image=b"x", k=3),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "image",
+        ),
+        ("SearchByImage", pb.SearchByImageRequest(k=3), grpc.StatusCode.INVALID_ARGUMENT, "image"),
+        ("UpsertItems", pb.UpsertItemsRequest(), grpc.StatusCode.INVALID_ARGUMENT, "items"),
     ],
 )
-def test_later_rpcs_answer_unimplemented(
-    stub: pb_grpc.RecommenderStub, method: str, request_message: object
+def test_image_rpcs_on_a_model_without_images(
+    stub: pb_grpc.RecommenderStub,
+    method: str,
+    request_message: object,
+    code: grpc.StatusCode,
+    field: str,
 ) -> None:
     error = call_error(getattr(stub, method), request_message)
-    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert method in error.details()
+    assert error.code() == code
+    assert error.details().startswith(f"{field}:")
 
 
 def test_python_client(server: ServerProcess, model: Model) -> None:

@@ -1,0 +1,160 @@
+"""Item logs: where upserted items are kept until a training run takes them into a model.
+
+- ``FileItemLog`` (embedded mode): JSON lines appended and fsynced before the call returns;
+  the last record of an id wins; a torn last line (a crash mid-write) is ignored.
+- ``RedisItemLog``: one hash field per item plus a counter that every write increments in the
+  same transaction, so that each serving replica notices other replicas' upserts by polling
+  the counter.
+
+The embedding travels as base64 of its float32 bytes, with the name of the backbone that made it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from recsvc.core.state import StoredItem
+from recsvc.errors import StoreUnavailable
+from recsvc.store.file_log import drop_partial_tail
+
+log = logging.getLogger(__name__)
+
+
+def item_to_json(item: StoredItem) -> str:
+    embedding = None
+    if item.embedding is not None:
+        embedding = base64.b64encode(item.embedding.astype("<f4").tobytes()).decode()
+    return json.dumps(
+        {
+            "item_id": item.item_id,
+            "category": item.category,
+            "attributes": item.attributes,
+            "backbone": item.backbone,
+            "embedding": embedding,
+        },
+        separators=(",", ":"),
+    )
+
+
+def item_from_json(text: str | bytes) -> StoredItem:
+    data: dict[str, Any] = json.loads(text)
+    embedding = None
+    if data.get("embedding"):
+        embedding = np.frombuffer(base64.b64decode(data["embedding"]), dtype="<f4").astype(
+            np.float32
+        )
+    return StoredItem(
+        item_id=str(data["item_id"]),
+        category=str(data.get("category", "")),
+        attributes={str(k): str(v) for k, v in dict(data.get("attributes", {})).items()},
+        backbone=str(data.get("backbone", "")),
+        embedding=embedding,
+    )
+
+
+class FileItemLog:
+    """ItemLog in one append-only JSON-lines file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        drop_partial_tail(self.path)  # a torn record was never acknowledged
+        self._lock = asyncio.Lock()
+
+    async def put(self, items: list[StoredItem]) -> None:
+        data = "".join(item_to_json(item) + "\n" for item in items).encode()
+        async with self._lock:
+            try:
+                await asyncio.to_thread(self._append, data)
+            except OSError as exc:
+                raise StoreUnavailable(f"item log {self.path}: {exc}") from exc
+
+    def _append(self, data: bytes) -> None:
+        with self.path.open("ab") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    async def read_all(self) -> dict[str, StoredItem]:
+        return await asyncio.to_thread(self._read)
+
+    def _read(self) -> dict[str, StoredItem]:
+        items: dict[str, StoredItem] = {}
+        if not self.path.exists():
+            return items
+        with self.path.open("rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.endswith(b"\n"):
+                    log.warning("%s: ignoring an incomplete last line", self.path)
+                    break
+                try:
+                    item = item_from_json(line)
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning("%s line %d: unreadable item record (%s)", self.path, number, exc)
+                    continue
+                items[item.item_id] = item
+        return items
+
+    async def version(self) -> str:
+        try:
+            stat = await asyncio.to_thread(self.path.stat)
+        except FileNotFoundError:
+            return "0"
+        return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisItemLog:
+    """ItemLog in a Redis hash (hash-tagged keys, one slot in Redis Cluster)."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self._redis = client
+        self.data_key = f"{prefix}:{{items}}:data"
+        self.version_key = f"{prefix}:{{items}}:version"
+
+    async def put(self, items: list[StoredItem]) -> None:
+        mapping: dict[Any, Any] = {item.item_id: item_to_json(item) for item in items}
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self.data_key, mapping=mapping)
+                pipe.incr(self.version_key)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: storing items failed: {exc}") from exc
+
+    async def read_all(self) -> dict[str, StoredItem]:
+        try:
+            raw = await self._redis.hgetall(self.data_key)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: reading items failed: {exc}") from exc
+        items = {}
+        for value in raw.values():
+            try:
+                item = item_from_json(value)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("%s: unreadable item record (%s)", self.data_key, exc)
+                continue
+            items[item.item_id] = item
+        return items
+
+    async def version(self) -> str:
+        try:
+            value = await self._redis.get(self.version_key)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: reading the item version failed: {exc}") from exc
+        return value.decode() if isinstance(value, bytes) else str(value or "0")
+
+    async def close(self) -> None:
+        return None
