@@ -2,9 +2,10 @@
 
 **Visual quality**: for each item with an image, the share of its 10 nearest visual neighbours
 (cosine of image embeddings, the item itself left out) that have the same label (e.g. the
-catalogue's category); chance is the sum of squared label shares. Measured on held-out items
-(the first ``holdout`` of the table), for the raw embeddings and for the learned visual space
-(``workers.visual_space``, fitted on the other items only).
+catalogue's category); chance is the sum of squared label shares. Measured for held-out items
+(a seeded random sample), for the raw embeddings and for the learned visual space
+(``workers.visual_space``, fitted on the other items only), with neighbours taken among the
+held-out items alone and among the rest of the catalogue.
 
 **Cold start** on a semi-synthetic dataset built from a real product catalogue.
 
@@ -60,51 +61,78 @@ class SimulationSettings:
 
 
 def visual_agreement(
-    vectors: npt.NDArray[np.float32], labels: list[str], k: int = 10, limit: int | None = None
+    queries: npt.NDArray[np.float32],
+    query_labels: list[str],
+    k: int = 10,
+    catalogue: npt.NDArray[np.float32] | None = None,
+    catalogue_labels: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Mean share of the ``k`` nearest neighbours (exact cosine) that share the query's label.
+    """Mean share of each query's ``k`` nearest neighbours (exact cosine) with its label.
 
-    With ``limit``, only the first ``limit`` items take part (as queries and as neighbours).
+    Neighbours come from the queries themselves (each query leaves itself out) or, when
+    ``catalogue`` is given, from the catalogue (which must not hold the queries).
     """
-    count = len(vectors) if limit is None else min(limit, len(vectors))
-    if count <= k:
-        raise DataError(f"visual agreement needs more than {k} items with images, got {count}")
-    unit = vectors[:count] / np.maximum(
-        np.linalg.norm(vectors[:count], axis=1, keepdims=True), 1e-12
-    )
-    codes = np.unique(np.asarray(labels[:count]), return_inverse=True)[1]
+    within = catalogue is None
+    pool = _unit(queries if within else catalogue)  # type: ignore[arg-type]
+    pool_labels = np.asarray(query_labels if within else catalogue_labels)
+    if len(pool) <= k:
+        raise DataError(f"visual agreement needs more than {k} items with images, got {len(pool)}")
+    unit = _unit(queries)
+    wanted = np.asarray(query_labels)
     agree = 0.0
-    for start in range(0, count, 1024):
-        scores = unit[start : start + 1024] @ unit.T
-        scores[np.arange(len(scores)), np.arange(start, start + len(scores))] = -np.inf
+    for start in range(0, len(unit), 1024):
+        scores = unit[start : start + 1024] @ pool.T
+        if within:
+            scores[np.arange(len(scores)), np.arange(start, start + len(scores))] = -np.inf
         top = np.argpartition(-scores, k, axis=1)[:, :k]
-        agree += float((codes[top] == codes[start : start + len(scores), None]).sum())
-    shares = np.bincount(codes) / count
+        agree += float((pool_labels[top] == wanted[start : start + len(scores), None]).sum())
+    _, counts = np.unique(pool_labels, return_counts=True)
+    shares = counts / counts.sum()
     return {
-        f"agreement@{k}": round(agree / (count * k), 4),
+        f"agreement@{k}": round(agree / (len(unit) * k), 4),
         "chance": round(float((shares**2).sum()), 4),
-        "items": count,
-        "labels": len(shares),
+        "queries": len(unit),
+        "neighbours_from": len(pool) if not within else len(pool) - 1,
     }
 
 
 def visual_quality(
-    vectors: npt.NDArray[np.float32], labels: list[str], k: int = 10, holdout: int = 2000
+    vectors: npt.NDArray[np.float32],
+    labels: list[str],
+    k: int = 10,
+    holdout: int = 2000,
+    seed: int = 42,
 ) -> dict[str, Any]:
-    """Agreement@k on the first ``holdout`` items: raw embeddings, and the visual space learned
-    from the labels of the remaining items."""
+    """Agreement@k of ``holdout`` random items (seeded), for the raw embeddings and for the
+    visual space learned from the other items' labels only; each both among the held-out
+    items alone and against the rest of the catalogue (what SimilarItems does for a new item)."""
     holdout = min(holdout, len(vectors) // 2)
-    raw = visual_agreement(vectors[:holdout], labels[:holdout], k)
-    result: dict[str, Any] = {"raw": raw}
-    adapter = fit_visual_adapter(vectors[holdout:], labels[holdout:])
+    order = np.random.default_rng(seed).permutation(len(vectors))
+    held, rest = np.sort(order[:holdout]), np.sort(order[holdout:])
+    tags = np.asarray(labels)
+    held_labels, rest_labels = tags[held].tolist(), tags[rest].tolist()
+
+    def both(queries: npt.NDArray[np.float32], others: npt.NDArray[np.float32]) -> dict[str, Any]:
+        return {
+            "within_holdout": visual_agreement(queries, held_labels, k),
+            "against_catalogue": visual_agreement(queries, held_labels, k, others, rest_labels),
+        }
+
+    result: dict[str, Any] = {"raw": both(vectors[held], vectors[rest])}
+    adapter = fit_visual_adapter(vectors[rest], rest_labels)
     if adapter is not None:
-        adapted = adapter.apply(vectors[:holdout])
         result["learned_space"] = {
-            **visual_agreement(adapted, labels[:holdout], k),
-            "fitted_on_items": len(vectors) - holdout,
+            **both(adapter.apply(vectors[held]), adapter.apply(vectors[rest])),
+            "fitted_on_items": len(rest),
             "dims": adapter.output_dim,
         }
     return result
+
+
+def _unit(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit: npt.NDArray[np.float32] = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    return unit
 
 
 def simulate_interactions(

@@ -127,7 +127,7 @@ def add_image_eval_options(p: argparse.ArgumentParser) -> None:
         "--holdout",
         type=int,
         default=2000,
-        help="visual agreement measured on the first N items; the visual space learns on the rest",
+        help="visual agreement measured for N random items; the visual space learns on the rest",
     )
     g.add_argument(
         "--catalogue", type=Path, help="the catalogue the table came from (for the cold start)"
@@ -150,7 +150,9 @@ def run_image_eval(args: argparse.Namespace, settings: Settings) -> dict[str, An
             by_id[i].attributes.get(args.label_column, "") if i in by_id else ""
             for i in table.item_ids
         ]
-    result["visual"] = visual_quality(table.vectors, labels, k=args.k, holdout=args.holdout)
+    result["visual"] = visual_quality(
+        table.vectors, labels, k=args.k, holdout=args.holdout, seed=settings.train.seed
+    )
     if catalogue is not None:
         attributes: dict[str, list[str]] = {}
         for name in args.attributes.split(","):
