@@ -8,8 +8,13 @@ import pytest
 from recsvc.artifacts import ModelStore
 from recsvc.config import IndexSettings, TrainSettings
 from recsvc.core.model import Model
+from recsvc.vision.backbones import load_backbone
+from recsvc.vision.embedder import ImageEmbedder
 from tests.helpers import ServerProcess, running_server, server_env
+from tests.images import ProductImages, kind_interactions, make_product_images
+from workers.catalogue import read_catalogue
 from workers.demo_data import DemoData, generate_demo_data
+from workers.embed import EmbedOptions, embed_catalogue
 from workers.train import index_params, train_from_files
 
 SMALL_TRAIN = TrainSettings(factors=32, iterations=10, threads=2)
@@ -58,3 +63,59 @@ def server(model_store: Path) -> Iterator[ServerProcess]:
     )
     with running_server(["serve", "--model-store", str(model_store), "--port", "0"], env) as proc:
         yield proc
+
+
+# ------------------------------------------------------------------ product images
+
+
+@pytest.fixture(scope="session")
+def products(tmp_path_factory: pytest.TempPathFactory) -> ProductImages:
+    return make_product_images(tmp_path_factory.mktemp("products"))
+
+
+@pytest.fixture(scope="session")
+def embedder() -> ImageEmbedder:
+    return ImageEmbedder(load_backbone(), "cpu")
+
+
+@pytest.fixture(scope="session")
+def embedding_table(products: ProductImages, embedder: ImageEmbedder) -> Path:
+    out = products.directory / "embeddings.parquet"
+    catalogue = read_catalogue(products.catalogue)
+    report = embed_catalogue(
+        catalogue, embedder, out, EmbedOptions(loader_workers=0, progress=False)
+    )
+    assert report.embedded == len(products.ids)
+    return out
+
+
+@pytest.fixture(scope="session")
+def cold_ids(products: ProductImages) -> list[str]:
+    """The last 4 products of each kind have no interactions: they enter by their image."""
+    return products.ids[-12:]
+
+
+@pytest.fixture(scope="session")
+def image_model_store(
+    tmp_path_factory: pytest.TempPathFactory,
+    products: ProductImages,
+    embedding_table: Path,
+    cold_ids: list[str],
+) -> Path:
+    root = tmp_path_factory.mktemp("image-model-store")
+    warm = [i for i in products.ids if i not in cold_ids]
+    train_from_files(
+        kind_interactions(products, warm),
+        ModelStore(root),
+        TrainSettings(factors=16, iterations=15, threads=2),
+        SMALL_INDEX,
+        items_path=products.catalogue,
+        progress=False,
+        images_path=embedding_table,
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_model(image_model_store: Path) -> Model:
+    return ModelStore(image_model_store).load_latest(index_params(SMALL_INDEX))

@@ -37,6 +37,7 @@ class ImagesEntry(BaseModel):
     backbone_dim: int = Field(ge=1, description="Dimension of the backbone's embeddings.")
     dim: int = Field(ge=1, description="Dimension of the visual space the index searches.")
     adapter: bool = Field(description="Whether a learned map into the visual space is included.")
+    adapter_raw_weight: float = Field(0.0, ge=0.0, le=1.0)
     items_with_images: int = Field(ge=0)
     cold_items: int = Field(ge=0, description="Items that entered by their image alone.")
     projection: bool = Field(description="Whether a cold-start projection is included.")

@@ -334,6 +334,7 @@ def _images_entry(model: Model) -> ImagesEntry | None:
         backbone_dim=visual.backbone_dim,
         dim=visual.dim,
         adapter=visual.adapter is not None,
+        adapter_raw_weight=visual.adapter.raw_weight if visual.adapter is not None else 0.0,
         items_with_images=len(visual.rows),
         cold_items=int(model.info.statistics.get("cold_items", 0)),
         projection=visual.projection is not None,
@@ -358,7 +359,7 @@ def _read_visual(directory: Path, manifest: Manifest, params: IndexParams) -> Vi
     adapter = None
     if images.adapter:
         mean, components = (_load_array(directory / n, np.float32, None) for n in ADAPTER_FILES)
-        adapter = VisualAdapter(mean, components)
+        adapter = VisualAdapter(mean, components, images.adapter_raw_weight)
         if adapter.input_dim != images.backbone_dim or adapter.output_dim != images.dim:
             raise ValueError("the visual adapter does not fit the image embeddings")
     return VisualPart(

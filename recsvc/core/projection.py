@@ -49,12 +49,15 @@ class Projection:
 
 @dataclass(frozen=True)
 class VisualAdapter:
-    """A linear map of raw image embeddings into the space the visual index searches:
-    ``normalise((x - mean) @ components)``. Learned from the catalogue's categories (see
-    ``workers.visual_space``) so that "looks alike" follows the shop's own taxonomy."""
+    """Raw image embeddings -> the space the visual index searches: the unit vector of
+    ``(x - mean) @ components`` (learned from the catalogue's categories, see
+    ``workers.visual_space``, so that "looks alike" follows the shop's own taxonomy) weighted
+    ``sqrt(1 - raw_weight)``, next to the unit raw embedding weighted ``sqrt(raw_weight)``, which
+    keeps appearance ranking items within a category. The result has unit length."""
 
     mean: FloatArray
     components: FloatArray
+    raw_weight: float = 0.2
 
     def __post_init__(self) -> None:
         if self.mean.shape != (self.components.shape[0],):
@@ -68,11 +71,20 @@ class VisualAdapter:
 
     @property
     def output_dim(self) -> int:
-        return int(self.components.shape[1])
+        return int(self.components.shape[1] + self.components.shape[0])
 
     def apply(self, embeddings: FloatArray) -> FloatArray:
         """(n, input_dim) raw embeddings -> (n, output_dim) unit vectors."""
-        mapped = (embeddings - self.mean) @ self.components
-        norms = np.linalg.norm(mapped, axis=1, keepdims=True)
-        result: FloatArray = (mapped / np.maximum(norms, 1e-12)).astype(np.float32)
+        learned = _unit((embeddings - self.mean) @ self.components)
+        raw = _unit(embeddings)
+        weight = self.raw_weight
+        result: FloatArray = np.hstack(
+            [np.sqrt(1 - weight) * learned, np.sqrt(weight) * raw]
+        ).astype(np.float32)
         return result
+
+
+def _unit(vectors: npt.NDArray[np.floating]) -> FloatArray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit: FloatArray = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    return unit
