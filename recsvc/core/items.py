@@ -107,10 +107,19 @@ class ItemService:
             await self.item_log.put(stored)
         except StoreUnavailable as exc:
             raise Unavailable(f"items: not stored, the item log is unavailable ({exc})") from exc
+        # The model answering now may have been swapped in while we embedded.
+        current = self.holder.current()
+        existing = sum(
+            1
+            for item in stored
+            if item.item_id in self.items
+            or item.item_id in current.model.items
+            or item.item_id in current.added.rows
+        )
         for item in stored:
             self.items[item.item_id] = item
-        # The model answering now may have been swapped in while we embedded.
-        return self.holder.current().add_items(self._usable(stored, self.holder.current()))
+        current.add_items(self._usable(stored, current))
+        return len(stored) - existing, existing
 
     def prepare(self, recommender: Recommender) -> Recommender:
         """Give a freshly loaded model the logged items it does not know (before the swap)."""

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import redis
 
-from recsvc.core.state import EventType, Interaction
+from recsvc.core.state import EventType, Interaction, StoredItem
 from recsvc.store.file_log import FileEventLog, read_event_file
+from recsvc.store.item_log import FileItemLog, RedisItemLog
 from recsvc.store.memory import InMemoryUserStore
 from recsvc.store.redis_backend import RedisEventLog, RedisUserStore, connect
 from tests.helpers import redis_server
@@ -151,3 +152,52 @@ def test_redis_down_raises_store_unavailable() -> None:
         await store.close()
 
     asyncio.run(scenario())
+
+
+def _stored(item_id: str, category: str = "c") -> StoredItem:
+    vector = np.arange(4, dtype=np.float32) / 7
+    return StoredItem(item_id, category, {"colour": "red"}, "efficientnet_lite0", vector)
+
+
+def test_file_item_log_keeps_the_last_record_and_survives_a_torn_tail(tmp_path: Path) -> None:
+    path = tmp_path / "items.jsonl"
+
+    async def scenario() -> tuple[dict[str, StoredItem], str, str]:
+        log = FileItemLog(path)
+        before = await log.version()
+        await log.put([_stored("a"), _stored("b")])
+        await log.put([_stored("a", "updated")])
+        return await log.read_all(), before, await log.version()
+
+    items, before, after = asyncio.run(scenario())
+    assert before != after
+    assert sorted(items) == ["a", "b"] and items["a"].category == "updated"
+    assert items["b"].embedding is not None
+    assert np.array_equal(items["b"].embedding, _stored("b").embedding)
+    with path.open("ab") as handle:
+        handle.write(b'{"item_id": "torn"')  # a crash in the middle of a write
+
+    async def reopen() -> dict[str, StoredItem]:
+        log = FileItemLog(path)  # drops the torn line, so the next record starts cleanly
+        await log.put([_stored("c")])
+        return await log.read_all()
+
+    assert sorted(asyncio.run(reopen())) == ["a", "b", "c"]
+
+
+def test_redis_item_log_is_shared_and_versioned(redis_url: str) -> None:
+    redis.Redis.from_url(redis_url).flushdb()
+
+    async def scenario() -> tuple[str, str, dict[str, StoredItem]]:
+        client = connect(redis_url, timeout=1.0, connect_timeout=1.0)
+        writer, reader = RedisItemLog(client, "it"), RedisItemLog(client, "it")
+        before = await reader.version()
+        await writer.put([_stored("a"), _stored("b", "bags")])
+        after = await reader.version()
+        items = await reader.read_all()
+        await client.aclose()
+        return before, after, items
+
+    before, after, items = asyncio.run(scenario())
+    assert before != after
+    assert items["b"].category == "bags" and items["a"].attributes == {"colour": "red"}
