@@ -21,6 +21,7 @@ from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
 from recsvc.api import convert
 from recsvc.core.interactions import RawInteraction
+from recsvc.core.items import RawItem
 from recsvc.core.model import ModelInfo
 from recsvc.core.queries import (
     CategoryFilter,
@@ -105,6 +106,39 @@ class RecsvcClient:
             SimilarQuery(item_id, k, mode, categories or CategoryFilter())
         )
         return convert.similar_items_from_pb(self._stub.SimilarItems(request, timeout=self.timeout))
+
+    def search_by_image(
+        self, image: bytes, k: int = 10, categories: CategoryFilter | None = None
+    ) -> SimilarItems:
+        """Items whose photos look like ``image`` (JPEG, PNG or WebP bytes)."""
+        filters = categories or CategoryFilter()
+        request = pb.SearchByImageRequest(
+            image=image,
+            k=k,
+            categories=pb.CategoryFilter(include=filters.include, exclude=filters.exclude),
+        )
+        response = self._stub.SearchByImage(request, timeout=self.timeout)
+        return SimilarItems(
+            [ScoredItem(i.item_id, i.score) for i in response.items], response.model_version
+        )
+
+    def upsert_items(self, items: Sequence[RawItem]) -> tuple[int, int]:
+        """Add or update items (with an image: recommendable at once); returns (created,
+        updated)."""
+        request = pb.UpsertItemsRequest(
+            items=[
+                pb.Item(
+                    item_id=i.item_id,
+                    category=i.category,
+                    attributes=i.attributes,
+                    image_bytes=i.image_bytes,
+                    image_path=i.image_path,
+                )
+                for i in items
+            ]
+        )
+        response = self._stub.UpsertItems(request, timeout=self.timeout)
+        return response.created, response.updated
 
     def record_interactions(self, interactions: Sequence[RawInteraction]) -> tuple[int, int]:
         """Record interactions; returns (accepted, duplicates)."""

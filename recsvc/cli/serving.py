@@ -109,7 +109,7 @@ def _print_demo_help(settings: Settings) -> None:
 def add_call(commands: Any) -> None:
     p = commands.add_parser(
         "call",
-        help="call a running server (recommend, similar, info, health)",
+        help="call a running server (recommend, similar, search-image, upsert, record, info, ...)",
         description="Call a running recsvc server and print the answer as JSON.",
     )
     calls = p.add_subparsers(title="calls", metavar="CALL", required=True)
@@ -134,9 +134,37 @@ def add_call(commands: Any) -> None:
     rec.add_argument("-k", type=int, default=10)
     rec.add_argument("--recent", nargs="*", help="recent item ids of an anonymous session")
     rec.add_argument("--include-seen", action="store_true", help="allow items the user has seen")
-    sim = call("similar", "items similar to an item", lambda c, a: c.similar_items(a.item, a.k))
+    sim = call(
+        "similar",
+        "items similar to an item",
+        lambda c, a: c.similar_items(a.item, a.k, _similarity_mode(a.mode)),
+    )
     sim.add_argument("--item", required=True)
     sim.add_argument("-k", type=int, default=10)
+    sim.add_argument(
+        "--mode", default="collaborative", choices=["collaborative", "visual", "hybrid"]
+    )
+    photo = call(
+        "search-image",
+        "items that look like a photo",
+        lambda c, a: c.search_by_image(a.image.read_bytes(), a.k),
+    )
+    photo.add_argument("--image", type=Path, required=True, help="JPEG, PNG or WebP file")
+    photo.add_argument("-k", type=int, default=10)
+    upsert = call(
+        "upsert",
+        "add or update an item (with a photo: recommendable at once)",
+        lambda c, a: dict(
+            zip(
+                ("created", "updated"),
+                c.upsert_items([_raw_item(a.item, a.category, a.image)]),
+                strict=True,
+            )
+        ),
+    )
+    upsert.add_argument("--item", required=True)
+    upsert.add_argument("--category", default="")
+    upsert.add_argument("--image", type=Path, help="the product photo (sent as bytes)")
     rec_events = call(
         "record",
         "record that a user interacted with items",
@@ -157,6 +185,18 @@ def add_call(commands: Any) -> None:
     )
     call("info", "the model being served", lambda c, a: c.model_info())
     call("health", "the server's health status", lambda c, a: {"status": c.health()})
+
+
+def _similarity_mode(name: str) -> Any:
+    from recsvc.core.queries import SimilarityMode
+
+    return SimilarityMode(name)
+
+
+def _raw_item(item_id: str, category: str, image: Path | None) -> Any:
+    from recsvc.core.items import RawItem
+
+    return RawItem(item_id, category, image_bytes=image.read_bytes() if image else None)
 
 
 def _raw_interaction(user: str, item: str, event: str, n: int) -> Any:

@@ -10,11 +10,14 @@ import pytest
 from recsvc.client import RecsvcClient
 from tests.helpers import run_recsvc as run
 from tests.helpers import running_server, server_env
+from tests.images import ProductImages, kind_interactions
 from workers.demo_data import DemoData
 
 SUBCOMMANDS = [
     [],
     ["train"],
+    ["embed"],
+    ["eval"],
     ["serve"],
     ["demo"],
     ["call"],
@@ -124,3 +127,62 @@ def test_demo_serves_the_embedded_default(tmp_path: Path) -> None:
         }
         result = run("call", "similar", "--target", proc.target, "--item", "nope")
         assert result.returncode == 1 and "NOT_FOUND" in result.stderr
+
+
+def test_embed_train_and_evaluate_with_images(products: ProductImages, tmp_path: Path) -> None:
+    table = tmp_path / "embeddings.parquet"
+    embed = ["embed", "--catalogue", str(products.catalogue), "--out", str(table)]
+    first = run(*embed, "--loader-workers", "1", "--batch-size", "16", "--no-progress")
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    assert report["embedded"] == len(products.ids) and report["failed"] == 0
+    again = json.loads(run(*embed, "--loader-workers", "0", "--no-progress").stdout)
+    assert again["reused"] == len(products.ids) and again["embedded"] == 0
+
+    interactions = kind_interactions(products, products.ids[:48])
+    store = tmp_path / "store"
+    trained = run(
+        "train",
+        "--interactions",
+        str(interactions),
+        "--images",
+        str(table),
+        "--out",
+        str(store),
+        "--items",
+        str(products.catalogue),
+        "--factors",
+        "8",
+        "--iterations",
+        "5",
+        "--no-progress",
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert json.loads(trained.stdout)["items"] == len(products.ids)  # cold items included
+    shown = json.loads(run("models", "show", "--model-store", str(store)).stdout)
+    assert shown["images"]["cold_items"] == 12 and shown["images"]["projection"] is True
+
+    evaluated = run(
+        "eval",
+        "--images",
+        str(table),
+        "--catalogue",
+        str(products.catalogue),
+        "--attributes",
+        "category,colour",
+        "--users",
+        "300",
+        "--holdout",
+        "20",
+        "--json",
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads(evaluated.stdout)
+    learned = result["visual"]["learned_space"]["against_catalogue"]
+    assert learned["agreement@10"] > 2 * learned["chance"]
+    assert (
+        result["cold_start"]["cold"]["ndcg@10"]
+        > result["cold_start"]["cold_baselines"]["random"]["ndcg@10"]
+    )
+    missing = run("eval", "--json")
+    assert missing.returncode == 2 and "--interactions" in missing.stderr

@@ -3,6 +3,7 @@ UpsertItems making a new product recommendable at once, kept across restarts and
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import time
@@ -16,9 +17,12 @@ import pytest
 from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
 from recsvc.artifacts import ModelStore
+from recsvc.client import RecsvcClient
 from recsvc.config import TrainSettings
+from recsvc.core.items import RawItem
+from recsvc.core.queries import SimilarityMode
 from tests.conftest import SMALL_INDEX
-from tests.helpers import ServerProcess, running_server, server_env
+from tests.helpers import ServerProcess, run_recsvc, running_server, server_env
 from tests.images import ProductImages, jpeg_bytes, kind_interactions, product_picture
 from workers.train import train_from_files
 
@@ -44,8 +48,14 @@ def serve(store: Path, products: ProductImages) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture
-def stub(store_copy: Path, products: ProductImages) -> Iterator[pb_grpc.RecommenderStub]:
-    with serve(store_copy, products) as proc, grpc.insecure_channel(proc.target) as channel:
+def image_server(store_copy: Path, products: ProductImages) -> Iterator[ServerProcess]:
+    with serve(store_copy, products) as proc:
+        yield proc
+
+
+@pytest.fixture
+def stub(image_server: ServerProcess) -> Iterator[pb_grpc.RecommenderStub]:
+    with grpc.insecure_channel(image_server.target) as channel:
         yield pb_grpc.RecommenderStub(channel)
 
 
@@ -80,6 +90,29 @@ def test_visual_search_rpcs(stub: pb_grpc.RecommenderStub, products: ProductImag
     too_big = error_of(stub.SearchByImage, pb.SearchByImageRequest(image=b"x" * 300_000, k=5))
     assert too_big.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "limit" in too_big.details()
+
+
+def test_client_and_command_line(
+    image_server: ServerProcess, products: ProductImages, tmp_path: Path
+) -> None:
+    photo = tmp_path / "shirt.jpg"
+    photo.write_bytes(jpeg_bytes(product_picture("shirts", random.Random(3))))
+    with RecsvcClient(image_server.target, timeout=30) as client:
+        found = client.search_by_image(photo.read_bytes(), k=3)
+        assert [products.kinds[i.item_id] for i in found.items] == ["shirts"] * 3
+        assert client.upsert_items(
+            [RawItem("cli-shirt", "shirts", image_bytes=photo.read_bytes())]
+        ) == (1, 0)
+        similar = client.similar_items("cli-shirt", 3, SimilarityMode.HYBRID)
+        assert len(similar.items) == 3
+    target = ["--target", image_server.target, "--timeout", "30"]
+    searched = run_recsvc("call", "search-image", *target, "--image", str(photo), "-k", "2")
+    assert searched.returncode == 0, searched.stderr
+    assert len(json.loads(searched.stdout)["items"]) == 2
+    upserted = run_recsvc("call", "upsert", *target, "--item", "cli-shirt", "--image", str(photo))
+    assert json.loads(upserted.stdout) == {"created": 0, "updated": 1}
+    visual = run_recsvc("call", "similar", *target, "--item", "cli-shirt", "--mode", "visual")
+    assert visual.returncode == 0, visual.stderr
 
 
 def test_upserted_item_is_recommendable_at_once_and_kept(
