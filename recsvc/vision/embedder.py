@@ -5,7 +5,7 @@ input size and the picture is padded to a square with white (a centre crop would
 ends of long items such as scarves or shoes photographed sideways). Features are pooled with
 generalised mean pooling (p = 3), which stresses the strongest local responses (measured on the
 fashion photos: articleType agreement of the 10 nearest neighbours 0.779 against 0.773 for
-average pooling). On a GPU, inference runs in float16 autocast with channels-last memory.
+average pooling). Inference uses channels-last memory; on a GPU also float16 autocast.
 """
 
 from __future__ import annotations
@@ -78,9 +78,8 @@ class ImageEmbedder:
         self.backbone = backbone
         self.device = resolve_device(device)
         self.preprocess = Preprocess(backbone)
-        self.trunk = backbone.trunk.to(self.device).eval()
-        if self.device.type == "cuda":
-            self.trunk = self.trunk.to(memory_format=torch.channels_last)
+        # Channels-last pays on both: 2x images/s for EfficientNet-Lite0 on this CPU (21 -> 43).
+        self.trunk = backbone.trunk.to(self.device).eval().to(memory_format=torch.channels_last)
 
     @property
     def dim(self) -> int:
@@ -95,9 +94,9 @@ class ImageEmbedder:
         if len(batch) == 0:
             return np.empty((0, self.dim), dtype=np.float32)
         on_gpu = self.device.type == "cuda"
-        batch = batch.to(self.device, non_blocking=True)
-        if on_gpu:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        batch = batch.to(self.device, non_blocking=True).contiguous(
+            memory_format=torch.channels_last
+        )
         with (
             torch.inference_mode(),
             torch.autocast(self.device.type, dtype=torch.float16, enabled=on_gpu),

@@ -1,0 +1,115 @@
+"""Image pipeline benchmark: images/s end to end against the bare forward pass.
+
+- forward: the backbone alone on tensors decoded and preprocessed beforehand (batches of
+  --batch), after a warm-up batch: the ceiling;
+- pipeline: `recsvc embed`'s job (workers.embed.embed_catalogue) over the same files: read,
+  sha256, decode, letterbox, normalise, forward, write the Parquet table; with 0, 1 and 2
+  data-loader workers.
+
+On the CPU by default; `--device cuda` (or auto on a GPU machine) uses float16 autocast and
+channels-last. Images come from ../shared/data/fashion-products/images when present, else
+synthetic product pictures are written first.
+
+    .venv/bin/python bench/images.py [--images 1024] [--batch 32] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from recsvc.vision.backbones import load_backbone  # noqa: E402
+from recsvc.vision.decode import decode_image  # noqa: E402
+from recsvc.vision.embedder import ImageEmbedder  # noqa: E402
+from tests.images import make_product_images  # noqa: E402
+from workers.catalogue import Catalogue, CatalogueItem  # noqa: E402
+from workers.embed import EmbedOptions, embed_catalogue  # noqa: E402
+
+FASHION = ROOT.parent / "shared" / "data" / "fashion-products" / "images"
+
+
+def image_files(count: int, scratch: Path) -> list[Path]:
+    if FASHION.is_dir():
+        files = sorted(FASHION.glob("*.jpg"), key=lambda p: int(p.stem))[:count]
+        if len(files) == count:
+            return files
+    products = make_product_images(scratch / "synthetic", per_kind=(count + 2) // 3)
+    return [products.path(i) for i in products.ids[:count]]
+
+
+def bare_forward(embedder: ImageEmbedder, files: list[Path], batch: int) -> float:
+    size = embedder.preprocess.size
+    tensors = [embedder.preprocess(decode_image(p.read_bytes(), draft=size)) for p in files]
+    stacked = torch.stack(tensors)
+    embedder.embed_tensors(stacked[:batch])  # warm-up
+    if embedder.device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for start in range(0, len(stacked), batch):
+        embedder.embed_tensors(stacked[start : start + batch])
+    return len(files) / (time.perf_counter() - started)
+
+
+def pipeline(
+    embedder: ImageEmbedder, files: list[Path], batch: int, workers: int, out: Path
+) -> float:
+    catalogue = Catalogue([CatalogueItem(p.stem, p) for p in files])
+    warm = Catalogue(catalogue.items[:batch])
+    embed_catalogue(
+        warm, embedder, out.with_suffix(".warm"), EmbedOptions(batch, 0, progress=False)
+    )
+    options = EmbedOptions(batch_size=batch, loader_workers=workers, progress=False)
+    report = embed_catalogue(catalogue, embedder, out, options)
+    assert report.embedded == len(files), report.as_dict()
+    return report.embedded / report.seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--workers", type=int, nargs="*", default=[0, 1, 2])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        files = image_files(args.images, Path(scratch))
+        embedder = ImageEmbedder(load_backbone(), args.device)
+        forward = bare_forward(embedder, files, args.batch)
+        rows = {"forward only": forward}
+        for workers in args.workers:
+            out = Path(scratch) / f"table-{workers}.parquet"
+            rows[f"pipeline, {workers} loader workers"] = pipeline(
+                embedder, files, args.batch, workers, out
+            )
+    device = str(embedder.device)
+    if embedder.device.type == "cuda":
+        device += f" ({torch.cuda.get_device_name()})"
+    machine = platform.processor() or platform.machine()
+    print(
+        f"images: {len(files)}, batch {args.batch}, device {device}, "
+        f"torch threads {torch.get_num_threads()}, {os.cpu_count()} cores, {machine}"
+    )
+    print("| run | images/s | share of forward |")
+    print("|---|---:|---:|")
+    for name, rate in rows.items():
+        print(f"| {name} | {rate:.1f} | {rate / forward:.0%} |")
+    print(
+        json.dumps(
+            {"device": device, "images": len(files), **{k: round(v, 1) for k, v in rows.items()}}
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
