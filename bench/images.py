@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -48,30 +49,23 @@ def image_files(count: int, scratch: Path) -> list[Path]:
     return [products.path(i) for i in products.ids[:count]]
 
 
-def bare_forward(embedder: ImageEmbedder, files: list[Path], batch: int) -> float:
-    size = embedder.preprocess.size
-    tensors = [embedder.preprocess(decode_image(p.read_bytes(), draft=size)) for p in files]
-    stacked = torch.stack(tensors)
-    embedder.embed_tensors(stacked[:batch])  # warm-up
+def bare_forward(embedder: ImageEmbedder, tensors: list[torch.Tensor], batch: int) -> float:
     if embedder.device.type == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
-    for start in range(0, len(stacked), batch):
-        embedder.embed_tensors(stacked[start : start + batch])
-    return len(files) / (time.perf_counter() - started)
+    for start in range(0, len(tensors), batch):
+        embedder.embed_tensors(torch.stack(tensors[start : start + batch]))
+    return len(tensors) / (time.perf_counter() - started)
 
 
 def pipeline(
     embedder: ImageEmbedder, files: list[Path], batch: int, workers: int, out: Path
 ) -> float:
     catalogue = Catalogue([CatalogueItem(p.stem, p) for p in files])
-    warm = Catalogue(catalogue.items[:batch])
-    embed_catalogue(
-        warm, embedder, out.with_suffix(".warm"), EmbedOptions(batch, 0, progress=False)
-    )
     options = EmbedOptions(batch_size=batch, loader_workers=workers, progress=False)
     report = embed_catalogue(catalogue, embedder, out, options)
     assert report.embedded == len(files), report.as_dict()
+    out.unlink()
     return report.embedded / report.seconds
 
 
@@ -81,17 +75,27 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--workers", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         files = image_files(args.images, Path(scratch))
         embedder = ImageEmbedder(load_backbone(), args.device)
-        forward = bare_forward(embedder, files, args.batch)
-        rows = {"forward only": forward}
-        for workers in args.workers:
-            out = Path(scratch) / f"table-{workers}.parquet"
-            rows[f"pipeline, {workers} loader workers"] = pipeline(
-                embedder, files, args.batch, workers, out
+        size = embedder.preprocess.size
+        tensors = [embedder.preprocess(decode_image(p.read_bytes(), draft=size)) for p in files]
+        embedder.embed_tensors(torch.stack(tensors[: args.batch]))  # warm-up
+        # This machine's speed drifts over minutes: the runs are interleaved, medians kept.
+        samples: dict[str, list[float]] = {}
+        for _ in range(args.rounds):
+            samples.setdefault("forward only", []).append(
+                bare_forward(embedder, tensors, args.batch)
             )
+            for workers in args.workers:
+                out = Path(scratch) / "table.parquet"
+                samples.setdefault(f"pipeline, {workers} loader workers", []).append(
+                    pipeline(embedder, files, args.batch, workers, out)
+                )
+        rows = {name: statistics.median(values) for name, values in samples.items()}
+        forward = rows["forward only"]
     device = str(embedder.device)
     if embedder.device.type == "cuda":
         device += f" ({torch.cuda.get_device_name()})"

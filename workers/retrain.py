@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from recsvc.artifacts import ModelStore
 from recsvc.config import IndexSettings, TrainSettings
+from workers.embed import EmbeddingTable
 from workers.evaluate import Protocol
 from workers.ingest import InteractionStore
 from workers.interactions import Interactions, interactions_from_arrays, read_interactions
@@ -46,6 +47,7 @@ class TrainWorker:
         index: IndexSettings,
         policy: RetrainPolicy,
         base_interactions: Path | None = None,
+        images: Path | None = None,
     ) -> None:
         self.events = events
         self.models = models
@@ -53,6 +55,7 @@ class TrainWorker:
         self.index = index
         self.policy = policy
         self.base = base_interactions
+        self.images = images
 
     def due(self) -> tuple[bool, int]:
         """Whether to train now, and how many events the store holds."""
@@ -81,8 +84,16 @@ class TrainWorker:
             )
             self._save_state(count)
             return None
+        # The embed worker may not have written the table yet: train without images then.
+        images = EmbeddingTable.load(self.images) if self.images and self.images.exists() else None
         model = train_and_publish(
-            data, self.models, self.train, self.index, progress=False, metrics=metrics
+            data,
+            self.models,
+            self.train,
+            self.index,
+            progress=False,
+            metrics=metrics,
+            images=images,
         )
         self.models.collect_garbage(self.policy.keep_versions)
         self._save_state(count)

@@ -1,4 +1,4 @@
-"""recsvc worker ingest | train."""
+"""recsvc worker ingest | train | embed."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from recsvc.cli.common import common_options, settings_from
+from recsvc.cli.images import add_catalogue_options, read_catalogue_from
 
 log = logging.getLogger("recsvc")
 
@@ -17,16 +18,19 @@ log = logging.getLogger("recsvc")
 def add_worker(commands: Any) -> None:
     p = commands.add_parser(
         "worker",
-        help="run the ingest or train worker (once, or in a loop)",
+        help="run the ingest, train or embed worker (once, or in a loop)",
         description="Continuous learning: `ingest` moves recorded interactions from the event log "
         "into the Parquet interaction store, effectively once; `train` retrains when enough new "
         "interactions arrived (or enough time passed), refuses a model whose holdout metric "
-        "dropped, publishes and prunes old versions. SIGTERM finishes the current round.",
+        "dropped, publishes and prunes old versions; `embed` embeds new or changed catalogue "
+        "images (the next training run picks them up and refreshes the cold-start projection). "
+        "SIGTERM finishes the current round.",
     )
     kinds = p.add_subparsers(title="workers", metavar="WORKER", required=True)
     for name, text in [
         ("ingest", "event log -> interaction store"),
         ("train", "interaction store -> new model version"),
+        ("embed", "catalogue images -> embedding table (new or changed images only)"),
     ]:
         sub = kinds.add_parser(name, help=text, description=text)
         sub.add_argument("--model-store", type=Path, help="model store directory")
@@ -40,11 +44,38 @@ def add_worker(commands: Any) -> None:
                 help="event log file (default: RECSVC_STORE__EVENT_LOG_PATH, or "
                 "events.jsonl in the model store); ignored with RECSVC_REDIS_URL",
             )
-        else:
+        elif name == "train":
             sub.add_argument("--base", type=Path, help="interactions file trained on as well")
             sub.add_argument("--force", action="store_true", help="train even if not due")
+            sub.add_argument("--images", type=Path, help="embedding table (from the embed worker)")
+        else:
+            add_catalogue_options(sub)
+            sub.add_argument("--out", type=Path, required=True, help="embedding table")
         common_options(sub)
         sub.set_defaults(run=_run_worker, kind=name)
+
+
+def _embed_round(args: argparse.Namespace, settings: Any) -> Callable[[], object]:
+    """One embed round: re-read the catalogue, embed what is new or changed (resumable)."""
+    from recsvc.vision.backbones import load_backbone
+    from recsvc.vision.embedder import ImageEmbedder
+    from workers.embed import EmbedOptions, embed_catalogue
+
+    images = settings.images
+    embedder = ImageEmbedder(load_backbone(images.backbone, images.weights), images.device)
+    options = EmbedOptions(
+        batch_size=images.batch_size,
+        loader_workers=images.loader_workers,
+        max_image_bytes=images.max_image_bytes,
+        max_pixels=images.max_pixels,
+        progress=False,
+    )
+
+    def run() -> object:
+        report = embed_catalogue(read_catalogue_from(args), embedder, args.out, options)
+        return {k: v for k, v in report.as_dict().items() if k != "failures"}
+
+    return run
 
 
 def _run_worker(args: argparse.Namespace) -> int:
@@ -77,7 +108,7 @@ def _run_worker(args: argparse.Namespace) -> int:
                 or settings.model_store / "events.jsonl"
             )
             round_once = FileLogIngester(log_path, events, w.batch_size).run_once
-    else:
+    elif args.kind == "train":
         policy = RetrainPolicy(
             w.retrain_min_new_events,
             w.retrain_max_age_seconds,
@@ -91,8 +122,11 @@ def _run_worker(args: argparse.Namespace) -> int:
             settings.index,
             policy,
             args.base,
+            args.images,
         )
         round_once = lambda: trainer.run_once(force=args.force)  # noqa: E731
+    if args.kind == "embed":
+        round_once = _embed_round(args, settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     while True:
