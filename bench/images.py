@@ -110,7 +110,12 @@ def main() -> None:
         print(f"| {name} | {rate:.1f} | {rate / forward:.0%} |")
     print(
         json.dumps(
-            {"device": device, "images": len(files), **{k: round(v, 1) for k, v in rows.items()}}
+            {
+                "device": device,
+                "images": len(files),
+                "median": {k: round(v, 1) for k, v in rows.items()},
+                "samples": {k: [round(x, 1) for x in v] for k, v in samples.items()},
+            }
         )
     )
 

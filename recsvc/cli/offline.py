@@ -200,11 +200,14 @@ def add_models(commands: Any) -> None:
         ("show", "a version's manifest (default: the latest)"),
         ("verify", "check every file's checksum (default: every version); exit 1 on damage"),
         ("gc", "remove old versions, keeping the latest and the --keep newest"),
+        ("use", "point LATEST at a version (roll back or forward); servers swap to it"),
     ]:
         sub = actions.add_parser(name, help=text, description=text)
         sub.add_argument("--model-store", type=Path, help="model store directory")
         if name in ("show", "verify"):
             sub.add_argument("version", nargs="?", help="a version name")
+        if name == "use":
+            sub.add_argument("version", help="a version name (it must verify)")
         if name == "gc":
             sub.add_argument("--keep", type=int, default=3, help="newest versions kept (default 3)")
         common_options(sub)
@@ -246,6 +249,10 @@ def _run_models(args: argparse.Namespace) -> int:
                 failed += 1
                 print(f"FAILED  {version}: {exc}")
         return 1 if failed else 0
+    if args.action == "use":
+        store.point_latest_to(args.version)
+        print(f"LATEST -> {args.version}")
+        return 0
     if args.keep < 1:
         raise ArtifactError("--keep must be at least 1")
     for version in store.collect_garbage(args.keep):

@@ -27,6 +27,10 @@ SUBCOMMANDS = [
     ["call", "record"],
     ["call", "health"],
     ["config"],
+    ["models", "use"],
+    ["worker", "embed"],
+    ["call", "search-image"],
+    ["call", "upsert"],
 ]
 
 

@@ -123,14 +123,19 @@ def test_models_list_verify_gc(demo_data: DemoData, tmp_path: Path) -> None:
     listed = run("models", "list", "--model-store", str(store)).stdout.splitlines()
     assert len(listed) == 3 and listed[-1].startswith("*")
     assert run("models", "verify", "--model-store", str(store)).returncode == 0
-    oldest = listed[0].split()[0]
+    oldest, middle = listed[0].split()[0], listed[1].split()[0]
+    rollback = run("models", "use", "--model-store", str(store), middle)
+    assert rollback.returncode == 0 and (store / "LATEST").read_text().strip() == middle
     damaged = store / "versions" / oldest / "item_factors.npy"
     damaged.write_bytes(damaged.read_bytes()[:-8])
     verify = run("models", "verify", "--model-store", str(store))
     assert verify.returncode == 1 and f"FAILED  {oldest}" in verify.stdout
+    refused = run("models", "use", "--model-store", str(store), oldest)
+    assert refused.returncode == 2 and "item_factors.npy" in refused.stderr
     gc = run("models", "gc", "--model-store", str(store), "--keep", "1")
-    assert gc.returncode == 0 and gc.stdout.count("removed") == 2
-    assert len(run("models", "list", "--model-store", str(store)).stdout.splitlines()) == 1
+    # --keep 1 keeps the newest and LATEST (rolled back to the middle one).
+    assert gc.returncode == 0 and gc.stdout.count("removed") == 1
+    assert len(run("models", "list", "--model-store", str(store)).stdout.splitlines()) == 2
 
 
 def test_bpr_model_trains_and_serves_sessions(demo_data: DemoData, tmp_path: Path) -> None:
