@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,17 +20,15 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from recsvc.errors import DataError
 from recsvc.vision import ImageError, decode_image
 from recsvc.vision.decode import DEFAULT_MAX_PIXELS
 from recsvc.vision.embedder import ImageEmbedder, Preprocess
 from workers.catalogue import Catalogue, CatalogueItem
+from workers.embedding_table import EmbeddingTable
 
 log = logging.getLogger(__name__)
 
@@ -76,64 +73,6 @@ class EmbedReport:
             "images_per_second": round(rate, 1),
             "interrupted": self.interrupted,
         }
-
-
-@dataclass(frozen=True)
-class EmbeddingTable:
-    """Image embeddings of items: rows aligned with ``item_ids``; unit vectors."""
-
-    backbone: str
-    item_ids: list[str]
-    sha256: list[str]
-    categories: list[str]
-    vectors: npt.NDArray[np.float32]
-
-    @property
-    def dim(self) -> int:
-        return int(self.vectors.shape[1])
-
-    @classmethod
-    def empty(cls, backbone: str, dim: int) -> EmbeddingTable:
-        return cls(backbone, [], [], [], np.empty((0, dim), dtype=np.float32))
-
-    @classmethod
-    def load(cls, path: Path) -> EmbeddingTable:
-        try:
-            table = pq.read_table(path)
-        except (pa.ArrowException, OSError) as exc:
-            raise DataError(f"{path}: not an embedding table: {exc}") from exc
-        meta = table.schema.metadata or {}
-        if b"recsvc.backbone" not in meta or "embedding" not in table.column_names:
-            raise DataError(f"{path}: not an embedding table written by `recsvc embed`")
-        dim = int(meta[b"recsvc.dim"])
-        flat = table.column("embedding").combine_chunks().flatten().to_numpy()
-        return cls(
-            backbone=meta[b"recsvc.backbone"].decode(),
-            item_ids=table.column("item_id").to_pylist(),
-            sha256=table.column("sha256").to_pylist(),
-            categories=table.column("category").to_pylist(),
-            vectors=np.asarray(flat, dtype=np.float32).reshape(-1, dim),
-        )
-
-    def save(self, path: Path) -> None:
-        """Write atomically: a reader sees the old table or the new one, never a torn file."""
-        embedding = pa.FixedSizeListArray.from_arrays(
-            pa.array(self.vectors.reshape(-1), pa.float32()), self.dim
-        )
-        table = pa.table(
-            {
-                "item_id": pa.array(self.item_ids, pa.string()),
-                "sha256": pa.array(self.sha256, pa.string()),
-                "category": pa.array(self.categories, pa.string()),
-                "embedding": embedding,
-            }
-        ).replace_schema_metadata({"recsvc.backbone": self.backbone, "recsvc.dim": str(self.dim)})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        pq.write_table(table, temporary)
-        with temporary.open("rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
 
 
 class _ImageDataset(Dataset[tuple[int, str, torch.Tensor | None, str]]):

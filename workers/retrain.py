@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from recsvc.artifacts import ModelStore
 from recsvc.config import IndexSettings, TrainSettings
-from workers.embed import EmbeddingTable
+from workers.embedding_table import EmbeddingTable
 from workers.evaluate import Protocol
 from workers.ingest import InteractionStore
 from workers.interactions import Interactions, interactions_from_arrays, read_interactions

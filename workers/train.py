@@ -17,11 +17,10 @@ from recsvc.config import IndexSettings, TrainSettings
 from recsvc.core.model import NO_CATEGORY, IdMap, Model, ModelInfo, VisualPart
 from recsvc.core.projection import Projection
 from recsvc.index import IndexParams, ItemIndex, recall_at_k
-from workers.embed import EmbeddingTable
+from workers.embedding_table import EmbeddingTable
 from workers.evaluate import Protocol, evaluate_model, split_interactions
 from workers.interactions import Interactions, ReadOptions, read_categories, read_interactions
 from workers.models import TrainedFactors, fit_factors
-from workers.projection import ProjectionSettings, fit_projection
 from workers.visual_space import fit_visual_adapter
 
 log = logging.getLogger(__name__)
@@ -123,6 +122,8 @@ def attach_images(
     projection: Projection | None = None
     r2: float | None = None
     if len(warm) >= MIN_PROJECTION_ITEMS:
+        from workers.projection import ProjectionSettings, fit_projection  # torch: only here
+
         positions, rows = (np.asarray(x, dtype=np.int64) for x in zip(*warm, strict=True))
         fitted = fit_projection(
             images.vectors[positions],

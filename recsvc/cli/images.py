@@ -137,7 +137,7 @@ def add_image_eval_options(p: argparse.ArgumentParser) -> None:
 def run_image_eval(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Visual agreement and the cold-start protocol (see workers.image_eval)."""
     from workers.catalogue import read_catalogue
-    from workers.embed import EmbeddingTable
+    from workers.embedding_table import EmbeddingTable
     from workers.image_eval import SimulationSettings, evaluate_cold_start, visual_quality
 
     table = EmbeddingTable.load(args.images)

@@ -127,12 +127,17 @@ class ItemService:
         return recommender
 
     async def refresh(self) -> bool:
-        """Reload the item log when another replica wrote to it; True when it changed."""
-        version = await self.item_log.version()
-        if version == self._log_version:
+        """Reload the item log when another replica wrote to it; True when it changed. An
+        unavailable log is retried at the next poll (serving goes on without it)."""
+        try:
+            version = await self.item_log.version()
+            if version == self._log_version:
+                return False
+            items = await self.item_log.read_all()
+        except StoreUnavailable as exc:
+            log.warning("item log unavailable, upserted items not refreshed: %s", exc)
             return False
-        self.items = await self.item_log.read_all()
-        self._log_version = version
+        self.items, self._log_version = items, version
         if self.holder.loaded:
             self.prepare(self.holder.current())
         return True
@@ -141,10 +146,7 @@ class ItemService:
         """Poll the item log forever (cancel the task to stop)."""
         while True:
             await asyncio.sleep(interval)
-            try:
-                await self.refresh()
-            except StoreUnavailable as exc:
-                log.debug("item log unavailable: %s", exc)
+            await self.refresh()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -30,7 +30,8 @@ from recsvc.vision.embedder import ImageEmbedder
 from tests.conftest import SMALL_INDEX
 from tests.images import KINDS, ProductImages, jpeg_bytes, product_picture
 from workers.catalogue import Catalogue, CatalogueItem, CatalogueOptions, read_catalogue
-from workers.embed import EmbeddingTable, EmbedOptions, embed_catalogue
+from workers.embed import EmbedOptions, embed_catalogue
+from workers.embedding_table import EmbeddingTable
 from workers.image_eval import visual_agreement
 from workers.projection import fit_projection
 from workers.train import index_params
