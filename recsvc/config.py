@@ -168,6 +168,12 @@ class WorkerSettings(_Section):
         0.05, ge=0, le=1, description="Refuse a model whose holdout ndcg@10 drops by more."
     )
     keep_versions: int = Field(3, ge=1, le=1000, description="Model versions kept by the worker.")
+    warm_start: bool = Field(
+        False, description="Retrain ALS from the current model's factors instead of from scratch."
+    )
+    warm_start_iterations: int = Field(
+        5, ge=1, le=1000, description="ALS sweeps of a warm-started retraining."
+    )
 
 
 class IndexSettings(_Section):

@@ -61,14 +61,26 @@ def weight_matrix(matrix: sp.csr_matrix, settings: TrainSettings) -> sp.csr_matr
 
 
 def fit_factors(
-    matrix: sp.csr_matrix, settings: TrainSettings, progress: bool = True
+    matrix: sp.csr_matrix,
+    settings: TrainSettings,
+    progress: bool = True,
+    initial: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None,
 ) -> TrainedFactors:
-    """Fit ``settings.algorithm`` on the (n_users, n_items) interaction matrix."""
+    """Fit ``settings.algorithm`` on the (n_users, n_items) interaction matrix.
+
+    ``initial`` (ALS only): user and item factors to start from instead of random ones (a warm
+    start from the previous model; rows aligned with the matrix). implicit starts from factors
+    that are already set, so a few sweeps then refine the previous solution.
+    """
     device = resolve_device(settings.device)
+    if initial is not None and settings.algorithm != "als":
+        raise ConfigError("train.algorithm: warm starts are implemented for ALS only")
     # implicit parallelises over users itself; BLAS threads on top oversubscribe the cores
     # (implicit checks this when a model is constructed, so the limit covers both steps).
     with threadpool_limits(limits=1, user_api="blas"):
         model = _new_model(settings, device, progress)
+        if initial is not None:
+            _set_initial_factors(model, initial, matrix.shape, settings.factors, device)
         started = time.perf_counter()
         model.fit(weight_matrix(matrix, settings), show_progress=progress)
         seconds = time.perf_counter() - started
@@ -80,6 +92,26 @@ def fit_factors(
         device,
         seconds,
     )
+
+
+def _set_initial_factors(
+    model: Any,
+    initial: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]],
+    shape: tuple[int, int],
+    factors: int,
+    device: str,
+) -> None:
+    users, items = (np.ascontiguousarray(f, dtype=np.float32) for f in initial)
+    if users.shape != (shape[0], factors) or items.shape != (shape[1], factors):
+        raise ValueError(
+            f"initial factors {users.shape} and {items.shape} do not fit a {shape} matrix "
+            f"with {factors} factors"
+        )
+    if device == "cuda":
+        model.user_factors = implicit.gpu.Matrix(users)
+        model.item_factors = implicit.gpu.Matrix(items)
+    else:
+        model.user_factors, model.item_factors = users, items
 
 
 def _new_model(settings: TrainSettings, device: str, progress: bool) -> Any:

@@ -36,6 +36,8 @@ class RetrainPolicy:
     tolerance: float = 0.05  # refuse when ndcg@10 falls more than 5% below the current model's
     keep_versions: int = 3
     protocol: Protocol = "stratified-user"
+    warm_start: bool = False
+    warm_start_iterations: int = 5
 
 
 class TrainWorker:
@@ -86,18 +88,46 @@ class TrainWorker:
             return None
         # The embed worker may not have written the table yet: train without images then.
         images = EmbeddingTable.load(self.images) if self.images and self.images.exists() else None
+        train, initial = self._warm_start(data)
+        if initial is not None:
+            metrics = {**metrics, "warm_start_from": self.models.latest_version()}
         model = train_and_publish(
             data,
             self.models,
-            self.train,
+            train,
             self.index,
             progress=False,
             metrics=metrics,
             images=images,
+            initial=initial,
         )
         self.models.collect_garbage(self.policy.keep_versions)
         self._save_state(count)
         return model.version
+
+    def _warm_start(
+        self, data: Interactions
+    ) -> tuple[TrainSettings, tuple[np.ndarray, np.ndarray] | None]:
+        """The settings and starting factors of this round: the current model's factors for
+        the users and items it knows (small random values for new ones), fewer sweeps."""
+        version = self.models.latest_version()
+        if not self.policy.warm_start or version is None or self.train.algorithm != "als":
+            return self.train, None
+        users, items, user_factors, item_factors = self.models.load_factors(version)
+        if user_factors.shape[1] != self.train.factors:
+            log.warning("warm start skipped: model %s has other dimensions", version)
+            return self.train, None
+        rng = np.random.default_rng(self.train.seed)
+        initial = tuple(
+            _aligned(old_ids, old, new_ids, rng)
+            for old_ids, old, new_ids in (
+                (users, user_factors, data.user_ids),
+                (items, item_factors, data.item_ids),
+            )
+        )
+        log.info("warm start from %s (%d sweeps)", version, self.policy.warm_start_iterations)
+        settings = self.train.model_copy(update={"iterations": self.policy.warm_start_iterations})
+        return settings, (initial[0], initial[1])
 
     def _training_data(self) -> Interactions:
         users: list[pa.Array] = []
@@ -147,3 +177,17 @@ class TrainWorker:
         temporary = path.with_suffix(f".{os.getpid()}.tmp")
         temporary.write_text(json.dumps({"events": count, "trained_at": time.time()}))
         os.replace(temporary, path)
+
+
+def _aligned(
+    old_ids: list[str], old: np.ndarray, new_ids: list[str], rng: np.random.Generator
+) -> np.ndarray:
+    """Rows of ``old`` re-ordered to ``new_ids``; ids the old model lacks start as implicit's
+    own random initialisation (uniform, times 0.01)."""
+    row_of = {item: row for row, item in enumerate(old_ids)}
+    out = (rng.random((len(new_ids), old.shape[1])) * 0.01).astype(np.float32)
+    pairs = [(new, row_of[i]) for new, i in enumerate(new_ids) if i in row_of]
+    if pairs:
+        new_rows, old_rows = (np.asarray(x) for x in zip(*pairs, strict=True))
+        out[new_rows] = old[old_rows]
+    return out

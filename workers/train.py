@@ -202,6 +202,7 @@ def train_and_publish(
     evaluate: Protocol | None = None,
     metrics: dict[str, Any] | None = None,
     images: EmbeddingTable | None = None,
+    initial: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Model:
     """Fit, build and publish a new model version; nothing is visible until it is complete.
 
@@ -211,7 +212,7 @@ def train_and_publish(
     """
     if evaluate is not None and metrics is None:
         metrics = holdout_metrics(interactions, train, evaluate)
-    factors = fit_factors(interactions.matrix, train, progress=progress)
+    factors = fit_factors(interactions.matrix, train, progress=progress, initial=initial)
     log.info("%s fit on %s in %.2fs", train.algorithm, factors.device, factors.seconds)
     model = build_model(
         interactions, factors, train, index, store.new_version(), categories, metrics, images

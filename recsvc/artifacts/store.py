@@ -166,6 +166,22 @@ class ModelStore:
         except (OSError, ValueError, KeyError, RuntimeError, pa.ArrowException) as exc:
             raise ArtifactError(f"model {version}: unreadable: {exc}") from exc
 
+    def load_factors(self, version: str) -> tuple[list[str], list[str], Any, Any]:
+        """A verified version's user ids, item ids, user factors and item factors only (what a
+        warm-started retraining needs; no index is read)."""
+        manifest = self.verify(version)
+        directory = self.versions_dir / version
+        try:
+            users = pq.read_table(directory / USERS).column("user_id").to_pylist()
+            items = pq.read_table(directory / ITEMS).column("item_id").to_pylist()
+            shape_u = (manifest.num_users, manifest.factors)
+            shape_i = (manifest.num_items, manifest.factors)
+            user_factors = _load_array(directory / USER_FACTORS, np.float32, shape_u)
+            item_factors = _load_array(directory / ITEM_FACTORS, np.float32, shape_i)
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            raise ArtifactError(f"model {version}: unreadable: {exc}") from exc
+        return users, items, user_factors, item_factors
+
     def load_latest(self, params: IndexParams) -> Model:
         version = self.latest_version()
         if version is None:

@@ -114,6 +114,8 @@ def _run_worker(args: argparse.Namespace) -> int:
             w.retrain_max_age_seconds,
             w.retrain_tolerance,
             w.keep_versions,
+            warm_start=w.warm_start,
+            warm_start_iterations=w.warm_start_iterations,
         )
         trainer = TrainWorker(
             events,
