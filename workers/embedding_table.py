@@ -69,6 +69,9 @@ class EmbeddingTable:
             }
         ).replace_schema_metadata({"recsvc.backbone": self.backbone, "recsvc.dim": str(self.dim)})
         path.parent.mkdir(parents=True, exist_ok=True)
+        for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # from a killed writer
+            if leftover.name != f".{path.name}.{os.getpid()}.tmp":
+                leftover.unlink(missing_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         pq.write_table(table, temporary)
         with temporary.open("rb") as handle:

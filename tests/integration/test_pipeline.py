@@ -21,6 +21,8 @@ from recsvc.config import IndexSettings, TrainSettings
 from recsvc.core.state import EventType, Interaction
 from recsvc.store.file_log import FileEventLog
 from tests.helpers import recsvc_command, redis_server, running_server, server_env
+from tests.images import ProductImages
+from workers.embedding_table import EmbeddingTable
 from workers.ingest import FileLogIngester, InteractionStore, RedisStreamIngester
 from workers.retrain import RetrainPolicy, TrainWorker
 
@@ -231,7 +233,7 @@ def test_end_to_end_record_ingest_train_swap(
         )
 
 
-@pytest.mark.parametrize("kind", ["ingest", "train"])
+@pytest.mark.parametrize("kind", ["ingest", "train", "embed"])
 def test_worker_help(kind: str) -> None:
     result = subprocess.run(
         recsvc_command("worker", kind, "--help"), capture_output=True, text=True
@@ -281,3 +283,29 @@ def test_train_worker_killed_thirty_times_never_exposes_a_partial_model(
     assert store.list_versions(), "no version was ever published in 30 runs"
     store.collect_garbage(keep=50)
     assert list((models / ".staging").iterdir()) == []
+
+
+def test_embed_worker_killed_thirty_times_never_leaves_a_torn_table(
+    tmp_path: Path, products: ProductImages
+) -> None:
+    out = tmp_path / "embeddings.parquet"
+    command = recsvc_command(
+        "worker", "embed", "--once", "--catalogue", str(products.catalogue), "--out", str(out)
+    )
+    env = server_env(RECSVC_IMAGES__LOADER_WORKERS="0", RECSVC_IMAGES__BATCH_SIZE="4")
+    rng = random.Random(5)
+    for _ in range(30):
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(rng.uniform(0.3, 2.5))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        if out.exists():
+            table = EmbeddingTable.load(out)  # always a complete, readable table
+            assert len(set(table.item_ids)) == len(table.item_ids)
+    final = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr
+    table = EmbeddingTable.load(out)
+    assert sorted(table.item_ids) == sorted(products.ids)  # every item, exactly once
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left
