@@ -135,19 +135,6 @@ class Recommender:
             )
         return created, updated
 
-    def forget_known(self, known: set[str]) -> None:
-        """Drop added items that ``known`` (a newer model's items) already holds."""
-        added = self.added
-        keep = [j for j, item_id in enumerate(added.ids) if item_id not in known]
-        if len(keep) < len(added):
-            self.added = AddedItems.empty(added.factors.shape[1], added.visual.shape[1]).with_items(
-                [added.ids[j] for j in keep],
-                [added.categories[j] for j in keep],
-                added.factors[keep],
-                added.visual[keep],
-                added.has_image[keep],
-            )
-
     def fold_in_user(
         self, user_id: str, history: dict[str, float]
     ) -> npt.NDArray[np.float32] | None:
