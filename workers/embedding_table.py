@@ -77,3 +77,20 @@ class EmbeddingTable:
         with temporary.open("rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+
+    def with_items(self, items: list[tuple[str, str, npt.NDArray[np.float32]]]) -> EmbeddingTable:
+        """This table plus ``(item_id, category, raw embedding)`` rows (replacing the same ids),
+        e.g. items upserted while serving; their sha256 is left empty (no image file)."""
+        if not items:
+            return self
+        new_ids = {item_id for item_id, _, _ in items}
+        keep = [row for row, item_id in enumerate(self.item_ids) if item_id not in new_ids]
+        vectors = np.stack([vector for _, _, vector in items]).astype(np.float32)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return EmbeddingTable(
+            backbone=self.backbone,
+            item_ids=[self.item_ids[r] for r in keep] + [i for i, _, _ in items],
+            sha256=[self.sha256[r] for r in keep] + [""] * len(items),
+            categories=[self.categories[r] for r in keep] + [c for _, c, _ in items],
+            vectors=np.vstack([self.vectors[keep], vectors / np.maximum(norms, 1e-12)]),
+        )

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pyarrow as pa
 
 from recsvc.artifacts import ModelStore
 from recsvc.config import IndexSettings, TrainSettings
+from recsvc.core.state import StoredItem
 from workers.embedding_table import EmbeddingTable
 from workers.evaluate import Protocol
 from workers.ingest import InteractionStore
@@ -50,6 +52,7 @@ class TrainWorker:
         policy: RetrainPolicy,
         base_interactions: Path | None = None,
         images: Path | None = None,
+        upserted: Callable[[], list[StoredItem]] | None = None,
     ) -> None:
         self.events = events
         self.models = models
@@ -58,6 +61,7 @@ class TrainWorker:
         self.policy = policy
         self.base = base_interactions
         self.images = images
+        self.upserted = upserted or (lambda: [])
 
     def due(self) -> tuple[bool, int]:
         """Whether to train now, and how many events the store holds."""
@@ -86,8 +90,7 @@ class TrainWorker:
             )
             self._save_state(count)
             return None
-        # The embed worker may not have written the table yet: train without images then.
-        images = EmbeddingTable.load(self.images) if self.images and self.images.exists() else None
+        images = self._images()
         train, initial = self._warm_start(data)
         if initial is not None:
             metrics = {**metrics, "warm_start_from": self.models.latest_version()}
@@ -104,6 +107,26 @@ class TrainWorker:
         self.models.collect_garbage(self.policy.keep_versions)
         self._save_state(count)
         return model.version
+
+    def _images(self) -> EmbeddingTable | None:
+        """The embedding table (None until the embed worker wrote one) plus the items upserted
+        while serving, so that the new model keeps them, with their images, in its indexes."""
+        table = EmbeddingTable.load(self.images) if self.images and self.images.exists() else None
+        upserted = [item for item in self.upserted() if item.embedding is not None]
+        if table is None and upserted:
+            table = EmbeddingTable.empty(upserted[0].backbone, len(upserted[0].embedding))  # type: ignore[arg-type]
+        if table is None:
+            return None
+        usable = [
+            (item.item_id, item.category, item.embedding)
+            for item in upserted
+            if item.backbone == table.backbone
+            and item.embedding is not None
+            and len(item.embedding) == table.dim
+        ]
+        if usable:
+            log.info("training with %d items upserted while serving", len(usable))
+        return table.with_items(usable)
 
     def _warm_start(
         self, data: Interactions

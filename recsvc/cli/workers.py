@@ -78,6 +78,18 @@ def _embed_round(args: argparse.Namespace, settings: Any) -> Callable[[], object
     return run
 
 
+def _upserted_items(settings: Any) -> Callable[[], list[Any]]:
+    """Reads the serving item log (items added by UpsertItems) for the train worker."""
+    from recsvc.store.item_log import read_items_from_file, read_items_from_redis
+
+    if settings.redis_url:
+        import redis
+
+        client = redis.Redis.from_url(settings.redis_url)
+        return lambda: read_items_from_redis(client, settings.store.key_prefix)
+    return lambda: read_items_from_file(settings.model_store / "items.jsonl")
+
+
 def _run_worker(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -125,6 +137,7 @@ def _run_worker(args: argparse.Namespace) -> int:
             policy,
             args.base,
             args.images,
+            upserted=_upserted_items(settings),
         )
         round_once = lambda: trainer.run_once(force=args.force)  # noqa: E731
     if args.kind == "embed":

@@ -86,21 +86,22 @@ class FileItemLog:
             os.fsync(handle.fileno())
 
     async def read_all(self) -> dict[str, StoredItem]:
-        return await asyncio.to_thread(self._read)
+        return await asyncio.to_thread(self.read_path, self.path)
 
-    def _read(self) -> dict[str, StoredItem]:
+    @staticmethod
+    def read_path(path: Path) -> dict[str, StoredItem]:
         items: dict[str, StoredItem] = {}
-        if not self.path.exists():
+        if not path.exists():
             return items
-        with self.path.open("rb") as handle:
+        with path.open("rb") as handle:
             for number, line in enumerate(handle, start=1):
                 if not line.endswith(b"\n"):
-                    log.warning("%s: ignoring an incomplete last line", self.path)
+                    log.warning("%s: ignoring an incomplete last line", path)
                     break
                 try:
                     item = item_from_json(line)
                 except (ValueError, KeyError, TypeError) as exc:
-                    log.warning("%s line %d: unreadable item record (%s)", self.path, number, exc)
+                    log.warning("%s line %d: unreadable item record (%s)", path, number, exc)
                     continue
                 items[item.item_id] = item
         return items
@@ -158,3 +159,24 @@ class RedisItemLog:
 
     async def close(self) -> None:
         return None
+
+
+def read_items_from_redis(client: Any, prefix: str) -> list[StoredItem]:
+    """Every item of a RedisItemLog, read with a synchronous client (for the train worker)."""
+    items: list[StoredItem] = []
+    try:
+        values = client.hgetall(f"{prefix}:{{items}}:data").values()
+    except (RedisError, OSError) as exc:
+        log.warning("item log unavailable; training without the upserted items: %s", exc)
+        return items
+    for value in values:
+        try:
+            items.append(item_from_json(value))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("unreadable item record (%s)", exc)
+    return items
+
+
+def read_items_from_file(path: Path) -> list[StoredItem]:
+    """Every item of a FileItemLog (the last record of each id), read synchronously."""
+    return list(FileItemLog.read_path(path).values())

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsvc.artifacts import ModelStore
+from recsvc.config import TrainSettings
 from recsvc.core.added import NewItem
 from recsvc.core.model import Model
 from recsvc.core.queries import (
@@ -25,15 +26,18 @@ from recsvc.core.queries import (
     SimilarQuery,
 )
 from recsvc.core.recommender import Recommender
+from recsvc.core.state import StoredItem
 from recsvc.errors import ArtifactError, DataError, InvalidArgument, NotFound
 from recsvc.vision.embedder import ImageEmbedder
 from tests.conftest import SMALL_INDEX
-from tests.images import KINDS, ProductImages, jpeg_bytes, product_picture
+from tests.images import KINDS, ProductImages, jpeg_bytes, kind_interactions, product_picture
 from workers.catalogue import Catalogue, CatalogueItem, CatalogueOptions, read_catalogue
 from workers.embed import EmbedOptions, embed_catalogue
 from workers.embedding_table import EmbeddingTable
 from workers.image_eval import visual_agreement
+from workers.ingest import InteractionStore
 from workers.projection import fit_projection
+from workers.retrain import RetrainPolicy, TrainWorker
 from workers.train import index_params
 from workers.visual_space import fit_visual_adapter
 
@@ -226,3 +230,38 @@ def test_search_by_image_and_added_items(
     # those the new model does not know).
     with pytest.raises(NotFound):
         Recommender(image_model, Limits()).similar_items(SimilarQuery("new-shirt", 5))
+
+
+def test_train_worker_takes_in_items_upserted_while_serving(
+    tmp_path: Path,
+    products: ProductImages,
+    embedding_table: Path,
+    embedder: ImageEmbedder,
+    cold_ids: list[str],
+) -> None:
+    photo = embedder.embed_images([product_picture("bags", random.Random(21))])[0]
+    upserted = [
+        StoredItem("upserted-bag", "bags", {}, "efficientnet_lite0", photo),
+        StoredItem("other-backbone", "bags", {}, "resnet50", photo),
+        StoredItem("no-photo", "bags", {}, "efficientnet_lite0", None),
+    ]
+    warm = [i for i in products.ids if i not in cold_ids]
+    worker = TrainWorker(
+        InteractionStore(tmp_path / "events"),
+        ModelStore(tmp_path / "models"),
+        TrainSettings(factors=8, iterations=5, threads=2),
+        SMALL_INDEX,
+        RetrainPolicy(),
+        base_interactions=kind_interactions(products, warm),
+        images=embedding_table,
+        upserted=lambda: upserted,
+    )
+    version = worker.run_once(force=True)
+    assert version is not None
+    model = ModelStore(tmp_path / "models").load(version, index_params(SMALL_INDEX))
+    assert "upserted-bag" in model.items and "other-backbone" not in model.items
+    assert model.info.statistics["cold_items"] == len(cold_ids) + 1
+    similar = Recommender(model, Limits()).similar_items(
+        SimilarQuery("upserted-bag", 5, SimilarityMode.VISUAL)
+    )
+    assert [products.kinds[i.item_id] for i in similar.items].count("bags") >= 4
