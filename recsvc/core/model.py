@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,9 @@ class IdMap:
         self._rows: dict[str, int] = {value: row for row, value in enumerate(self.ids)}
         if len(self._rows) != len(self.ids):
             raise ValueError("ids must be unique")
+        # The row of an id, or None; the dict's own get (no Python frame: fold-in calls it
+        # once per history item).
+        self.row: Callable[[str], int | None] = self._rows.get
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -31,8 +34,6 @@ class IdMap:
     def __contains__(self, value: object) -> bool:
         return value in self._rows
 
-    def row(self, value: str) -> int | None:
-        return self._rows.get(value)
 
     def rows(self, values: Iterable[str]) -> npt.NDArray[np.int64]:
         """Rows of the known ids among ``values`` (unknown ones are left out), in order."""

@@ -161,20 +161,31 @@ class Recommender:
     def _combined_history(
         self, user_id: str, history: dict[str, float]
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """Distinct item rows and summed weights: training history plus ``history``."""
+        """Distinct item rows and summed weights: training history plus ``history``.
+
+        Histories are short (tens of items), so one dict merge beats numpy's sort-based
+        unique here (this runs once per user in every RecordInteractions call)."""
         model = self.model
-        new_rows = model.items.rows(history)
-        new_weights = np.fromiter(
-            (w for item, w in history.items() if item in model.items), np.float32, len(new_rows)
-        )
+        row_of = model.items.row
+        merged: dict[int, float] = {}
         user_row = model.users.row(user_id)
         if user_row is not None:
             start, end = model.user_items.indptr[user_row], model.user_items.indptr[user_row + 1]
-            new_rows = np.concatenate([model.user_items.indices[start:end], new_rows])
-            new_weights = np.concatenate([model.user_items.data[start:end], new_weights])
-        rows, inverse = np.unique(new_rows.astype(np.int64), return_inverse=True)
-        weights = np.bincount(inverse, weights=new_weights, minlength=len(rows))
-        return rows, weights.astype(np.float32)
+            merged = dict(
+                zip(
+                    model.user_items.indices[start:end].tolist(),
+                    model.user_items.data[start:end].tolist(),
+                    strict=True,
+                )
+            )
+        for item, weight in history.items():
+            row = row_of(item)
+            if row is not None:
+                merged[row] = merged.get(row, 0.0) + weight
+        rows = np.fromiter(merged.keys(), np.int64, len(merged))
+        weights = np.fromiter(merged.values(), np.float32, len(merged))
+        order = np.argsort(rows)
+        return rows[order], weights[order]
 
     def similar_items(self, query: SimilarQuery, visual_weight: float = 0.5) -> SimilarItems:
         """Items most similar to ``query.item_id`` (never the item itself), by the query's mode:

@@ -14,6 +14,7 @@ from recsvc.core.state import Interaction, UserState
 
 K = TypeVar("K")
 V = TypeVar("V")
+_History = tuple[dict[str, float], dict[str, int]]
 
 
 class InMemoryUserStore:
@@ -32,8 +33,8 @@ class InMemoryUserStore:
         self.vector_ttl = vector_ttl
         self.max_users = max_users
         self._clock = clock
-        # user -> (expires_at, {item: (weight, timestamp_ms)})
-        self._history: OrderedDict[str, tuple[float, dict[str, tuple[float, int]]]] = OrderedDict()
+        # user -> (expires_at, ({item: summed weight}, {item: latest timestamp_ms}))
+        self._history: OrderedDict[str, tuple[float, _History]] = OrderedDict()
         # (user, model version) -> (expires_at, vector)
         self._vectors: OrderedDict[tuple[str, str], tuple[float, npt.NDArray[np.float32]]] = (
             OrderedDict()
@@ -43,8 +44,7 @@ class InMemoryUserStore:
         now = self._clock()
         history = self._live(self._history, user_id, now)
         vector = self._live(self._vectors, (user_id, model_version), now)
-        weights = {item: weight for item, (weight, _) in (history or {}).items()}
-        return UserState(weights, vector)
+        return UserState(dict(history[0]) if history else {}, vector)
 
     async def put_vector(
         self, user_id: str, model_version: str, vector: npt.NDArray[np.float32]
@@ -55,17 +55,19 @@ class InMemoryUserStore:
 
     async def add_history(self, user_id: str, interactions: list[Interaction]) -> dict[str, float]:
         now = self._clock()
-        history = self._live(self._history, user_id, now) or {}
+        weights, latest = self._live(self._history, user_id, now) or ({}, {})
         for event in interactions:
-            weight, latest = history.get(event.item_id, (0.0, 0))
-            history[event.item_id] = (weight + event.weight, max(latest, event.timestamp_ms))
-        if len(history) > self.history_max_items:
-            newest = sorted(history.items(), key=lambda kv: kv[1][1])[-self.history_max_items :]
-            history = dict(newest)
-        self._history[user_id] = (now + self.history_ttl, history)
+            item = event.item_id
+            weights[item] = weights.get(item, 0.0) + event.weight
+            latest[item] = max(latest.get(item, 0), event.timestamp_ms)
+        if len(weights) > self.history_max_items:
+            newest = sorted(latest, key=latest.__getitem__)[-self.history_max_items :]
+            weights = {item: weights[item] for item in newest}
+            latest = {item: latest[item] for item in newest}
+        self._history[user_id] = (now + self.history_ttl, (weights, latest))
         self._history.move_to_end(user_id)
         self._bound(self._history)
-        return {item: weight for item, (weight, _) in history.items()}
+        return dict(weights)
 
     async def ping(self) -> bool:
         return True
