@@ -34,7 +34,6 @@ class IdMap:
     def __contains__(self, value: object) -> bool:
         return value in self._rows
 
-
     def rows(self, values: Iterable[str]) -> npt.NDArray[np.int64]:
         """Rows of the known ids among ``values`` (unknown ones are left out), in order."""
         found = [row for v in values if (row := self._rows.get(v)) is not None]
