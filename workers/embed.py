@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from recsvc.config import ImageSettings
 from recsvc.vision import ImageError, decode_image
 from recsvc.vision.decode import DEFAULT_MAX_PIXELS
 from recsvc.vision.embedder import ImageEmbedder, Preprocess
@@ -44,6 +45,17 @@ class EmbedOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     checkpoint_every: int = 20
     progress: bool = True
+
+
+def embed_options(images: ImageSettings, progress: bool = True) -> EmbedOptions:
+    """The embed job's options from the image settings."""
+    return EmbedOptions(
+        batch_size=images.batch_size,
+        loader_workers=images.loader_workers,
+        max_image_bytes=images.max_image_bytes,
+        max_pixels=images.max_pixels,
+        progress=progress,
+    )
 
 
 @dataclass

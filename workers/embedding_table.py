@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsvc.errors import DataError
+from recsvc.index import normalise_rows
 
 
 @dataclass(frozen=True)
@@ -85,12 +86,11 @@ class EmbeddingTable:
             return self
         new_ids = {item_id for item_id, _, _ in items}
         keep = [row for row, item_id in enumerate(self.item_ids) if item_id not in new_ids]
-        vectors = np.stack([vector for _, _, vector in items]).astype(np.float32)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = normalise_rows(np.stack([vector for _, _, vector in items]))
         return EmbeddingTable(
             backbone=self.backbone,
             item_ids=[self.item_ids[r] for r in keep] + [i for i, _, _ in items],
             sha256=[self.sha256[r] for r in keep] + [""] * len(items),
             categories=[self.categories[r] for r in keep] + [c for _, c, _ in items],
-            vectors=np.vstack([self.vectors[keep], vectors / np.maximum(norms, 1e-12)]),
+            vectors=np.vstack([self.vectors[keep], vectors]),
         )

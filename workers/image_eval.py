@@ -41,6 +41,7 @@ import scipy.sparse as sp
 
 from recsvc.config import TrainSettings
 from recsvc.errors import DataError
+from recsvc.index import normalise_rows
 from workers.evaluate import Split, factor_scorer, random_scorer, ranking_metrics
 from workers.models import fit_factors
 from workers.projection import ProjectionSettings, fit_projection
@@ -73,11 +74,11 @@ def visual_agreement(
     ``catalogue`` is given, from the catalogue (which must not hold the queries).
     """
     within = catalogue is None
-    pool = _unit(queries if within else catalogue)  # type: ignore[arg-type]
+    pool = normalise_rows(queries if within else catalogue)  # type: ignore[arg-type]
     pool_labels = np.asarray(query_labels if within else catalogue_labels)
     if len(pool) <= k:
         raise DataError(f"visual agreement needs more than {k} items with images, got {len(pool)}")
-    unit = _unit(queries)
+    unit = normalise_rows(queries)
     wanted = np.asarray(query_labels)
     agree = 0.0
     for start in range(0, len(unit), 1024):
@@ -127,12 +128,6 @@ def visual_quality(
             "dims": adapter.output_dim,
         }
     return result
-
-
-def _unit(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    unit: npt.NDArray[np.float32] = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-    return unit
 
 
 def simulate_interactions(

@@ -76,27 +76,19 @@ def image_settings(args: argparse.Namespace) -> Settings:
 
 
 def _run_embed(args: argparse.Namespace) -> int:
-    from recsvc.vision.backbones import load_backbone
     from recsvc.vision.embedder import ImageEmbedder
-    from workers.embed import EmbedOptions, embed_catalogue
+    from workers.embed import embed_catalogue, embed_options
 
     settings = image_settings(args)
-    images = settings.images
     catalogue = read_catalogue_from(args)
-    embedder = ImageEmbedder(load_backbone(images.backbone, images.weights), images.device)
+    embedder = ImageEmbedder.from_settings(settings.images)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     report = embed_catalogue(
         catalogue,
         embedder,
         args.out,
-        EmbedOptions(
-            batch_size=images.batch_size,
-            loader_workers=images.loader_workers,
-            max_image_bytes=images.max_image_bytes,
-            max_pixels=images.max_pixels,
-            progress=not args.no_progress,
-        ),
+        embed_options(settings.images, progress=not args.no_progress),
         should_stop=stop.is_set,
     )
     print(

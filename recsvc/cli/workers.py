@@ -57,19 +57,11 @@ def add_worker(commands: Any) -> None:
 
 def _embed_round(args: argparse.Namespace, settings: Any) -> Callable[[], object]:
     """One embed round: re-read the catalogue, embed what is new or changed (resumable)."""
-    from recsvc.vision.backbones import load_backbone
     from recsvc.vision.embedder import ImageEmbedder
-    from workers.embed import EmbedOptions, embed_catalogue
+    from workers.embed import embed_catalogue, embed_options
 
-    images = settings.images
-    embedder = ImageEmbedder(load_backbone(images.backbone, images.weights), images.device)
-    options = EmbedOptions(
-        batch_size=images.batch_size,
-        loader_workers=images.loader_workers,
-        max_image_bytes=images.max_image_bytes,
-        max_pixels=images.max_pixels,
-        progress=False,
-    )
+    embedder = ImageEmbedder.from_settings(settings.images)
+    options = embed_options(settings.images, progress=False)
 
     def run() -> object:
         report = embed_catalogue(read_catalogue_from(args), embedder, args.out, options)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from recsvc.index import normalise_rows
+
 FloatMatrix = npt.NDArray[np.float32]
 
 
@@ -42,9 +44,7 @@ class AddedItems:
     rows: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
-        norms = np.linalg.norm(self.factors, axis=1, keepdims=True)
-        unit = (self.factors / np.maximum(norms, 1e-12)).astype(np.float32)
-        object.__setattr__(self, "unit_factors", unit)
+        object.__setattr__(self, "unit_factors", normalise_rows(self.factors))
         object.__setattr__(self, "rows", {item_id: j for j, item_id in enumerate(self.ids)})
 
     @classmethod

@@ -11,7 +11,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from recsvc.core.projection import Projection, VisualAdapter
-from recsvc.index import ItemIndex
+from recsvc.index import ItemIndex, normalise_rows
 
 NO_CATEGORY = ""
 
@@ -97,9 +97,7 @@ class VisualPart:
         """(n, backbone_dim) raw embeddings -> (n, dim) unit vectors of the visual space."""
         if self.adapter is not None:
             return self.adapter.apply(raw)
-        norms = np.linalg.norm(raw, axis=1, keepdims=True)
-        unit: npt.NDArray[np.float32] = (raw / np.maximum(norms, 1e-12)).astype(np.float32)
-        return unit
+        return normalise_rows(raw)
 
     def embedding_of(self, item_row: int) -> npt.NDArray[np.float32] | None:
         """The item's image embedding, or None when it has no image."""

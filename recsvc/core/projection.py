@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from recsvc.index import normalise_rows
+
 FloatArray = npt.NDArray[np.float32]
 
 
@@ -75,16 +77,10 @@ class VisualAdapter:
 
     def apply(self, embeddings: FloatArray) -> FloatArray:
         """(n, input_dim) raw embeddings -> (n, output_dim) unit vectors."""
-        learned = _unit((embeddings - self.mean) @ self.components)
-        raw = _unit(embeddings)
+        learned = normalise_rows((embeddings - self.mean) @ self.components)
+        raw = normalise_rows(embeddings)
         weight = self.raw_weight
         result: FloatArray = np.hstack(
             [np.sqrt(1 - weight) * learned, np.sqrt(weight) * raw]
         ).astype(np.float32)
         return result
-
-
-def _unit(vectors: npt.NDArray[np.floating]) -> FloatArray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    unit: FloatArray = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-    return unit

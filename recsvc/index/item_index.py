@@ -140,7 +140,7 @@ class ItemIndex:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         query = np.ascontiguousarray(query, dtype=np.float32)
         if self.metric == "cosine":
-            query = _normalise(query[None, :])[0]
+            query = normalise_rows(query[None, :])[0]
         if exact or self.hnsw is None:
             return exact_top_k(self.vectors, query, k)
         labels, _ = self.hnsw.knn_query(query[None, :], k=k, num_threads=self.threads)
@@ -183,10 +183,11 @@ def _prepare(vectors: FloatMatrix, metric: Metric) -> FloatMatrix:
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2:
         raise ValueError(f"item vectors must be 2-D, got shape {vectors.shape}")
-    return _normalise(vectors) if metric == "cosine" else vectors
+    return normalise_rows(vectors) if metric == "cosine" else vectors
 
 
-def _normalise(vectors: FloatMatrix) -> FloatMatrix:
+def normalise_rows(vectors: npt.NDArray[np.floating]) -> FloatMatrix:
+    """Each row scaled to unit length (zero rows stay zero), as float32."""
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     normalised: FloatMatrix = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
     return normalised
