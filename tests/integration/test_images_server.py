@@ -194,3 +194,51 @@ def test_upserted_item_is_recommendable_at_once_and_kept(
         stub = pb_grpc.RecommenderStub(channel)
         again = stub.SimilarItems(pb.SimilarItemsRequest(item_id="new-bag", k=3), timeout=10)
         assert len(again.items) == 3
+
+
+def test_bad_upserts_and_searches_name_the_field(stub: pb_grpc.RecommenderStub) -> None:
+    photo = jpeg_bytes(product_picture("shoes", random.Random(1)))
+    cases = [
+        (pb.UpsertItemsRequest(items=[pb.Item(item_id="")]), "items[0].item_id"),
+        (
+            pb.UpsertItemsRequest(items=[pb.Item(item_id="a"), pb.Item(item_id="a")]),
+            "items[1].item_id",
+        ),
+        (
+            pb.UpsertItemsRequest(items=[pb.Item(item_id="a", category="c" * 300)]),
+            "items[0].category",
+        ),
+        (
+            pb.UpsertItemsRequest(
+                items=[pb.Item(item_id="a", attributes={f"k{n}": "v" for n in range(65)})]
+            ),
+            "items[0].attributes",
+        ),
+        (
+            pb.UpsertItemsRequest(items=[pb.Item(item_id="a", image_bytes=b"")]),
+            "items[0].image_bytes",
+        ),
+        (
+            pb.UpsertItemsRequest(items=[pb.Item(item_id="a", image_path="missing.jpg")]),
+            "items[0].image_path",
+        ),
+    ]
+    for request, field in cases:
+        error = error_of(stub.UpsertItems, request)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+        assert error.details().startswith(f"{field}:"), error.details()
+    for request, field in [
+        (pb.SearchByImageRequest(image=photo, k=0), "k"),
+        (
+            pb.SearchByImageRequest(image=photo, k=3, categories=pb.CategoryFilter(include=[""])),
+            "categories.include[0]",
+        ),
+    ]:
+        error = error_of(stub.SearchByImage, request)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+        assert error.details().startswith(f"{field}:"), error.details()
+    unknown = error_of(
+        stub.SimilarItems,
+        pb.SimilarItemsRequest(item_id="nope", k=3, mode=pb.SIMILARITY_MODE_VISUAL),
+    )
+    assert unknown.code() == grpc.StatusCode.NOT_FOUND and unknown.details().startswith("item_id:")
