@@ -103,11 +103,8 @@ class ItemService:
             )
             for i, item in enumerate(raw)
         ]
-        try:
-            await self.item_log.put(stored)
-        except StoreUnavailable as exc:
-            raise Unavailable(f"items: not stored, the item log is unavailable ({exc})") from exc
-        # The model answering now may have been swapped in while we embedded.
+        # Created or updated is decided before the write: while it is in flight, the log
+        # refresh may already read these items back.
         current = self.holder.current()
         existing = sum(
             1
@@ -116,8 +113,14 @@ class ItemService:
             or item.item_id in current.model.items
             or item.item_id in current.added.rows
         )
+        try:
+            await self.item_log.put(stored)
+        except StoreUnavailable as exc:
+            raise Unavailable(f"items: not stored, the item log is unavailable ({exc})") from exc
         for item in stored:
             self.items[item.item_id] = item
+        # The model answering now may have been swapped in during the write.
+        current = self.holder.current()
         current.add_items(self._usable(stored, current))
         return len(stored) - existing, existing
 
