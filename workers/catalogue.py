@@ -78,7 +78,7 @@ def read_catalogue(path: Path, options: CatalogueOptions | None = None) -> Catal
     image_col = _pick(names, options.image_column, IMAGE_COLUMNS, path, None)
     category_col = _pick(names, options.category_column, CATEGORY_COLUMNS, path, None)
     if image_col is None and options.image_pattern is None:
-        log.warning("%s: no image column and no image pattern: items have no images", path)
+        log.info("%s: no image column and no image pattern: items have no images", path)
     base = options.image_dir or path.parent
     attribute_cols = [c for c in names if c not in {item_col, image_col, category_col}]
 

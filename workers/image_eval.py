@@ -47,8 +47,6 @@ from workers.models import fit_factors
 from workers.projection import ProjectionSettings, fit_projection
 from workers.visual_space import fit_visual_adapter
 
-DEFAULT_ATTRIBUTES = ("gender", "category", "baseColour", "usage")
-
 
 @dataclass(frozen=True)
 class SimulationSettings:

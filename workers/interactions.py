@@ -237,27 +237,12 @@ def interactions_from_arrays(
 
 def read_categories(path: Path, file_format: FileFormat = "auto") -> dict[str, str]:
     """Read an item catalogue (item id and category columns) into {item_id: category}."""
-    fmt = detect_format(path) if file_format == "auto" else file_format
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    try:
-        if fmt == "parquet":
-            table = pq.read_table(path)
-        else:
-            table = pacsv.read_csv(
-                path,
-                parse_options=pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ","),
-                convert_options=pacsv.ConvertOptions(strings_can_be_null=False),
-            )
-    except pa.ArrowInvalid as exc:
-        raise DataError(f"{path}: {exc}") from exc
-    item_col = find_column(table.column_names, ITEM_COLUMNS)
-    category_col = find_column(table.column_names, ("category",))
-    if item_col is None or category_col is None:
+    from workers.catalogue import CatalogueOptions, read_catalogue  # it builds on this module
+
+    categories = read_catalogue(path, CatalogueOptions(file_format=file_format)).categories()
+    if not categories:
         raise DataError(f"{path}: needs an item id column and a 'category' column")
-    ids = table.column(item_col).cast(pa.string()).to_pylist()
-    categories = table.column(category_col).cast(pa.string()).to_pylist()
-    return {i: c for i, c in zip(ids, categories, strict=True) if i and c}
+    return categories
 
 
 # ------------------------------------------------------------------------------ reading

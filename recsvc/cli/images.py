@@ -62,24 +62,20 @@ def read_catalogue_from(args: argparse.Namespace) -> Any:
     )
 
 
-def image_settings(args: argparse.Namespace) -> Settings:
-    return settings_from(
-        args,
-        images={
-            "backbone": getattr(args, "backbone", None),
-            "weights": getattr(args, "weights", None),
-            "device": getattr(args, "device", None),
-            "batch_size": getattr(args, "batch_size", None),
-            "loader_workers": getattr(args, "loader_workers", None),
-        },
-    )
-
-
 def _run_embed(args: argparse.Namespace) -> int:
     from recsvc.vision.embedder import ImageEmbedder
     from workers.embed import embed_catalogue, embed_options
 
-    settings = image_settings(args)
+    settings = settings_from(
+        args,
+        images={
+            "backbone": args.backbone,
+            "weights": args.weights,
+            "device": args.device,
+            "batch_size": args.batch_size,
+            "loader_workers": args.loader_workers,
+        },
+    )
     catalogue = read_catalogue_from(args)
     embedder = ImageEmbedder.from_settings(settings.images)
     stop = threading.Event()
@@ -133,27 +129,22 @@ def run_image_eval(args: argparse.Namespace, settings: Settings) -> dict[str, An
     from workers.image_eval import SimulationSettings, evaluate_cold_start, visual_quality
 
     table = EmbeddingTable.load(args.images)
-    labels = table.categories
     result: dict[str, Any] = {"images": str(args.images), "backbone": table.backbone}
     catalogue = read_catalogue(args.catalogue) if args.catalogue else None
     by_id = {item.item_id: item for item in catalogue.items} if catalogue else {}
-    if args.label_column:
-        labels = [
-            by_id[i].attributes.get(args.label_column, "") if i in by_id else ""
-            for i in table.item_ids
-        ]
+
+    def column(name: str) -> list[str]:
+        """Per table row: the category the table holds, or a catalogue column."""
+        if name == "category":
+            return list(table.categories)
+        return [by_id[i].attributes.get(name, "") if i in by_id else "" for i in table.item_ids]
+
+    labels = column(args.label_column) if args.label_column else table.categories
     result["visual"] = visual_quality(
         table.vectors, labels, k=args.k, holdout=args.holdout, seed=settings.train.seed
     )
     if catalogue is not None:
-        attributes: dict[str, list[str]] = {}
-        for name in args.attributes.split(","):
-            attributes[name] = [
-                (table.categories[row] if name == "category" else by_id[i].attributes.get(name, ""))
-                if i in by_id
-                else ""
-                for row, i in enumerate(table.item_ids)
-            ]
+        attributes = {name: column(name) for name in args.attributes.split(",")}
         simulation = SimulationSettings(users=args.users, seed=settings.train.seed)
         result["cold_start"] = evaluate_cold_start(
             table.vectors, attributes, settings.train, simulation, k=args.k

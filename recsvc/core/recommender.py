@@ -77,8 +77,8 @@ class Recommender:
         elif user_row is not None:
             vector = model.user_factors[user_row]
             strategy = Strategy.PERSONALISED
-        elif len(recent_rows[recent_rows < model.info.num_items]):
-            rows = np.unique(recent_rows[recent_rows < model.info.num_items])
+        elif len(recent_model_rows := recent_rows[recent_rows < model.info.num_items]):
+            rows = np.unique(recent_model_rows)
             vector = self._fold_in_many([(rows, np.ones(len(rows), dtype=np.float32))])[0]
             strategy = Strategy.SESSION
         else:
