@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 import redis
 
 from recsvc.core.state import Interaction
-from recsvc.store.codec import interaction_from_json
-from recsvc.store.file_log import read_events_from
+from recsvc.store.codec import COLUMNS, EventColumns, interaction_from_json
+from recsvc.store.file_log import read_columns_from
 from workers.interactions import Interactions, interactions_from_arrays
 
 log = logging.getLogger(__name__)
@@ -58,22 +58,24 @@ class InteractionStore:
 
     def write_part(self, events: list[Interaction], first: str, last: str) -> Path:
         """Durably write one batch; returns the part's path (existing parts are kept)."""
+        columns: EventColumns = {
+            "event_id": [e.event_id for e in events],
+            "user_id": [e.user_id for e in events],
+            "item_id": [e.item_id for e in events],
+            "event_type": [e.event_type.value for e in events],
+            "weight": [e.weight for e in events],
+            "timestamp_ms": [e.timestamp_ms for e in events],
+        }
+        return self.write_columns(columns, first, last)
+
+    def write_columns(self, columns: EventColumns, first: str, last: str) -> Path:
+        """:meth:`write_part` for events given as columns (as the file log stores them)."""
         day = datetime.now(UTC).strftime("%Y-%m-%d")
         directory = self.root / f"ingest_date={day}"
         directory.mkdir(parents=True, exist_ok=True)
         final = directory / f"part-{first}-{last}.parquet"
         temporary = directory / f".{final.name}.{os.getpid()}.tmp"
-        table = pa.table(
-            {
-                "event_id": [e.event_id for e in events],
-                "user_id": [e.user_id for e in events],
-                "item_id": [e.item_id for e in events],
-                "event_type": [e.event_type.value for e in events],
-                "weight": pa.array([e.weight for e in events], pa.float32()),
-                "timestamp_ms": pa.array([e.timestamp_ms for e in events], pa.int64()),
-            },
-            schema=SCHEMA,
-        )
+        table = pa.table({name: pa.array(columns[name]) for name in COLUMNS}).cast(SCHEMA)
         pq.write_table(table, temporary)
         _fsync(temporary)
         os.rename(temporary, final)
@@ -127,13 +129,14 @@ class FileLogIngester:
             if done is not None:  # a crash came between writing a part and the checkpoint
                 self._save_checkpoint(done)
                 continue
-            events, end = read_events_from(self.log_path, offset, self.batch_size)
+            columns, end = read_columns_from(self.log_path, offset, self.batch_size)
             if end == offset:
                 return written
-            if events:
-                self.store.write_part(events, f"{offset:015d}", f"{end:015d}")
+            count = len(columns["event_id"])
+            if count:
+                self.store.write_columns(columns, f"{offset:015d}", f"{end:015d}")
             self._save_checkpoint(end)
-            written += len(events)
+            written += count
 
     def _part_starting_at(self, offset: int) -> int | None:
         for part in self.store.parts():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,10 @@ class IdMap:
 
     def __contains__(self, value: object) -> bool:
         return value in self._rows
+
+    def rows_or_missing(self, values: Sequence[str]) -> npt.NDArray[np.int64]:
+        """The row of every value, -1 for unknown ones (one C-level pass over the dict)."""
+        return np.fromiter(map(self._rows.get, values, repeat(-1)), np.int64, len(values))
 
     def rows(self, values: Iterable[str]) -> npt.NDArray[np.int64]:
         """Rows of the known ids among ``values`` (unknown ones are left out), in order."""

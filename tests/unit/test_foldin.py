@@ -37,14 +37,18 @@ def test_batched_fold_in_matches_implicit_for_many_users() -> None:
     from recsvc.core.foldin import fold_in_many
 
     rng = np.random.default_rng(1)
-    dense = (rng.random((100, 80)) < 0.08) * rng.integers(1, 4, (100, 80))
+    # 150 users of different lengths: more than one padded group (64 users each).
+    dense = (rng.random((150, 80)) < rng.uniform(0.02, 0.3, (150, 1))) * rng.integers(
+        1, 4, (150, 80)
+    )
     matrix = sp.csr_matrix(dense.astype(np.float32))
     with threadpool_limits(1, "blas"):
         model = implicit.cpu.als.AlternatingLeastSquares(
             factors=8, regularization=0.5, alpha=3.0, iterations=4, random_state=2
         )
         model.fit(matrix, show_progress=False)
-        users = [u for u in range(20) if matrix[u].nnz]
+        users = [u for u in range(150) if matrix[u].nnz]
+        assert len(users) > 128
         expected = model.recalculate_user(users, matrix[users])
     items = model.item_factors
     inputs = [(matrix[u].indices.astype(np.int64), matrix[u].data) for u in users]

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from recsvc.core.state import EventType, Interaction, StoredItem
-from recsvc.store.file_log import FileEventLog, read_event_file
+from recsvc.store.file_log import FileEventLog, read_columns_from, read_event_file
 from recsvc.store.item_log import FileItemLog, RedisItemLog
 from recsvc.store.memory import InMemoryUserStore
 from recsvc.store.redis_backend import RedisEventLog, RedisUserStore, connect
@@ -74,6 +74,26 @@ def test_file_event_log_is_idempotent_across_restarts(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert [e.event_id for e in read_event_file(path)] == ["1", "2", "3"]
+
+
+def test_file_event_log_writes_columns_and_reads_both_formats(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    # A line in the earlier format (one object per interaction) stays readable.
+    path.write_text(
+        '{"event_id":"old","user_id":"u","item_id":"a","event_type":"view",'
+        '"weight":1.0,"timestamp_ms":5}\n'
+    )
+    batch = [interaction(f"u{n % 7}", f"i{n}", f"e{n}", weight=0.5 + n, ts=n) for n in range(250)]
+    asyncio.run(FileEventLog(path).append(batch))
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1 + 3  # 250 new events as lines of at most LINE_EVENTS (100)
+    assert list(read_event_file(path)) == [interaction("u", "a", "old", ts=5), *batch]
+    # The ingest worker's reader stops at a line boundary before passing max_events.
+    columns, end = read_columns_from(path, 0, 150)
+    assert columns["event_id"] == ["old", *(f"e{n}" for n in range(100))]
+    rest, final = read_columns_from(path, end, 10)  # one line is always taken
+    assert len(rest["event_id"]) == 100 and rest["weight"][0] == 100.5
+    assert final < path.stat().st_size
 
 
 def test_redis_store_keys_carry_ttls_hash_tags_and_stay_small(redis_url: str) -> None:
