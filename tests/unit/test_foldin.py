@@ -54,3 +54,15 @@ def test_batched_fold_in_matches_implicit_for_many_users() -> None:
     inputs = [(matrix[u].indices.astype(np.int64), matrix[u].data) for u in users]
     folded = fold_in_many(items, items.astype(np.float64).T @ items, inputs, 0.5, 3.0)
     np.testing.assert_allclose(folded, expected, rtol=1e-3, atol=1e-4)
+
+
+def test_symmetric_solver_falls_back_to_lu_for_indefinite_systems() -> None:
+    from recsvc.core.foldin import _solve_symmetric
+
+    rng = np.random.default_rng(3)
+    m = rng.normal(size=(3, 6, 6)).astype(np.float32)
+    a = m @ m.transpose(0, 2, 1) + np.eye(6, dtype=np.float32)
+    a[1] = np.diag([1.0, -2.0, 3.0, 1.0, 1.0, 1.0]).astype(np.float32)  # not positive definite
+    b = rng.normal(size=(3, 6)).astype(np.float32)
+    expected = np.linalg.solve(a.astype(np.float64), b[..., None].astype(np.float64))[..., 0]
+    np.testing.assert_allclose(_solve_symmetric(a, b), expected, rtol=1e-4, atol=1e-5)
