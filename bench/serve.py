@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import json
 import os
 import platform
@@ -25,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -153,25 +157,43 @@ def summarise(latencies: list[float], elapsed: float, errors: int) -> dict[str, 
     }
 
 
-def recommend_call(stub: pb_grpc.RecommenderStub, n_users: int):
+def recommend_call(stubs: list[pb_grpc.RecommenderStub], n_users: int):
+    """Recommend for a random user, spread over the stubs (connections) in turn."""
+    turn = itertools.cycle(stubs)
+
     async def call() -> None:
         user = f"u{random.randrange(n_users)}"
-        await stub.Recommend(pb.RecommendRequest(user_id=user, k=K), timeout=5)
+        await next(turn).Recommend(pb.RecommendRequest(user_id=user, k=K), timeout=5)
 
     return call
 
 
-async def sweep(target: str, n_users: int, levels: list[int], seconds: float) -> dict[int, dict]:
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.RecommenderStub(channel)
-        await closed_loop(recommend_call(stub, n_users), 4, 1.0)  # warm up
-        return {c: await closed_loop(recommend_call(stub, n_users), c, seconds) for c in levels}
+@contextlib.asynccontextmanager
+async def connections(target: str, count: int) -> AsyncIterator[list[pb_grpc.RecommenderStub]]:
+    """``count`` separate HTTP/2 connections: the kernel spreads connections, not requests,
+    over server processes sharing a port, so one connection would reach one process."""
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(count)]
+    try:
+        yield [pb_grpc.RecommenderStub(channel) for channel in channels]
+    finally:
+        for channel in channels:
+            await channel.close()
 
 
-async def paced(target: str, n_users: int, rate: float, seconds: float) -> dict[str, float]:
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.RecommenderStub(channel)
-        return await open_loop(recommend_call(stub, n_users), rate, seconds)
+async def sweep(
+    target: str, n_users: int, levels: list[int], seconds: float, channels: int
+) -> dict[int, dict]:
+    async with connections(target, channels) as stubs:
+        await closed_loop(recommend_call(stubs, n_users), 4, 1.0)  # warm up
+        return {c: await closed_loop(recommend_call(stubs, n_users), c, seconds) for c in levels}
+
+
+async def paced(
+    target: str, n_users: int, rate: float, seconds: float, channels: int
+) -> dict[str, float]:
+    async with connections(target, channels) as stubs:
+        return await open_loop(recommend_call(stubs, n_users), rate, seconds)
 
 
 async def record_latency(target: str, n_users: int, seconds: float) -> dict[str, float]:
@@ -226,6 +248,19 @@ async def in_process(
     return results, float(np.percentile(np.asarray(timings) * 1000, 99))
 
 
+def mean_batch_size(metrics_port: int) -> float | None:
+    """Recommend calls per micro-batch so far, from the server's /metrics (one process's)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
+    values = dict(
+        line.split(" ", 1)
+        for line in text.decode().splitlines()
+        if line.startswith("recsvc_recommend_batch")
+    )
+    batches = float(values.get("recsvc_recommend_batches_total", 0))
+    calls = float(values.get("recsvc_recommend_batched_calls_total", 0))
+    return round(calls / batches, 2) if batches else None
+
+
 def echo_server(port: int) -> None:
     """A bare grpc.aio Recommender answering every Recommend with the same 10-item response."""
     response = pb.RecommendResponse(
@@ -239,7 +274,7 @@ def echo_server(port: int) -> None:
             return response
 
     async def run() -> None:
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
         pb_grpc.add_RecommenderServicer_to_server(Echo(), server)
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
@@ -256,6 +291,10 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument(
+        "--workers", type=int, default=1, help="server processes, for recsvc and the echo server"
+    )
+    parser.add_argument("--channels", type=int, default=4, help="client connections")
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server:
@@ -267,6 +306,8 @@ def main() -> None:
         "dim": args.dim,
         "redis_users": args.users,
         "seconds": args.seconds,
+        "workers": args.workers,
+        "channels": args.channels,
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
     }
     with tempfile.TemporaryDirectory() as tmp, redis_server() as url:
@@ -274,28 +315,47 @@ def main() -> None:
         version = make_model_store(store_dir, args.items, 100_000, args.dim)
         seed_redis(url, version, args.users, args.dim)
         redis_memory = redis.Redis.from_url(url).info("memory")["used_memory"]
+        metrics_port = free_port()
         env = server_env(
+            RECSVC_SERVER__METRICS_PORT=str(metrics_port),
             RECSVC_REDIS_URL=url,
             RECSVC_SERVER__DRAIN_SECONDS="0",
             RECSVC_SERVING__MODEL_POLL_SECONDS="0",
             RECSVC_LOG_LEVEL="WARNING",
         )
-        with running_server(["serve", "--model-store", str(store_dir), "--port", "0"], env) as srv:
-            recsvc = asyncio.run(sweep(srv.target, args.users, args.concurrency, args.seconds))
+        serve_args = ["serve", "--model-store", str(store_dir)]
+        if args.workers > 1:  # several processes share a fixed port (SO_REUSEPORT)
+            serve_args += ["--port", str(free_port()), "--workers", str(args.workers)]
+        else:
+            serve_args += ["--port", "0"]
+        with running_server(serve_args, env) as srv:
+            recsvc = asyncio.run(
+                sweep(srv.target, args.users, args.concurrency, args.seconds, args.channels)
+            )
             saturation = max(r["rps"] for r in recsvc.values())
-            half = asyncio.run(paced(srv.target, args.users, saturation / 2, args.seconds))
+            half = asyncio.run(
+                paced(srv.target, args.users, saturation / 2, args.seconds, args.channels)
+            )
             record = asyncio.run(record_latency(srv.target, args.users, args.seconds))
+            batching = mean_batch_size(metrics_port)
         port = free_port()
         echo_cmd = [sys.executable, __file__, "--echo-server", str(port)]
-        echo = subprocess.Popen(echo_cmd, stdout=subprocess.PIPE, text=True)
-        assert echo.stdout is not None and "listening" in echo.stdout.readline()
+        echoes = [
+            subprocess.Popen(echo_cmd, stdout=subprocess.PIPE, text=True)
+            for _ in range(args.workers)
+        ]
+        for echo in echoes:
+            assert echo.stdout is not None and "listening" in echo.stdout.readline()
         try:
             bare = asyncio.run(
-                sweep(f"127.0.0.1:{port}", args.users, args.concurrency, args.seconds)
+                sweep(
+                    f"127.0.0.1:{port}", args.users, args.concurrency, args.seconds, args.channels
+                )
             )
         finally:
-            echo.terminate()
-            echo.wait()
+            for echo in echoes:
+                echo.terminate()
+                echo.wait()
         engine, fold_in_p99 = asyncio.run(
             in_process(url, store_dir, args.users, args.concurrency, args.seconds)
         )
@@ -317,6 +377,7 @@ def main() -> None:
                 "in_process_rps": max(r["rps"] for r in engine.values()),
                 "half_saturation": half,
                 "record_interactions": record,
+                "mean_recommend_batch": batching,
                 "fold_in_p99_ms": round(fold_in_p99, 3),
                 "redis_used_memory_bytes": redis_memory,
                 "redis_bytes_per_user": round(redis_memory / args.users, 1),

@@ -63,6 +63,15 @@ class _ServiceCollector(Collector):
         if stats.fold_in_seconds:
             p99 = float(np.percentile(stats.fold_in_seconds, 99))
             yield GaugeMetricFamily("recsvc_fold_in_p99_seconds", "p99 of recent fold-ins.", p99)
+        batches, batched = self.service.recommend_batching()
+        yield CounterMetricFamily(
+            "recsvc_recommend_batches", "Batches that answered Recommend calls.", value=batches
+        )
+        yield CounterMetricFamily(
+            "recsvc_recommend_batched_calls",
+            "Recommend calls answered in batches (divided by the batches: mean batch size).",
+            value=batched,
+        )
         swaps, failures = self.swaps()
         yield CounterMetricFamily("recsvc_model_swaps", "Model versions swapped in.", value=swaps)
         yield CounterMetricFamily(

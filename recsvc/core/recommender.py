@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from itertools import chain
 
 import numpy as np
@@ -60,8 +61,43 @@ class Recommender:
         are excluded like the training history) and the user's folded-in vector, which wins
         over the model's own user factors.
         """
+        return self.recommend_many([query], [state or UserState()])[0]
+
+    def recommend_many(
+        self, queries: list[RecommendQuery], states: list[UserState]
+    ) -> list[Recommendation]:
+        """:meth:`recommend` for many queries. Their graph searches run as one hnswlib call
+        (and one exact pass over the head) when they need no filter; the rest one by one."""
+        plans = [self._plan(query, state) for query, state in zip(queries, states, strict=True)]
+        found: dict[int, tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]] = {}
+        for group in _batches(plans).values():
+            fetch = max(plan.fetch for _, plan in group)
+            vectors = np.stack([plan.vector for _, plan in group])
+            labels, scores = self.model.user_index.search_many(vectors, fetch, self.exact)
+            for row, (n, plan) in enumerate(group):
+                keep = ~np.isin(labels[row], plan.blocked)
+                if keep.sum() >= plan.pool or fetch >= self.model.info.num_items:
+                    found[n] = labels[row][keep][: plan.pool], scores[row][keep][: plan.pool]
+        results: list[Recommendation] = []
+        for n, planned in enumerate(plans):
+            if isinstance(planned, Recommendation):
+                results.append(planned)
+                continue
+            labels, scores = found.get(n) or self._search(
+                self.model.user_index,
+                planned.vector,
+                planned.pool,
+                planned.blocked,
+                planned.allowed,
+                extra=planned.extra,
+            )
+            results.append(self._finish(planned, labels, scores))
+        return results
+
+    def _plan(self, query: RecommendQuery, state: UserState) -> _Plan | Recommendation:
+        """What a query searches for (its vector, what it excludes), or its answer when there
+        is nothing to search with (popular items)."""
         query.validate(self.limits)
-        state = state or UserState()
         model, added = self.model, self.added
         user_row = model.users.row(query.user_id) if query.user_id else None
         recent_rows = self._rows(query.recent_item_ids, added)
@@ -71,7 +107,6 @@ class Recommender:
             history = self._rows(state.history, added)
             blocked = np.concatenate([blocked, seen, history, recent_rows])
         allowed = self._allowed_mask(query.categories, added)
-        extra = (added.factors, None) if len(added) else None
 
         if state.vector is not None and state.vector.shape == (model.item_factors.shape[1],):
             vector = state.vector
@@ -89,20 +124,25 @@ class Recommender:
             return Recommendation(
                 self._scored(labels, scores, added), model.version, Strategy.POPULAR
             )
-
+        # Diversity re-ranks a larger pool of the best candidates.
+        pool = query.k
         if query.diversity > 0:
             pool = min(model.info.num_items, max(3 * query.k, query.k + 50))
-            labels, scores = self._search(
-                model.user_index, vector, pool, blocked, allowed, extra=extra
+        extra = (added.factors, None) if len(added) else None
+        return _Plan(query, vector, strategy, blocked, allowed, extra, added, pool)
+
+    def _finish(
+        self, plan: _Plan, labels: npt.NDArray[np.int64], scores: npt.NDArray[np.float32]
+    ) -> Recommendation:
+        if plan.query.diversity > 0:
+            unit = self._unit_factors(labels, plan.added)
+            picked, scores = mmr(
+                np.arange(len(labels)), scores, unit, plan.query.k, plan.query.diversity
             )
-            unit = self._unit_factors(labels, added)
-            picked, scores = mmr(np.arange(len(labels)), scores, unit, query.k, query.diversity)
             labels = labels[picked]
-        else:
-            labels, scores = self._search(
-                model.user_index, vector, query.k, blocked, allowed, extra=extra
-            )
-        return Recommendation(self._scored(labels, scores, added), model.version, strategy)
+        return Recommendation(
+            self._scored(labels, scores, plan.added), self.model.version, plan.strategy
+        )
 
     def add_items(self, items: list[NewItem]) -> tuple[int, int]:
         """Add or update items; returns (created, updated). A new item enters the collaborative
@@ -494,4 +534,40 @@ def recommend_batch(
     """Recommend for each query; every query is validated first, so a bad one fails the whole
     batch with a message naming it (``requests[i].field``) before any work is done."""
     validate_batch(queries, recommender.limits)
-    return [recommender.recommend(query) for query in queries]
+    return recommender.recommend_many(queries, [UserState() for _ in queries])
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A query ready to search: its vector, what it must not return, what it may return."""
+
+    query: RecommendQuery
+    vector: npt.NDArray[np.float32]
+    strategy: Strategy
+    blocked: npt.NDArray[np.int64]
+    allowed: npt.NDArray[np.bool_] | None
+    extra: tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_] | None] | None
+    added: AddedItems
+    pool: int  # candidates wanted (k, or the pool diversity picks from)
+
+    @property
+    def fetch(self) -> int:
+        """Graph results to ask for so that ``pool`` survive the exclusions."""
+        return self.pool + len(self.blocked)
+
+
+def _batches(plans: list[_Plan | Recommendation]) -> dict[int, list[tuple[int, _Plan]]]:
+    """The plans that the plain graph search serves (no filter, no added items), grouped by
+    how many results they fetch (rounded up to a power of two, at least 32), so that each group
+    shares one batched search without making the smaller ones fetch much more."""
+    groups: dict[int, list[tuple[int, _Plan]]] = {}
+    for n, plan in enumerate(plans):
+        if isinstance(plan, _Plan) and plan.allowed is None and plan.extra is None:
+            width = max(32, 1 << (plan.fetch - 1).bit_length())
+            if width <= _BATCH_FETCH_MAX:
+                groups.setdefault(width, []).append((n, plan))
+    return groups
+
+
+# Larger fetches (long histories to exclude) are searched one by one.
+_BATCH_FETCH_MAX = 256

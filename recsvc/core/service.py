@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from recsvc.core.batching import MicroBatcher
 from recsvc.core.holder import RecommenderHolder
 from recsvc.core.interactions import RawInteraction, validate_interactions
 from recsvc.core.queries import (
@@ -37,7 +38,7 @@ from recsvc.core.state import (
     UserState,
     UserStateStore,
 )
-from recsvc.errors import StoreUnavailable, Unavailable
+from recsvc.errors import RecsvcError, StoreUnavailable, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class RecommendationService:
         self.accepting = True
         self.on_store_status = on_store_status or (lambda healthy: None)
         self._background: set[asyncio.Task[None]] = set()
+        self._recommend_batcher = MicroBatcher(self._recommend_together)
 
     # --------------------------------------------------------------------------- queries
 
@@ -104,20 +106,48 @@ class RecommendationService:
     async def recommend(
         self, query: RecommendQuery, time_left: float | None = None
     ) -> Recommendation:
-        recommender = self.current()
-        query.validate(recommender.limits)
-        state = await self._state_for(recommender, query.user_id, time_left)
-        return recommender.recommend(query, state)
+        """Answered together with the Recommend calls that arrive meanwhile (MicroBatcher):
+        one store round trip and one index search for all of them."""
+        query.validate(self.current().limits)
+        deadline = None if time_left is None else time.monotonic() + time_left
+        return await self._recommend_batcher.submit((query, deadline))
+
+    def recommend_batching(self) -> tuple[int, int]:
+        """(batches, calls) answered by the Recommend micro-batcher so far."""
+        return self._recommend_batcher.batches, self._recommend_batcher.requests
 
     async def recommend_batch(
         self, queries: list[RecommendQuery], time_left: float | None = None
     ) -> list[Recommendation]:
         recommender = self.current()
         validate_batch(queries, recommender.limits)
-        states = await asyncio.gather(
-            *(self._state_for(recommender, q.user_id, time_left) for q in queries)
-        )
-        return [recommender.recommend(q, s) for q, s in zip(queries, states, strict=True)]
+        states = await self._states_for(recommender, [q.user_id for q in queries], time_left)
+        return recommender.recommend_many(queries, states)
+
+    async def _recommend_together(
+        self, requests: list[tuple[RecommendQuery, float | None]]
+    ) -> list[Recommendation | BaseException]:
+        recommender = self.current()
+        queries = [query for query, _ in requests]
+        deadlines = [deadline for _, deadline in requests if deadline is not None]
+        time_left = min(deadlines) - time.monotonic() if deadlines else None
+        states = await self._states_for(recommender, [q.user_id for q in queries], time_left)
+        try:
+            return list(await asyncio.to_thread(recommender.recommend_many, queries, states))
+        except RecsvcError:  # one query's error must not fail the others: answer each alone
+            return [
+                self._recommend_alone(recommender, q, s)
+                for q, s in zip(queries, states, strict=True)
+            ]
+
+    @staticmethod
+    def _recommend_alone(
+        recommender: Recommender, query: RecommendQuery, state: UserState
+    ) -> Recommendation | BaseException:
+        try:
+            return recommender.recommend(query, state)
+        except RecsvcError as exc:
+            return exc
 
     async def similar_items(self, query: SimilarQuery) -> SimilarItems:
         return self.current().similar_items(query, self.visual_weight)
@@ -176,32 +206,41 @@ class RecommendationService:
 
     # --------------------------------------------------------------------------- helpers
 
-    async def _state_for(
-        self, recommender: Recommender, user_id: str, time_left: float | None
-    ) -> UserState:
-        """The user's stored state for this model version; folds in (and stores) a vector when
-        only the history is known (e.g. after a model swap). Degrades to no state."""
-        if not user_id:
-            return UserState()
+    async def _states_for(
+        self, recommender: Recommender, user_ids: list[str], time_left: float | None
+    ) -> list[UserState]:
+        """Each user's stored state for this model version, read in one round trip; folds in
+        (and stores) a vector where only the history is known (e.g. after a model swap).
+        Degrades to no state when the store is slow or down."""
+        wanted = list(dict.fromkeys(u for u in user_ids if u))
+        if not wanted:
+            return [UserState() for _ in user_ids]
         try:
             async with asyncio.timeout(self._budget(time_left)):
-                state = await self.store.get_state(user_id, recommender.version)
+                fetched = await self.store.get_states(wanted, recommender.version)
             self.on_store_status(True)
         except (StoreUnavailable, TimeoutError) as exc:
             self.stats.store_errors += 1
             self.on_store_status(False)
-            log.debug("user %s: store unavailable (%s); answering without it", user_id, exc)
-            return UserState()
-        if state.vector is not None:
-            self.stats.vector_hits += 1
-            return state
-        self.stats.vector_misses += 1
-        if not state.history:
-            return state
-        vector = self._fold_in(recommender, user_id, state.history)
-        if vector is not None:
-            self._spawn(self._store_vector(user_id, recommender.version, vector))
-        return UserState(state.history, vector)
+            log.debug("%d users: store unavailable (%s); answering without it", len(wanted), exc)
+            return [UserState() for _ in user_ids]
+        stored = dict(zip(wanted, fetched, strict=True))
+        ready: dict[str, UserState] = {}
+        for user_id, state in stored.items():
+            if state.vector is None and state.history:
+                vector = self._fold_in(recommender, user_id, state.history)
+                if vector is not None:
+                    self._spawn(self._store_vector(user_id, recommender.version, vector))
+                state = UserState(state.history, vector)
+            ready[user_id] = state
+        states: list[UserState] = []
+        for user_id in user_ids:
+            if user_id and stored[user_id].vector is not None:
+                self.stats.vector_hits += 1
+            elif user_id:
+                self.stats.vector_misses += 1
+            states.append(ready.get(user_id, UserState()))
+        return states
 
     def _fold_in(
         self, recommender: Recommender, user_id: str, history: dict[str, float]

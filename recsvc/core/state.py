@@ -65,6 +65,10 @@ class UserStateStore(Protocol):
 
     async def get_state(self, user_id: str, model_version: str) -> UserState: ...
 
+    async def get_states(self, user_ids: list[str], model_version: str) -> list[UserState]:
+        """:meth:`get_state` of many users, in order, in one round trip where it can."""
+        ...
+
     async def put_vector(
         self, user_id: str, model_version: str, vector: npt.NDArray[np.float32]
     ) -> None: ...

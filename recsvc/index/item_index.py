@@ -135,22 +135,63 @@ class ItemIndex:
         Returns (labels int64 shape (<=k,), scores float32 shape (<=k,)); ``k`` is clamped to the
         number of items.
         """
+        labels, scores = self.search_many(np.asarray(query)[None, :], k, exact)
+        return labels[0], scores[0]
+
+    def search_many(
+        self, queries: FloatMatrix, k: int, exact: bool = False
+    ) -> tuple[npt.NDArray[np.int64], FloatMatrix]:
+        """Top-``k`` items for each row of ``queries`` (shape (n, dim)), best first: one
+        hnswlib call and one exact pass over the head for all of them.
+
+        Returns (labels int64 shape (n, k), scores float32 shape (n, k)), ``k`` clamped to the
+        number of items.
+        """
         k = min(k, self.size)
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         if k <= 0:
-            return np.empty(0, np.int64), np.empty(0, np.float32)
-        query = np.ascontiguousarray(query, dtype=np.float32)
+            return np.empty((len(queries), 0), np.int64), np.empty((len(queries), 0), np.float32)
         if self.metric == "cosine":
-            query = normalise_rows(query[None, :])[0]
+            queries = normalise_rows(queries)
         if exact or self.hnsw is None:
-            return exact_top_k(self.vectors, query, k)
-        labels, _ = self.hnsw.knn_query(query[None, :], k=k, num_threads=self.threads)
-        candidates = labels[0].astype(np.int64)
+            return _top_k_rows(queries @ self.vectors.T, np.arange(self.size), k)
+        found, _ = self.hnsw.knn_query(queries, k=k, num_threads=self.threads)
+        candidates = found.astype(np.int64)
         if len(self.head):
-            head_labels, _ = exact_top_k(self.head_vectors, query, k)
-            candidates = np.union1d(candidates, self.head[head_labels])
-        scores = self.vectors[candidates] @ query
-        order = np.argsort(-scores, kind="stable")[:k]
-        return candidates[order], scores[order].astype(np.float32)
+            head_scores = queries @ self.head_vectors.T
+            if k < len(self.head):
+                head_top = np.argpartition(-head_scores, k - 1, axis=1)[:, :k]
+                head_labels = self.head[head_top]
+            else:
+                head_labels = np.broadcast_to(self.head, head_scores.shape)
+            candidates = np.concatenate([candidates, head_labels], axis=1)
+        # Exact scores for every candidate, ranked; an item found twice (graph and head) once.
+        scores = np.matmul(self.vectors[candidates], queries[:, :, None])[..., 0]
+        by_label = np.argsort(candidates, axis=1, kind="stable")
+        candidates = np.take_along_axis(candidates, by_label, axis=1)
+        scores = np.take_along_axis(scores, by_label, axis=1)
+        scores[:, 1:][candidates[:, 1:] == candidates[:, :-1]] = -np.inf
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return (
+            np.take_along_axis(candidates, best, axis=1),
+            np.take_along_axis(scores, best, axis=1).astype(np.float32),
+        )
+
+
+def _top_k_rows(
+    scores: FloatMatrix, labels: IntArray, k: int
+) -> tuple[npt.NDArray[np.int64], FloatMatrix]:
+    """The ``k`` best of each row of ``scores`` (columns named by ``labels``), best first."""
+    if k < scores.shape[1]:
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        top = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    order = np.argsort(-top_scores, axis=1, kind="stable")
+    return (
+        labels[np.take_along_axis(top, order, axis=1)].astype(np.int64),
+        np.take_along_axis(top_scores, order, axis=1).astype(np.float32),
+    )
 
 
 def exact_top_k(

@@ -46,6 +46,9 @@ class InMemoryUserStore:
         vector = self._live(self._vectors, (user_id, model_version), now)
         return UserState(dict(history[0]) if history else {}, vector)
 
+    async def get_states(self, user_ids: list[str], model_version: str) -> list[UserState]:
+        return [await self.get_state(user_id, model_version) for user_id in user_ids]
+
     async def put_vector(
         self, user_id: str, model_version: str, vector: npt.NDArray[np.float32]
     ) -> None:

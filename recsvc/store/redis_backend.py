@@ -116,15 +116,27 @@ class RedisUserStore:
         return user_key(self._prefix, user_id, suffix)
 
     async def get_state(self, user_id: str, model_version: str) -> UserState:
+        return (await self.get_states([user_id], model_version))[0]
+
+    async def get_states(self, user_ids: list[str], model_version: str) -> list[UserState]:
+        """Vector and history of each user in one round trip (a pipeline: the keys of
+        different users may live on different cluster nodes)."""
+
         async def fetch() -> list[Any]:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.get(vector_key(self._prefix, user_id, model_version))
-                pipe.hgetall(self._key(user_id, "h"))
+                for user_id in user_ids:
+                    pipe.get(vector_key(self._prefix, user_id, model_version))
+                    pipe.hgetall(self._key(user_id, "h"))
                 return await pipe.execute()  # type: ignore[no-any-return]
 
-        vector_bytes, history = await _checked(fetch(), "reading user state")
-        vector = vector_from_bytes(vector_bytes, self.vector_encoding) if vector_bytes else None
-        return UserState(_decode_history(history), vector)
+        replies = await _checked(fetch(), "reading user state")
+        return [
+            UserState(
+                _decode_history(history),
+                vector_from_bytes(vector, self.vector_encoding) if vector else None,
+            )
+            for vector, history in zip(replies[::2], replies[1::2], strict=True)
+        ]
 
     async def put_vector(
         self, user_id: str, model_version: str, vector: npt.NDArray[np.float32]

@@ -95,6 +95,22 @@ def test_next_recommend_reflects_recorded_interactions(
     assert len(after) == 10
 
 
+def test_concurrent_recommend_calls_answer_as_sequential_ones(
+    stub: pb_grpc.RecommenderStub, model: Model
+) -> None:
+    """Calls that arrive together are answered in micro-batches (one store round trip, one
+    index search); each must still get its own answer, the same as when asked alone."""
+    users = [model.users.ids[n] for n in range(100, 160)] + ["somebody-new"]
+    requests = [pb.RecommendRequest(user_id=u, k=7) for u in users]
+    alone = [stub.Recommend(r, timeout=10) for r in requests]
+    futures = [stub.Recommend.future(r, timeout=10) for r in requests * 3]
+    together = [f.result() for f in futures]
+    for n, response in enumerate(together):
+        expected = alone[n % len(requests)]
+        assert [i.item_id for i in response.items] == [i.item_id for i in expected.items]
+        assert response.strategy == expected.strategy
+
+
 def test_a_new_user_gets_personal_results_after_interacting(
     stub: pb_grpc.RecommenderStub, model: Model
 ) -> None:

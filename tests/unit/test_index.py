@@ -61,3 +61,22 @@ def test_loading_with_a_different_item_count_is_rejected(tmp_path: Path) -> None
     ItemIndex.build(vectors, "ip", IndexParams()).save_hnsw(tmp_path / "i.hnsw")
     with pytest.raises(ValueError, match="holds 100 items"):
         ItemIndex.load(vectors[:50], "ip", tmp_path / "i.hnsw", IndexParams())
+
+
+@pytest.mark.parametrize(("metric", "k"), [("ip", 10), ("ip", 100), ("cosine", 10)])
+def test_search_many_answers_each_query_as_a_search_alone(metric: str, k: int) -> None:
+    """One hnswlib call and one head pass for many queries: the same items and scores as
+    searching each alone (k 100 is more than the 64 items of the head)."""
+    vectors = clustered_vectors(3000, 16, 5)
+    index = ItemIndex.build(vectors, metric, IndexParams())  # type: ignore[arg-type]
+    queries = clustered_vectors(40, 16, 6)
+    labels, scores = index.search_many(queries, k)
+    assert labels.shape == scores.shape == (40, k)
+    for row, query in enumerate(queries):
+        alone, alone_scores = index.search(query, k)
+        assert list(labels[row]) == list(alone)
+        np.testing.assert_allclose(scores[row], alone_scores, rtol=1e-5, atol=1e-6)
+        assert len(set(labels[row])) == k  # an item found by both the graph and the head once
+    exact, _ = index.search_many(queries, 10, exact=True)
+    truth = np.argsort(-(queries @ index.vectors.T), axis=1)[:, :10]
+    assert (exact == truth).mean() > 0.99

@@ -15,6 +15,7 @@ from recsvc.core.queries import (
     Strategy,
 )
 from recsvc.core.recommender import Recommender, recommend_batch
+from recsvc.core.state import UserState
 from recsvc.errors import FailedPrecondition, InvalidArgument, NotFound
 from workers.demo_data import DemoData
 
@@ -151,3 +152,26 @@ def test_batch_validates_everything_first(recommender: Recommender, model: Model
         recommend_batch(recommender, [good] * 11)
     with pytest.raises(InvalidArgument, match=r"^requests"):
         recommend_batch(recommender, [])
+
+
+def test_many_queries_answered_together_as_each_alone(
+    recommender: Recommender, model: Model
+) -> None:
+    """recommend_many batches the plain graph searches; filters, diversity, sessions and
+    popular answers take their own paths. Every answer equals the one-query answer."""
+    users = model.users.ids
+    category = category_of(model, model.items.ids[0])
+    queries = [
+        *(RecommendQuery(users[n], 10) for n in range(12)),
+        RecommendQuery(users[3], 5, exclude_item_ids=tuple(model.items.ids[:15])),
+        RecommendQuery(users[4], 10, categories=CategoryFilter(include=(category,))),
+        RecommendQuery(users[5], 10, diversity=0.5),
+        RecommendQuery("newcomer", 10, recent_item_ids=tuple(model.items.ids[:3])),
+        RecommendQuery("nobody", 10),
+        RecommendQuery(users[6], 60),
+    ]
+    together = recommender.recommend_many(queries, [UserState() for _ in queries])
+    for query, answer in zip(queries, together, strict=True):
+        alone = recommender.recommend(query)
+        assert answer.strategy is alone.strategy
+        assert [i.item_id for i in answer.items] == [i.item_id for i in alone.items], query

@@ -120,6 +120,29 @@ def test_redis_store_keys_carry_ttls_hash_tags_and_stay_small(redis_url: str) ->
     assert all(0 < raw.ttl(k) <= 600 for k in keys)
 
 
+def test_redis_store_reads_many_users_in_order_in_one_call(redis_url: str) -> None:
+    redis.Redis.from_url(redis_url).flushdb()
+
+    async def scenario() -> None:
+        client = connect(redis_url, timeout=1.0, connect_timeout=1.0)
+        store = RedisUserStore(client, "rm", history_max_items=10, history_ttl=600, vector_ttl=300)
+        await store.put_vector("a", "v1", np.full(8, 1.0, np.float32))
+        await store.put_vector("c", "v1", np.full(8, 3.0, np.float32))
+        await store.put_vector("c", "v0", np.full(8, 9.0, np.float32))  # another version
+        await store.add_history("b", [interaction("b", "i1", "e1", weight=2.0)])
+        states = await store.get_states(["c", "b", "a", "nobody"], "v1")
+        assert [s.vector[0] if s.vector is not None else None for s in states] == [
+            3.0,
+            None,
+            1.0,
+            None,
+        ]
+        assert [s.history for s in states] == [{}, {"i1": 2.0}, {}, {}]
+        await store.close()
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.parametrize(
     ("encoding", "budget"), [("float32", 4 * 64 + 180), ("float16", 4 * 64 + 100)]
 )
