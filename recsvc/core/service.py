@@ -107,7 +107,9 @@ class RecommendationService:
         self, query: RecommendQuery, time_left: float | None = None
     ) -> Recommendation:
         """Answered together with the Recommend calls that arrive meanwhile (MicroBatcher):
-        one store round trip and one index search for all of them."""
+        one store round trip and one index search for all of them. The search runs on a
+        worker thread (hnswlib and numpy release the GIL), so the event loop goes on taking
+        calls, which form the next batch."""
         query.validate(self.current().limits)
         deadline = None if time_left is None else time.monotonic() + time_left
         return await self._recommend_batcher.submit((query, deadline))
@@ -122,7 +124,7 @@ class RecommendationService:
         recommender = self.current()
         validate_batch(queries, recommender.limits)
         states = await self._states_for(recommender, [q.user_id for q in queries], time_left)
-        return recommender.recommend_many(queries, states)
+        return await asyncio.to_thread(recommender.recommend_many, queries, states)
 
     async def _recommend_together(
         self, requests: list[tuple[RecommendQuery, float | None]]
