@@ -35,6 +35,11 @@ class MicroBatcher(Generic[Request, Result]):
         self.batches = 0
         self.requests = 0
 
+    @property
+    def waiting(self) -> int:
+        """Requests queued for the next batch."""
+        return len(self._pending)
+
     async def submit(self, request: Request) -> Result:
         """The outcome of ``request``, answered within the next batch."""
         loop = asyncio.get_running_loop()

@@ -107,9 +107,10 @@ class RecommendationService:
         self, query: RecommendQuery, time_left: float | None = None
     ) -> Recommendation:
         """Answered together with the Recommend calls that arrive meanwhile (MicroBatcher):
-        one store round trip and one index search for all of them. The search runs on a
-        worker thread (hnswlib and numpy release the GIL), so the event loop goes on taking
-        calls, which form the next batch."""
+        one store round trip and one index search for all of them. Under load (calls already
+        waiting for the next batch) the search runs on a worker thread (hnswlib and numpy
+        release the GIL), so the event loop goes on taking calls; when it is quiet, it runs
+        right away, saving the thread hop."""
         query.validate(self.current().limits)
         deadline = None if time_left is None else time.monotonic() + time_left
         return await self._recommend_batcher.submit((query, deadline))
@@ -135,7 +136,9 @@ class RecommendationService:
         time_left = min(deadlines) - time.monotonic() if deadlines else None
         states = await self._states_for(recommender, [q.user_id for q in queries], time_left)
         try:
-            return list(await asyncio.to_thread(recommender.recommend_many, queries, states))
+            if self._recommend_batcher.waiting:  # under load: keep taking calls meanwhile
+                return list(await asyncio.to_thread(recommender.recommend_many, queries, states))
+            return list(recommender.recommend_many(queries, states))  # quiet: no thread hop
         except RecsvcError:  # one query's error must not fail the others: answer each alone
             return [
                 self._recommend_alone(recommender, q, s)
