@@ -295,6 +295,9 @@ def main() -> None:
         "--workers", type=int, default=1, help="server processes, for recsvc and the echo server"
     )
     parser.add_argument("--channels", type=int, default=4, help="client connections")
+    parser.add_argument(
+        "--paced", type=float, nargs="*", default=[], help="also measure latency at these rps"
+    )
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server:
@@ -336,6 +339,10 @@ def main() -> None:
             half = asyncio.run(
                 paced(srv.target, args.users, saturation / 2, args.seconds, args.channels)
             )
+            at_rates = {
+                rate: asyncio.run(paced(srv.target, args.users, rate, args.seconds, args.channels))
+                for rate in args.paced
+            }
             record = asyncio.run(record_latency(srv.target, args.users, args.seconds))
             batching = mean_batch_size(metrics_port)
         port = free_port()
@@ -376,6 +383,7 @@ def main() -> None:
                 "ratio_to_echo": round(saturation / best_bare, 3),
                 "in_process_rps": max(r["rps"] for r in engine.values()),
                 "half_saturation": half,
+                "paced": at_rates,
                 "record_interactions": record,
                 "mean_recommend_batch": batching,
                 "fold_in_p99_ms": round(fold_in_p99, 3),
