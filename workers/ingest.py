@@ -30,7 +30,12 @@ import pyarrow.parquet as pq
 import redis
 
 from recsvc.core.state import Interaction
-from recsvc.store.codec import COLUMNS, EventColumns, interaction_from_json
+from recsvc.store.codec import (
+    COLUMNS,
+    EventColumns,
+    interaction_from_json,
+    interactions_to_columns,
+)
 from recsvc.store.file_log import read_columns_from
 from workers.interactions import Interactions, interactions_from_arrays
 
@@ -58,15 +63,7 @@ class InteractionStore:
 
     def write_part(self, events: list[Interaction], first: str, last: str) -> Path:
         """Durably write one batch; returns the part's path (existing parts are kept)."""
-        columns: EventColumns = {
-            "event_id": [e.event_id for e in events],
-            "user_id": [e.user_id for e in events],
-            "item_id": [e.item_id for e in events],
-            "event_type": [e.event_type.value for e in events],
-            "weight": [e.weight for e in events],
-            "timestamp_ms": [e.timestamp_ms for e in events],
-        }
-        return self.write_columns(columns, first, last)
+        return self.write_columns(interactions_to_columns(events), first, last)
 
     def write_columns(self, columns: EventColumns, first: str, last: str) -> Path:
         """:meth:`write_part` for events given as columns (as the file log stores them)."""
