@@ -79,8 +79,8 @@ def fold_in_segments(
     ``argmin_x |Y_u x - w|^2 + reg |x|^2``.
 
     The systems are built with batched matrix products over users padded to a common length
-    (users sorted by length and taken in groups, so padding stays small) and solved in one
-    batched call, in float32 (as implicit trains): the same vectors to ~1e-7 relative.
+    (users sorted by length and taken in groups, so padding stays small) and solved by
+    Cholesky, in float32 (as implicit trains): the same vectors to ~1e-7 relative.
     """
     f = item_factors.shape[1]
     n_users = len(lengths)

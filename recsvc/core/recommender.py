@@ -191,9 +191,9 @@ class Recommender:
         """:meth:`fold_in_user` for many users, solved in one batch (users without any known
         item are left out).
 
-        The training histories and the new ones are merged for all users at once: one unique
-        over (user, item) keys instead of a merge per user (this runs in every
-        RecordInteractions call; 500-event calls went from ~17k to ~22k events/s in-process).
+        The training histories and the new ones are merged for all users at once, by one
+        sparse conversion, instead of a merge per user: this runs in every RecordInteractions
+        call (docs/BENCHMARKS.md, ingestion).
         """
         if not histories:
             return {}

@@ -186,8 +186,7 @@ class RecommendationService:
         time_left: float | None,
     ) -> None:
         """Histories first, then one batched fold-in for all users, then their vectors. The
-        store gets its per-call budget once per user, within most of the request's deadline.
-        """
+        store gets its per-call budget once per user, within most of the request's deadline."""
         budget = self.store_timeout * max(1, len(by_user))
         if time_left is not None:
             budget = max(0.001, min(budget, time_left * 0.8))

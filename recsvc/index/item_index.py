@@ -198,13 +198,11 @@ def exact_top_k(
     vectors: FloatMatrix, query: npt.NDArray[np.float32], k: int
 ) -> tuple[IntArray, npt.NDArray[np.float32]]:
     """Exact top-``k`` rows of ``vectors`` by inner product with ``query``, best first."""
-    scores = vectors @ query
-    k = min(k, len(scores))
+    k = min(k, len(vectors))
     if k <= 0:
         return np.empty(0, np.int64), np.empty(0, np.float32)
-    top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-    top = top[np.argsort(-scores[top], kind="stable")]
-    return top.astype(np.int64), scores[top].astype(np.float32)
+    labels, scores = _top_k_rows((vectors @ query)[None, :], np.arange(len(vectors)), k)
+    return labels[0], scores[0]
 
 
 def recall_at_k(index: ItemIndex, queries: FloatMatrix, k: int = 10) -> float:
