@@ -17,6 +17,7 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,7 @@ class ServerHandle:
     server: grpc.aio.Server
     port: int
     health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
+    servicer: RecommenderServicer
 
 
 def create_server(
@@ -74,7 +76,8 @@ def create_server(
         ("grpc.so_reuseport", 1 if settings.server.reuse_port else 0),
     ]
     server = grpc.aio.server(options=options)
-    pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(service, items, metrics), server)
+    servicer = RecommenderServicer(service, items, metrics)
+    pb_grpc.add_RecommenderServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -87,7 +90,7 @@ def create_server(
         raise ConfigError(f"server.port: cannot listen on {address} (in use?)") from exc
     if port == 0:
         raise ConfigError(f"server.port: cannot listen on {address} (in use?)")
-    return ServerHandle(server, port, health_servicer)
+    return ServerHandle(server, port, health_servicer, servicer)
 
 
 def build_state(settings: Settings) -> tuple[UserStateStore, EventLog, ItemLog]:
@@ -164,6 +167,22 @@ def query_index_params(settings: Settings) -> IndexParams:
         threads=settings.serving.search_threads,
         exact_head_share=settings.serving.exact_head_share,
     )
+
+
+async def quiet_moment(servicer: RecommenderServicer, limit: float) -> None:
+    """Wait (at most ``limit`` seconds) for a moment when no Recommender call is being answered
+    and none began in the last few milliseconds. gRPC core ends calls that arrived but were
+    not yet taken up when shutdown starts with CANCELLED instead of UNAVAILABLE
+    (grpc/grpc#41785); grpc.aio takes calls up one at a time, so such calls exist only around
+    others. Stopping in a quiet moment keeps clients that still call after readiness flipped
+    seeing UNAVAILABLE."""
+    for _ in range(max(1, int(limit / 0.001))):
+        if not servicer.in_flight and time.monotonic() - servicer.last_started > _QUIET_SECONDS:
+            return
+        await asyncio.sleep(0.001)
+
+
+_QUIET_SECONDS = 0.003
 
 
 async def set_health(handle: ServerHandle, status: int) -> None:
@@ -263,6 +282,7 @@ async def serve(settings: Settings, announce: bool = True) -> None:
     finally:
         for task in background:
             task.cancel()
+        await quiet_moment(handle.servicer, settings.server.grace_seconds / 2)
         await handle.server.stop(settings.server.grace_seconds)
         await store.close()
         await events.close()

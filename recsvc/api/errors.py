@@ -66,21 +66,27 @@ def translate_errors(method: Handler[Request, Response]) -> Handler[Request, Res
         started = time.perf_counter()
         observe = getattr(getattr(self, "metrics", None), "observe_rpc", None)
         request_id.set(_request_id(context))
+        self.in_flight += 1
+        self.last_started = time.monotonic()
         try:
-            response = await method(self, request, context)
-        except RecsvcError as exc:
-            code, message = status_for(exc), str(exc)
-        except Exception:
-            log.exception("%s failed", method.__name__)
-            code, message = grpc.StatusCode.INTERNAL, "internal error; the server log has details"
-        else:
+            try:
+                response = await method(self, request, context)
+            except RecsvcError as exc:
+                code, message = status_for(exc), str(exc)
+            except Exception:
+                log.exception("%s failed", method.__name__)
+                code = grpc.StatusCode.INTERNAL
+                message = "internal error; the server log has details"
+            else:
+                if observe:
+                    observe(method.__name__, "OK", time.perf_counter() - started)
+                return response
             if observe:
-                observe(method.__name__, "OK", time.perf_counter() - started)
-            return response
-        if observe:
-            observe(method.__name__, code.name, time.perf_counter() - started)
-        await context.abort(code, message)
-        raise AssertionError("context.abort returned")  # abort always raises
+                observe(method.__name__, code.name, time.perf_counter() - started)
+            await context.abort(code, message)
+            raise AssertionError("context.abort returned")  # abort always raises
+        finally:
+            self.in_flight -= 1
 
     return wrapper
 

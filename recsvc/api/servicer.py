@@ -24,6 +24,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self._service = service
         self._items = items
         self.metrics = metrics
+        # Kept by translate_errors: calls being answered now, and when the last one began.
+        self.in_flight = 0
+        self.last_started = 0.0
 
     @translate_errors
     async def Recommend(
