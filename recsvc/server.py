@@ -3,7 +3,8 @@
 Start-up order: bind the port with health NOT_SERVING, load and verify the latest model, turn
 health SERVING, print ``listening on HOST:PORT``. While serving, a watcher swaps in new model
 versions. Shutdown (SIGTERM or SIGINT): health NOT_SERVING, keep serving ``drain_seconds`` so
-load balancers notice, then ``stop(grace)``.
+load balancers notice, then hold new calls until they stop arriving, ``stop(grace)``, and
+answer the held ones UNAVAILABLE (recsvc.api.gate says why).
 
 Health services: ``""`` and ``recsvc.v1.Recommender`` (liveness and readiness: the model is
 loaded and answering) stay SERVING while the user store is down, because answers continue from
@@ -17,7 +18,6 @@ import contextlib
 import logging
 import signal
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,20 +169,20 @@ def query_index_params(settings: Settings) -> IndexParams:
     )
 
 
-async def quiet_moment(servicer: RecommenderServicer, limit: float) -> None:
-    """Wait (at most ``limit`` seconds) for a moment when no Recommender call is being answered
-    and none began in the last few milliseconds. gRPC core ends calls that arrived but were
-    not yet taken up when shutdown starts with CANCELLED instead of UNAVAILABLE
-    (grpc/grpc#41785); grpc.aio takes calls up one at a time, so such calls exist only around
-    others. Stopping in a quiet moment keeps clients that still call after readiness flipped
-    seeing UNAVAILABLE."""
-    for _ in range(max(1, int(limit / 0.001))):
-        if not servicer.in_flight and time.monotonic() - servicer.last_started > _QUIET_SECONDS:
-            return
-        await asyncio.sleep(0.001)
+async def stop_server(handle: ServerHandle, grace: float) -> None:
+    """Shut the server down, letting calls being answered finish within ``grace``; the calls
+    held by the gate are answered UNAVAILABLE only once shutdown has begun, so that the
+    server's GOAWAY reaches their connections before the answer and the clients' retries go
+    elsewhere instead of ending CANCELLED here."""
+    stopping = asyncio.get_running_loop().create_task(handle.server.stop(grace))
+    await asyncio.sleep(_GOAWAY_HEAD_START_SECONDS)
+    handle.servicer.gate.release()
+    await stopping
 
 
-_QUIET_SECONDS = 0.003
+# No call for this long after the gate closed: the clients left are all waiting on held calls.
+_QUIET_SECONDS = 0.03
+_GOAWAY_HEAD_START_SECONDS = 0.02
 
 
 async def set_health(handle: ServerHandle, status: int) -> None:
@@ -275,15 +275,13 @@ async def serve(settings: Settings, announce: bool = True) -> None:
         log.info("shutting down: NOT_SERVING, draining for %.1fs", settings.server.drain_seconds)
         await set_health(handle, NOT_SERVING)
         await asyncio.sleep(settings.server.drain_seconds)
-        # Calls still arriving get a clean UNAVAILABLE from us rather than being cut off by
-        # the transport; then the server stops, letting in-flight calls finish.
-        service.accepting = False
-        await asyncio.sleep(min(0.2, settings.server.grace_seconds))
+        # Hold what still arrives until the stream of calls dries up (recsvc.api.gate).
+        handle.servicer.gate.hold()
+        await handle.servicer.gate.settled(_QUIET_SECONDS, settings.server.grace_seconds / 2)
     finally:
         for task in background:
             task.cancel()
-        await quiet_moment(handle.servicer, settings.server.grace_seconds / 2)
-        await handle.server.stop(settings.server.grace_seconds)
+        await stop_server(handle, settings.server.grace_seconds)
         await store.close()
         await events.close()
         await item_log.close()

@@ -2,7 +2,8 @@
 it (and times every call for the metrics).
 
 Nothing escapes a servicer as UNKNOWN: a RecsvcError gets its code and message; anything else is
-logged with its traceback and answered INTERNAL.
+logged with its traceback and answered INTERNAL. Every call passes the servicer's shutdown gate
+(recsvc.api.gate) first.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from recsvc.api.gate import CallGate
 from recsvc.errors import (
     ArtifactError,
     ConfigError,
@@ -51,6 +53,8 @@ def status_for(error: RecsvcError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+SHUTTING_DOWN = "shutting down; retry on another replica"
+
 Request = TypeVar("Request")
 Response = TypeVar("Response")
 Handler = Callable[[Any, Request, grpc.aio.ServicerContext[Request, Response]], Awaitable[Response]]
@@ -66,8 +70,14 @@ def translate_errors(method: Handler[Request, Response]) -> Handler[Request, Res
         started = time.perf_counter()
         observe = getattr(getattr(self, "metrics", None), "observe_rpc", None)
         request_id.set(_request_id(context))
-        self.in_flight += 1
-        self.last_started = time.monotonic()
+        gate: CallGate = self.gate
+        gate.arrived()
+        if gate.holding:
+            await gate.wait_for_release(context.time_remaining())
+            if observe:
+                observe(method.__name__, "UNAVAILABLE", time.perf_counter() - started)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+        gate.active += 1
         try:
             try:
                 response = await method(self, request, context)
@@ -86,7 +96,7 @@ def translate_errors(method: Handler[Request, Response]) -> Handler[Request, Res
             await context.abort(code, message)
             raise AssertionError("context.abort returned")  # abort always raises
         finally:
-            self.in_flight -= 1
+            gate.active -= 1
 
     return wrapper
 

@@ -8,6 +8,7 @@ from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
 from recsvc.api import convert
 from recsvc.api.errors import translate_errors
+from recsvc.api.gate import CallGate
 from recsvc.core.items import ItemService
 from recsvc.core.service import RecommendationService
 from recsvc.metrics import Metrics
@@ -24,9 +25,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self._service = service
         self._items = items
         self.metrics = metrics
-        # Kept by translate_errors: calls being answered now, and when the last one began.
-        self.in_flight = 0
-        self.last_started = 0.0
+        # Every call passes it (translate_errors); it holds calls at the end of a shutdown.
+        self.gate = CallGate()
 
     @translate_errors
     async def Recommend(

@@ -90,7 +90,6 @@ class RecommendationService:
         self.store_timeout = store_timeout
         self.visual_weight = visual_weight
         self.stats = ServiceStats()
-        self.accepting = True
         self.on_store_status = on_store_status or (lambda healthy: None)
         self._background: set[asyncio.Task[None]] = set()
         self._recommend_batcher = MicroBatcher(self._recommend_together)
@@ -98,9 +97,7 @@ class RecommendationService:
     # --------------------------------------------------------------------------- queries
 
     def current(self) -> Recommender:
-        """The model answering now; Unavailable while starting or shutting down."""
-        if not self.accepting:
-            raise Unavailable("shutting down; retry on another replica")
+        """The model answering now; Unavailable until one is loaded."""
         return self.holder.current()
 
     async def recommend(

@@ -173,7 +173,7 @@ def test_sigterm_under_load_fails_only_with_unavailable_after_readiness_flips(
     args = ["serve", "--model-store", str(model_store), "--port", "0"]
     users = [f"u{n:05d}" for n in range(300)]
     with running_server(args, env) as proc:
-        with load_on(proc.target, users, limit_s=30) as load:
+        with load_on(proc.target, users, threads=8, limit_s=30) as load:
             time.sleep(0.5)
             sent = time.monotonic()
             proc.process.send_signal(signal.SIGTERM)
