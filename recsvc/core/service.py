@@ -182,21 +182,19 @@ class RecommendationService:
         by_user: dict[str, list[Interaction]],
         time_left: float | None,
     ) -> None:
-        """Histories first, then one batched fold-in for all users, then their vectors. The
-        store gets its per-call budget once per user, within most of the request's deadline."""
+        """All users' histories in one store round trip, then one batched fold-in, then all
+        their vectors in another. The store's budget grows with the number of users (the
+        round trips carry that much work), within most of the request's deadline."""
         budget = self.store_timeout * max(1, len(by_user))
         if time_left is not None:
             budget = max(0.001, min(budget, time_left * 0.8))
-        histories: dict[str, dict[str, float]] = {}
         try:
             async with asyncio.timeout(budget):
-                for user_id, events in by_user.items():
-                    histories[user_id] = await self.store.add_history(user_id, events)
+                histories = await self.store.add_histories(by_user)
                 started = time.perf_counter()
                 vectors = recommender.fold_in_users(histories)
                 self.stats.observe_fold_in(time.perf_counter() - started, len(vectors))
-                for user_id, vector in vectors.items():
-                    await self.store.put_vector(user_id, recommender.version, vector)
+                await self.store.put_vectors(recommender.version, vectors)
             self.on_store_status(True)
         except (StoreUnavailable, TimeoutError) as exc:
             self.stats.store_errors += 1
@@ -256,7 +254,7 @@ class RecommendationService:
     ) -> None:
         try:
             async with asyncio.timeout(self.store_timeout):
-                await self.store.put_vector(user_id, version, vector)
+                await self.store.put_vectors(version, {user_id: vector})
         except (StoreUnavailable, TimeoutError):
             self.stats.store_errors += 1
 

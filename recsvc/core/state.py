@@ -6,6 +6,7 @@ constructor (Redis-backed in production, in-process in embedded mode and where t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -69,12 +70,17 @@ class UserStateStore(Protocol):
         """:meth:`get_state` of many users, in order, in one round trip where it can."""
         ...
 
-    async def put_vector(
-        self, user_id: str, model_version: str, vector: npt.NDArray[np.float32]
-    ) -> None: ...
+    async def put_vectors(
+        self, model_version: str, vectors: Mapping[str, npt.NDArray[np.float32]]
+    ) -> None:
+        """Store each user's vector for this model version, in one round trip where it can."""
+        ...
 
-    async def add_history(self, user_id: str, interactions: list[Interaction]) -> dict[str, float]:
-        """Add interactions to the user's history; return the updated history."""
+    async def add_histories(
+        self, interactions_by_user: Mapping[str, list[Interaction]]
+    ) -> dict[str, dict[str, float]]:
+        """Add each user's interactions to their history, in one round trip where it can;
+        return the updated histories."""
         ...
 
     async def ping(self) -> bool: ...

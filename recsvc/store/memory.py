@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 import numpy as np
@@ -49,15 +49,29 @@ class InMemoryUserStore:
     async def get_states(self, user_ids: list[str], model_version: str) -> list[UserState]:
         return [await self.get_state(user_id, model_version) for user_id in user_ids]
 
-    async def put_vector(
-        self, user_id: str, model_version: str, vector: npt.NDArray[np.float32]
+    async def put_vectors(
+        self, model_version: str, vectors: Mapping[str, npt.NDArray[np.float32]]
     ) -> None:
-        self._vectors[(user_id, model_version)] = (self._clock() + self.vector_ttl, vector.copy())
-        self._vectors.move_to_end((user_id, model_version))
+        expires_at = self._clock() + self.vector_ttl
+        for user_id, vector in vectors.items():
+            self._vectors[(user_id, model_version)] = (expires_at, vector.copy())
+            self._vectors.move_to_end((user_id, model_version))
         self._bound(self._vectors)
 
-    async def add_history(self, user_id: str, interactions: list[Interaction]) -> dict[str, float]:
+    async def add_histories(
+        self, interactions_by_user: Mapping[str, list[Interaction]]
+    ) -> dict[str, dict[str, float]]:
         now = self._clock()
+        histories = {
+            user_id: self._add_history(user_id, interactions, now)
+            for user_id, interactions in interactions_by_user.items()
+        }
+        self._bound(self._history)
+        return histories
+
+    def _add_history(
+        self, user_id: str, interactions: list[Interaction], now: float
+    ) -> dict[str, float]:
         weights, latest = self._live(self._history, user_id, now) or ({}, {})
         for event in interactions:
             item = event.item_id
@@ -69,7 +83,6 @@ class InMemoryUserStore:
             latest = {item: latest[item] for item in newest}
         self._history[user_id] = (now + self.history_ttl, (weights, latest))
         self._history.move_to_end(user_id)
-        self._bound(self._history)
         return dict(weights)
 
     async def ping(self) -> bool:

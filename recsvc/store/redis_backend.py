@@ -14,7 +14,7 @@ Redis failures become StoreUnavailable.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
@@ -138,22 +138,42 @@ class RedisUserStore:
             for vector, history in zip(replies[::2], replies[1::2], strict=True)
         ]
 
-    async def put_vector(
-        self, user_id: str, model_version: str, vector: npt.NDArray[np.float32]
+    async def put_vectors(
+        self, model_version: str, vectors: Mapping[str, npt.NDArray[np.float32]]
     ) -> None:
-        key = vector_key(self._prefix, user_id, model_version)
-        await _checked(
-            self._redis.set(key, vector_to_bytes(vector, self.vector_encoding), ex=self.vector_ttl),
-            "writing a user vector",
-        )
+        async def write() -> None:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for user_id, vector in vectors.items():
+                    key = vector_key(self._prefix, user_id, model_version)
+                    data = vector_to_bytes(vector, self.vector_encoding)
+                    pipe.set(key, data, ex=self.vector_ttl)
+                await pipe.execute()
 
-    async def add_history(self, user_id: str, interactions: list[Interaction]) -> dict[str, float]:
-        args: list[Any] = [self.history_ttl, self.history_max_items]
-        for event in interactions:
-            args += [event.item_id, event.weight, event.timestamp_ms]
-        keys = [self._key(user_id, "h"), self._key(user_id, "t")]
-        flat = await _checked(self._add_history(keys=keys, args=args), "updating a user history")
-        return _decode_history(dict(zip(flat[::2], flat[1::2], strict=True)))
+        if vectors:
+            await _checked(write(), "writing user vectors")
+
+    async def add_histories(
+        self, interactions_by_user: Mapping[str, list[Interaction]]
+    ) -> dict[str, dict[str, float]]:
+        """One script call per user (its keys share a slot), all in one pipeline."""
+
+        async def update() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for user_id, interactions in interactions_by_user.items():
+                    args: list[Any] = [self.history_ttl, self.history_max_items]
+                    for event in interactions:
+                        args += [event.item_id, event.weight, event.timestamp_ms]
+                    keys = [self._key(user_id, "h"), self._key(user_id, "t")]
+                    await self._add_history(keys=keys, args=args, client=pipe)  # buffered
+                return await pipe.execute()  # type: ignore[no-any-return]
+
+        if not interactions_by_user:
+            return {}
+        replies = await _checked(update(), "updating user histories")
+        return {
+            user_id: _decode_history(dict(zip(flat[::2], flat[1::2], strict=True)))
+            for user_id, flat in zip(interactions_by_user, replies, strict=True)
+        }
 
     async def ping(self) -> bool:
         try:

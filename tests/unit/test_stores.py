@@ -38,11 +38,13 @@ def test_memory_store_history_is_bounded_and_expires() -> None:
 
     async def scenario() -> None:
         events = [interaction("u", f"i{n}", f"e{n}", ts=n) for n in range(5)]
-        history = await store.add_history("u", events[:2])
+        history = (await store.add_histories({"u": events[:2]}))["u"]
         assert history == {"i0": 1.0, "i1": 1.0}
-        history = await store.add_history("u", [*events[2:], interaction("u", "i4", "x", 2.0, 9)])
+        history = (
+            await store.add_histories({"u": [*events[2:], interaction("u", "i4", "x", 2.0, 9)]})
+        )["u"]
         assert history == {"i2": 1.0, "i3": 1.0, "i4": 3.0}  # newest 3 kept, weights summed
-        await store.put_vector("u", "v1", np.ones(4, np.float32))
+        await store.put_vectors("v1", {"u": np.ones(4, np.float32)})
         state = await store.get_state("u", "v1")
         assert state.vector is not None and state.history["i4"] == 3.0
         assert (await store.get_state("u", "v2")).vector is None  # other model version
@@ -51,7 +53,7 @@ def test_memory_store_history_is_bounded_and_expires() -> None:
         now[0] = 20.0
         assert (await store.get_state("u", "v1")).history == {}  # history TTL passed
         for user in ("a", "b", "c"):
-            await store.add_history(user, [interaction(user, "i", user)])
+            await store.add_histories({user: [interaction(user, "i", user)]})
         assert (await store.get_state("a", "v1")).history == {}  # least recent user dropped
 
     asyncio.run(scenario())
@@ -104,10 +106,12 @@ def test_redis_store_keys_carry_ttls_hash_tags_and_stay_small(redis_url: str) ->
         client = connect(redis_url, timeout=1.0, connect_timeout=1.0)
         store = RedisUserStore(client, "rs", history_max_items=3, history_ttl=600, vector_ttl=300)
         vector = np.arange(64, dtype=np.float32)
-        await store.put_vector("user-1", "v7", vector)
-        history = await store.add_history(
-            "user-1", [interaction("user-1", f"i{n}", f"e{n}", ts=n) for n in range(5)]
-        )
+        await store.put_vectors("v7", {"user-1": vector})
+        history = (
+            await store.add_histories(
+                {"user-1": [interaction("user-1", f"i{n}", f"e{n}", ts=n) for n in range(5)]}
+            )
+        )["user-1"]
         assert history == {"i2": 1.0, "i3": 1.0, "i4": 1.0}
         state = await store.get_state("user-1", "v7")
         assert state.vector is not None and np.array_equal(state.vector, vector)
@@ -126,10 +130,17 @@ def test_redis_store_reads_many_users_in_order_in_one_call(redis_url: str) -> No
     async def scenario() -> None:
         client = connect(redis_url, timeout=1.0, connect_timeout=1.0)
         store = RedisUserStore(client, "rm", history_max_items=10, history_ttl=600, vector_ttl=300)
-        await store.put_vector("a", "v1", np.full(8, 1.0, np.float32))
-        await store.put_vector("c", "v1", np.full(8, 3.0, np.float32))
-        await store.put_vector("c", "v0", np.full(8, 9.0, np.float32))  # another version
-        await store.add_history("b", [interaction("b", "i1", "e1", weight=2.0)])
+        vectors = {"a": np.full(8, 1.0, np.float32), "c": np.full(8, 3.0, np.float32)}
+        await store.put_vectors("v1", vectors)
+        await store.put_vectors("v0", {"c": np.full(8, 9.0, np.float32)})  # another version
+        histories = await store.add_histories(
+            {
+                "b": [interaction("b", "i1", "e1", weight=2.0)],
+                "c": [interaction("c", "i2", "e2"), interaction("c", "i2", "e3", ts=2)],
+            }
+        )
+        assert histories == {"b": {"i1": 2.0}, "c": {"i2": 2.0}}
+        assert await store.add_histories({}) == {}
         states = await store.get_states(["c", "b", "a", "nobody"], "v1")
         assert [s.vector[0] if s.vector is not None else None for s in states] == [
             3.0,
@@ -137,7 +148,7 @@ def test_redis_store_reads_many_users_in_order_in_one_call(redis_url: str) -> No
             1.0,
             None,
         ]
-        assert [s.history for s in states] == [{}, {"i1": 2.0}, {}, {}]
+        assert [s.history for s in states] == [{"i2": 2.0}, {"i1": 2.0}, {}, {}]
         await store.close()
 
     asyncio.run(scenario())
@@ -156,7 +167,7 @@ def test_redis_memory_per_cached_vector(redis_url: str, encoding: str, budget: i
         client = connect(redis_url, timeout=1.0, connect_timeout=1.0)
         store = RedisUserStore(client, "recsvc", 3, 600, 300, vector_encoding=encoding)
         vector = np.linspace(-1, 1, 64, dtype=np.float32)
-        await store.put_vector("u0012345", "v20261125-123025-401536", vector)
+        await store.put_vectors("v20261125-123025-401536", {"u0012345": vector})
         state = await store.get_state("u0012345", "v20261125-123025-401536")
         assert state.vector is not None
         np.testing.assert_allclose(state.vector, vector, atol=1e-3)
