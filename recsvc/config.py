@@ -110,6 +110,13 @@ class StoreSettings(_Section):
     timeout_seconds: float = Field(
         0.05, gt=0, le=10, description="Longest wait for the user store in one request."
     )
+    event_log_timeout_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=30,
+        description="Longest wait for a durable append to the Redis event log (the request's "
+        "deadline bounds it too); longer than timeout_seconds, as a lost append fails the call.",
+    )
     connect_timeout_seconds: float = Field(0.5, gt=0, le=30, description="Redis connect timeout.")
     retries: int = Field(
         1, ge=0, le=10, description="Quick retries of a failed Redis command, within the deadline."

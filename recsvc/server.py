@@ -111,9 +111,14 @@ def build_state(settings: Settings) -> tuple[UserStateStore, EventLog, ItemLog]:
             s.vector_ttl_seconds,
             s.vector_encoding,
         )
+        # The event log has a client of its own: its appends may wait longer than reads of
+        # rebuildable state (under load a 500-event append queues behind other scripts).
+        log_client = connect(
+            settings.redis_url, s.event_log_timeout_seconds, s.connect_timeout_seconds, s.retries
+        )
         return (
             store,
-            RedisEventLog(client, s.key_prefix, s.dedupe_ttl_seconds),
+            RedisEventLog(log_client, s.key_prefix, s.dedupe_ttl_seconds),
             RedisItemLog(client, s.key_prefix),
         )
     memory = InMemoryUserStore(

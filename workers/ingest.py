@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 import redis
 
 from recsvc.core.state import Interaction
+from recsvc.durable import fsync_path, replace_atomically
 from recsvc.store.codec import (
     COLUMNS,
     EventColumns,
@@ -74,9 +75,9 @@ class InteractionStore:
         temporary = directory / f".{final.name}.{os.getpid()}.tmp"
         table = pa.table({name: pa.array(columns[name]) for name in COLUMNS}).cast(SCHEMA)
         pq.write_table(table, temporary)
-        _fsync(temporary)
+        fsync_path(temporary)
         os.rename(temporary, final)
-        _fsync(directory)
+        fsync_path(directory)
         return final
 
     def parts(self) -> list[Path]:
@@ -150,12 +151,8 @@ class FileLogIngester:
 
     def _save_checkpoint(self, offset: int) -> None:
         self.store.root.mkdir(parents=True, exist_ok=True)
-        path = self.store.root / CHECKPOINT
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps({"source": str(self.log_path), "offset": offset}))
-        _fsync(temporary)
-        os.replace(temporary, path)
-        _fsync(self.store.root)
+        content = json.dumps({"source": str(self.log_path), "offset": offset})
+        replace_atomically(self.store.root / CHECKPOINT, content.encode())
 
 
 class RedisStreamIngester:
@@ -217,11 +214,3 @@ class RedisStreamIngester:
             if not response or not response[0][1]:
                 return
             yield response[0][1]
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

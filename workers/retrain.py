@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import pyarrow as pa
 from recsvc.artifacts import ModelStore
 from recsvc.config import IndexSettings, TrainSettings
 from recsvc.core.state import StoredItem
+from recsvc.durable import replace_atomically
 from workers.embedding_table import EmbeddingTable
 from workers.evaluate import Protocol
 from workers.ingest import InteractionStore
@@ -196,10 +196,8 @@ class TrainWorker:
 
     def _save_state(self, count: int) -> None:
         self.events.root.mkdir(parents=True, exist_ok=True)
-        path = self.events.root / STATE
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps({"events": count, "trained_at": time.time()}))
-        os.replace(temporary, path)
+        content = json.dumps({"events": count, "trained_at": time.time()})
+        replace_atomically(self.events.root / STATE, content.encode())
 
 
 def _aligned(

@@ -39,6 +39,7 @@ from recsvc.artifacts.manifest import (
 )
 from recsvc.core.model import NO_CATEGORY, IdMap, Model, ModelInfo, VisualPart
 from recsvc.core.projection import Projection, VisualAdapter
+from recsvc.durable import fsync_path, replace_atomically, write_durably
 from recsvc.errors import ArtifactError
 from recsvc.index import IndexParams, ItemIndex
 
@@ -210,11 +211,11 @@ class ModelStore:
             manifest = _manifest_for(
                 model, index_params, {n: file_entry(staging / n) for n in files}
             )
-            _write_durably(staging / MANIFEST_NAME, manifest.model_dump_json(indent=2).encode())
-            _fsync_dir(staging)
+            write_durably(staging / MANIFEST_NAME, manifest.model_dump_json(indent=2).encode())
+            fsync_path(staging)
             self.versions_dir.mkdir(parents=True, exist_ok=True)
             os.rename(staging, final)
-            _fsync_dir(self.versions_dir)
+            fsync_path(self.versions_dir)
         self.point_latest_to(version)
         log.info("published model %s to %s", version, final)
         return final
@@ -222,10 +223,7 @@ class ModelStore:
     def point_latest_to(self, version: str) -> None:
         """Atomically switch LATEST to ``version`` (which must verify)."""
         self.verify(version)
-        temporary = self.root / f".{LATEST_NAME}.{os.getpid()}.tmp"
-        _write_durably(temporary, f"{version}\n".encode())
-        os.replace(temporary, self.root / LATEST_NAME)
-        _fsync_dir(self.root)
+        replace_atomically(self.root / LATEST_NAME, f"{version}\n".encode())
 
     def delete(self, version: str) -> None:
         """Remove a published version; the one LATEST points to cannot be removed."""
@@ -308,7 +306,7 @@ def _write_model_files(directory: Path, model: Model) -> list[str]:
         visual.index.save_hnsw(directory / VISUAL_INDEX)
         names.append(VISUAL_INDEX)
     for name in names:
-        _fsync_file(directory / name)
+        fsync_path(directory / name)
     return names
 
 
@@ -477,23 +475,3 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _write_durably(path: Path, content: bytes) -> None:
-    with path.open("wb") as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _fsync_file(path: Path) -> None:
-    with path.open("rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

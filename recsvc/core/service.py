@@ -165,10 +165,11 @@ class RecommendationService:
         recommender = self.current()
         interactions = validate_interactions(raw, recommender.limits, self.event_weights)
         try:
-            result = await self.events.append(interactions)
-        except StoreUnavailable as exc:
+            async with asyncio.timeout(None if time_left is None else time_left * 0.8):
+                result = await self.events.append(interactions)
+        except (StoreUnavailable, TimeoutError) as exc:
             raise Unavailable(
-                f"interactions: not recorded, the event log is unavailable ({exc})"
+                f"interactions: not recorded, the event log is unavailable ({exc or 'timed out'})"
             ) from exc
         by_user: dict[str, list[Interaction]] = defaultdict(list)
         for event in result.accepted:

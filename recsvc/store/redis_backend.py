@@ -1,12 +1,16 @@
 """Redis backends: user state (vectors, bounded histories) and the event log (a Stream).
 
 Keys carry a hash tag so that each user's keys, and all event-log keys, share a Redis Cluster
-slot (which the Lua scripts need):
+slot:
 
     {prefix}:{u:<user>}:v:<model version>   float32 vector bytes, TTL
     {prefix}:{u:<user>}:h / :t              history: item -> weight (hash), item -> time (zset)
     {prefix}:{ev}:stream                    the event stream (XADD)
     {prefix}:{ev}:id:<event_id>             idempotency marker, TTL
+
+RecordInteractions updates many users at once with scripts that each take USERS_PER_SCRIPT
+users' keys: fine on one Redis server (the client here); a Redis Cluster client would need
+the users of one script grouped by slot (or one user per script, which the key layout allows).
 
 Sockets have timeouts; callers bound each call by the request's deadline (asyncio.timeout);
 Redis failures become StoreUnavailable.
@@ -14,7 +18,7 @@ Redis failures become StoreUnavailable.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
@@ -30,25 +34,47 @@ from recsvc.store.codec import interaction_to_json, vector_from_bytes, vector_to
 
 T = TypeVar("T")
 
-# Add interactions to a user's history and keep only the newest ARGV[2] items, atomically.
-_ADD_HISTORY = """
-local weights, times = KEYS[1], KEYS[2]
+# Add interactions to the histories of several users (KEYS: weights and times of each user;
+# ARGV: ttl, keep, then per user a count n and n triples item, weight, timestamp) and keep only
+# the newest `keep` items of each; return each user's history (HGETALL), in order.
+_ADD_HISTORIES = """
 local ttl, keep = tonumber(ARGV[1]), tonumber(ARGV[2])
-for i = 3, #ARGV, 3 do
-  redis.call('HINCRBYFLOAT', weights, ARGV[i], ARGV[i + 1])
-  redis.call('ZADD', times, 'GT', ARGV[i + 2], ARGV[i])
-  redis.call('ZADD', times, 'NX', ARGV[i + 2], ARGV[i])
+local at, out = 3, {}
+for u = 1, #KEYS, 2 do
+  local weights, times = KEYS[u], KEYS[u + 1]
+  local n = tonumber(ARGV[at])
+  for i = at + 1, at + 3 * n, 3 do
+    redis.call('HINCRBYFLOAT', weights, ARGV[i], ARGV[i + 1])
+    redis.call('ZADD', times, 'GT', ARGV[i + 2], ARGV[i])
+    redis.call('ZADD', times, 'NX', ARGV[i + 2], ARGV[i])
+  end
+  at = at + 1 + 3 * n
+  local size = redis.call('ZCARD', times)
+  if size > keep then
+    local old = redis.call('ZRANGE', times, 0, size - keep - 1)
+    redis.call('ZREMRANGEBYRANK', times, 0, size - keep - 1)
+    redis.call('HDEL', weights, unpack(old))
+  end
+  redis.call('EXPIRE', weights, ttl)
+  redis.call('EXPIRE', times, ttl)
+  out[#out + 1] = redis.call('HGETALL', weights)
 end
-local n = redis.call('ZCARD', times)
-if n > keep then
-  local old = redis.call('ZRANGE', times, 0, n - keep - 1)
-  redis.call('ZREMRANGEBYRANK', times, 0, n - keep - 1)
-  redis.call('HDEL', weights, unpack(old))
-end
-redis.call('EXPIRE', weights, ttl)
-redis.call('EXPIRE', times, ttl)
-return redis.call('HGETALL', weights)
+return out
 """
+
+# SET each KEYS[i] to ARGV[i + 1] with a TTL of ARGV[1] seconds.
+_SET_VECTORS = """
+local ttl = ARGV[1]
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ttl)
+end
+return #KEYS
+"""
+
+# Users per script call: few enough that one call blocks Redis for about a millisecond (other
+# clients' reads wait behind a script), many enough that the client's per-command cost, which
+# dominated RecordInteractions in Redis mode, is paid rarely.
+USERS_PER_SCRIPT = 64
 
 # Append the events whose id is new; return their positions (1-based) in the batch.
 _APPEND_EVENTS = """
@@ -110,7 +136,8 @@ class RedisUserStore:
         self.history_max_items = history_max_items
         self.history_ttl = history_ttl
         self.vector_ttl = vector_ttl
-        self._add_history = client.register_script(_ADD_HISTORY)
+        self._add_histories = client.register_script(_ADD_HISTORIES)
+        self._set_vectors = client.register_script(_SET_VECTORS)
 
     def _key(self, user_id: str, suffix: str) -> str:
         return user_key(self._prefix, user_id, suffix)
@@ -141,12 +168,14 @@ class RedisUserStore:
     async def put_vectors(
         self, model_version: str, vectors: Mapping[str, npt.NDArray[np.float32]]
     ) -> None:
+        """A few users per script call (USERS_PER_SCRIPT), all calls in one pipeline."""
+
         async def write() -> None:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for user_id, vector in vectors.items():
-                    key = vector_key(self._prefix, user_id, model_version)
-                    data = vector_to_bytes(vector, self.vector_encoding)
-                    pipe.set(key, data, ex=self.vector_ttl)
+                for chunk in _chunks(list(vectors.items())):
+                    keys = [vector_key(self._prefix, user, model_version) for user, _ in chunk]
+                    values = [vector_to_bytes(v, self.vector_encoding) for _, v in chunk]
+                    await self._set_vectors(keys=keys, args=[self.vector_ttl, *values], client=pipe)
                 await pipe.execute()
 
         if vectors:
@@ -155,24 +184,28 @@ class RedisUserStore:
     async def add_histories(
         self, interactions_by_user: Mapping[str, list[Interaction]]
     ) -> dict[str, dict[str, float]]:
-        """One script call per user (its keys share a slot), all in one pipeline."""
+        """A few users per script call (USERS_PER_SCRIPT), all calls in one pipeline."""
 
         async def update() -> list[Any]:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for user_id, interactions in interactions_by_user.items():
+                for chunk in _chunks(list(interactions_by_user.items())):
+                    keys: list[str] = []
                     args: list[Any] = [self.history_ttl, self.history_max_items]
-                    for event in interactions:
-                        args += [event.item_id, event.weight, event.timestamp_ms]
-                    keys = [self._key(user_id, "h"), self._key(user_id, "t")]
-                    await self._add_history(keys=keys, args=args, client=pipe)  # buffered
+                    for user_id, interactions in chunk:
+                        keys += [self._key(user_id, "h"), self._key(user_id, "t")]
+                        args.append(len(interactions))
+                        for event in interactions:
+                            args += [event.item_id, event.weight, event.timestamp_ms]
+                    await self._add_histories(keys=keys, args=args, client=pipe)  # buffered
                 return await pipe.execute()  # type: ignore[no-any-return]
 
         if not interactions_by_user:
             return {}
         replies = await _checked(update(), "updating user histories")
+        flats = [flat for reply in replies for flat in reply]
         return {
             user_id: _decode_history(dict(zip(flat[::2], flat[1::2], strict=True)))
-            for user_id, flat in zip(interactions_by_user, replies, strict=True)
+            for user_id, flat in zip(interactions_by_user, flats, strict=True)
         }
 
     async def ping(self) -> bool:
@@ -210,7 +243,12 @@ class RedisEventLog:
         return AppendResult(accepted, len(interactions) - len(accepted))
 
     async def close(self) -> None:
-        return None
+        await self._redis.aclose()
+
+
+def _chunks(pairs: list[tuple[str, T]]) -> Iterator[list[tuple[str, T]]]:
+    for start in range(0, len(pairs), USERS_PER_SCRIPT):
+        yield pairs[start : start + USERS_PER_SCRIPT]
 
 
 def _decode_history(raw: dict[Any, Any]) -> dict[str, float]:

@@ -1,0 +1,32 @@
+"""Durable file writes: what a crash (or SIGKILL) at any moment leaves readable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a rename is durable once its directory is synced)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def write_durably(path: Path, content: bytes) -> None:
+    with path.open("wb") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def replace_atomically(path: Path, content: bytes) -> None:
+    """Readers see the old file or the new one, never part of one. The temporary file is
+    hidden (a leading dot) so that a writer killed before the rename leaves nothing that
+    looks like data."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write_durably(temporary, content)
+    os.replace(temporary, path)
+    fsync_path(path.parent)
