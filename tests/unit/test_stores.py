@@ -255,3 +255,35 @@ def test_redis_item_log_is_shared_and_versioned(redis_url: str) -> None:
     before, after, items = asyncio.run(scenario())
     assert before != after
     assert items["b"].category == "bags" and items["a"].attributes == {"colour": "red"}
+
+
+def test_redis_store_updates_users_across_script_chunks(redis_url: str) -> None:
+    """More users than one script call takes: every user gets their own history and vector
+    back, in order, whatever chunk they fell in."""
+    from recsvc.store.redis_backend import USERS_PER_SCRIPT
+
+    redis.Redis.from_url(redis_url).flushdb()
+    users = [f"user{n}" for n in range(2 * USERS_PER_SCRIPT + 7)]
+
+    async def scenario() -> None:
+        client = connect(redis_url, timeout=1.0, connect_timeout=1.0)
+        store = RedisUserStore(client, "rc", history_max_items=2, history_ttl=600, vector_ttl=300)
+        by_user = {
+            user: [interaction(user, f"i{n}-{k}", f"{user}-{k}", ts=k) for k in range(n % 4)]
+            for n, user in enumerate(users)
+        }
+        histories = await store.add_histories(by_user)
+        assert list(histories) == users
+        for n, user in enumerate(users):
+            expected = {f"i{n}-{k}": 1.0 for k in range(n % 4)}
+            if len(expected) > 2:  # only the newest two items are kept
+                del expected[f"i{n}-0"]
+            assert histories[user] == expected
+        await store.put_vectors("v1", {u: np.full(4, n, np.float32) for n, u in enumerate(users)})
+        states = await store.get_states(users, "v1")
+        assert [int(s.vector[0]) if s.vector is not None else -1 for s in states] == list(
+            range(len(users))
+        )
+        await store.close()
+
+    asyncio.run(scenario())
