@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -22,11 +23,17 @@ def write_durably(path: Path, content: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def replace_atomically(path: Path, content: bytes) -> None:
-    """Readers see the old file or the new one, never part of one. The temporary file is
-    hidden (a leading dot) so that a writer killed before the rename leaves nothing that
-    looks like data."""
+def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Readers see the old file or the new one, never part of one, also after a crash:
+    ``write`` fills a temporary file beside ``path``, which is fsynced, renamed over it, and
+    the directory fsynced. The temporary file is hidden (a leading dot) so that a writer
+    killed before the rename leaves nothing that looks like data."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write_durably(temporary, content)
+    write(temporary)
+    fsync_path(temporary)
     os.replace(temporary, path)
     fsync_path(path.parent)
+
+
+def replace_bytes_atomically(path: Path, content: bytes) -> None:
+    replace_atomically(path, lambda temporary: temporary.write_bytes(content))

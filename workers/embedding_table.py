@@ -15,6 +15,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recsvc.durable import replace_atomically
 from recsvc.errors import DataError
 from recsvc.index import normalise_rows
 
@@ -73,11 +74,7 @@ class EmbeddingTable:
         for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # from a killed writer
             if leftover.name != f".{path.name}.{os.getpid()}.tmp":
                 leftover.unlink(missing_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        pq.write_table(table, temporary)
-        with temporary.open("rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        replace_atomically(path, lambda temporary: pq.write_table(table, temporary))
 
     def with_items(self, items: list[tuple[str, str, npt.NDArray[np.float32]]]) -> EmbeddingTable:
         """This table plus ``(item_id, category, raw embedding)`` rows (replacing the same ids),

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import redis
 
 from recsvc.core.state import Interaction
-from recsvc.durable import fsync_path, replace_atomically
+from recsvc.durable import replace_atomically, replace_bytes_atomically
 from recsvc.store.codec import (
     COLUMNS,
     EventColumns,
@@ -72,12 +72,8 @@ class InteractionStore:
         directory = self.root / f"ingest_date={day}"
         directory.mkdir(parents=True, exist_ok=True)
         final = directory / f"part-{first}-{last}.parquet"
-        temporary = directory / f".{final.name}.{os.getpid()}.tmp"
         table = pa.table({name: pa.array(columns[name]) for name in COLUMNS}).cast(SCHEMA)
-        pq.write_table(table, temporary)
-        fsync_path(temporary)
-        os.rename(temporary, final)
-        fsync_path(directory)
+        replace_atomically(final, lambda temporary: pq.write_table(table, temporary))
         return final
 
     def parts(self) -> list[Path]:
@@ -152,7 +148,7 @@ class FileLogIngester:
     def _save_checkpoint(self, offset: int) -> None:
         self.store.root.mkdir(parents=True, exist_ok=True)
         content = json.dumps({"source": str(self.log_path), "offset": offset})
-        replace_atomically(self.store.root / CHECKPOINT, content.encode())
+        replace_bytes_atomically(self.store.root / CHECKPOINT, content.encode())
 
 
 class RedisStreamIngester:

@@ -20,7 +20,7 @@ import pyarrow as pa
 from recsvc.artifacts import ModelStore
 from recsvc.config import IndexSettings, TrainSettings
 from recsvc.core.state import StoredItem
-from recsvc.durable import replace_atomically
+from recsvc.durable import replace_bytes_atomically
 from workers.embedding_table import EmbeddingTable
 from workers.evaluate import Protocol
 from workers.ingest import InteractionStore
@@ -197,7 +197,7 @@ class TrainWorker:
     def _save_state(self, count: int) -> None:
         self.events.root.mkdir(parents=True, exist_ok=True)
         content = json.dumps({"events": count, "trained_at": time.time()})
-        replace_atomically(self.events.root / STATE, content.encode())
+        replace_bytes_atomically(self.events.root / STATE, content.encode())
 
 
 def _aligned(

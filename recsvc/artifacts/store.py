@@ -39,7 +39,7 @@ from recsvc.artifacts.manifest import (
 )
 from recsvc.core.model import NO_CATEGORY, IdMap, Model, ModelInfo, VisualPart
 from recsvc.core.projection import Projection, VisualAdapter
-from recsvc.durable import fsync_path, replace_atomically, write_durably
+from recsvc.durable import fsync_path, replace_bytes_atomically, write_durably
 from recsvc.errors import ArtifactError
 from recsvc.index import IndexParams, ItemIndex
 
@@ -223,7 +223,7 @@ class ModelStore:
     def point_latest_to(self, version: str) -> None:
         """Atomically switch LATEST to ``version`` (which must verify)."""
         self.verify(version)
-        replace_atomically(self.root / LATEST_NAME, f"{version}\n".encode())
+        replace_bytes_atomically(self.root / LATEST_NAME, f"{version}\n".encode())
 
     def delete(self, version: str) -> None:
         """Remove a published version; the one LATEST points to cannot be removed."""

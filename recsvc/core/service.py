@@ -164,6 +164,7 @@ class RecommendationService:
         is recomputed from the history, or the events reach the next model)."""
         recommender = self.current()
         interactions = validate_interactions(raw, recommender.limits, self.event_weights)
+        deadline = None if time_left is None else time.monotonic() + time_left
         try:
             async with asyncio.timeout(None if time_left is None else time_left * 0.8):
                 result = await self.events.append(interactions)
@@ -174,7 +175,9 @@ class RecommendationService:
         by_user: dict[str, list[Interaction]] = defaultdict(list)
         for event in result.accepted:
             by_user[event.user_id].append(event)
-        await self._update_users(recommender, by_user, time_left)
+        # The users' state gets what the append left of the deadline.
+        left = None if deadline is None else deadline - time.monotonic()
+        await self._update_users(recommender, by_user, left)
         return result
 
     async def _update_users(

@@ -171,7 +171,7 @@ class RedisUserStore:
         flat = [value for reply in replies for value in reply]
         return [
             UserState(
-                _decode_history(dict(zip(history[::2], history[1::2], strict=True))),
+                _decode_history(history),
                 vector_from_bytes(vector, self.vector_encoding) if vector else None,
             )
             for vector, history in zip(flat[::2], flat[1::2], strict=True)
@@ -208,7 +208,7 @@ class RedisUserStore:
         )
         flats = [flat for reply in replies for flat in reply]
         return {
-            user_id: _decode_history(dict(zip(flat[::2], flat[1::2], strict=True)))
+            user_id: _decode_history(flat)
             for user_id, flat in zip(interactions_by_user, flats, strict=True)
         }
 
@@ -273,5 +273,9 @@ async def _run(client: redis.Redis, script: AsyncScript, calls: list[_ScriptCall
         return await pipe.execute()  # type: ignore[no-any-return]
 
 
-def _decode_history(raw: dict[Any, Any]) -> dict[str, float]:
-    return {(k.decode() if isinstance(k, bytes) else str(k)): float(v) for k, v in raw.items()}
+def _decode_history(flat: list[Any]) -> dict[str, float]:
+    """A history from a script's HGETALL reply: item, weight, item, weight, ..."""
+    return {
+        (item.decode() if isinstance(item, bytes) else str(item)): float(weight)
+        for item, weight in zip(flat[::2], flat[1::2], strict=True)
+    }
