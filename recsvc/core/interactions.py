@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
-from recsvc.core.queries import Limits, check_batch_size, check_id
+from recsvc.core.queries import MAX_ID_BYTES, Limits, check_batch_size, check_id
 from recsvc.core.state import EventType, Interaction
 from recsvc.errors import InvalidArgument
 
@@ -16,9 +17,9 @@ _EARLIEST_MS = 946_684_800_000  # 2000-01-01
 _FUTURE_SLACK_MS = 24 * 3600 * 1000
 
 
-@dataclass(frozen=True)
-class RawInteraction:
-    """An interaction as the caller sent it (``event_type`` None: an unknown enum value)."""
+class RawInteraction(NamedTuple):
+    """An interaction as the caller sent it (``event_type`` None: an unknown enum value).
+    A named tuple for the reason :class:`Interaction` is one."""
 
     user_id: str
     item_id: str
@@ -40,28 +41,52 @@ def validate_interactions(
     check_batch_size(len(raw), limits, "interactions")
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     valid: list[Interaction] = []
+    latest_ms = now_ms + _FUTURE_SLACK_MS
     for position, item in enumerate(raw):
-        field = f"interactions[{position}]"
-        check_id(item.user_id, f"{field}.user_id")
-        check_id(item.item_id, f"{field}.item_id")
-        check_id(item.event_id, f"{field}.event_id")
-        if len(item.event_id.encode()) > MAX_EVENT_ID_BYTES:
-            raise InvalidArgument(
-                f"{field}.event_id", f"must be at most {MAX_EVENT_ID_BYTES} bytes"
-            )
-        if item.event_type is None:
-            raise InvalidArgument(f"{field}.event_type", "unknown event type")
-        weight = default_weights[item.event_type] if item.weight is None else item.weight
-        if not (math.isfinite(weight) and weight > 0):
-            raise InvalidArgument(f"{field}.weight", f"must be a positive number, got {weight}")
-        timestamp = item.timestamp_ms or now_ms
-        if not _EARLIEST_MS <= timestamp <= now_ms + _FUTURE_SLACK_MS:
-            raise InvalidArgument(
-                f"{field}.timestamp_ms", f"{timestamp} is not a plausible Unix time in milliseconds"
-            )
+        user_id, item_id, event_type, weight, timestamp, event_id = item
+        if weight is None and event_type is not None:
+            weight = default_weights[event_type]
+        timestamp = timestamp or now_ms
+        # One test for the common case (ASCII ids: their length is their size in bytes);
+        # the field-by-field checks run only to name what failed, or for non-ASCII ids.
+        if not (
+            0 < len(user_id) <= MAX_ID_BYTES
+            and 0 < len(item_id) <= MAX_ID_BYTES
+            and 0 < len(event_id) <= MAX_EVENT_ID_BYTES
+            and user_id.isascii()
+            and item_id.isascii()
+            and event_id.isascii()
+            and event_type is not None
+            and weight is not None
+            and 0 < weight < math.inf
+            and _EARLIEST_MS <= timestamp <= latest_ms
+        ):
+            event_type, weight = _check_interaction(position, item, weight, timestamp, latest_ms)
+        # Item ids interned: a user's history then holds the very string objects of the
+        # model's id map, and fold-in's id -> row lookups hit them in cache.
         valid.append(
-            Interaction(
-                item.user_id, item.item_id, item.event_type, weight, timestamp, item.event_id
-            )
+            Interaction(user_id, sys.intern(item_id), event_type, weight, timestamp, event_id)
         )
     return valid
+
+
+def _check_interaction(
+    position: int, item: RawInteraction, weight: float | None, timestamp: int, latest_ms: int
+) -> tuple[EventType, float]:
+    """Raise InvalidArgument naming the first bad field of ``item``; its event type and
+    weight when it is valid after all (a non-ASCII id within its size in bytes)."""
+    field = f"interactions[{position}]"
+    check_id(item.user_id, f"{field}.user_id")
+    check_id(item.item_id, f"{field}.item_id")
+    check_id(item.event_id, f"{field}.event_id")
+    if len(item.event_id.encode()) > MAX_EVENT_ID_BYTES:
+        raise InvalidArgument(f"{field}.event_id", f"must be at most {MAX_EVENT_ID_BYTES} bytes")
+    if item.event_type is None or weight is None:
+        raise InvalidArgument(f"{field}.event_type", "unknown event type")
+    if not (math.isfinite(weight) and weight > 0):
+        raise InvalidArgument(f"{field}.weight", f"must be a positive number, got {weight}")
+    if not _EARLIEST_MS <= timestamp <= latest_ms:
+        raise InvalidArgument(
+            f"{field}.timestamp_ms", f"{timestamp} is not a plausible Unix time in milliseconds"
+        )
+    return item.event_type, weight

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -21,7 +22,9 @@ class IdMap:
     """Two-way map between the caller's string ids and row numbers 0..n-1."""
 
     def __init__(self, ids: Sequence[str]) -> None:
-        self.ids: list[str] = list(ids)
+        # Interned, as recorded item ids are (recsvc.core.interactions): a lookup of an id
+        # from a stored history then finds the same object, in cache, not an equal copy.
+        self.ids: list[str] = [sys.intern(value) for value in ids]
         self._rows: dict[str, int] = {value: row for row, value in enumerate(self.ids)}
         if len(self._rows) != len(self.ids):
             raise ValueError("ids must be unique")

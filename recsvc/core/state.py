@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -23,9 +23,10 @@ class EventType(StrEnum):
     RATING = "rating"
 
 
-@dataclass(frozen=True)
-class Interaction:
-    """One recorded interaction, validated; ``weight`` is resolved (never None)."""
+class Interaction(NamedTuple):
+    """One recorded interaction, validated; ``weight`` is resolved (never None). A named
+    tuple, not a dataclass: RecordInteractions makes one per event, and a frozen dataclass
+    costs five times as much to construct (~1 us against ~0.2 us)."""
 
     user_id: str
     item_id: str
