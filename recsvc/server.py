@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from threadpoolctl import threadpool_limits
 
 from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
@@ -231,10 +232,18 @@ class StoreHealth:
 # the tail under 10 ms for no measurable loss of throughput.
 GIL_SWITCH_INTERVAL_SECONDS = 0.0005
 
+# BLAS kept to one thread per process (the tests and benches set OPENBLAS_NUM_THREADS=1; this
+# makes it the server's own default): serving's matrix products are small (a micro-batch of
+# queries against the exact head), and OpenBLAS's own threads then only wait for a core the
+# event loop, Redis or a sibling worker is using. With a CPU burner on the other core, 32
+# queries' search_many took 159 us a query with OpenBLAS's default threads, 50 us with one.
+SERVING_BLAS_THREADS = 1
+
 
 async def serve(settings: Settings, announce: bool = True) -> None:
     """Run the server until SIGTERM or SIGINT, then drain and stop."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
+    threadpool_limits(limits=SERVING_BLAS_THREADS, user_api="blas")
     holder = RecommenderHolder()
     store, events, item_log = build_state(settings)
     weights = {EventType(name): weight for name, weight in settings.events.model_dump().items()}
