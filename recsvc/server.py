@@ -188,7 +188,9 @@ async def stop_server(handle: ServerHandle, grace: float) -> None:
 
 # No call for this long after the gate closed: the clients left are all waiting on held calls.
 _QUIET_SECONDS = 0.03
-_GOAWAY_HEAD_START_SECONDS = 0.02
+# Shutdown (GOAWAY) starts this long before the held calls are answered: a busy client must
+# read the GOAWAY before its retry, or the retry reaches this server and ends CANCELLED.
+_GOAWAY_HEAD_START_SECONDS = 0.05
 
 
 async def set_health(handle: ServerHandle, status: int) -> None:

@@ -50,3 +50,26 @@ def test_settled_waits_for_quiet_and_for_active_calls() -> None:
     busy, quiet = asyncio.run(scenario())
     assert not busy
     assert quiet
+
+
+def test_settled_needs_quiet_loop_turns_not_only_quiet_time() -> None:
+    """Calls still trickling in (every few ms) keep it unsettled even when the quiet time
+    asked for is nil, as on a starved event loop where time passes between turns."""
+
+    async def scenario() -> tuple[bool, bool]:
+        gate = CallGate()
+
+        async def trickle() -> None:
+            for _ in range(40):
+                gate.arrived()
+                await asyncio.sleep(0.003)
+
+        calls = asyncio.create_task(trickle())
+        during = await gate.settled(quiet_seconds=0.0, limit_seconds=0.08)
+        await calls
+        after = await gate.settled(quiet_seconds=0.0, limit_seconds=1.0)
+        return during, after
+
+    during, after = asyncio.run(scenario())
+    assert not during
+    assert after
