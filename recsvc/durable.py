@@ -17,7 +17,17 @@ def fsync_path(path: Path) -> None:
 
 
 def write_durably(path: Path, content: bytes) -> None:
-    with path.open("wb") as handle:
+    """Write ``content`` as the whole of ``path`` and fsync it."""
+    _write_synced(path, content, "wb")
+
+
+def append_durably(path: Path, content: bytes) -> None:
+    """Append ``content`` to ``path`` and fsync it: on disk once this returns."""
+    _write_synced(path, content, "ab")
+
+
+def _write_synced(path: Path, content: bytes, mode: str) -> None:
+    with path.open(mode) as handle:
         handle.write(content)
         handle.flush()
         os.fsync(handle.fileno())

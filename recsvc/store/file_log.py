@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from recsvc.core.state import AppendResult, Interaction
+from recsvc.durable import append_durably
 from recsvc.errors import StoreUnavailable
 from recsvc.store.codec import (
     COLUMNS,
@@ -58,17 +59,11 @@ class FileEventLog:
                     for start in range(0, len(fresh), LINE_EVENTS)
                 )
                 try:
-                    await asyncio.to_thread(self._write_durably, lines.encode())
+                    await asyncio.to_thread(append_durably, self.path, lines.encode())
                 except OSError as exc:
                     raise StoreUnavailable(f"event log {self.path}: {exc}") from exc
                 self._seen |= ids
             return AppendResult(fresh, len(interactions) - len(fresh))
-
-    def _write_durably(self, data: bytes) -> None:
-        with self.path.open("ab") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
 
     async def close(self) -> None:
         return None

@@ -15,7 +15,6 @@ import asyncio
 import base64
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from recsvc.core.state import StoredItem
+from recsvc.durable import append_durably
 from recsvc.errors import StoreUnavailable
 from recsvc.store.file_log import drop_partial_tail
 
@@ -75,15 +75,9 @@ class FileItemLog:
         data = "".join(item_to_json(item) + "\n" for item in items).encode()
         async with self._lock:
             try:
-                await asyncio.to_thread(self._append, data)
+                await asyncio.to_thread(append_durably, self.path, data)
             except OSError as exc:
                 raise StoreUnavailable(f"item log {self.path}: {exc}") from exc
-
-    def _append(self, data: bytes) -> None:
-        with self.path.open("ab") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
 
     async def read_all(self) -> dict[str, StoredItem]:
         return await asyncio.to_thread(self.read_path, self.path)
