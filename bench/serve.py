@@ -181,12 +181,48 @@ async def connections(target: str, count: int) -> AsyncIterator[list[pb_grpc.Rec
             await channel.close()
 
 
+def tree_cpu_seconds(roots: list[int]) -> float:
+    """CPU time (user + system) of the processes ``roots`` and all their descendants (a
+    multi-worker server's children), from /proc."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        times[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tree, grew = set(roots), True
+    while grew:
+        children = {pid for pid, parent in parents.items() if parent in tree} - tree
+        grew = bool(children)
+        tree |= children
+    return sum(times.get(pid, 0.0) for pid in tree)
+
+
 async def sweep(
-    target: str, n_users: int, levels: list[int], seconds: float, channels: int
+    target: str,
+    n_users: int,
+    levels: list[int],
+    seconds: float,
+    channels: int,
+    server_pids: list[int],
 ) -> dict[int, dict]:
+    """Closed-loop runs at each concurrency, each with the server's CPU time per call."""
     async with connections(target, channels) as stubs:
         await closed_loop(recommend_call(stubs, n_users), 4, 1.0)  # warm up
-        return {c: await closed_loop(recommend_call(stubs, n_users), c, seconds) for c in levels}
+        results = {}
+        for concurrency in levels:
+            cpu_before = tree_cpu_seconds(server_pids)
+            result = await closed_loop(recommend_call(stubs, n_users), concurrency, seconds)
+            cpu = tree_cpu_seconds(server_pids) - cpu_before
+            result["server_cpu_us_per_call"] = round(cpu / max(result["requests"], 1) * 1e6)
+            results[concurrency] = result
+        return results
 
 
 async def paced(
@@ -333,7 +369,14 @@ def main() -> None:
             serve_args += ["--port", "0"]
         with running_server(serve_args, env) as srv:
             recsvc = asyncio.run(
-                sweep(srv.target, args.users, args.concurrency, args.seconds, args.channels)
+                sweep(
+                    srv.target,
+                    args.users,
+                    args.concurrency,
+                    args.seconds,
+                    args.channels,
+                    [srv.process.pid],
+                )
             )
             saturation = max(r["rps"] for r in recsvc.values())
             half = asyncio.run(
@@ -356,7 +399,12 @@ def main() -> None:
         try:
             bare = asyncio.run(
                 sweep(
-                    f"127.0.0.1:{port}", args.users, args.concurrency, args.seconds, args.channels
+                    f"127.0.0.1:{port}",
+                    args.users,
+                    args.concurrency,
+                    args.seconds,
+                    args.channels,
+                    [echo.pid for echo in echoes],
                 )
             )
         finally:
