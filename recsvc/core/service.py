@@ -196,9 +196,14 @@ class RecommendationService:
             async with asyncio.timeout(budget):
                 histories = await self.store.add_histories(by_user)
                 started = time.perf_counter()
-                vectors = recommender.fold_in_users(histories)
+                vectors = recommender.fold_in_users(
+                    {user_id: history.items for user_id, history in histories.items()}
+                )
                 self.stats.observe_fold_in(time.perf_counter() - started, len(vectors))
-                await self.store.put_vectors(recommender.version, vectors)
+                # Conditional on each history's sequence number: a concurrent call that
+                # added to the same user's history later must not be overwritten by this one.
+                seqs = {user_id: history.seq for user_id, history in histories.items()}
+                await self.store.put_vectors(recommender.version, vectors, seqs)
             self.on_store_status(True)
         except (StoreUnavailable, TimeoutError) as exc:
             self.stats.store_errors += 1
@@ -233,8 +238,10 @@ class RecommendationService:
             if state.vector is None and state.history:
                 vector = self._fold_in(recommender, user_id, state.history)
                 if vector is not None:
-                    self._spawn(self._store_vector(user_id, recommender.version, vector))
-                state = UserState(state.history, vector)
+                    self._spawn(
+                        self._store_vector(user_id, recommender.version, vector, state.history_seq)
+                    )
+                state = UserState(state.history, vector, state.history_seq)
             ready[user_id] = state
         states: list[UserState] = []
         for user_id in user_ids:
@@ -254,11 +261,12 @@ class RecommendationService:
         return vector
 
     async def _store_vector(
-        self, user_id: str, version: str, vector: npt.NDArray[np.float32]
+        self, user_id: str, version: str, vector: npt.NDArray[np.float32], history_seq: int
     ) -> None:
+        """Store a lazily folded-in vector, unless the history has moved on meanwhile."""
         try:
             async with asyncio.timeout(self.store_timeout):
-                await self.store.put_vectors(version, {user_id: vector})
+                await self.store.put_vectors(version, {user_id: vector}, {user_id: history_seq})
         except (StoreUnavailable, TimeoutError):
             self.stats.store_errors += 1
 

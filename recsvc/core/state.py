@@ -50,11 +50,22 @@ class UserState:
 
     history : item_id -> summed weight of interactions recorded since serving started
         (bounded, with a TTL); vector : the user's folded-in vector for the current model
-        version, or None when it must be (re)computed.
+        version, or None when it must be (re)computed; history_seq : the history's sequence
+        number (see :class:`UserHistory`).
     """
 
     history: dict[str, float] = field(default_factory=dict)
     vector: npt.NDArray[np.float32] | None = None
+    history_seq: int = 0
+
+
+class UserHistory(NamedTuple):
+    """A user's history as an update left it. ``seq`` grows by one with every update: a
+    vector folded in from this history is stored only while the history is still at ``seq``,
+    so that of two concurrent updates of one user, the later history's vector wins."""
+
+    items: dict[str, float]
+    seq: int
 
 
 class UserStateStore(Protocol):
@@ -72,14 +83,19 @@ class UserStateStore(Protocol):
         ...
 
     async def put_vectors(
-        self, model_version: str, vectors: Mapping[str, npt.NDArray[np.float32]]
+        self,
+        model_version: str,
+        vectors: Mapping[str, npt.NDArray[np.float32]],
+        history_seqs: Mapping[str, int] | None = None,
     ) -> None:
-        """Store each user's vector for this model version, in one round trip where it can."""
+        """Store each user's vector for this model version, in one round trip where it can.
+        A user in ``history_seqs`` gets it only while their history is still at that
+        sequence number (a vector folded in from an older history is dropped)."""
         ...
 
     async def add_histories(
         self, interactions_by_user: Mapping[str, list[Interaction]]
-    ) -> dict[str, dict[str, float]]:
+    ) -> dict[str, UserHistory]:
         """Add each user's interactions to their history, in one round trip where it can;
         return the updated histories."""
         ...

@@ -10,11 +10,11 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from recsvc.core.state import Interaction, UserState
+from recsvc.core.state import Interaction, UserHistory, UserState
 
 K = TypeVar("K")
 V = TypeVar("V")
-_History = tuple[dict[str, float], dict[str, int]]
+_History = tuple[dict[str, float], dict[str, int], int]  # weights, latest times, seq
 
 
 class InMemoryUserStore:
@@ -33,8 +33,9 @@ class InMemoryUserStore:
         self.vector_ttl = vector_ttl
         self.max_users = max_users
         self._clock = clock
-        # user -> (expires_at, ({item: summed weight}, {item: latest timestamp_ms}))
+        # user -> (expires_at, ({item: summed weight}, {item: latest timestamp_ms}, seq))
         self._history: OrderedDict[str, tuple[float, _History]] = OrderedDict()
+        self._last_seq = 0
         # (user, model version) -> (expires_at, vector)
         self._vectors: OrderedDict[tuple[str, str], tuple[float, npt.NDArray[np.float32]]] = (
             OrderedDict()
@@ -44,23 +45,33 @@ class InMemoryUserStore:
         now = self._clock()
         history = self._live(self._history, user_id, now)
         vector = self._live(self._vectors, (user_id, model_version), now)
-        return UserState(dict(history[0]) if history else {}, vector)
+        if history is None:
+            return UserState({}, vector)
+        return UserState(dict(history[0]), vector, history[2])
 
     async def get_states(self, user_ids: list[str], model_version: str) -> list[UserState]:
         return [await self.get_state(user_id, model_version) for user_id in user_ids]
 
     async def put_vectors(
-        self, model_version: str, vectors: Mapping[str, npt.NDArray[np.float32]]
+        self,
+        model_version: str,
+        vectors: Mapping[str, npt.NDArray[np.float32]],
+        history_seqs: Mapping[str, int] | None = None,
     ) -> None:
-        expires_at = self._clock() + self.vector_ttl
+        now = self._clock()
+        expires_at = now + self.vector_ttl
         for user_id, vector in vectors.items():
+            if history_seqs is not None and user_id in history_seqs:
+                history = self._live(self._history, user_id, now)
+                if history is None or history[2] != history_seqs[user_id]:
+                    continue  # folded in from a history that has changed since
             self._vectors[(user_id, model_version)] = (expires_at, vector.copy())
             self._vectors.move_to_end((user_id, model_version))
         self._bound(self._vectors)
 
     async def add_histories(
         self, interactions_by_user: Mapping[str, list[Interaction]]
-    ) -> dict[str, dict[str, float]]:
+    ) -> dict[str, UserHistory]:
         now = self._clock()
         histories = {
             user_id: self._add_history(user_id, interactions, now)
@@ -71,8 +82,8 @@ class InMemoryUserStore:
 
     def _add_history(
         self, user_id: str, interactions: list[Interaction], now: float
-    ) -> dict[str, float]:
-        weights, latest = self._live(self._history, user_id, now) or ({}, {})
+    ) -> UserHistory:
+        weights, latest, _ = self._live(self._history, user_id, now) or ({}, {}, 0)
         for event in interactions:
             item = event.item_id
             weights[item] = weights.get(item, 0.0) + event.weight
@@ -81,9 +92,12 @@ class InMemoryUserStore:
             newest = sorted(latest, key=latest.__getitem__)[-self.history_max_items :]
             weights = {item: weights[item] for item in newest}
             latest = {item: latest[item] for item in newest}
-        self._history[user_id] = (now + self.history_ttl, (weights, latest))
+        # One counter for the whole store, so that a user dropped and seen again never
+        # reuses a sequence number an older vector could carry.
+        self._last_seq += 1
+        self._history[user_id] = (now + self.history_ttl, (weights, latest, self._last_seq))
         self._history.move_to_end(user_id)
-        return dict(weights)
+        return UserHistory(dict(weights), self._last_seq)
 
     async def ping(self) -> bool:
         return True

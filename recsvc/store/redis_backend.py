@@ -4,7 +4,8 @@ Keys carry a hash tag so that each user's keys, and all event-log keys, share a 
 slot:
 
     {prefix}:{u:<user>}:v:<model version>   float32 vector bytes, TTL
-    {prefix}:{u:<user>}:h / :t              history: item -> weight (hash), item -> time (zset)
+    {prefix}:{u:<user>}:h / :t              history: item -> weight (hash), item -> time (zset);
+                                            field "" of :h is the history's sequence number
     {prefix}:{ev}:stream                    the event stream (XADD)
     {prefix}:{ev}:id:<event_id>             idempotency marker, TTL
 
@@ -29,15 +30,16 @@ from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from recsvc.core.state import AppendResult, Interaction, UserState
+from recsvc.core.state import AppendResult, Interaction, UserHistory, UserState
 from recsvc.errors import StoreUnavailable
 from recsvc.store.codec import interaction_to_json, vector_from_bytes, vector_to_bytes
 
 T = TypeVar("T")
 
 # Add interactions to the histories of several users (KEYS: weights and times of each user;
-# ARGV: ttl, keep, then per user a count n and n triples item, weight, timestamp) and keep only
-# the newest `keep` items of each; return each user's history (HGETALL), in order.
+# ARGV: ttl, keep, then per user a count n and n triples item, weight, timestamp), keep only
+# the newest `keep` items of each and advance its sequence number; return each user's history
+# (HGETALL, the sequence number included), in order.
 _ADD_HISTORIES = """
 local ttl, keep = tonumber(ARGV[1]), tonumber(ARGV[2])
 local at, out = 3, {}
@@ -50,6 +52,10 @@ for u = 1, #KEYS, 2 do
     redis.call('ZADD', times, 'NX', ARGV[i + 2], ARGV[i])
   end
   at = at + 1 + 3 * n
+  -- The sequence number: a new history starts from the server clock (seconds x 10^6), so
+  -- that one expired and begun again never reuses a number an older vector could carry.
+  redis.call('HSETNX', weights, '', redis.call('TIME')[1] .. '000000')
+  redis.call('HINCRBY', weights, '', 1)
   local size = redis.call('ZCARD', times)
   if size > keep then
     local old = redis.call('ZRANGE', times, 0, size - keep - 1)
@@ -63,13 +69,20 @@ end
 return out
 """
 
-# SET each KEYS[i] to ARGV[i + 1] with a TTL of ARGV[1] seconds.
+# Store vectors with a TTL of ARGV[1] seconds. KEYS: vector and history key of each user; ARGV
+# after the TTL: vector bytes and the history sequence number it was folded in from ("": store
+# regardless). A vector from a history that has moved on is dropped: the call that moved it
+# stores its own. Returns how many were stored.
 _SET_VECTORS = """
-local ttl = ARGV[1]
-for i = 1, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ttl)
+local ttl, stored = ARGV[1], 0
+for i = 1, #KEYS, 2 do
+  local value, seq = ARGV[i + 1], ARGV[i + 2]
+  if seq == '' or redis.call('HGET', KEYS[i + 1], '') == seq then
+    redis.call('SET', KEYS[i], value, 'EX', ttl)
+    stored = stored + 1
+  end
 end
-return #KEYS
+return stored
 """
 
 # Vector (or nil) and history (HGETALL) of each user: KEYS are vector and history key pairs.
@@ -169,28 +182,37 @@ class RedisUserStore:
             calls.append((keys, []))
         replies = await _checked(_run(self._redis, self._get_states, calls), "reading user state")
         flat = [value for reply in replies for value in reply]
-        return [
-            UserState(
-                _decode_history(history),
-                vector_from_bytes(vector, self.vector_encoding) if vector else None,
-            )
-            for vector, history in zip(flat[::2], flat[1::2], strict=True)
-        ]
+        states: list[UserState] = []
+        for vector, flat_history in zip(flat[::2], flat[1::2], strict=True):
+            history = _decode_history(flat_history)
+            decoded = vector_from_bytes(vector, self.vector_encoding) if vector else None
+            states.append(UserState(history.items, decoded, history.seq))
+        return states
 
     async def put_vectors(
-        self, model_version: str, vectors: Mapping[str, npt.NDArray[np.float32]]
+        self,
+        model_version: str,
+        vectors: Mapping[str, npt.NDArray[np.float32]],
+        history_seqs: Mapping[str, int] | None = None,
     ) -> None:
         """A few users per script call (USERS_PER_SCRIPT)."""
+        seqs = history_seqs or {}
         calls: list[_ScriptCall] = []
         for chunk in _chunks(list(vectors)):
-            keys = [vector_key(self._prefix, user, model_version) for user in chunk]
-            values = [vector_to_bytes(vectors[user], self.vector_encoding) for user in chunk]
-            calls.append((keys, [self.vector_ttl, *values]))
+            keys: list[str] = []
+            args: list[Any] = [self.vector_ttl]
+            for user_id in chunk:
+                keys += [vector_key(self._prefix, user_id, model_version), self._key(user_id, "h")]
+                args += [
+                    vector_to_bytes(vectors[user_id], self.vector_encoding),
+                    seqs.get(user_id, ""),
+                ]
+            calls.append((keys, args))
         await _checked(_run(self._redis, self._set_vectors, calls), "writing user vectors")
 
     async def add_histories(
         self, interactions_by_user: Mapping[str, list[Interaction]]
-    ) -> dict[str, dict[str, float]]:
+    ) -> dict[str, UserHistory]:
         """A few users per script call (USERS_PER_SCRIPT)."""
         calls: list[_ScriptCall] = []
         for chunk in _chunks(list(interactions_by_user)):
@@ -273,9 +295,14 @@ async def _run(client: redis.Redis, script: AsyncScript, calls: list[_ScriptCall
         return await pipe.execute()  # type: ignore[no-any-return]
 
 
-def _decode_history(flat: list[Any]) -> dict[str, float]:
-    """A history from a script's HGETALL reply: item, weight, item, weight, ..."""
-    return {
-        (item.decode() if isinstance(item, bytes) else str(item)): float(weight)
-        for item, weight in zip(flat[::2], flat[1::2], strict=True)
-    }
+def _decode_history(flat: list[Any]) -> UserHistory:
+    """A history from a script's HGETALL reply: item, weight, item, weight, ..., with the
+    sequence number under the empty field (item ids are never empty)."""
+    items: dict[str, float] = {}
+    seq = 0
+    for item, value in zip(flat[::2], flat[1::2], strict=True):
+        if item == b"" or item == "":
+            seq = int(value)
+        else:
+            items[item.decode() if isinstance(item, bytes) else str(item)] = float(value)
+    return UserHistory(items, seq)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import redis
 
-from recsvc.core.state import EventType, Interaction, StoredItem
+from recsvc.core.state import EventType, Interaction, StoredItem, UserStateStore
 from recsvc.store.file_log import FileEventLog, read_columns_from, read_event_file
 from recsvc.store.item_log import FileItemLog, RedisItemLog
 from recsvc.store.memory import InMemoryUserStore
@@ -38,11 +38,11 @@ def test_memory_store_history_is_bounded_and_expires() -> None:
 
     async def scenario() -> None:
         events = [interaction("u", f"i{n}", f"e{n}", ts=n) for n in range(5)]
-        history = (await store.add_histories({"u": events[:2]}))["u"]
+        history = (await store.add_histories({"u": events[:2]}))["u"].items
         assert history == {"i0": 1.0, "i1": 1.0}
         history = (
             await store.add_histories({"u": [*events[2:], interaction("u", "i4", "x", 2.0, 9)]})
-        )["u"]
+        )["u"].items
         assert history == {"i2": 1.0, "i3": 1.0, "i4": 3.0}  # newest 3 kept, weights summed
         await store.put_vectors("v1", {"u": np.ones(4, np.float32)})
         state = await store.get_state("u", "v1")
@@ -111,7 +111,7 @@ def test_redis_store_keys_carry_ttls_hash_tags_and_stay_small(redis_url: str) ->
             await store.add_histories(
                 {"user-1": [interaction("user-1", f"i{n}", f"e{n}", ts=n) for n in range(5)]}
             )
-        )["user-1"]
+        )["user-1"].items
         assert history == {"i2": 1.0, "i3": 1.0, "i4": 1.0}
         state = await store.get_state("user-1", "v7")
         assert state.vector is not None and np.array_equal(state.vector, vector)
@@ -139,7 +139,7 @@ def test_redis_store_reads_many_users_in_order_in_one_call(redis_url: str) -> No
                 "c": [interaction("c", "i2", "e2"), interaction("c", "i2", "e3", ts=2)],
             }
         )
-        assert histories == {"b": {"i1": 2.0}, "c": {"i2": 2.0}}
+        assert {u: h.items for u, h in histories.items()} == {"b": {"i1": 2.0}, "c": {"i2": 2.0}}
         assert await store.add_histories({}) == {}
         states = await store.get_states(["c", "b", "a", "nobody"], "v1")
         assert [s.vector[0] if s.vector is not None else None for s in states] == [
@@ -278,7 +278,7 @@ def test_redis_store_updates_users_across_script_chunks(redis_url: str) -> None:
             expected = {f"i{n}-{k}": 1.0 for k in range(n % 4)}
             if len(expected) > 2:  # only the newest two items are kept
                 del expected[f"i{n}-0"]
-            assert histories[user] == expected
+            assert histories[user].items == expected
         await store.put_vectors("v1", {u: np.full(4, n, np.float32) for n, u in enumerate(users)})
         states = await store.get_states(users, "v1")
         assert [int(s.vector[0]) if s.vector is not None else -1 for s in states] == list(
@@ -287,3 +287,41 @@ def test_redis_store_updates_users_across_script_chunks(redis_url: str) -> None:
         await store.close()
 
     asyncio.run(scenario())
+
+
+def _seq_scenario(store: UserStateStore) -> None:
+    """Two updates of one user race: the first one's vector, stored last, must not replace the
+    second's; a lazily folded vector from a read history is dropped once the history moved."""
+
+    async def scenario() -> None:
+        first = (await store.add_histories({"u": [interaction("u", "a", "e1")]}))["u"]
+        second = (await store.add_histories({"u": [interaction("u", "b", "e2")]}))["u"]
+        assert second.seq > first.seq and second.items == {"a": 1.0, "b": 1.0}
+        await store.put_vectors("v1", {"u": np.full(4, 2.0, np.float32)}, {"u": second.seq})
+        await store.put_vectors("v1", {"u": np.full(4, 1.0, np.float32)}, {"u": first.seq})
+        state = await store.get_state("u", "v1")
+        assert state.vector is not None and state.vector[0] == 2.0
+        assert state.history_seq == second.seq
+        # Read at this seq, folded in, then another update lands before the store.
+        await store.add_histories({"u": [interaction("u", "c", "e3")]})
+        await store.put_vectors("v2", {"u": np.full(4, 5.0, np.float32)}, {"u": state.history_seq})
+        assert (await store.get_state("u", "v2")).vector is None
+        # Without a sequence number (no history involved) the vector is stored as given.
+        await store.put_vectors("v2", {"w": np.full(4, 7.0, np.float32)})
+        stored = (await store.get_state("w", "v2")).vector
+        assert stored is not None and stored[0] == 7.0
+        # A user whose history is gone: a vector from it is not stored.
+        await store.put_vectors("v1", {"x": np.ones(4, np.float32)}, {"x": second.seq})
+        assert (await store.get_state("x", "v1")).vector is None
+
+    asyncio.run(scenario())
+
+
+def test_memory_store_keeps_the_vector_of_the_latest_history() -> None:
+    _seq_scenario(InMemoryUserStore(history_max_items=10, history_ttl=60, vector_ttl=60))
+
+
+def test_redis_store_keeps_the_vector_of_the_latest_history(redis_url: str) -> None:
+    redis.Redis.from_url(redis_url).flushdb()
+    client = connect(redis_url, timeout=1.0, connect_timeout=1.0)
+    _seq_scenario(RedisUserStore(client, "rq", history_max_items=10, history_ttl=60, vector_ttl=60))
