@@ -22,6 +22,16 @@ from pydantic_settings import (
 
 from recsvc.errors import ConfigError
 
+# HNSW ef of user->item queries where nothing else says: what an index is built with, and what
+# a model published before ef tuning is served at.
+DEFAULT_EF_SEARCH = 64
+# Training picks each model's ef: the smallest of EF_LADDER whose recall@10 against exact
+# search, on a sample of users, reaches RECALL_TARGET. With the exact head that is ef 16 on both
+# benchmark data sets (recall 1.000), where a fixed ef 64 walks twice the graph; data whose
+# norms are flat get a larger ef (docs/BENCHMARKS.md, "Index recall").
+EF_LADDER = (16, 32, 64, 128, 256, 512)
+RECALL_TARGET = 0.98
+
 ENV_PREFIX = "RECSVC_"
 CONFIG_FILE_ENV = "RECSVC_CONFIG_FILE"
 MiB = 1024 * 1024
@@ -84,11 +94,12 @@ class ServingSettings(_Section):
         ge=0,
         description="Catalogues up to this size are searched exactly instead of by HNSW.",
     )
-    hnsw_ef_search: int = Field(
-        64,
+    hnsw_ef_search: int | None = Field(
+        None,
         ge=1,
         le=100_000,
-        description="HNSW ef of user->item queries (the exact head keeps recall).",
+        description="HNSW ef of user->item queries; unset: the ef training chose for each "
+        "model (the smallest reaching recall@10 >= 0.98, the recall GetModelInfo reports).",
     )
     similar_ef_search: int = Field(
         512, ge=1, le=100_000, description="HNSW ef of item->item (SimilarItems) queries."

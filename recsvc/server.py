@@ -149,11 +149,12 @@ def load_recommender(settings: Settings, version: str | None = None) -> Recommen
     params = query_index_params(settings)
     model = store.load(version, params) if version else store.load_latest(params)
     log.info(
-        "loaded model %s: %d users, %d items, recall@10 %.3f",
+        "loaded model %s: %d users, %d items, recall@10 %.3f, ef %d",
         model.version,
         model.info.num_users,
         model.info.num_items,
         model.info.index_recall_at_10,
+        model.user_index.hnsw.ef if model.user_index.hnsw is not None else 0,
     )
     return Recommender(model, serving_limits(settings), settings.serving.exact_search_max_items)
 
@@ -167,7 +168,7 @@ def query_index_params(settings: Settings) -> IndexParams:
     return IndexParams(
         m=settings.index.m,
         ef_construction=settings.index.ef_construction,
-        ef_search=settings.serving.hnsw_ef_search,
+        ef_search=settings.serving.hnsw_ef_search or 0,  # 0: each model's tuned ef
         similar_ef_search=settings.serving.similar_ef_search,
         seed=settings.index.seed,
         threads=settings.serving.search_threads,

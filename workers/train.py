@@ -13,10 +13,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsvc.artifacts import ModelStore
-from recsvc.config import IndexSettings, TrainSettings
+from recsvc.config import DEFAULT_EF_SEARCH, IndexSettings, TrainSettings
 from recsvc.core.model import NO_CATEGORY, IdMap, Model, ModelInfo, VisualPart
 from recsvc.core.projection import Projection
-from recsvc.index import IndexParams, ItemIndex, recall_at_k
+from recsvc.index import IndexParams, ItemIndex, tune_ef
 from workers.embedding_table import EmbeddingTable
 from workers.evaluate import Protocol, evaluate_model, split_interactions
 from workers.interactions import Interactions, ReadOptions, read_categories, read_interactions
@@ -58,7 +58,7 @@ def build_model(
     # (bench/train.py measures it) and keeps training within 1.2x of raw implicit + hnswlib.
     similar_params = replace(params, ef_construction=index.similar_ef_construction)
     similar_index = ItemIndex.build(factors.item_factors, "cosine", similar_params)
-    recall = _measure_recall(user_index, factors.user_factors, index)
+    ef_search, recall = _tune_search(user_index, factors.user_factors, index)
     item_categories, names = _category_codes(interactions.item_ids, categories or {})
     matrix = interactions.matrix
     popularity = np.bincount(matrix.indices, minlength=matrix.shape[1]).astype(np.float32)
@@ -73,6 +73,7 @@ def build_model(
         created_at_ms=int(time.time() * 1000),
         trained_on=factors.device,
         index_recall_at_10=recall,
+        index_ef_search=ef_search,
         statistics=statistics,
         metrics=metrics or {},
     )
@@ -240,7 +241,9 @@ def train_parameters(train: TrainSettings) -> dict[str, object]:
     return {key: getattr(train, key) for key in keys}
 
 
-def index_params(index: IndexSettings, build_threads: int = 0, ef_search: int = 64) -> IndexParams:
+def index_params(
+    index: IndexSettings, build_threads: int = 0, ef_search: int = DEFAULT_EF_SEARCH
+) -> IndexParams:
     return IndexParams(
         m=index.m,
         ef_construction=index.ef_construction,
@@ -250,16 +253,20 @@ def index_params(index: IndexSettings, build_threads: int = 0, ef_search: int = 
     )
 
 
-def _measure_recall(user_index: ItemIndex, user_factors: np.ndarray, index: IndexSettings) -> float:
+def _tune_search(
+    user_index: ItemIndex, user_factors: np.ndarray, index: IndexSettings
+) -> tuple[int, float]:
+    """The ef to serve this model at and its recall@10 against exact search, on a sample of
+    the users (recall_sample; 0: not measured, the default ef and recall 1.0 are recorded)."""
     if index.recall_sample == 0 or len(user_factors) == 0:
-        return 1.0
+        return DEFAULT_EF_SEARCH, 1.0
     rng = np.random.default_rng(index.seed)
     sample = rng.choice(
         len(user_factors), size=min(index.recall_sample, len(user_factors)), replace=False
     )
-    recall = recall_at_k(user_index, user_factors[sample], k=10)
-    log.info("index recall@10 against exact search: %.4f", recall)
-    return recall
+    ef, recall = tune_ef(user_index, user_factors[sample])
+    log.info("index recall@10 against exact search: %.4f at ef %d", recall, ef)
+    return ef, recall
 
 
 def _category_codes(

@@ -5,6 +5,8 @@ The domain never sees a ``*_pb2`` type; this module is the only place that knows
 
 from __future__ import annotations
 
+from typing import Any
+
 from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc.core.interactions import RawInteraction
 from recsvc.core.items import RawItem
@@ -45,7 +47,12 @@ _MODE_TO_PB = {
 # ------------------------------------------------------------------ requests: proto -> domain
 
 
+_NO_CATEGORIES = CategoryFilter()
+
+
 def categories_from_pb(message: pb.CategoryFilter) -> CategoryFilter:
+    if not message.include and not message.exclude:
+        return _NO_CATEGORIES
     return CategoryFilter(include=tuple(message.include), exclude=tuple(message.exclude))
 
 
@@ -162,8 +169,12 @@ def similar_query_to_pb(query: SimilarQuery) -> pb.SimilarItemsRequest:
 # ------------------------------------------------------------------ responses, both ways
 
 
-def _items_to_pb(items: list[ScoredItem]) -> list[pb.ScoredItem]:
-    return [pb.ScoredItem(item_id=item.item_id, score=item.score) for item in items]
+def _add_items(field: Any, items: list[ScoredItem]) -> None:
+    """Append ``items`` to a repeated ScoredItem field: ``add`` in place is about twice as fast
+    as building the messages first (upb, 10 items: ~12 against ~23 us)."""
+    add = field.add
+    for item in items:
+        add(item_id=item.item_id, score=item.score)
 
 
 def _items_from_pb(items: list[pb.ScoredItem]) -> list[ScoredItem]:
@@ -171,11 +182,11 @@ def _items_from_pb(items: list[pb.ScoredItem]) -> list[ScoredItem]:
 
 
 def recommendation_to_pb(result: Recommendation) -> pb.RecommendResponse:
-    return pb.RecommendResponse(
-        items=_items_to_pb(result.items),
-        model_version=result.model_version,
-        strategy=_STRATEGY_TO_PB[result.strategy],
+    message = pb.RecommendResponse(
+        model_version=result.model_version, strategy=_STRATEGY_TO_PB[result.strategy]
     )
+    _add_items(message.items, result.items)
+    return message
 
 
 def recommendation_from_pb(message: pb.RecommendResponse) -> Recommendation:
@@ -187,9 +198,9 @@ def recommendation_from_pb(message: pb.RecommendResponse) -> Recommendation:
 
 
 def similar_items_to_pb(result: SimilarItems) -> pb.SimilarItemsResponse:
-    return pb.SimilarItemsResponse(
-        items=_items_to_pb(result.items), model_version=result.model_version
-    )
+    message = pb.SimilarItemsResponse(model_version=result.model_version)
+    _add_items(message.items, result.items)
+    return message
 
 
 def similar_items_from_pb(message: pb.SimilarItemsResponse) -> SimilarItems:

@@ -26,6 +26,12 @@ class IndexEntry(BaseModel):
     m: int
     ef_construction: int
     recall_at_10: float = Field(ge=0.0, le=1.0)
+    ef_search: int = Field(
+        0,
+        ge=0,
+        description="The ef recall_at_10 was measured at and the model is served at "
+        "(0: a model from before ef tuning, served at the default).",
+    )
 
 
 class ImagesEntry(BaseModel):

@@ -37,6 +37,7 @@ from recsvc.artifacts.manifest import (
     file_entry,
     sha256_of,
 )
+from recsvc.config import DEFAULT_EF_SEARCH
 from recsvc.core.model import NO_CATEGORY, IdMap, Model, ModelInfo, VisualPart
 from recsvc.core.projection import Projection, VisualAdapter
 from recsvc.durable import fsync_path, replace_bytes_atomically, write_durably
@@ -332,6 +333,7 @@ def _manifest_for(model: Model, params: IndexParams, files: dict[str, object]) -
                 m=params.m,
                 ef_construction=params.ef_construction,
                 recall_at_10=info.index_recall_at_10,
+                ef_search=info.index_ef_search,
             ),
             "images": _images_entry(model),
             "files": files,
@@ -429,6 +431,7 @@ def _read_model(directory: Path, manifest: Manifest, params: IndexParams) -> Mod
         created_at_ms=manifest.created_at_ms,
         trained_on=manifest.trained_on,
         index_recall_at_10=manifest.index.recall_at_10,
+        index_ef_search=manifest.index.ef_search,
         image_embedding_dim=manifest.images.dim if manifest.images else 0,
         statistics=dict(manifest.data),
         metrics=dict(manifest.metrics),
@@ -443,7 +446,9 @@ def _read_model(directory: Path, manifest: Manifest, params: IndexParams) -> Mod
         item_popularity=popularity,
         item_categories=item_categories,
         category_names=names,
-        user_index=ItemIndex.load(item_factors, "ip", directory / USER_INDEX, params),
+        user_index=ItemIndex.load(
+            item_factors, "ip", directory / USER_INDEX, _user_search(params, manifest)
+        ),
         similar_index=ItemIndex.load(
             item_factors,
             "cosine",
@@ -454,6 +459,13 @@ def _read_model(directory: Path, manifest: Manifest, params: IndexParams) -> Mod
         alpha=manifest.alpha,
         visual=_read_visual(directory, manifest, params),
     )
+
+
+def _user_search(params: IndexParams, manifest: Manifest) -> IndexParams:
+    """``params`` with ef_search 0 (the server's default) resolved to the ef training chose."""
+    if params.ef_search:
+        return params
+    return replace(params, ef_search=manifest.index.ef_search or DEFAULT_EF_SEARCH)
 
 
 def _load_array(

@@ -62,6 +62,7 @@ class ModelInfo:
     created_at_ms: int
     trained_on: str
     index_recall_at_10: float
+    index_ef_search: int = 0  # the ef that recall was measured at (0: unknown, older model)
     image_embedding_dim: int = 0
     statistics: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)

@@ -92,7 +92,7 @@ class ImageQuery:
         check_categories(self.categories, limits, "categories")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: every Recommend makes k of them (0.35 against 0.96 us)
 class ScoredItem:
     item_id: str
     score: float

@@ -122,7 +122,7 @@ class RecommendationService:
         recommender = self.current()
         validate_batch(queries, recommender.limits)
         states = await self._states_for(recommender, [q.user_id for q in queries], time_left)
-        return await asyncio.to_thread(recommender.recommend_many, queries, states)
+        return await asyncio.to_thread(recommender.recommend_many, queries, states, True)
 
     async def _recommend_together(
         self, requests: list[tuple[RecommendQuery, float | None]]
@@ -134,8 +134,10 @@ class RecommendationService:
         states = await self._states_for(recommender, [q.user_id for q in queries], time_left)
         try:
             if self._recommend_batcher.waiting:  # under load: keep taking calls meanwhile
-                return list(await asyncio.to_thread(recommender.recommend_many, queries, states))
-            return list(recommender.recommend_many(queries, states))  # quiet: no thread hop
+                return list(
+                    await asyncio.to_thread(recommender.recommend_many, queries, states, True)
+                )
+            return list(recommender.recommend_many(queries, states, True))  # quiet: no hop
         except RecsvcError:  # one query's error must not fail the others: answer each alone
             return [
                 self._recommend_alone(recommender, q, s)

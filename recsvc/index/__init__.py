@@ -7,6 +7,15 @@ from recsvc.index.item_index import (
     exact_top_k,
     normalise_rows,
     recall_at_k,
+    tune_ef,
 )
 
-__all__ = ["IndexParams", "ItemIndex", "Metric", "exact_top_k", "normalise_rows", "recall_at_k"]
+__all__ = [
+    "IndexParams",
+    "ItemIndex",
+    "Metric",
+    "exact_top_k",
+    "normalise_rows",
+    "recall_at_k",
+    "tune_ef",
+]

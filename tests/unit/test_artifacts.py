@@ -120,3 +120,23 @@ def test_arrays_are_never_unpickled(store_copy: ModelStore) -> None:
     (directory / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="unreadable"):
         store_copy.load_latest(IndexParams())
+
+
+def test_a_model_is_served_at_the_ef_its_training_chose(model: Model, tmp_path: Path) -> None:
+    """ef_search 0 at load means the manifest's ef; an explicit ef wins; a manifest from before
+    ef tuning (no ef recorded) is served at the default."""
+    from recsvc.config import DEFAULT_EF_SEARCH
+
+    assert model.info.index_ef_search > 0  # chosen at training
+    store = ModelStore(tmp_path / "s")
+    tuned = replace(model, info=replace(model.info, index_ef_search=24))
+    store.publish(tuned, PARAMS)
+    manifest = json.loads((store.versions_dir / tuned.version / "manifest.json").read_text())
+    assert manifest["index"]["ef_search"] == 24
+    assert store.load_latest(replace(PARAMS, ef_search=0)).user_index.hnsw.ef == 24
+    assert store.load_latest(replace(PARAMS, ef_search=99)).user_index.hnsw.ef == 99
+    version = store.new_version()
+    older = replace(model, info=replace(model.info, index_ef_search=0, version=version))
+    store.publish(older, PARAMS)
+    loaded = store.load(version, replace(PARAMS, ef_search=0))
+    assert loaded.user_index.hnsw.ef == DEFAULT_EF_SEARCH

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsvc.index import IndexParams, ItemIndex, exact_top_k, recall_at_k
+from recsvc.index import IndexParams, ItemIndex, exact_top_k, recall_at_k, tune_ef
 
 
 def clustered_vectors(n: int, dim: int, seed: int) -> np.ndarray:
@@ -80,3 +80,24 @@ def test_search_many_answers_each_query_as_a_search_alone(metric: str, k: int) -
     exact, _ = index.search_many(queries, 10, exact=True)
     truth = np.argsort(-(queries @ index.vectors.T), axis=1)[:, :10]
     assert (exact == truth).mean() > 0.99
+
+
+def test_tune_ef_picks_the_smallest_ef_that_reaches_the_target() -> None:
+    """Flat norms need the graph (a larger ef); skewed norms, like ALS factors, are answered by
+    the exact head from the smallest ef. The index is left at the ef chosen."""
+    flat = clustered_vectors(5000, 32, 1)
+    index = ItemIndex.build(flat, "ip", IndexParams(threads=2))
+    queries = clustered_vectors(200, 32, 2)
+    index.hnsw.set_ef(16)
+    at_16 = recall_at_k(index, queries)
+    ef, recall = tune_ef(index, queries, ladder=(16, 32, 64, 128, 256), target=0.98)
+    assert at_16 < 0.98 and ef > 16 and recall >= 0.98
+    assert index.hnsw.ef == ef and recall == recall_at_k(index, queries)
+
+    skewed = flat * np.random.default_rng(3).lognormal(sigma=1.5, size=(len(flat), 1))
+    skewed_index = ItemIndex.build(skewed.astype(np.float32), "ip", IndexParams(threads=2))
+    ef, recall = tune_ef(skewed_index, queries, ladder=(16, 32, 64), target=0.98)
+    assert ef == 16 and recall >= 0.98
+    # Nothing reaches an impossible target: the largest rung, with its recall.
+    ef, recall = tune_ef(index, queries, ladder=(16, 32), target=1.01)
+    assert ef == 32 and recall < 1.01
