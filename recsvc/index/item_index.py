@@ -212,12 +212,7 @@ def recall_at_k(index: ItemIndex, queries: FloatMatrix, k: int = 10) -> float:
     if len(queries) == 0 or index.size == 0:
         return 1.0
     k = min(k, index.size)
-    found = 0
-    for query in queries:
-        approx, _ = index.search(query, k)
-        truth, _ = index.search(query, k, exact=True)
-        found += len(np.intersect1d(approx, truth))
-    return found / (k * len(queries))
+    return _recall(index, queries, _exact_labels(index, queries, k))
 
 
 def tune_ef(
@@ -229,27 +224,33 @@ def tune_ef(
 ) -> tuple[int, float]:
     """The smallest ef of ``ladder`` at which the search (graph and exact head, as served)
     finds ``target`` of the exact top-``k`` of ``queries``, else the largest; returns it with
-    its recall@k and leaves the index at it."""
-    if index.hnsw is None or len(queries) == 0 or index.size == 0:
-        return int(index.hnsw.ef) if index.hnsw is not None else 0, 1.0
-    k = min(k, index.size)
-    # Exact answers once for every ef, a few queries at a time (a score row per item each).
-    step = max(1, 4_000_000 // index.size)
-    truth = np.vstack(
-        [
-            index.search_many(queries[s : s + step], k, exact=True)[0]
-            for s in range(0, len(queries), step)
-        ]
-    )
-    ef, recall = ladder[-1], 0.0
+    its recall@k and leaves the index at it. An index without a graph: (0, 1.0)."""
+    if index.hnsw is None:
+        return 0, 1.0
+    if len(queries) == 0 or index.size == 0:
+        return int(index.hnsw.ef), 1.0
+    truth = _exact_labels(index, queries, min(k, index.size))  # once for every ef
     for ef in ladder:
         index.hnsw.set_ef(ef)
-        found, _ = index.search_many(queries, k)
-        hits = sum(len(np.intersect1d(a, b)) for a, b in zip(found, truth, strict=True))
-        recall = hits / (k * len(queries))
+        recall = _recall(index, queries, truth)
         if recall >= target:
             break
     return ef, recall
+
+
+def _exact_labels(index: ItemIndex, queries: FloatMatrix, k: int) -> IntArray:
+    """The exact top-``k`` of each query, a few queries at a time (a score row per item each)."""
+    step = max(1, 4_000_000 // index.size)
+    chunks = [queries[start : start + step] for start in range(0, len(queries), step)]
+    return np.vstack([index.search_many(chunk, k, exact=True)[0] for chunk in chunks])
+
+
+def _recall(index: ItemIndex, queries: FloatMatrix, truth: IntArray) -> float:
+    """Share of ``truth`` (exact top-k per query) that the search at its current ef finds."""
+    k = int(truth.shape[1])
+    found, _ = index.search_many(queries, k)
+    hits = sum(int(np.intersect1d(a, b).size) for a, b in zip(found, truth, strict=True))
+    return hits / (k * len(queries))
 
 
 def _prepare(vectors: FloatMatrix, metric: Metric) -> FloatMatrix:
