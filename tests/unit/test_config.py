@@ -63,6 +63,7 @@ def test_config_file_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
         ("RECSVC_TRAIN__ALPHA", "0", "alpha"),
         ("RECSVC_SERVING__MAX_K", "0", "max_k"),
         ("RECSVC_TRAIN__DEVICE", "tpu", "device"),
+        ("RECSVC_SERVING__HNSW_EF_SEARCH", "0", "hnsw_ef_search"),
     ],
 )
 def test_out_of_range_values_are_rejected_by_name(
