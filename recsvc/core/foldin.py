@@ -10,57 +10,85 @@ For ALS this is the model's own closed-form user update (the same one ``implicit
 
 from __future__ import annotations
 
+from itertools import chain
+from typing import TYPE_CHECKING
+
 import numpy as np
 import numpy.typing as npt
+import scipy.sparse as sp
 from scipy.linalg import lapack
 
+if TYPE_CHECKING:
+    from recsvc.core.model import Model
 
-def als_fold_in(
-    item_factors: npt.NDArray[np.float32],
-    yty: npt.NDArray[np.float64],
-    item_rows: npt.NDArray[np.int64],
-    weights: npt.NDArray[np.float32],
-    regularization: float,
-    alpha: float,
-) -> npt.NDArray[np.float32]:
-    """The ALS user vector for the given interactions.
 
-    Parameters
-    ----------
-    item_factors : float32, shape (n_items, f)
-    yty : float64, shape (f, f)
-        ``item_factors.T @ item_factors``.
-    item_rows : int64, shape (n,)
-        Rows of the interacted items; must be distinct.
-    weights : float32, shape (n,)
-        Interaction strengths (> 0).
-    regularization, alpha : float
-        The model's training parameters.
+def fold_in_histories(
+    model: Model, histories: dict[str, dict[str, float]]
+) -> dict[str, npt.NDArray[np.float32]]:
+    """User vectors from each user's training history plus ``histories`` (user -> item ->
+    weight of interactions since), solved in one batch; users without any known item are left
+    out.
 
-    Returns
-    -------
-    float32, shape (f,)
+    The training histories and the new ones are merged for all users at once, by one sparse
+    conversion, instead of a merge per user: this runs in every RecordInteractions call
+    (docs/BENCHMARKS.md, ingestion).
     """
-    vectors = fold_in_many(item_factors, yty, [(item_rows, weights)], regularization, alpha)
-    vector: npt.NDArray[np.float32] = vectors[0]
-    return vector
+    if not histories:
+        return {}
+    n_items = model.info.num_items
+    user_ids = list(histories)
+    # Every (user position, item row, weight) of the new histories, flattened once.
+    sizes = np.fromiter(map(len, histories.values()), np.int64, len(histories))
+    items = list(chain.from_iterable(histories.values()))
+    new_rows = model.items.rows_or_missing(items)
+    new_weights = np.fromiter(
+        chain.from_iterable(h.values() for h in histories.values()), np.float32, len(items)
+    )
+    new_positions = np.repeat(np.arange(len(user_ids), dtype=np.int64), sizes)
+    found = new_rows >= 0
+    user_rows = model.users.rows_or_missing(user_ids)
+    known = np.flatnonzero(user_rows >= 0)
+    training = model.user_items[user_rows[known]]
+    # Training rows and new interactions summed per (user, item) by one sparse conversion
+    # (duplicates summed, items sorted within each user).
+    merged = sp.csr_matrix(
+        (
+            np.concatenate([training.data, new_weights[found]]),
+            (
+                np.concatenate([np.repeat(known, np.diff(training.indptr)), new_positions[found]]),
+                np.concatenate([training.indices, new_rows[found]]),
+            ),
+        ),
+        shape=(len(user_ids), n_items),
+        dtype=np.float32,
+    )
+    merged.sum_duplicates()
+    lengths = np.diff(merged.indptr)
+    with_items = np.flatnonzero(lengths)
+    if len(with_items) == 0:
+        return {}
+    vectors = fold_in_with_model(
+        model, merged.indices.astype(np.int64), merged.data, lengths[with_items]
+    )
+    return {user_ids[p]: vectors[n] for n, p in enumerate(with_items)}
 
 
-def fold_in_many(
-    item_factors: npt.NDArray[np.float32],
-    yty: npt.NDArray[np.float64] | None,
-    users: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]],
-    regularization: float,
-    alpha: float,
+def fold_in_with_model(
+    model: Model,
+    rows: npt.NDArray[np.int64],
+    weights: npt.NDArray[np.float32],
+    lengths: npt.NDArray[np.int64],
 ) -> npt.NDArray[np.float32]:
-    """Fold in many users at once: one (rows, weights) pair per user; returns float32, shape
-    (len(users), f). See :func:`fold_in_segments`."""
-    if not users:
-        return np.empty((0, item_factors.shape[1]), dtype=np.float32)
-    rows = np.concatenate([r for r, _ in users]).astype(np.int64, copy=False)
-    weights = np.concatenate([w for _, w in users]).astype(np.float32, copy=False)
-    lengths = np.fromiter((len(r) for r, _ in users), np.int64, len(users))
-    return fold_in_segments(item_factors, yty, rows, weights, lengths, regularization, alpha)
+    """User vectors from consecutive runs of (distinct item rows, weights), by the model's
+    own rule (see :func:`fold_in_segments`). The weights get the training's weighting where
+    it is per-entry (binary); for bm25/tf-idf, which need corpus statistics, raw weights are an
+    approximation."""
+    if model.info.parameters.get("weighting") == "binary":
+        weights = np.ones_like(weights)
+    yty = model.yty if model.info.algorithm == "als" else None
+    return fold_in_segments(
+        model.item_factors, yty, rows, weights, lengths, model.regularization, model.alpha
+    )
 
 
 def fold_in_segments(
@@ -74,7 +102,7 @@ def fold_in_segments(
 ) -> npt.NDArray[np.float32]:
     """Fold in many users whose interactions lie one after another: user ``n`` has the next
     ``lengths[n]`` of ``rows`` (distinct item rows) and ``weights``. Returns float32, shape
-    (len(lengths), f). With ``yty`` this is :func:`als_fold_in` per user; without it (BPR,
+    (len(lengths), f). With ``yty`` this is the ALS update above per user; without it (BPR,
     which has no closed-form user update) the regularised least-squares fit of the weights,
     ``argmin_x |Y_u x - w|^2 + reg |x|^2``.
 

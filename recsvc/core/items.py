@@ -58,13 +58,11 @@ class ItemService:
         item_log: ItemLog,
         encoder: ImageEncoder,
         limits: ImageLimits,
-        visual_weight: float = 0.5,
     ) -> None:
         self.holder = holder
         self.item_log = item_log
         self.encoder = encoder
         self.limits = limits
-        self.visual_weight = visual_weight
         self.items: dict[str, StoredItem] = {}
         self._log_version: str | None = None
         # One thread: image work never competes with itself, and never blocks the event loop.

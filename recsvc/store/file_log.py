@@ -22,7 +22,6 @@ from recsvc.store.codec import (
     COLUMNS,
     EventColumns,
     columns_from_json,
-    interactions_from_columns,
     interactions_to_columns_json,
 )
 
@@ -96,12 +95,6 @@ def read_event_columns(path: Path) -> Iterator[EventColumns]:
                 yield columns_from_json(line)
             except ValueError as exc:
                 log.warning("%s: line %d is not a complete event (%s); skipped", path, number, exc)
-
-
-def read_event_file(path: Path) -> Iterator[Interaction]:
-    """Every complete interaction in an event file, in order (partial lines are skipped)."""
-    for columns in read_event_columns(path):
-        yield from interactions_from_columns(columns)
 
 
 def read_columns_from(path: Path, offset: int, max_events: int) -> tuple[EventColumns, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
 from recsvc.core.model import Model
-from recsvc.store.file_log import read_event_file
+from recsvc.store.file_log import read_columns_from
 from tests.helpers import free_port, recsvc_command, redis_server, running_server, server_env
 
 NOW_MS = int(time.time() * 1000)
@@ -151,7 +152,11 @@ def test_recorded_events_are_in_the_durable_log(
     )
     mode, _, log_path = live
     if log_path is not None:
-        lines = [{"event_id": e.event_id, "item_id": e.item_id} for e in read_event_file(log_path)]
+        logged, _ = read_columns_from(log_path, 0, sys.maxsize)  # as the ingest worker reads it
+        lines = [
+            {"event_id": event_id, "item_id": item_id}
+            for event_id, item_id in zip(logged["event_id"], logged["item_id"], strict=True)
+        ]
     else:
         client = redis.Redis.from_url(mode)
         lines = [json.loads(fields[b"event"]) for _, fields in client.xrange("recsvc:{ev}:stream")]

@@ -7,7 +7,7 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from recsvc.core.foldin import als_fold_in
+from recsvc.core.foldin import fold_in_segments
 
 
 def test_fold_in_matches_implicit_recalculate_user() -> None:
@@ -22,20 +22,19 @@ def test_fold_in_matches_implicit_recalculate_user() -> None:
         row = matrix[7]
         expected = model.recalculate_user(0, row)
     items = model.item_factors
-    folded = als_fold_in(
+    folded = fold_in_segments(
         items,
         items.astype(np.float64).T @ items,
         row.indices.astype(np.int64),
         row.data,
+        np.array([row.nnz]),
         regularization=0.1,
         alpha=2.0,
     )
-    np.testing.assert_allclose(folded, expected, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(folded[0], expected, rtol=1e-3, atol=1e-4)
 
 
 def test_batched_fold_in_matches_implicit_for_many_users() -> None:
-    from recsvc.core.foldin import fold_in_many
-
     rng = np.random.default_rng(1)
     # 150 users of different lengths: more than one padded group (64 users each).
     dense = (rng.random((150, 80)) < rng.uniform(0.02, 0.3, (150, 1))) * rng.integers(
@@ -51,8 +50,16 @@ def test_batched_fold_in_matches_implicit_for_many_users() -> None:
         assert len(users) > 128
         expected = model.recalculate_user(users, matrix[users])
     items = model.item_factors
-    inputs = [(matrix[u].indices.astype(np.int64), matrix[u].data) for u in users]
-    folded = fold_in_many(items, items.astype(np.float64).T @ items, inputs, 0.5, 3.0)
+    rows = matrix[users]  # each user's item rows and weights, one user after another
+    folded = fold_in_segments(
+        items,
+        items.astype(np.float64).T @ items,
+        rows.indices.astype(np.int64),
+        rows.data,
+        np.diff(rows.indptr),
+        0.5,
+        3.0,
+    )
     np.testing.assert_allclose(folded, expected, rtol=1e-3, atol=1e-4)
 
 

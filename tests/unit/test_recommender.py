@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from recsvc.core.holder import RecommenderHolder
 from recsvc.core.model import Model
 from recsvc.core.queries import (
     CategoryFilter,
@@ -14,9 +18,12 @@ from recsvc.core.queries import (
     SimilarQuery,
     Strategy,
 )
-from recsvc.core.recommender import Recommender, recommend_batch
-from recsvc.core.state import UserState
+from recsvc.core.recommender import Recommender
+from recsvc.core.service import RecommendationService
+from recsvc.core.state import EventType, UserState
 from recsvc.errors import FailedPrecondition, InvalidArgument, NotFound
+from recsvc.store.file_log import FileEventLog
+from recsvc.store.memory import InMemoryUserStore
 from workers.demo_data import DemoData
 
 LIMITS = Limits(max_k=100, max_batch=10, max_id_list=20)
@@ -142,16 +149,31 @@ def test_similar_items_errors(recommender: Recommender) -> None:
         recommender.similar_items(SimilarQuery("x", 5, SimilarityMode.VISUAL))
 
 
-def test_batch_validates_everything_first(recommender: Recommender, model: Model) -> None:
+def test_batch_validates_everything_first(
+    recommender: Recommender, model: Model, tmp_path: Path
+) -> None:
+    """RecommendBatch's own path: a bad query fails the whole batch, named by its position,
+    before any work is done."""
+    service = RecommendationService(
+        RecommenderHolder(recommender),
+        InMemoryUserStore(history_max_items=10, history_ttl=60, vector_ttl=60),
+        FileEventLog(tmp_path / "events.jsonl"),
+        dict.fromkeys(EventType, 1.0),
+        store_timeout=1.0,
+    )
     good = RecommendQuery(model.users.ids[0], 3)
-    results = recommend_batch(recommender, [good, RecommendQuery("new", 3)])
-    assert [r.strategy for r in results] == [Strategy.PERSONALISED, Strategy.POPULAR]
-    with pytest.raises(InvalidArgument, match=r"^requests\[1\]\.k"):
-        recommend_batch(recommender, [good, RecommendQuery("u", 0)])
-    with pytest.raises(InvalidArgument, match=r"^requests"):
-        recommend_batch(recommender, [good] * 11)
-    with pytest.raises(InvalidArgument, match=r"^requests"):
-        recommend_batch(recommender, [])
+
+    async def scenario() -> None:
+        results = await service.recommend_batch([good, RecommendQuery("new", 3)])
+        assert [r.strategy for r in results] == [Strategy.PERSONALISED, Strategy.POPULAR]
+        with pytest.raises(InvalidArgument, match=r"^requests\[1\]\.k"):
+            await service.recommend_batch([good, RecommendQuery("u", 0)])
+        with pytest.raises(InvalidArgument, match=r"^requests"):
+            await service.recommend_batch([good] * 11)
+        with pytest.raises(InvalidArgument, match=r"^requests"):
+            await service.recommend_batch([])
+
+    asyncio.run(scenario())
 
 
 def test_many_queries_answered_together_as_each_alone(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import pytest
 import redis
 
 from recsvc.core.state import EventType, Interaction, StoredItem, UserStateStore
-from recsvc.store.file_log import FileEventLog, read_columns_from, read_event_file
+from recsvc.store.codec import interactions_to_columns
+from recsvc.store.file_log import FileEventLog, read_columns_from
 from recsvc.store.item_log import FileItemLog, RedisItemLog
 from recsvc.store.memory import InMemoryUserStore
 from recsvc.store.redis_backend import RedisEventLog, RedisUserStore, connect
@@ -75,7 +77,8 @@ def test_file_event_log_is_idempotent_across_restarts(tmp_path: Path) -> None:
         assert [e.event_id for e in again.accepted] == ["3"] and again.duplicates == 1
 
     asyncio.run(scenario())
-    assert [e.event_id for e in read_event_file(path)] == ["1", "2", "3"]
+    logged, _ = read_columns_from(path, 0, sys.maxsize)  # as the ingest worker reads it
+    assert logged["event_id"] == ["1", "2", "3"]
 
 
 def test_file_event_log_writes_columns_and_reads_both_formats(tmp_path: Path) -> None:
@@ -89,7 +92,8 @@ def test_file_event_log_writes_columns_and_reads_both_formats(tmp_path: Path) ->
     asyncio.run(FileEventLog(path).append(batch))
     lines = path.read_text().splitlines()
     assert len(lines) == 1 + 3  # 250 new events as lines of at most LINE_EVENTS (100)
-    assert list(read_event_file(path)) == [interaction("u", "a", "old", ts=5), *batch]
+    logged, _ = read_columns_from(path, 0, sys.maxsize)
+    assert logged == interactions_to_columns([interaction("u", "a", "old", ts=5), *batch])
     # The ingest worker's reader stops at a line boundary before passing max_events.
     columns, end = read_columns_from(path, 0, 150)
     assert columns["event_id"] == ["old", *(f"e{n}" for n in range(100))]

@@ -1,0 +1,192 @@
+"""Candidate search: top-k over an ItemIndex plus the items added since training.
+
+Labels are item rows: the model's items first, then the added items (``num_items + i``).
+Every strategy (recommend, similar items, image search) finds its candidates here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import numpy as np
+import numpy.typing as npt
+
+from recsvc.core.added import AddedItems
+from recsvc.core.model import Model
+from recsvc.core.queries import CategoryFilter, ScoredItem
+from recsvc.index import ItemIndex
+
+# The added items' vectors in an index's space, and which of them may be returned (None: all).
+Extra = tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_] | None]
+
+NO_ROWS: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)
+NO_ROWS.flags.writeable = False  # shared by every query that lists no ids
+
+# Below this share of allowed items, a category filter is served by exact search over the
+# allowed items: over-fetching from HNSW would have to read most of the graph to find k.
+_EXACT_FILTER_SHARE = 0.05
+
+
+class CandidateSearch:
+    """Searches one model version's indexes, merging in the added items.
+
+    Parameters
+    ----------
+    model : the model version searched
+    exact : search every index exactly instead of through its graph (small catalogues)
+    """
+
+    def __init__(self, model: Model, exact: bool) -> None:
+        self.model = model
+        self.exact = exact
+
+    def rows(self, ids: Collection[str], added: AddedItems) -> npt.NDArray[np.int64]:
+        """Labels of the known ids among ``ids`` (model items, then added items)."""
+        if not ids:
+            return NO_ROWS
+        if not len(added):
+            return self.model.items.rows(ids)
+        n = self.model.info.num_items
+        found = [
+            row if (row := self.model.items.row(i)) is not None else n + added.rows[i]
+            for i in ids
+            if i in self.model.items or i in added.rows
+        ]
+        return np.asarray(found, dtype=np.int64)
+
+    def allowed_mask(
+        self, categories: CategoryFilter, added: AddedItems
+    ) -> npt.NDArray[np.bool_] | None:
+        """Boolean mask (model items, then added items) of what the category filter lets
+        through; None when there is no filter."""
+        if not categories.active:
+            return None
+        codes = self.model.item_categories
+        mask = np.ones(len(codes), dtype=bool)
+        if categories.include:
+            mask &= np.isin(codes, self.model.category_codes(categories.include))
+        if categories.exclude:
+            mask &= ~np.isin(codes, self.model.category_codes(categories.exclude))
+        if len(added):
+            names = np.asarray(added.categories)
+            extra = np.ones(len(names), dtype=bool)
+            if categories.include:
+                extra &= np.isin(names, categories.include)
+            if categories.exclude:
+                extra &= ~np.isin(names, categories.exclude)
+            mask = np.concatenate([mask, extra])
+        return mask
+
+    def search(
+        self,
+        index: ItemIndex,
+        vector: npt.NDArray[np.float32],
+        k: int,
+        blocked: npt.NDArray[np.int64],
+        allowed: npt.NDArray[np.bool_] | None,
+        rows: npt.NDArray[np.int64] | None = None,
+        extra: Extra | None = None,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Top-k labels and scores that are not blocked and are allowed.
+
+        ``rows`` maps the index's labels to item rows when they differ (the visual index covers
+        only the items that have an image). ``extra``: the added items' vectors in the index's
+        space (and which of them may be returned), searched exactly and merged.
+        """
+        labels, scores = self._search_index(index, vector, k, blocked, allowed, rows)
+        if extra is None or not len(extra[0]):
+            return labels, scores
+        vectors, usable = extra
+        extra_labels = self.model.info.num_items + np.arange(len(vectors), dtype=np.int64)
+        extra_scores = vectors @ as_query(index, vector)
+        keep = ~np.isin(extra_labels, blocked)
+        if usable is not None:
+            keep &= usable
+        if allowed is not None:
+            keep &= allowed[extra_labels]
+        labels = np.concatenate([labels, extra_labels[keep]])
+        scores = np.concatenate([scores, extra_scores[keep].astype(np.float32)])
+        order = np.argsort(-scores, kind="stable")[:k]
+        return labels[order], scores[order]
+
+    def _search_index(
+        self,
+        index: ItemIndex,
+        vector: npt.NDArray[np.float32],
+        k: int,
+        blocked: npt.NDArray[np.int64],
+        allowed: npt.NDArray[np.bool_] | None,
+        rows: npt.NDArray[np.int64] | None,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        if rows is not None:
+            labels, scores = self._search_index(
+                index,
+                vector,
+                k,
+                np.flatnonzero(np.isin(rows, blocked)),
+                allowed[rows] if allowed is not None else None,
+                None,
+            )
+            return rows[labels], scores
+        if allowed is not None:
+            allowed = allowed[: index.size]
+        if allowed is not None and allowed.mean() < _EXACT_FILTER_SHARE:
+            candidates = np.flatnonzero(allowed)
+            candidates = candidates[~np.isin(candidates, blocked)]
+            scores = index.vectors[candidates] @ as_query(index, vector)
+            order = np.argsort(-scores, kind="stable")[:k]
+            return candidates[order].astype(np.int64), scores[order].astype(np.float32)
+        # Over-fetch enough to survive the exclusions; widen while too few remain.
+        fetch = k + len(blocked)
+        while True:
+            labels, scores = index.search(vector, fetch, exact=self.exact)
+            keep = ~np.isin(labels, blocked)
+            if allowed is not None:
+                keep &= allowed[labels]
+            if keep.sum() >= k or fetch >= index.size:
+                return labels[keep][:k], scores[keep][:k]
+            fetch = min(index.size, fetch * 4)
+
+    def popular(
+        self, k: int, blocked: npt.NDArray[np.int64], allowed: npt.NDArray[np.bool_] | None
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """The k most popular model items that are not blocked and are allowed, with their
+        popularity as the score (the answer when there is nothing to search with)."""
+        order = self.model.popular_order
+        keep = ~np.isin(order, blocked)
+        if allowed is not None:
+            keep &= allowed[order]
+        labels = order[keep][:k]
+        return labels, self.model.item_popularity[labels]
+
+    def unit_factors(
+        self, labels: npt.NDArray[np.int64], added: AddedItems
+    ) -> npt.NDArray[np.float32]:
+        """L2-normalised item factors of ``labels`` (model or added items)."""
+        n = self.model.info.num_items
+        base = self.model.similar_index.vectors
+        if not len(added) or labels.max(initial=-1) < n:
+            return base[labels]
+        return np.vstack([base, added.unit_factors])[labels]
+
+    def scored(
+        self,
+        labels: npt.NDArray[np.int64],
+        scores: npt.NDArray[np.float32],
+        added: AddedItems,
+    ) -> list[ScoredItem]:
+        """The labels as the caller's item ids, with their scores."""
+        ids = self.model.items.ids
+        n = len(ids)
+        # Python ints and floats first: iterating numpy arrays makes a scalar object per element.
+        return [
+            ScoredItem(ids[label] if label < n else added.ids[label - n], score)
+            for label, score in zip(labels.tolist(), scores.tolist(), strict=True)
+        ]
+
+
+def as_query(index: ItemIndex, vector: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The query as the index scores it: normalised for a cosine index."""
+    if index.metric == "cosine":
+        return (vector / max(float(np.linalg.norm(vector)), 1e-12)).astype(np.float32)
+    return vector

@@ -1,0 +1,113 @@
+"""The Recommend planner: what each query searches for, which queries share one batched
+graph search, and how a query's candidates become its answer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from recsvc.core.added import AddedItems
+from recsvc.core.candidates import NO_ROWS, CandidateSearch, Extra
+from recsvc.core.foldin import fold_in_with_model
+from recsvc.core.queries import Recommendation, RecommendQuery, Strategy
+from recsvc.core.ranking import mmr
+from recsvc.core.state import UserState
+
+# Larger fetches (long histories to exclude) are searched one by one.
+_BATCH_FETCH_MAX = 256
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A query ready to search: its vector, what it must not return, what it may return."""
+
+    query: RecommendQuery
+    vector: npt.NDArray[np.float32]
+    strategy: Strategy
+    blocked: npt.NDArray[np.int64]
+    allowed: npt.NDArray[np.bool_] | None
+    extra: Extra | None
+    added: AddedItems
+    pool: int  # candidates wanted (k, or the pool diversity picks from)
+
+    @property
+    def fetch(self) -> int:
+        """Graph results to ask for so that ``pool`` survive the exclusions."""
+        return self.pool + len(self.blocked)
+
+
+def plan_query(
+    search: CandidateSearch, query: RecommendQuery, state: UserState, added: AddedItems
+) -> Plan | Recommendation:
+    """What a query searches for (its vector, what it excludes), or its answer when there
+    is nothing to search with (popular items). The query is already validated.
+
+    ``state`` is what the store knows beyond the model: interactions since training (excluded
+    like the training history) and the user's folded-in vector, which wins over the model's
+    own user factors. ``added`` is the added-items table the query started with.
+    """
+    model = search.model
+    user_row = model.users.row(query.user_id) if query.user_id else None
+    recent_rows = search.rows(query.recent_item_ids, added)
+    blocked = search.rows(query.exclude_item_ids, added)
+    if query.exclude_seen:
+        seen = model.seen_items(user_row) if user_row is not None else NO_ROWS
+        history = search.rows(state.history, added)
+        parts = [rows for rows in (blocked, seen, history, recent_rows) if len(rows)]
+        if parts:  # most queries block nothing: no concatenation then
+            blocked = np.concatenate(parts).astype(np.int64, copy=False)
+    allowed = search.allowed_mask(query.categories, added)
+
+    if state.vector is not None and state.vector.shape == (model.item_factors.shape[1],):
+        vector = state.vector
+        strategy = Strategy.PERSONALISED
+    elif user_row is not None:
+        vector = model.user_factors[user_row]
+        strategy = Strategy.PERSONALISED
+    elif len(recent_model_rows := recent_rows[recent_rows < model.info.num_items]):
+        rows = np.unique(recent_model_rows)
+        ones = np.ones(len(rows), dtype=np.float32)
+        vector = fold_in_with_model(model, rows, ones, np.array([len(rows)]))[0]
+        strategy = Strategy.SESSION
+    else:
+        labels, scores = search.popular(query.k, blocked, allowed)
+        return Recommendation(search.scored(labels, scores, added), model.version, Strategy.POPULAR)
+    # Diversity re-ranks a larger pool of the best candidates.
+    pool = query.k
+    if query.diversity > 0:
+        pool = min(model.info.num_items, max(3 * query.k, query.k + 50))
+    extra = (added.factors, None) if len(added) else None
+    return Plan(query, vector, strategy, blocked, allowed, extra, added, pool)
+
+
+def batches(plans: list[Plan | Recommendation]) -> dict[int, list[tuple[int, Plan]]]:
+    """The plans that the plain graph search serves (no filter, no added items), grouped by
+    how many results they fetch (rounded up to a power of two, at least 32), so that each group
+    shares one batched search without making the smaller ones fetch much more."""
+    groups: dict[int, list[tuple[int, Plan]]] = {}
+    for n, planned in enumerate(plans):
+        if isinstance(planned, Plan) and planned.allowed is None and planned.extra is None:
+            width = max(32, 1 << (planned.fetch - 1).bit_length())
+            if width <= _BATCH_FETCH_MAX:
+                groups.setdefault(width, []).append((n, planned))
+    return groups
+
+
+def finish(
+    search: CandidateSearch,
+    planned: Plan,
+    labels: npt.NDArray[np.int64],
+    scores: npt.NDArray[np.float32],
+) -> Recommendation:
+    """The answer from a plan's candidates: diversified when the query asks for it."""
+    if planned.query.diversity > 0:
+        unit = search.unit_factors(labels, planned.added)
+        picked, scores = mmr(
+            np.arange(len(labels)), scores, unit, planned.query.k, planned.query.diversity
+        )
+        labels = labels[picked]
+    return Recommendation(
+        search.scored(labels, scores, planned.added), search.model.version, planned.strategy
+    )
