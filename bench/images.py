@@ -2,9 +2,9 @@
 
 - forward: the backbone alone on tensors decoded and preprocessed beforehand (batches of
   --batch), after a warm-up batch: the ceiling;
-- pipeline: `recsvc embed`'s job (workers.embed.embed_catalogue) over the same files: read,
-  sha256, decode, letterbox, normalise, forward, write the Parquet table; with 0, 1 and 2
-  data-loader workers.
+- pipeline: `recsvc embed`'s job (recsvc.catalogue.embedding.embed_catalogue) over the same
+  files: read, sha256, decode, letterbox, normalise, forward, write the Parquet table; with 0,
+  1 and 2 data-loader workers.
 
 On the CPU by default; `--device cuda` (or auto on a GPU machine) uses float16 autocast and
 channels-last. Images come from ../shared/data/fashion-products/images when present, else
@@ -30,12 +30,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from recsvc.catalogue.embedding import EmbedOptions, embed_catalogue  # noqa: E402
+from recsvc.catalogue.reader import Catalogue, CatalogueItem  # noqa: E402
+from recsvc.testing import make_product_images  # noqa: E402
 from recsvc.vision.backbones import load_backbone  # noqa: E402
 from recsvc.vision.decode import decode_image  # noqa: E402
 from recsvc.vision.embedder import ImageEmbedder  # noqa: E402
-from tests.images import make_product_images  # noqa: E402
-from workers.catalogue import Catalogue, CatalogueItem  # noqa: E402
-from workers.embed import EmbedOptions, embed_catalogue  # noqa: E402
 
 FASHION = ROOT.parent / "shared" / "data" / "fashion-products" / "images"
 

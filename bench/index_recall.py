@@ -21,19 +21,29 @@ import hnswlib
 import numpy as np
 
 from recsvc.config import TrainSettings
-from recsvc.index import IndexParams, ItemIndex, exact_top_k, recall_at_k
-from workers.demo_data import generate_demo_data
-from workers.interactions import read_interactions
-from workers.models import fit_factors
+from recsvc.data.demo import generate_demo_data
+from recsvc.data.readers import read_interactions
+from recsvc.fitting.factors import fit_factors
+from recsvc.index import (
+    DEFAULT_EF_SEARCH,
+    DEFAULT_EXACT_HEAD_SHARE,
+    GraphParams,
+    ItemIndex,
+    SearchParams,
+    exact_top_k,
+    recall_at_k,
+)
 
 
-def mips_transform_recall(items: np.ndarray, queries: np.ndarray, params: IndexParams) -> float:
+def mips_transform_recall(
+    items: np.ndarray, queries: np.ndarray, graph: GraphParams, ef: int
+) -> float:
     norms = np.einsum("ij,ij->i", items, items)
     augmented = np.hstack([items, np.sqrt(norms.max() - norms)[:, None]]).astype(np.float32)
     index = hnswlib.Index(space="l2", dim=augmented.shape[1])
-    index.init_index(len(items), M=params.m, ef_construction=params.ef_construction, random_seed=1)
-    index.add_items(augmented, np.arange(len(items)), num_threads=params.threads)
-    index.set_ef(params.ef_search)
+    index.init_index(len(items), M=graph.m, ef_construction=graph.ef_construction, random_seed=1)
+    index.add_items(augmented, np.arange(len(items)), num_threads=graph.threads)
+    index.set_ef(ef)
     probes = np.hstack([queries, np.zeros((len(queries), 1), np.float32)])
     labels, _ = index.knn_query(probes, k=10)
     found = sum(
@@ -69,9 +79,10 @@ def main() -> None:
     items, users = factors.item_factors, factors.user_factors
     rng = np.random.default_rng(0)
     queries = users[rng.choice(len(users), size=min(args.queries, len(users)), replace=False)]
-    params = IndexParams(threads=2)
+    graph = GraphParams(m=16, ef_construction=200, seed=42, threads=2)
+    search = SearchParams(DEFAULT_EF_SEARCH, threads=2, exact_head_share=DEFAULT_EXACT_HEAD_SHARE)
     started = time.perf_counter()
-    index = ItemIndex.build(items, "ip", params)
+    index = ItemIndex.build(items, "ip", graph, search)
     build_seconds = time.perf_counter() - started
     graph_only = ItemIndex(items, "ip", index.hnsw, exact_head_share=0.0)
     norms = np.linalg.norm(items, axis=1)
@@ -79,7 +90,6 @@ def main() -> None:
     for ef in args.ef:
         assert index.hnsw is not None
         index.hnsw.set_ef(ef)
-        swept = IndexParams(threads=2, ef_search=ef)
         started = time.perf_counter()
         for query in queries:
             index.search(query, 10)
@@ -88,7 +98,7 @@ def main() -> None:
             "recsvc_ip_with_exact_head": round(recall_at_k(index, queries, 10), 4),
             "ms_per_query": round(per_query_ms, 3),
             "plain_ip_graph_only": round(recall_at_k(graph_only, queries, 10), 4),
-            "mips_transform": round(mips_transform_recall(items, queries, swept), 4),
+            "mips_transform": round(mips_transform_recall(items, queries, graph, ef), 4),
         }
     print(
         json.dumps(
@@ -101,7 +111,7 @@ def main() -> None:
                 "item_norm_p5_p50_p95": [
                     round(float(x), 3) for x in np.percentile(norms, [5, 50, 95])
                 ],
-                "hnsw": {"M": params.m, "ef_construction": params.ef_construction},
+                "hnsw": {"M": graph.m, "ef_construction": graph.ef_construction},
                 "recall@10_by_ef": sweep,
                 "build_seconds_plain_ip": round(build_seconds, 2),
                 "machine": f"{platform.machine()}, {platform.python_version()}",

@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from recsvc._proto.v1 import recommender_pb2 as pb  # noqa: E402
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc  # noqa: E402
-from tests.helpers import recsvc_command, redis_server, running_server, server_env  # noqa: E402
-from workers.demo_data import generate_demo_data  # noqa: E402
+from recsvc.data.demo import generate_demo_data  # noqa: E402
+from recsvc.testing import recsvc_command, redis_server, running_server, server_env  # noqa: E402
 from workers.ingest import InteractionStore  # noqa: E402
 
 

@@ -25,11 +25,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from recsvc.artifacts import ModelStore  # noqa: E402
-from recsvc.config import IndexSettings, TrainSettings  # noqa: E402
-from workers.embedding_table import EmbeddingTable  # noqa: E402
-from workers.interactions import Interactions, interactions_from_arrays  # noqa: E402
-from workers.models import TrainedFactors  # noqa: E402
-from workers.train import build_model, index_params  # noqa: E402
+from recsvc.catalogue.embedding_table import EmbeddingTable  # noqa: E402
+from recsvc.config import IndexSettings, ServingSettings, TrainSettings  # noqa: E402
+from recsvc.data.matrix import Interactions, interactions_from_arrays  # noqa: E402
+from recsvc.fitting.factors import TrainedFactors  # noqa: E402
+from recsvc.index import IndexBuildParams, IndexSearchParams  # noqa: E402
+from recsvc.training.pipeline import build_model  # noqa: E402
 
 DIM = 64
 PER_USER = 20
@@ -56,7 +57,7 @@ def synthetic(users: int, items: int, rng: np.random.Generator) -> Interactions:
 def loaded_mib(store: ModelStore) -> float:
     gc.collect()
     before = rss()
-    model = store.load_latest(index_params(IndexSettings()))
+    model = store.load_latest(IndexSearchParams.from_settings(ServingSettings()))
     used = (rss() - before) / 2**20
     del model
     return used
@@ -87,7 +88,7 @@ def main() -> None:
         model = build_model(
             data, factors, TrainSettings(factors=DIM), INDEX, store.new_version(), images=images
         )
-        store.publish(model, index_params(INDEX))
+        store.publish(model, IndexBuildParams.from_settings(INDEX, threads=0))
         users, items, nnz = len(model.users), len(model.items), model.user_items.nnz
         del model, data, factors, images
         used = loaded_mib(store)

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,18 +30,17 @@ from serve import make_model_store  # noqa: E402
 
 from recsvc._proto.v1 import recommender_pb2 as pb  # noqa: E402
 from recsvc.api import convert  # noqa: E402
+from recsvc.backends import event_log_path  # noqa: E402
 from recsvc.config import load_settings  # noqa: E402
 from recsvc.core.holder import RecommenderHolder  # noqa: E402
-from recsvc.core.service import RecommendationService  # noqa: E402
-from recsvc.core.state import EventType  # noqa: E402
-from recsvc.server import load_recommender  # noqa: E402
+from recsvc.server import build_service, load_recommender  # noqa: E402
 from recsvc.store.file_log import FileEventLog  # noqa: E402
 from recsvc.store.memory import InMemoryUserStore  # noqa: E402
 
 USERS = 20_000
 
 
-async def per_call_us(service: RecommendationService, calls: int, concurrency: int) -> float:
+async def per_call_us(service: Any, calls: int, concurrency: int) -> float:
     """CPU microseconds per Recommend call (request conversion, service, response)."""
 
     async def one() -> None:
@@ -93,9 +93,8 @@ async def main() -> None:
     store = InMemoryUserStore(500, 86400, 86400)
     vectors = np.random.default_rng(1).normal(size=(USERS, args.dim)).astype(np.float32)
     await store.put_vectors(recommender.version, {f"u{n}": vectors[n] for n in range(USERS)})
-    service = RecommendationService(
-        holder, store, FileEventLog(root / "events.jsonl"), dict.fromkeys(EventType, 1.0), 0.05
-    )
+    settings = load_settings(model_store=root / "store")
+    service = build_service(settings, holder, (store, FileEventLog(event_log_path(settings))))
     await per_call_us(service, 500, 1)  # warm up
     index = recommender.model.user_index
     served_ef = index.hnsw.ef if index.hnsw is not None else 0

@@ -36,7 +36,7 @@ from recsvc.store.redis_backend import (  # noqa: E402
     connect,
     vector_key,
 )
-from tests.helpers import redis_server  # noqa: E402
+from recsvc.testing import redis_server  # noqa: E402
 
 
 def server_cpu_seconds(raw: redis.Redis) -> float:

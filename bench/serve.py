@@ -45,14 +45,14 @@ from recsvc.artifacts import ModelStore  # noqa: E402
 from recsvc.config import IndexSettings, TrainSettings, load_settings  # noqa: E402
 from recsvc.core.holder import RecommenderHolder  # noqa: E402
 from recsvc.core.queries import RecommendQuery  # noqa: E402
-from recsvc.core.service import RecommendationService  # noqa: E402
-from recsvc.core.state import EventType  # noqa: E402
+from recsvc.data.matrix import Interactions, ReadReport  # noqa: E402
+from recsvc.fitting.factors import TrainedFactors  # noqa: E402
+from recsvc.index import IndexBuildParams  # noqa: E402
+from recsvc.metrics import RECOMMEND_BATCHED_CALLS, RECOMMEND_BATCHES  # noqa: E402
 from recsvc.store.codec import vector_to_bytes  # noqa: E402
-from recsvc.store.redis_backend import RedisEventLog, RedisUserStore, connect, vector_key  # noqa: E402
-from tests.helpers import free_port, redis_server, running_server, server_env  # noqa: E402
-from workers.interactions import Interactions, ReadReport  # noqa: E402
-from workers.models import TrainedFactors  # noqa: E402
-from workers.train import build_model, index_params  # noqa: E402
+from recsvc.store.redis_backend import vector_key  # noqa: E402
+from recsvc.testing import free_port, redis_server, running_server, server_env  # noqa: E402
+from recsvc.training.pipeline import build_model  # noqa: E402
 
 K = 10
 
@@ -80,7 +80,7 @@ def make_model_store(root: Path, n_items: int, n_users: int, dim: int) -> str:
     store = ModelStore(root)
     index = IndexSettings()
     model = build_model(data, factors, TrainSettings(factors=dim), index, store.new_version())
-    store.publish(model, index_params(index))
+    store.publish(model, IndexBuildParams.from_settings(index, threads=0))
     return model.version
 
 
@@ -256,18 +256,14 @@ async def record_latency(target: str, n_users: int, seconds: float) -> dict[str,
 async def in_process(
     redis_url: str, store_dir: Path, n_users: int, levels: list[int], seconds: float
 ) -> tuple[dict[int, dict], float]:
-    from recsvc.server import load_recommender
+    from recsvc.backends import build_user_state
+    from recsvc.server import build_service, load_recommender
 
-    settings = load_settings(model_store=store_dir)
+    # Wired as `recsvc serve` wires it, from the same settings.
+    settings = load_settings(model_store=store_dir, redis_url=redis_url)
     holder = RecommenderHolder(load_recommender(settings))
-    client = connect(redis_url, 1.0, 1.0)
-    service = RecommendationService(
-        holder,
-        RedisUserStore(client, "recsvc", 500, 86400, 86400),
-        RedisEventLog(client, "recsvc", 86400),
-        dict.fromkeys(EventType, 1.0),
-        0.05,
-    )
+    store, events, items = build_user_state(settings)
+    service = build_service(settings, holder, (store, events))
 
     async def call() -> None:
         await service.recommend(RecommendQuery(f"u{random.randrange(n_users)}", K))
@@ -280,7 +276,8 @@ async def in_process(
         started = time.perf_counter()
         recommender.fold_in_user(f"m{n}", history)
         timings.append(time.perf_counter() - started)
-    await client.aclose()
+    for closable in (store, events, items):
+        await closable.close()
     return results, float(np.percentile(np.asarray(timings) * 1000, 99))
 
 
@@ -290,10 +287,10 @@ def mean_batch_size(metrics_port: int) -> float | None:
     values = dict(
         line.split(" ", 1)
         for line in text.decode().splitlines()
-        if line.startswith("recsvc_recommend_batch")
+        if line.startswith((RECOMMEND_BATCHES, RECOMMEND_BATCHED_CALLS))
     )
-    batches = float(values.get("recsvc_recommend_batches_total", 0))
-    calls = float(values.get("recsvc_recommend_batched_calls_total", 0))
+    batches = float(values.get(f"{RECOMMEND_BATCHES}_total", 0))
+    calls = float(values.get(f"{RECOMMEND_BATCHED_CALLS}_total", 0))
     return round(calls / batches, 2) if batches else None
 
 

@@ -39,9 +39,10 @@ sys.path.insert(0, str(ROOT))
 
 from recsvc.artifacts import ModelStore  # noqa: E402
 from recsvc.config import IndexSettings, TrainSettings  # noqa: E402
+from recsvc.data.matrix import Interactions, ReadReport  # noqa: E402
+from recsvc.data.readers import read_interactions  # noqa: E402
 from recsvc.index import recall_at_k  # noqa: E402
-from workers.interactions import Interactions, ReadReport, read_interactions  # noqa: E402
-from workers.train import train_and_publish  # noqa: E402
+from recsvc.training.pipeline import train_and_publish  # noqa: E402
 
 ML100K = ROOT.parent / "shared" / "data" / "ml-100k" / "u.data"
 SIZES = {"1M": 1_000_000, "10M": 10_000_000, "50M": 50_000_000}

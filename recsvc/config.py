@@ -21,16 +21,8 @@ from pydantic_settings import (
 )
 
 from recsvc.errors import ConfigError
-
-# HNSW ef of user->item queries where nothing else says: what an index is built with, and what
-# a model published before ef tuning is served at.
-DEFAULT_EF_SEARCH = 64
-# Training picks each model's ef: the smallest of EF_LADDER whose recall@10 against exact
-# search, on a sample of users, reaches RECALL_TARGET. With the exact head that is ef 16 on both
-# benchmark data sets (recall 1.000), where a fixed ef 64 walks twice the graph; data whose
-# norms are flat get a larger ef (docs/BENCHMARKS.md, "Index recall").
-EF_LADDER = (16, 32, 64, 128, 256, 512)
-RECALL_TARGET = 0.98
+from recsvc.index.params import DEFAULT_EXACT_HEAD_SHARE
+from recsvc.vision import DEFAULT_BACKBONE
 
 ENV_PREFIX = "RECSVC_"
 CONFIG_FILE_ENV = "RECSVC_CONFIG_FILE"
@@ -108,7 +100,10 @@ class ServingSettings(_Section):
         1, ge=1, le=256, description="Threads hnswlib may use for one query."
     )
     exact_head_share: float = Field(
-        0.02, ge=0, le=1, description="Share of items (largest norms) also searched exactly."
+        DEFAULT_EXACT_HEAD_SHARE,
+        ge=0,
+        le=1,
+        description="Share of items (largest norms) also searched exactly.",
     )
     model_poll_seconds: float = Field(
         2.0, ge=0, le=3600, description="How often to look for a new model version; 0: never."
@@ -241,7 +236,7 @@ class ImageSettings(_Section):
     """Product images: the CNN backbone, embedding jobs, and image requests."""
 
     backbone: str = Field(
-        "efficientnet_lite0",
+        DEFAULT_BACKBONE,
         min_length=1,
         description="CNN backbone; efficientnet_lite0 ships its weights, others need `weights`.",
     )

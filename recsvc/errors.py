@@ -1,6 +1,6 @@
 """recsvc's one exception tree.
 
-The domain raises these; ``recsvc.api.errors`` maps each to a gRPC status code in one table, and
+The domain raises these; ``recsvc.api.status`` maps each to a gRPC status code in one table, and
 the command line prints their message. Messages name the offending field first.
 """
 

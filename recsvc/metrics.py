@@ -1,6 +1,6 @@
 """Prometheus metrics, in a registry per server (no process-wide globals).
 
-RPC latency is observed by the servicer's error-translation wrapper; counters that the domain
+RPC latency is observed by the call boundary (recsvc.api.boundary); counters that the domain
 keeps (store hits, fold-ins, swaps) are read at scrape time by a collector.
 """
 
@@ -15,6 +15,10 @@ from prometheus_client.registry import Collector
 
 from recsvc.core.service import RecommendationService
 
+# Metric names other programs read (dashboards, bench/serve.py), defined once. Counters are
+# exposed with Prometheus's ``_total`` suffix.
+RECOMMEND_BATCHES = "recsvc_recommend_batches"
+RECOMMEND_BATCHED_CALLS = "recsvc_recommend_batched_calls"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 
 
@@ -65,10 +69,10 @@ class _ServiceCollector(Collector):
             yield GaugeMetricFamily("recsvc_fold_in_p99_seconds", "p99 of recent fold-ins.", p99)
         batches, batched = self.service.recommend_batching()
         yield CounterMetricFamily(
-            "recsvc_recommend_batches", "Batches that answered Recommend calls.", value=batches
+            RECOMMEND_BATCHES, "Batches that answered Recommend calls.", value=batches
         )
         yield CounterMetricFamily(
-            "recsvc_recommend_batched_calls",
+            RECOMMEND_BATCHED_CALLS,
             "Recommend calls answered in batches (divided by the batches: mean batch size).",
             value=batched,
         )

@@ -31,19 +31,18 @@ from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
 from recsvc.api.servicer import RecommenderServicer
 from recsvc.artifacts import ModelStore
 from recsvc.artifacts.watcher import ModelWatcher
+from recsvc.backends import build_user_state
 from recsvc.config import Settings
 from recsvc.core.holder import RecommenderHolder
 from recsvc.core.items import ImageLimits, ItemService
+from recsvc.core.model import Model
 from recsvc.core.queries import Limits
 from recsvc.core.recommender import Recommender
 from recsvc.core.service import RecommendationService
 from recsvc.core.state import EventLog, EventType, ItemLog, UserStateStore
 from recsvc.errors import ConfigError
-from recsvc.index import IndexParams
+from recsvc.index import IndexSearchParams
 from recsvc.metrics import Metrics
-from recsvc.store.file_log import FileEventLog
-from recsvc.store.item_log import FileItemLog
-from recsvc.store.memory import InMemoryUserStore
 from recsvc.vision.encoder import ImageEncoder
 
 log = logging.getLogger(__name__)
@@ -94,41 +93,22 @@ def create_server(
     return ServerHandle(server, port, health_servicer, servicer)
 
 
-def build_state(settings: Settings) -> tuple[UserStateStore, EventLog, ItemLog]:
-    """Redis backends when RECSVC_REDIS_URL is set, else in-process state and file logs."""
-    s = settings.store
-    if settings.redis_url:
-        from recsvc.store.item_log import RedisItemLog
-        from recsvc.store.redis_backend import RedisEventLog, RedisUserStore, connect
-
-        client = connect(
-            settings.redis_url, s.timeout_seconds, s.connect_timeout_seconds, s.retries
-        )
-        store: UserStateStore = RedisUserStore(
-            client,
-            s.key_prefix,
-            s.history_max_items,
-            s.history_ttl_seconds,
-            s.vector_ttl_seconds,
-            s.vector_encoding,
-        )
-        # The event log has a client of its own: its appends may wait longer than reads of
-        # rebuildable state (under load a 500-event append queues behind other scripts).
-        log_client = connect(
-            settings.redis_url, s.event_log_timeout_seconds, s.connect_timeout_seconds, s.retries
-        )
-        return (
-            store,
-            RedisEventLog(log_client, s.key_prefix, s.dedupe_ttl_seconds),
-            RedisItemLog(client, s.key_prefix),
-        )
-    memory = InMemoryUserStore(
-        s.history_max_items, s.history_ttl_seconds, s.vector_ttl_seconds, s.max_users_in_process
-    )
-    return (
-        memory,
-        FileEventLog(s.event_log_path or settings.model_store / "events.jsonl"),
-        FileItemLog(settings.model_store / "items.jsonl"),
+def build_service(
+    settings: Settings,
+    holder: RecommenderHolder,
+    state: tuple[UserStateStore, EventLog] | None = None,
+) -> RecommendationService:
+    """The recommendation service, wired from the settings; ``state`` (user store, event log)
+    replaces the backends the settings name (benchmarks and tests bring their own)."""
+    store, events = state or build_user_state(settings)[:2]
+    weights = {EventType(name): weight for name, weight in settings.events.model_dump().items()}
+    return RecommendationService(
+        holder,
+        store,
+        events,
+        weights,
+        settings.store.timeout_seconds,
+        visual_weight=settings.images.hybrid_visual_weight,
     )
 
 
@@ -146,7 +126,7 @@ def build_item_service(
 def load_recommender(settings: Settings, version: str | None = None) -> Recommender:
     """Load and verify a model version (default: the latest) from the model store."""
     store = ModelStore(settings.model_store)
-    params = query_index_params(settings)
+    params = IndexSearchParams.from_settings(settings.serving)
     model = store.load(version, params) if version else store.load_latest(params)
     log.info(
         "loaded model %s: %d users, %d items, recall@10 %.3f, ef %d",
@@ -156,24 +136,13 @@ def load_recommender(settings: Settings, version: str | None = None) -> Recommen
         model.info.index_recall_at_10,
         model.user_index.hnsw.ef if model.user_index.hnsw is not None else 0,
     )
-    return Recommender(model, serving_limits(settings), settings.serving.exact_search_max_items)
+    return build_recommender(settings, model)
 
 
-def serving_limits(settings: Settings) -> Limits:
-    s = settings.serving
-    return Limits(max_k=s.max_k, max_batch=s.max_batch, max_id_list=s.max_id_list)
-
-
-def query_index_params(settings: Settings) -> IndexParams:
-    return IndexParams(
-        m=settings.index.m,
-        ef_construction=settings.index.ef_construction,
-        ef_search=settings.serving.hnsw_ef_search or 0,  # 0: each model's tuned ef
-        similar_ef_search=settings.serving.similar_ef_search,
-        seed=settings.index.seed,
-        threads=settings.serving.search_threads,
-        exact_head_share=settings.serving.exact_head_share,
-    )
+def build_recommender(settings: Settings, model: Model) -> Recommender:
+    """A Recommender over ``model``, limited and searched as the settings say."""
+    serving = settings.serving
+    return Recommender(model, Limits.from_settings(serving), serving.exact_search_max_items)
 
 
 async def stop_server(handle: ServerHandle, grace: float) -> None:
@@ -248,16 +217,8 @@ async def serve(settings: Settings, announce: bool = True) -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
     threadpool_limits(limits=SERVING_BLAS_THREADS, user_api="blas")
     holder = RecommenderHolder()
-    store, events, item_log = build_state(settings)
-    weights = {EventType(name): weight for name, weight in settings.events.model_dump().items()}
-    service = RecommendationService(
-        holder,
-        store,
-        events,
-        weights,
-        settings.store.timeout_seconds,
-        visual_weight=settings.images.hybrid_visual_weight,
-    )
+    store, events, item_log = build_user_state(settings)
+    service = build_service(settings, holder, (store, events))
     items = build_item_service(settings, holder, item_log)
     metrics = Metrics()
     handle = create_server(settings, service, items, metrics)

@@ -6,19 +6,30 @@ from pathlib import Path
 import pytest
 
 from recsvc.artifacts import ModelStore
-from recsvc.config import IndexSettings, TrainSettings
+from recsvc.catalogue.embedding import EmbedOptions, embed_catalogue
+from recsvc.catalogue.reader import read_catalogue
+from recsvc.config import IndexSettings, ServingSettings, Settings, TrainSettings
 from recsvc.core.model import Model
+from recsvc.data.demo import DemoData, generate_demo_data
+from recsvc.index import IndexBuildParams, IndexSearchParams
+from recsvc.testing import (
+    ProductImages,
+    ServerProcess,
+    make_product_images,
+    running_server,
+    server_env,
+)
+from recsvc.training.pipeline import train_from_files
 from recsvc.vision.backbones import load_backbone
 from recsvc.vision.embedder import ImageEmbedder
-from tests.helpers import ServerProcess, running_server, server_env
-from tests.images import ProductImages, kind_interactions, make_product_images
-from workers.catalogue import read_catalogue
-from workers.demo_data import DemoData, generate_demo_data
-from workers.embed import EmbedOptions, embed_catalogue
-from workers.train import index_params, train_from_files
+from tests.helpers import kind_interactions
 
 SMALL_TRAIN = TrainSettings(factors=32, iterations=10, threads=2)
 SMALL_INDEX = IndexSettings(recall_sample=100)
+# Served as the server fixture serves: HNSW search even on these small catalogues.
+TEST_SETTINGS = Settings(serving=ServingSettings(exact_search_max_items=0))
+SEARCH = IndexSearchParams.from_settings(TEST_SETTINGS.serving)
+BUILD = IndexBuildParams.from_settings(SMALL_INDEX, threads=2)
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +60,7 @@ def model_store(tmp_path_factory: pytest.TempPathFactory, demo_data: DemoData) -
 
 @pytest.fixture(scope="session")
 def model(model_store: Path) -> Model:
-    return ModelStore(model_store).load_latest(index_params(SMALL_INDEX))
+    return ModelStore(model_store).load_latest(SEARCH)
 
 
 @pytest.fixture(scope="session")
@@ -118,4 +129,4 @@ def image_model_store(
 
 @pytest.fixture(scope="session")
 def image_model(image_model_store: Path) -> Model:
-    return ModelStore(image_model_store).load_latest(index_params(SMALL_INDEX))
+    return ModelStore(image_model_store).load_latest(SEARCH)

@@ -18,92 +18,26 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import redis
 
-from recsvc.core.state import Interaction
-from recsvc.durable import replace_atomically, replace_bytes_atomically
+from recsvc.backends import event_log_path, event_stream, sync_redis
+from recsvc.config import Settings
+from recsvc.data.interaction_store import InteractionStore
+from recsvc.durable import replace_bytes_atomically
 from recsvc.store.codec import (
-    COLUMNS,
-    EventColumns,
     interaction_from_json,
-    interactions_to_columns,
 )
 from recsvc.store.file_log import read_columns_from
-from workers.interactions import Interactions, interactions_from_arrays
+from recsvc.store.names import INGEST_GROUP
 
 log = logging.getLogger(__name__)
 
-SCHEMA = pa.schema(
-    [
-        ("event_id", pa.string()),
-        ("user_id", pa.string()),
-        ("item_id", pa.string()),
-        ("event_type", pa.string()),
-        ("weight", pa.float32()),
-        ("timestamp_ms", pa.int64()),
-    ]
-)
 CHECKPOINT = "_checkpoint.json"
-GROUP = "recsvc-ingest"
-
-
-class InteractionStore:
-    """The Parquet interaction store (append-only parts)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-
-    def write_part(self, events: list[Interaction], first: str, last: str) -> Path:
-        """Durably write one batch; returns the part's path (existing parts are kept)."""
-        return self.write_columns(interactions_to_columns(events), first, last)
-
-    def write_columns(self, columns: EventColumns, first: str, last: str) -> Path:
-        """:meth:`write_part` for events given as columns (as the file log stores them)."""
-        day = datetime.now(UTC).strftime("%Y-%m-%d")
-        directory = self.root / f"ingest_date={day}"
-        directory.mkdir(parents=True, exist_ok=True)
-        final = directory / f"part-{first}-{last}.parquet"
-        table = pa.table({name: pa.array(columns[name]) for name in COLUMNS}).cast(SCHEMA)
-        replace_atomically(final, lambda temporary: pq.write_table(table, temporary))
-        return final
-
-    def parts(self) -> list[Path]:
-        return sorted(self.root.glob("ingest_date=*/part-*.parquet"))
-
-    def read(self) -> pa.Table:
-        """Every ingested event once (a repeated event_id keeps its first copy)."""
-        parts = self.parts()
-        if not parts:
-            return SCHEMA.empty_table()
-        table = pa.concat_tables(pq.read_table(p, schema=SCHEMA) for p in parts)
-        _, first = np.unique(
-            table.column("event_id").to_numpy(zero_copy_only=False), return_index=True
-        )
-        return table.take(pa.array(np.sort(first)))
-
-    def count(self) -> int:
-        return sum(pq.ParquetFile(p).metadata.num_rows for p in self.parts())
-
-    def interactions(self) -> Interactions:
-        table = self.read()
-        return interactions_from_arrays(
-            table.column("user_id"),
-            table.column("item_id"),
-            table.column("weight").to_numpy(zero_copy_only=False).astype(np.float32),
-            pc.divide(table.column("timestamp_ms"), 1000)
-            .to_numpy(zero_copy_only=False)
-            .astype(np.int64),
-            source=str(self.root),
-        )
+GROUP = INGEST_GROUP
 
 
 class FileLogIngester:
@@ -210,3 +144,15 @@ class RedisStreamIngester:
             if not response or not response[0][1]:
                 return
             yield response[0][1]
+
+
+def build_ingest_round(settings: Settings, event_log: Path | None = None) -> Callable[[], int]:
+    """The ingest worker's round, wired from the settings: the Redis Stream when
+    ``redis_url`` is set, else the event log file (``event_log``, or the server's)."""
+    w = settings.workers
+    store = InteractionStore(w.interaction_store)
+    if settings.redis_url:
+        return RedisStreamIngester(
+            sync_redis(settings), event_stream(settings), store, w.batch_size
+        ).run_once
+    return FileLogIngester(event_log or event_log_path(settings), store, w.batch_size).run_once

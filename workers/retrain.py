@@ -18,28 +18,45 @@ import numpy as np
 import pyarrow as pa
 
 from recsvc.artifacts import ModelStore
-from recsvc.config import IndexSettings, TrainSettings
+from recsvc.backends import upserted_items_reader
+from recsvc.catalogue.embedding_table import EmbeddingTable
+from recsvc.config import IndexSettings, Settings, TrainSettings, WorkerSettings
 from recsvc.core.state import StoredItem
+from recsvc.data.interaction_store import InteractionStore
+from recsvc.data.matrix import Interactions, interactions_from_arrays
+from recsvc.data.readers import read_interactions
 from recsvc.durable import replace_bytes_atomically
-from workers.embedding_table import EmbeddingTable
-from workers.evaluate import Protocol
-from workers.ingest import InteractionStore
-from workers.interactions import Interactions, interactions_from_arrays, read_interactions
-from workers.train import holdout_metrics, train_and_publish
+from recsvc.evaluation.holdout import Protocol
+from recsvc.training.pipeline import holdout_metrics, train_and_publish
 
 log = logging.getLogger(__name__)
 STATE = "_train_state.json"
+# How the holdout metric that guards publishing is measured.
+HOLDOUT_PROTOCOL: Protocol = "stratified-user"
 
 
 @dataclass(frozen=True)
 class RetrainPolicy:
-    min_new_events: int = 1000
-    max_age_seconds: float = 3600.0
-    tolerance: float = 0.05  # refuse when ndcg@10 falls more than 5% below the current model's
-    keep_versions: int = 3
-    protocol: Protocol = "stratified-user"
-    warm_start: bool = False
-    warm_start_iterations: int = 5
+    """When to retrain, what to refuse, what to keep (WorkerSettings documents each)."""
+
+    min_new_events: int
+    max_age_seconds: float
+    tolerance: float  # refuse when holdout ndcg@10 falls by more than this share
+    keep_versions: int
+    warm_start: bool
+    warm_start_iterations: int
+    protocol: Protocol = HOLDOUT_PROTOCOL
+
+    @classmethod
+    def from_settings(cls, workers: WorkerSettings) -> RetrainPolicy:
+        return cls(
+            min_new_events=workers.retrain_min_new_events,
+            max_age_seconds=workers.retrain_max_age_seconds,
+            tolerance=workers.retrain_tolerance,
+            keep_versions=workers.keep_versions,
+            warm_start=workers.warm_start,
+            warm_start_iterations=workers.warm_start_iterations,
+        )
 
 
 class TrainWorker:
@@ -212,3 +229,20 @@ def _aligned(
         new_rows, old_rows = (np.asarray(x) for x in zip(*pairs, strict=True))
         out[new_rows] = old[old_rows]
     return out
+
+
+def build_train_round(
+    settings: Settings, base: Path | None, images: Path | None, force: bool
+) -> Callable[[], str | None]:
+    """The train worker's round, wired from the settings."""
+    trainer = TrainWorker(
+        InteractionStore(settings.workers.interaction_store),
+        ModelStore(settings.model_store),
+        settings.train,
+        settings.index,
+        RetrainPolicy.from_settings(settings.workers),
+        base,
+        images,
+        upserted=upserted_items_reader(settings),
+    )
+    return lambda: trainer.run_once(force=force)

@@ -7,7 +7,7 @@ import grpc
 from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
 from recsvc.api import convert
-from recsvc.api.errors import translate_errors
+from recsvc.api.boundary import call_boundary
 from recsvc.api.gate import CallGate
 from recsvc.core.items import ItemService
 from recsvc.core.service import RecommendationService
@@ -25,10 +25,10 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self._service = service
         self._items = items
         self.metrics = metrics
-        # Every call passes it (translate_errors); it holds calls at the end of a shutdown.
+        # Every call passes it (call_boundary); it holds calls at the end of a shutdown.
         self.gate = CallGate()
 
-    @translate_errors
+    @call_boundary
     async def Recommend(
         self,
         request: pb.RecommendRequest,
@@ -38,7 +38,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         result = await self._service.recommend(query, context.time_remaining())
         return convert.recommendation_to_pb(result)
 
-    @translate_errors
+    @call_boundary
     async def RecommendBatch(
         self,
         request: pb.RecommendBatchRequest,
@@ -50,7 +50,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             responses=[convert.recommendation_to_pb(r) for r in results]
         )
 
-    @translate_errors
+    @call_boundary
     async def SimilarItems(
         self,
         request: pb.SimilarItemsRequest,
@@ -59,7 +59,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         query = convert.similar_query_from_pb(request)
         return convert.similar_items_to_pb(await self._service.similar_items(query))
 
-    @translate_errors
+    @call_boundary
     async def GetModelInfo(
         self,
         request: pb.GetModelInfoRequest,
@@ -67,7 +67,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     ) -> pb.ModelInfo:
         return convert.model_info_to_pb(self._service.current().model.info)
 
-    @translate_errors
+    @call_boundary
     async def RecordInteractions(
         self,
         request: pb.RecordInteractionsRequest,
@@ -79,7 +79,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             accepted=len(result.accepted), duplicates=result.duplicates
         )
 
-    @translate_errors
+    @call_boundary
     async def SearchByImage(
         self,
         request: pb.SearchByImageRequest,
@@ -91,7 +91,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             items=convert.similar_items_to_pb(result).items, model_version=result.model_version
         )
 
-    @translate_errors
+    @call_boundary
     async def UpsertItems(
         self,
         request: pb.UpsertItemsRequest,

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from recsvc.cli.images import add_embed
 from recsvc.cli.offline import add_eval, add_models, add_train, add_tune
 from recsvc.cli.serving import add_call, add_config, add_demo, add_serve
-from recsvc.cli.workers import add_worker
+from recsvc.cli.worker_commands import add_worker
 from recsvc.errors import RecsvcError
 
 

@@ -48,7 +48,7 @@ def add_catalogue_options(p: argparse.ArgumentParser) -> None:
 
 
 def read_catalogue_from(args: argparse.Namespace) -> Any:
-    from workers.catalogue import CatalogueOptions, read_catalogue
+    from recsvc.catalogue.reader import CatalogueOptions, read_catalogue
 
     return read_catalogue(
         args.catalogue,
@@ -63,8 +63,8 @@ def read_catalogue_from(args: argparse.Namespace) -> Any:
 
 
 def _run_embed(args: argparse.Namespace) -> int:
+    from recsvc.catalogue.embedding import embed_catalogue, embed_options
     from recsvc.vision.embedder import ImageEmbedder
-    from workers.embed import embed_catalogue, embed_options
 
     settings = settings_from(
         args,
@@ -123,10 +123,10 @@ def add_image_eval_options(p: argparse.ArgumentParser) -> None:
 
 
 def run_image_eval(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    """Visual agreement and the cold-start protocol (see workers.image_eval)."""
-    from workers.catalogue import read_catalogue
-    from workers.embedding_table import EmbeddingTable
-    from workers.image_eval import SimulationSettings, evaluate_cold_start, visual_quality
+    """Visual agreement and the cold-start protocol (see recsvc.evaluation.cold_start)."""
+    from recsvc.catalogue.embedding_table import EmbeddingTable
+    from recsvc.catalogue.reader import read_catalogue
+    from recsvc.evaluation.cold_start import SimulationSettings, evaluate_cold_start, visual_quality
 
     table = EmbeddingTable.load(args.images)
     result: dict[str, Any] = {"images": str(args.images), "backbone": table.backbone}

@@ -46,7 +46,7 @@ def add_train(commands: Any) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from recsvc.artifacts import ModelStore
-    from workers.train import train_from_files
+    from recsvc.training.pipeline import train_from_files
 
     settings = settings_from(args, model_store=args.out, train=_train_overrides(args))
     model = train_from_files(
@@ -97,8 +97,8 @@ def add_eval(commands: Any) -> None:
 
 def _load_split(args: argparse.Namespace) -> tuple[Settings, Any, Any, int]:
     """eval and tune: settings, the interactions, their split by the protocol, and its seed."""
-    from workers.evaluate import split_interactions
-    from workers.interactions import read_interactions
+    from recsvc.data.readers import read_interactions
+    from recsvc.evaluation.holdout import split_interactions
 
     settings = settings_from(args, train=_train_overrides(args))
     data = read_interactions(_interactions_path(args), _read_options(args))
@@ -110,8 +110,8 @@ def _load_split(args: argparse.Namespace) -> tuple[Settings, Any, Any, int]:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from workers.evaluate import evaluate_model, evaluate_with_baselines
-    from workers.train import train_parameters
+    from recsvc.evaluation.holdout import evaluate_model, evaluate_with_baselines
+    from recsvc.training.pipeline import train_parameters
 
     if args.images is not None:
         settings = settings_from(args, train=_train_overrides(args))
@@ -169,7 +169,7 @@ def add_tune(commands: Any) -> None:
 
 
 def _run_tune(args: argparse.Namespace) -> int:
-    from workers.tune import tune, write_params
+    from recsvc.tuning.search import tune, write_params
 
     settings, _, split, seed = _load_split(args)
     result = tune(
@@ -288,7 +288,7 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def _read_options(args: argparse.Namespace) -> Any:
-    from workers.interactions import ReadOptions
+    from recsvc.data.matrix import ReadOptions
 
     return ReadOptions(
         file_format=args.format,
@@ -346,7 +346,7 @@ def _add_split_options(p: argparse.ArgumentParser) -> None:
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Training settings: the --params file, overridden by explicit flags."""
-    from workers.tune import read_params
+    from recsvc.tuning.search import read_params
 
     overrides = read_params(args.params) if args.params else {}
     for name in (

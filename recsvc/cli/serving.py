@@ -71,9 +71,9 @@ def add_demo(commands: Any) -> None:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from recsvc.artifacts import ModelStore
+    from recsvc.data.demo import generate_demo_data
     from recsvc.server import serve
-    from workers.demo_data import generate_demo_data
-    from workers.train import train_from_files
+    from recsvc.training.pipeline import train_from_files
 
     store_dir = args.dir / "model-store"
     settings = settings_from(

@@ -47,8 +47,8 @@ class RawItem:
 @dataclass(frozen=True)
 class ImageLimits:
     max_image_bytes: int
-    path_root: Path | None = None
-    default_backbone: str = "efficientnet_lite0"
+    path_root: Path | None
+    default_backbone: str
 
 
 class ItemService:

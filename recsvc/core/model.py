@@ -81,6 +81,8 @@ class VisualPart:
     index : cosine ItemIndex over ``embeddings``; its labels are positions in ``rows``
     projection : raw image embedding -> item factors (None when nothing could be learned)
     adapter : raw image embedding -> visual space (None: the raw embeddings are the space)
+    cold_items : how many items entered the model by their image alone (no interaction)
+    projection_r2 : the projection's validation R^2 (None without a projection)
     """
 
     backbone: str
@@ -91,6 +93,8 @@ class VisualPart:
     projection: Projection | None
     adapter: VisualAdapter | None
     n_items: int
+    cold_items: int
+    projection_r2: float | None
     position: npt.NDArray[np.int64] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -1,8 +1,8 @@
 """Projection: image embedding -> collaborative item-factor space, for items nobody touched yet.
 
-A two-layer perceptron learned (in ``workers.projection``) on items that have both an image and
-interactions. Serving applies it with numpy, so a new item's image becomes a vector the user
-index can score the moment it is added.
+A two-layer perceptron learned (in ``recsvc.fitting.cold_start_projection``) on items that have both
+an image and interactions. Serving applies it with numpy, so a new item's image becomes a
+vector the user index can score the moment it is added.
 """
 
 from __future__ import annotations
@@ -53,9 +53,10 @@ class Projection:
 class VisualAdapter:
     """Raw image embeddings -> the space the visual index searches: the unit vector of
     ``(x - mean) @ components`` (learned from the catalogue's categories, see
-    ``workers.visual_space``, so that "looks alike" follows the shop's own taxonomy) weighted
-    ``sqrt(1 - raw_weight)``, next to the unit raw embedding weighted ``sqrt(raw_weight)``, which
-    keeps appearance ranking items within a category. The result has unit length."""
+    ``recsvc.fitting.visual_space``, so that "looks alike" follows the shop's own taxonomy)
+    weighted ``sqrt(1 - raw_weight)``, next to the unit raw embedding weighted
+    ``sqrt(raw_weight)``, which keeps appearance ranking items within a category. The result
+    has unit length."""
 
     mean: FloatArray
     components: FloatArray

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from recsvc.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from recsvc.config import ServingSettings
 
 MAX_ID_BYTES = 256
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What a single request may ask for (from ServingSettings)."""
+    """What a single request may ask for."""
 
-    max_k: int = 1000
-    max_batch: int = 1000
-    max_id_list: int = 1000
+    max_k: int
+    max_batch: int
+    max_id_list: int
+
+    @classmethod
+    def from_settings(cls, serving: ServingSettings) -> Limits:
+        return cls(serving.max_k, serving.max_batch, serving.max_id_list)
 
 
 class Strategy(StrEnum):

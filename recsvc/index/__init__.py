@@ -1,7 +1,6 @@
 """Nearest-neighbour search over item vectors: HNSW (hnswlib) with an exact fallback."""
 
 from recsvc.index.item_index import (
-    IndexParams,
     ItemIndex,
     Metric,
     exact_top_k,
@@ -9,11 +8,24 @@ from recsvc.index.item_index import (
     recall_at_k,
     tune_ef,
 )
+from recsvc.index.params import (
+    DEFAULT_EF_SEARCH,
+    DEFAULT_EXACT_HEAD_SHARE,
+    GraphParams,
+    IndexBuildParams,
+    IndexSearchParams,
+    SearchParams,
+)
 
 __all__ = [
-    "IndexParams",
+    "DEFAULT_EF_SEARCH",
+    "DEFAULT_EXACT_HEAD_SHARE",
+    "GraphParams",
+    "IndexBuildParams",
+    "IndexSearchParams",
     "ItemIndex",
     "Metric",
+    "SearchParams",
     "exact_top_k",
     "normalise_rows",
     "recall_at_k",

@@ -20,7 +20,6 @@ never writes after construction (a new model means a new ItemIndex).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -28,25 +27,11 @@ import hnswlib
 import numpy as np
 import numpy.typing as npt
 
-from recsvc.config import DEFAULT_EF_SEARCH, EF_LADDER, RECALL_TARGET
+from recsvc.index.params import EF_LADDER, RECALL_TARGET, GraphParams, SearchParams
 
 Metric = Literal["ip", "cosine"]
 FloatMatrix = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
-
-
-@dataclass(frozen=True)
-class IndexParams:
-    """HNSW build and query parameters. ``ef_search`` 0 when a model is loaded: the ef its
-    training chose (recorded in the manifest)."""
-
-    m: int = 16
-    ef_construction: int = 200
-    ef_search: int = DEFAULT_EF_SEARCH
-    similar_ef_search: int = 512
-    seed: int = 42
-    threads: int = 1
-    exact_head_share: float = 0.02
 
 
 class ItemIndex:
@@ -90,22 +75,22 @@ class ItemIndex:
         return int(self.vectors.shape[1])
 
     @classmethod
-    def build(cls, vectors: FloatMatrix, metric: Metric, params: IndexParams) -> ItemIndex:
-        """Build the HNSW graph over ``vectors`` (float32, shape (n_items, dim))."""
+    def build(
+        cls, vectors: FloatMatrix, metric: Metric, graph: GraphParams, search: SearchParams
+    ) -> ItemIndex:
+        """Build the HNSW graph over ``vectors`` (float32, shape (n_items, dim)), to be
+        searched with ``search``."""
         data = _prepare(vectors, metric)
         index = hnswlib.Index(space="ip", dim=data.shape[1])
         index.init_index(
             max_elements=max(1, len(data)),
-            ef_construction=params.ef_construction,
-            M=params.m,
-            random_seed=params.seed,
+            ef_construction=graph.ef_construction,
+            M=graph.m,
+            random_seed=graph.seed,
         )
         if len(data):
-            index.add_items(data, np.arange(len(data)), num_threads=params.threads)
-        index.set_ef(params.ef_search)
-        built = cls(vectors, metric, index, params.exact_head_share)
-        built.threads = params.threads
-        return built
+            index.add_items(data, np.arange(len(data)), num_threads=graph.threads)
+        return cls._searched_with(vectors, metric, index, search)
 
     def save_hnsw(self, path: Path) -> None:
         """Write the HNSW graph to ``path`` (the caller makes it atomic and checksums it)."""
@@ -115,7 +100,7 @@ class ItemIndex:
 
     @classmethod
     def load(
-        cls, vectors: FloatMatrix, metric: Metric, hnsw_path: Path, params: IndexParams
+        cls, vectors: FloatMatrix, metric: Metric, hnsw_path: Path, search: SearchParams
     ) -> ItemIndex:
         """Load a graph saved by :meth:`save_hnsw`. Verify the file's checksum before calling this:
         hnswlib checks neither the dimension nor the integrity of what it reads."""
@@ -125,10 +110,16 @@ class ItemIndex:
             raise ValueError(
                 f"HNSW file holds {index.get_current_count()} items, expected {len(vectors)}"
             )
-        index.set_ef(params.ef_search)  # ef is not saved with the index
-        loaded = cls(vectors, metric, index, params.exact_head_share)
-        loaded.threads = params.threads
-        return loaded
+        return cls._searched_with(vectors, metric, index, search)
+
+    @classmethod
+    def _searched_with(
+        cls, vectors: FloatMatrix, metric: Metric, hnsw: hnswlib.Index, search: SearchParams
+    ) -> ItemIndex:
+        hnsw.set_ef(search.ef)  # ef is not saved with the index
+        index = cls(vectors, metric, hnsw, search.exact_head_share)
+        index.threads = search.threads
+        return index
 
     def search(
         self, query: npt.NDArray[np.float32], k: int, exact: bool = False

@@ -26,6 +26,7 @@ from recsvc.core.state import StoredItem
 from recsvc.durable import append_durably
 from recsvc.errors import StoreUnavailable
 from recsvc.store.file_log import drop_partial_tail
+from recsvc.store.names import item_data_key, item_version_key
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,8 @@ class RedisItemLog:
 
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self._redis = client
-        self.data_key = f"{prefix}:{{items}}:data"
-        self.version_key = f"{prefix}:{{items}}:version"
+        self.data_key = item_data_key(prefix)
+        self.version_key = item_version_key(prefix)
 
     async def put(self, items: list[StoredItem]) -> None:
         mapping: dict[Any, Any] = {item.item_id: item_to_json(item) for item in items}
@@ -159,7 +160,7 @@ def read_items_from_redis(client: Any, prefix: str) -> list[StoredItem]:
     """Every item of a RedisItemLog, read with a synchronous client (for the train worker)."""
     items: list[StoredItem] = []
     try:
-        values = client.hgetall(f"{prefix}:{{items}}:data").values()
+        values = client.hgetall(item_data_key(prefix)).values()
     except (RedisError, OSError) as exc:
         log.warning("item log unavailable; training without the upserted items: %s", exc)
         return items

@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from recsvc.core.state import AppendResult, Interaction, UserHistory, UserState
 from recsvc.errors import StoreUnavailable
 from recsvc.store.codec import interaction_to_json, vector_from_bytes, vector_to_bytes
+from recsvc.store.names import event_id_key_prefix, event_stream_key
 
 T = TypeVar("T")
 
@@ -252,8 +253,8 @@ class RedisEventLog:
 
     def __init__(self, client: redis.Redis, prefix: str, dedupe_ttl: int) -> None:
         self._redis = client
-        self.stream_key = f"{prefix}:{{ev}}:stream"
-        self._id_prefix = f"{prefix}:{{ev}}:id:"
+        self.stream_key = event_stream_key(prefix)
+        self._id_prefix = event_id_key_prefix(prefix)
         self.dedupe_ttl = dedupe_ttl
         self._append = client.register_script(_APPEND_EVENTS)
 

@@ -18,8 +18,8 @@ import torchvision
 from torch import nn
 
 from recsvc.errors import ConfigError
+from recsvc.vision import DEFAULT_BACKBONE
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision families whose convolutional trunk is ``.features`` or ends at ``layer4``.

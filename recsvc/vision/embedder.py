@@ -11,6 +11,8 @@ average pooling). Inference uses channels-last memory; on a GPU also float16 aut
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -19,10 +21,20 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import v2
 
-from recsvc.config import ImageSettings
 from recsvc.vision.backbones import Backbone, load_backbone
 
 GEM_POWER = 3.0
+
+
+class EmbedderSettings(Protocol):
+    """What :meth:`ImageEmbedder.from_settings` reads (recsvc.config.ImageSettings)."""
+
+    @property
+    def backbone(self) -> str: ...
+    @property
+    def weights(self) -> Path | None: ...
+    @property
+    def device(self) -> str: ...
 
 
 def resolve_device(device: str) -> torch.device:
@@ -83,7 +95,7 @@ class ImageEmbedder:
         self.trunk = backbone.trunk.to(self.device).eval().to(memory_format=torch.channels_last)
 
     @classmethod
-    def from_settings(cls, images: ImageSettings) -> ImageEmbedder:
+    def from_settings(cls, images: EmbedderSettings) -> ImageEmbedder:
         """The configured backbone (weights from local disk only) on the configured device."""
         return cls(load_backbone(images.backbone, images.weights), images.device)
 

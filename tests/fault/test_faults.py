@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
-from tests.helpers import free_port, redis_server, running_server, server_env
+from recsvc.testing import free_port, redis_server, running_server, server_env
 
 
 @dataclass

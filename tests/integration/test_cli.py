@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from recsvc.client import RecsvcClient
+from recsvc.data.demo import DemoData
+from recsvc.testing import ProductImages, running_server, server_env
+from tests.helpers import kind_interactions
 from tests.helpers import run_recsvc as run
-from tests.helpers import running_server, server_env
-from tests.images import ProductImages, kind_interactions
-from workers.demo_data import DemoData
 
 SUBCOMMANDS = [
     [],

@@ -10,15 +10,15 @@ from collections.abc import Mapping
 import numpy as np
 import numpy.typing as npt
 
+from recsvc.config import EventWeights, StoreSettings
 from recsvc.core.holder import RecommenderHolder
 from recsvc.core.interactions import RawInteraction
 from recsvc.core.model import Model
-from recsvc.core.queries import Limits
-from recsvc.core.recommender import Recommender
-from recsvc.core.service import RecommendationService
 from recsvc.core.state import EventType
+from recsvc.server import build_recommender, build_service
 from recsvc.store.redis_backend import RedisEventLog, RedisUserStore, connect
-from tests.helpers import redis_server
+from recsvc.testing import redis_server
+from tests.conftest import TEST_SETTINGS
 
 
 class SlowFirstWrite(RedisUserStore):
@@ -45,18 +45,20 @@ class SlowFirstWrite(RedisUserStore):
 
 
 def test_the_later_history_wins_a_race_of_two_updates(model: Model) -> None:
-    recommender = Recommender(model, Limits())
+    recommender = build_recommender(TEST_SETTINGS, model)
     user, (first_item, second_item) = "racer", model.items.ids[:2]
 
     async def scenario() -> tuple[npt.NDArray[np.float32] | None, npt.NDArray[np.float32]]:
         client = connect(url, timeout=1.0, connect_timeout=1.0)
         store = SlowFirstWrite(client, "race", 100, 600, 600)
-        service = RecommendationService(
-            RecommenderHolder(recommender),
-            store,
-            RedisEventLog(client, "race", 600),
-            dict.fromkeys(EventType, 1.0),
-            store_timeout=5.0,
+        settings = TEST_SETTINGS.model_copy(
+            update={
+                "store": StoreSettings(timeout_seconds=5.0),
+                "events": EventWeights(purchase=1.0),
+            }
+        )
+        service = build_service(
+            settings, RecommenderHolder(recommender), (store, RedisEventLog(client, "race", 600))
         )
 
         def call(item: str, n: int) -> list[RawInteraction]:

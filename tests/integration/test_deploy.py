@@ -22,9 +22,9 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsvc.core.state import EventType, Interaction
-from tests.helpers import ROOT, free_port, redis_server
-from tests.images import ProductImages
-from workers.ingest import InteractionStore
+from recsvc.data.interaction_store import InteractionStore
+from recsvc.testing import ProductImages, free_port, redis_server
+from tests.helpers import ROOT
 
 K8S = ROOT / "deploy" / "k8s"
 RENDERED = ["overlays/dev", "overlays/prod", "jobs"]

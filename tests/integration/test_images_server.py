@@ -21,10 +21,17 @@ from recsvc.client import RecsvcClient
 from recsvc.config import TrainSettings
 from recsvc.core.items import RawItem
 from recsvc.core.queries import SimilarityMode
+from recsvc.testing import (
+    ProductImages,
+    ServerProcess,
+    jpeg_bytes,
+    product_picture,
+    running_server,
+    server_env,
+)
+from recsvc.training.pipeline import train_from_files
 from tests.conftest import SMALL_INDEX
-from tests.helpers import ServerProcess, run_recsvc, running_server, server_env
-from tests.images import ProductImages, jpeg_bytes, kind_interactions, product_picture
-from workers.train import train_from_files
+from tests.helpers import kind_interactions, run_recsvc
 
 
 @pytest.fixture

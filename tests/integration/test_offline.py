@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from recsvc.data.demo import DemoData
 from tests.helpers import SHARED_DATA
 from tests.helpers import run_recsvc as run
-from workers.demo_data import DemoData
 
 ML100K = SHARED_DATA / "ml-100k" / "u.data"
 
@@ -140,9 +140,9 @@ def test_models_list_verify_gc(demo_data: DemoData, tmp_path: Path) -> None:
 
 def test_bpr_model_trains_and_serves_sessions(demo_data: DemoData, tmp_path: Path) -> None:
     from recsvc.artifacts import ModelStore
-    from recsvc.core.queries import Limits, RecommendQuery, Strategy
-    from recsvc.core.recommender import Recommender
-    from recsvc.index import IndexParams
+    from recsvc.core.queries import RecommendQuery, Strategy
+    from recsvc.server import build_recommender
+    from tests.conftest import SEARCH, TEST_SETTINGS
 
     store = tmp_path / "store"
     result = run(
@@ -160,9 +160,9 @@ def test_bpr_model_trains_and_serves_sessions(demo_data: DemoData, tmp_path: Pat
         "--no-progress",
     )
     assert result.returncode == 0, result.stderr
-    model = ModelStore(store).load_latest(IndexParams())
+    model = ModelStore(store).load_latest(SEARCH)
     assert model.info.algorithm == "bpr" and model.item_factors.shape[1] == 17  # + item bias
-    recommender = Recommender(model, Limits())
+    recommender = build_recommender(TEST_SETTINGS, model)
     result_session = recommender.recommend(RecommendQuery("", 5, recent_item_ids=("i00001",)))
     assert result_session.strategy is Strategy.SESSION and len(result_session.items) == 5
 

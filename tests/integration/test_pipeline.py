@@ -17,13 +17,13 @@ import pytest
 from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
 from recsvc.artifacts import ModelStore
-from recsvc.config import IndexSettings, TrainSettings
+from recsvc.catalogue.embedding_table import EmbeddingTable
+from recsvc.config import IndexSettings, TrainSettings, WorkerSettings
 from recsvc.core.state import EventType, Interaction
+from recsvc.data.interaction_store import InteractionStore
 from recsvc.store.file_log import FileEventLog
-from tests.helpers import recsvc_command, redis_server, running_server, server_env
-from tests.images import ProductImages
-from workers.embedding_table import EmbeddingTable
-from workers.ingest import FileLogIngester, InteractionStore, RedisStreamIngester
+from recsvc.testing import ProductImages, recsvc_command, redis_server, running_server, server_env
+from workers.ingest import FileLogIngester, RedisStreamIngester
 from workers.retrain import RetrainPolicy, TrainWorker
 
 
@@ -129,8 +129,8 @@ def test_train_worker_publishes_when_due_and_refuses_a_worse_model(
     store = InteractionStore(tmp_path / "store")
     FileLogIngester(log_path, store, 1000).run_once()
     models = ModelStore(tmp_path / "models")
-    policy = RetrainPolicy(
-        min_new_events=100, max_age_seconds=3600, tolerance=0.05, keep_versions=2
+    policy = RetrainPolicy.from_settings(
+        WorkerSettings(retrain_min_new_events=100, retrain_tolerance=0.05, keep_versions=2)
     )
     worker = TrainWorker(
         store,

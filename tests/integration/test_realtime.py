@@ -20,7 +20,7 @@ from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
 from recsvc.core.model import Model
 from recsvc.store.file_log import read_columns_from
-from tests.helpers import free_port, recsvc_command, redis_server, running_server, server_env
+from recsvc.testing import free_port, recsvc_command, redis_server, running_server, server_env
 
 NOW_MS = int(time.time() * 1000)
 

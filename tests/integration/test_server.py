@@ -17,7 +17,7 @@ from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
 from recsvc.client import RecsvcClient
 from recsvc.core.model import Model
-from tests.helpers import ServerProcess, running_server, server_env
+from recsvc.testing import ServerProcess, running_server, server_env
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +203,7 @@ def test_sigterm_turns_not_serving_then_drains_and_exits(model_store: Path) -> N
 def test_serve_without_a_model_fails_clearly(tmp_path: Path) -> None:
     import subprocess
 
-    from tests.helpers import recsvc_command
+    from recsvc.testing import recsvc_command
 
     result = subprocess.run(
         recsvc_command("serve", "--model-store", str(tmp_path / "empty"), "--port", "0"),

@@ -13,7 +13,7 @@ import grpc
 
 from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
-from tests.helpers import recsvc_command, redis_server, running_server, server_env
+from recsvc.testing import recsvc_command, redis_server, running_server, server_env
 
 
 def model_version_via_new_connection(target: str) -> str:

@@ -13,11 +13,8 @@ import pytest
 from recsvc.artifacts import ModelStore
 from recsvc.core.model import Model
 from recsvc.errors import ArtifactError
-from recsvc.index import IndexParams, ItemIndex
-from tests.conftest import SMALL_INDEX
-from workers.train import index_params
-
-PARAMS = index_params(SMALL_INDEX)
+from recsvc.index import DEFAULT_EF_SEARCH, ItemIndex
+from tests.conftest import BUILD, SEARCH
 
 
 @pytest.fixture
@@ -29,8 +26,8 @@ def store_copy(model_store: Path, tmp_path: Path) -> ModelStore:
 
 def test_round_trip_keeps_everything(model: Model, tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "s")
-    store.publish(model, PARAMS)
-    loaded = store.load_latest(PARAMS)
+    store.publish(model, BUILD)
+    loaded = store.load_latest(SEARCH)
     assert loaded.version == model.version
     assert loaded.users.ids == model.users.ids
     assert loaded.items.ids == model.items.ids
@@ -42,23 +39,23 @@ def test_round_trip_keeps_everything(model: Model, tmp_path: Path) -> None:
 
 def test_latest_points_at_the_newest_published_version(model: Model, tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "s")
-    store.publish(model, PARAMS)
+    store.publish(model, BUILD)
     second = replace(model, info=replace(model.info, version=store.new_version()))
-    store.publish(second, PARAMS)
+    store.publish(second, BUILD)
     assert store.latest_version() == second.version
     assert store.list_versions() == sorted([model.version, second.version])
 
 
 def test_failed_publish_leaves_nothing_visible(model: Model, tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "s")
-    store.publish(model, PARAMS)
+    store.publish(model, BUILD)
     # An index without an HNSW graph cannot be saved: publication fails half-way.
     broken_index = ItemIndex(model.item_factors, "ip", None)
     broken = replace(
         model, info=replace(model.info, version=store.new_version()), user_index=broken_index
     )
     with pytest.raises(ValueError, match="no HNSW graph"):
-        store.publish(broken, PARAMS)
+        store.publish(broken, BUILD)
     assert store.latest_version() == model.version
     assert store.list_versions() == [model.version]
     assert list(store.staging_dir.iterdir()) == []
@@ -73,7 +70,7 @@ def test_corrupted_file_is_rejected(store_copy: ModelStore, name: str) -> None:
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match=f"{name} fails its sha256 check"):
-        store_copy.load_latest(PARAMS)
+        store_copy.load_latest(SEARCH)
 
 
 def test_truncated_file_is_rejected(store_copy: ModelStore) -> None:
@@ -82,7 +79,7 @@ def test_truncated_file_is_rejected(store_copy: ModelStore) -> None:
     path = store_copy.versions_dir / version / "similar_index.hnsw"
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ArtifactError, match="truncated"):
-        store_copy.load_latest(PARAMS)
+        store_copy.load_latest(SEARCH)
 
 
 def test_unknown_schema_version_is_rejected(store_copy: ModelStore) -> None:
@@ -93,17 +90,17 @@ def test_unknown_schema_version_is_rejected(store_copy: ModelStore) -> None:
     manifest["schema_version"] = 99
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="schema version 99"):
-        store_copy.load_latest(PARAMS)
+        store_copy.load_latest(SEARCH)
 
 
 def test_missing_manifest_and_empty_store(store_copy: ModelStore, tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="no model published"):
-        ModelStore(tmp_path / "empty").load_latest(PARAMS)
+        ModelStore(tmp_path / "empty").load_latest(SEARCH)
     version = store_copy.latest_version()
     assert version is not None
     (store_copy.versions_dir / version / "manifest.json").unlink()
     with pytest.raises(ArtifactError, match=r"manifest\.json is missing"):
-        store_copy.load_latest(PARAMS)
+        store_copy.load_latest(SEARCH)
 
 
 def test_arrays_are_never_unpickled(store_copy: ModelStore) -> None:
@@ -119,24 +116,22 @@ def test_arrays_are_never_unpickled(store_copy: ModelStore) -> None:
     manifest["files"]["item_factors.npy"] = file_entry(directory / "item_factors.npy").model_dump()
     (directory / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="unreadable"):
-        store_copy.load_latest(IndexParams())
+        store_copy.load_latest(SEARCH)
 
 
 def test_a_model_is_served_at_the_ef_its_training_chose(model: Model, tmp_path: Path) -> None:
     """ef_search 0 at load means the manifest's ef; an explicit ef wins; a manifest from before
     ef tuning (no ef recorded) is served at the default."""
-    from recsvc.config import DEFAULT_EF_SEARCH
-
     assert model.info.index_ef_search > 0  # chosen at training
     store = ModelStore(tmp_path / "s")
     tuned = replace(model, info=replace(model.info, index_ef_search=24))
-    store.publish(tuned, PARAMS)
+    store.publish(tuned, BUILD)
     manifest = json.loads((store.versions_dir / tuned.version / "manifest.json").read_text())
     assert manifest["index"]["ef_search"] == 24
-    assert store.load_latest(replace(PARAMS, ef_search=0)).user_index.hnsw.ef == 24
-    assert store.load_latest(replace(PARAMS, ef_search=99)).user_index.hnsw.ef == 99
+    assert store.load_latest(replace(SEARCH, user_ef=0)).user_index.hnsw.ef == 24
+    assert store.load_latest(replace(SEARCH, user_ef=99)).user_index.hnsw.ef == 99
     version = store.new_version()
     older = replace(model, info=replace(model.info, index_ef_search=0, version=version))
-    store.publish(older, PARAMS)
-    loaded = store.load(version, replace(PARAMS, ef_search=0))
+    store.publish(older, BUILD)
+    loaded = store.load(version, replace(SEARCH, user_ef=0))
     assert loaded.user_index.hnsw.ef == DEFAULT_EF_SEARCH

@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 from recsvc.config import TrainSettings
 from recsvc.errors import DataError
-from workers.evaluate import (
+from recsvc.evaluation.holdout import (
     Split,
     evaluate_with_baselines,
     ranking_metrics,

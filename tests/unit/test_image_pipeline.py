@@ -14,32 +14,31 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsvc.artifacts import ModelStore
+from recsvc.catalogue.embedding import EmbedOptions, embed_catalogue
+from recsvc.catalogue.embedding_table import EmbeddingTable
+from recsvc.catalogue.reader import Catalogue, CatalogueItem, CatalogueOptions, read_catalogue
 from recsvc.config import TrainSettings
 from recsvc.core.added import NewItem
 from recsvc.core.model import Model
 from recsvc.core.queries import (
     CategoryFilter,
     ImageQuery,
-    Limits,
     RecommendQuery,
     SimilarityMode,
     SimilarQuery,
 )
-from recsvc.core.recommender import Recommender
 from recsvc.core.state import StoredItem
+from recsvc.data.interaction_store import InteractionStore
 from recsvc.errors import ArtifactError, DataError, InvalidArgument, NotFound
+from recsvc.evaluation.cold_start import visual_agreement
+from recsvc.fitting.cold_start_projection import fit_projection
+from recsvc.fitting.visual_space import fit_visual_adapter
+from recsvc.server import build_recommender
+from recsvc.testing import KINDS, ProductImages, jpeg_bytes, product_picture
 from recsvc.vision.embedder import ImageEmbedder
-from tests.conftest import SMALL_INDEX
-from tests.images import KINDS, ProductImages, jpeg_bytes, kind_interactions, product_picture
-from workers.catalogue import Catalogue, CatalogueItem, CatalogueOptions, read_catalogue
-from workers.embed import EmbedOptions, embed_catalogue
-from workers.embedding_table import EmbeddingTable
-from workers.image_eval import visual_agreement
-from workers.ingest import InteractionStore
-from workers.projection import fit_projection
+from tests.conftest import SEARCH, SMALL_INDEX, TEST_SETTINGS
+from tests.helpers import kind_interactions
 from workers.retrain import RetrainPolicy, TrainWorker
-from workers.train import index_params
-from workers.visual_space import fit_visual_adapter
 
 INLINE = EmbedOptions(loader_workers=0, progress=False, checkpoint_every=1)
 
@@ -160,11 +159,11 @@ def test_model_with_images_round_trips(image_model_store: Path, image_model: Mod
     (store.versions_dir / version / "visual_index.hnsw").write_bytes(b"tampered")
     try:
         with pytest.raises(ArtifactError, match=r"visual_index\.hnsw"):
-            store.load(version, index_params(SMALL_INDEX))
+            store.load(version, SEARCH)
     finally:
         store_copy = image_model.visual.index
         store_copy.save_hnsw(store.versions_dir / version / "visual_index.hnsw")
-    assert store.load(version, index_params(SMALL_INDEX)).visual is not None
+    assert store.load(version, SEARCH).visual is not None
 
 
 def _kind_share(model: Model, ids: list[str], kind: str, products: ProductImages) -> float:
@@ -172,7 +171,7 @@ def _kind_share(model: Model, ids: list[str], kind: str, products: ProductImages
 
 
 def test_visual_and_hybrid_similarity(image_model: Model, products: ProductImages) -> None:
-    recommender = Recommender(image_model, Limits())
+    recommender = build_recommender(TEST_SETTINGS, image_model)
     item = products.ids[0]
     for mode in (SimilarityMode.VISUAL, SimilarityMode.HYBRID):
         result = recommender.similar_items(SimilarQuery(item, 10, mode))
@@ -188,7 +187,7 @@ def test_visual_and_hybrid_similarity(image_model: Model, products: ProductImage
 def test_cold_items_are_recommended_by_their_image(
     image_model: Model, products: ProductImages, cold_ids: list[str]
 ) -> None:
-    recommender = Recommender(image_model, Limits())
+    recommender = build_recommender(TEST_SETTINGS, image_model)
     user = "u000"  # likes KINDS[0]
     everything = recommender.recommend(RecommendQuery(user, 60)).items
     cold_ranked = [i.item_id for i in everything if i.item_id in cold_ids]
@@ -199,7 +198,7 @@ def test_cold_items_are_recommended_by_their_image(
 def test_search_by_image_and_added_items(
     image_model: Model, products: ProductImages, embedder: ImageEmbedder
 ) -> None:
-    recommender = Recommender(image_model, Limits())
+    recommender = build_recommender(TEST_SETTINGS, image_model)
     rng = random.Random(99)
     shoe = embedder.embed_images([product_picture("shoes", rng)])[0]
     result = recommender.search_by_image(shoe, ImageQuery(5))
@@ -229,7 +228,7 @@ def test_search_by_image_and_added_items(
     # A newly loaded model version starts without the added items (the item service re-adds
     # those the new model does not know).
     with pytest.raises(NotFound):
-        Recommender(image_model, Limits()).similar_items(SimilarQuery("new-shirt", 5))
+        build_recommender(TEST_SETTINGS, image_model).similar_items(SimilarQuery("new-shirt", 5))
 
 
 def test_train_worker_takes_in_items_upserted_while_serving(
@@ -251,17 +250,17 @@ def test_train_worker_takes_in_items_upserted_while_serving(
         ModelStore(tmp_path / "models"),
         TrainSettings(factors=8, iterations=5, threads=2),
         SMALL_INDEX,
-        RetrainPolicy(),
+        RetrainPolicy.from_settings(TEST_SETTINGS.workers),
         base_interactions=kind_interactions(products, warm),
         images=embedding_table,
         upserted=lambda: upserted,
     )
     version = worker.run_once(force=True)
     assert version is not None
-    model = ModelStore(tmp_path / "models").load(version, index_params(SMALL_INDEX))
+    model = ModelStore(tmp_path / "models").load(version, SEARCH)
     assert "upserted-bag" in model.items and "other-backbone" not in model.items
     assert model.info.statistics["cold_items"] == len(cold_ids) + 1
-    similar = Recommender(model, Limits()).similar_items(
+    similar = build_recommender(TEST_SETTINGS, model).similar_items(
         SimilarQuery("upserted-bag", 5, SimilarityMode.VISUAL)
     )
     assert [products.kinds[i.item_id] for i in similar.items].count("bags") >= 4

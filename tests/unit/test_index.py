@@ -5,7 +5,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsvc.index import IndexParams, ItemIndex, exact_top_k, recall_at_k, tune_ef
+from recsvc.index import (
+    DEFAULT_EF_SEARCH,
+    DEFAULT_EXACT_HEAD_SHARE,
+    GraphParams,
+    ItemIndex,
+    SearchParams,
+    exact_top_k,
+    recall_at_k,
+    tune_ef,
+)
+
+GRAPH = GraphParams(m=16, ef_construction=200, seed=42, threads=2)
+SEARCH = SearchParams(DEFAULT_EF_SEARCH, threads=2, exact_head_share=DEFAULT_EXACT_HEAD_SHARE)
 
 
 def clustered_vectors(n: int, dim: int, seed: int) -> np.ndarray:
@@ -27,14 +39,14 @@ def test_exact_top_k_matches_a_full_sort() -> None:
 
 def test_hnsw_inner_product_recall_against_exact() -> None:
     vectors = clustered_vectors(5000, 32, 1)
-    index = ItemIndex.build(vectors, "ip", IndexParams(threads=2))
+    index = ItemIndex.build(vectors, "ip", GRAPH, SEARCH)
     queries = clustered_vectors(200, 32, 2)
     assert recall_at_k(index, queries, k=10) >= 0.95
 
 
 def test_cosine_index_finds_the_item_itself_first() -> None:
     vectors = clustered_vectors(2000, 16, 3)
-    index = ItemIndex.build(vectors, "cosine", IndexParams())
+    index = ItemIndex.build(vectors, "cosine", GRAPH, SEARCH)
     labels, scores = index.search(vectors[123], 5)
     assert labels[0] == 123
     assert scores[0] == pytest.approx(1.0, abs=1e-5)
@@ -42,25 +54,25 @@ def test_cosine_index_finds_the_item_itself_first() -> None:
 
 def test_k_larger_than_the_catalogue_is_clamped() -> None:
     vectors = clustered_vectors(7, 4, 4)
-    index = ItemIndex.build(vectors, "ip", IndexParams())
+    index = ItemIndex.build(vectors, "ip", GRAPH, SEARCH)
     labels, _ = index.search(np.ones(4, dtype=np.float32), 50)
     assert sorted(labels) == list(range(7))
 
 
 def test_saved_index_loads_and_answers_the_same(tmp_path: Path) -> None:
     vectors = clustered_vectors(1000, 16, 5)
-    index = ItemIndex.build(vectors, "ip", IndexParams())
+    index = ItemIndex.build(vectors, "ip", GRAPH, SEARCH)
     index.save_hnsw(tmp_path / "i.hnsw")
-    loaded = ItemIndex.load(vectors, "ip", tmp_path / "i.hnsw", IndexParams())
+    loaded = ItemIndex.load(vectors, "ip", tmp_path / "i.hnsw", SEARCH)
     query = vectors[0]
     assert list(loaded.search(query, 10)[0]) == list(index.search(query, 10)[0])
 
 
 def test_loading_with_a_different_item_count_is_rejected(tmp_path: Path) -> None:
     vectors = clustered_vectors(100, 4, 6)
-    ItemIndex.build(vectors, "ip", IndexParams()).save_hnsw(tmp_path / "i.hnsw")
+    ItemIndex.build(vectors, "ip", GRAPH, SEARCH).save_hnsw(tmp_path / "i.hnsw")
     with pytest.raises(ValueError, match="holds 100 items"):
-        ItemIndex.load(vectors[:50], "ip", tmp_path / "i.hnsw", IndexParams())
+        ItemIndex.load(vectors[:50], "ip", tmp_path / "i.hnsw", SEARCH)
 
 
 @pytest.mark.parametrize(("metric", "k"), [("ip", 10), ("ip", 100), ("cosine", 10)])
@@ -68,7 +80,7 @@ def test_search_many_answers_each_query_as_a_search_alone(metric: str, k: int) -
     """One hnswlib call and one head pass for many queries: the same items and scores as
     searching each alone (k 100 is more than the 64 items of the head)."""
     vectors = clustered_vectors(3000, 16, 5)
-    index = ItemIndex.build(vectors, metric, IndexParams())  # type: ignore[arg-type]
+    index = ItemIndex.build(vectors, metric, GRAPH, SEARCH)  # type: ignore[arg-type]
     queries = clustered_vectors(40, 16, 6)
     labels, scores = index.search_many(queries, k)
     assert labels.shape == scores.shape == (40, k)
@@ -86,7 +98,7 @@ def test_tune_ef_picks_the_smallest_ef_that_reaches_the_target() -> None:
     """Flat norms need the graph (a larger ef); skewed norms, like ALS factors, are answered by
     the exact head from the smallest ef. The index is left at the ef chosen."""
     flat = clustered_vectors(5000, 32, 1)
-    index = ItemIndex.build(flat, "ip", IndexParams(threads=2))
+    index = ItemIndex.build(flat, "ip", GRAPH, SEARCH)
     queries = clustered_vectors(200, 32, 2)
     index.hnsw.set_ef(16)
     at_16 = recall_at_k(index, queries)
@@ -95,7 +107,7 @@ def test_tune_ef_picks_the_smallest_ef_that_reaches_the_target() -> None:
     assert index.hnsw.ef == ef and recall == recall_at_k(index, queries)
 
     skewed = flat * np.random.default_rng(3).lognormal(sigma=1.5, size=(len(flat), 1))
-    skewed_index = ItemIndex.build(skewed.astype(np.float32), "ip", IndexParams(threads=2))
+    skewed_index = ItemIndex.build(skewed.astype(np.float32), "ip", GRAPH, SEARCH)
     ef, recall = tune_ef(skewed_index, queries, ladder=(16, 32, 64), target=0.98)
     assert ef == 16 and recall >= 0.98
     # Nothing reaches an impossible target: the largest rung, with its recall.

@@ -21,10 +21,10 @@ from recsvc.core.queries import (
 from recsvc.core.recommender import Recommender
 from recsvc.core.service import RecommendationService
 from recsvc.core.state import EventType, UserState
+from recsvc.data.demo import DemoData
 from recsvc.errors import FailedPrecondition, InvalidArgument, NotFound
 from recsvc.store.file_log import FileEventLog
 from recsvc.store.memory import InMemoryUserStore
-from workers.demo_data import DemoData
 
 LIMITS = Limits(max_k=100, max_batch=10, max_id_list=20)
 

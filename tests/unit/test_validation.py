@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from recsvc.config import ServingSettings
 from recsvc.core.interactions import RawInteraction, validate_interactions
 from recsvc.core.model import IdMap
 from recsvc.core.queries import Limits
@@ -27,7 +28,9 @@ def raw(**fields: object) -> RawInteraction:
 
 
 def validate(*events: RawInteraction) -> list:
-    return validate_interactions(list(events), Limits(), WEIGHTS, now_ms=NOW_MS)
+    return validate_interactions(
+        list(events), Limits.from_settings(ServingSettings()), WEIGHTS, now_ms=NOW_MS
+    )
 
 
 def test_defaults_resolved_and_item_ids_shared_with_the_model() -> None:

@@ -13,10 +13,10 @@ import torchvision
 from PIL import Image
 
 from recsvc.errors import ConfigError
-from recsvc.vision import ImageError, decode_image
-from recsvc.vision.backbones import DEFAULT_BACKBONE, available_backbones, load_backbone
+from recsvc.testing import jpeg_bytes, product_picture
+from recsvc.vision import DEFAULT_BACKBONE, ImageError, decode_image
+from recsvc.vision.backbones import available_backbones, load_backbone
 from recsvc.vision.embedder import ImageEmbedder, letterbox
-from tests.images import jpeg_bytes, product_picture
 
 
 def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:

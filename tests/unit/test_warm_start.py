@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from recsvc.artifacts import ModelStore
-from recsvc.config import IndexSettings, TrainSettings
+from recsvc.config import IndexSettings, TrainSettings, WorkerSettings
+from recsvc.data.demo import DemoData
+from recsvc.data.interaction_store import InteractionStore
+from recsvc.data.readers import read_interactions
 from recsvc.errors import ConfigError
-from workers.demo_data import DemoData
-from workers.evaluate import factor_scorer, ranking_metrics, split_interactions
-from workers.ingest import InteractionStore
-from workers.interactions import read_interactions
-from workers.models import fit_factors
+from recsvc.evaluation.holdout import factor_scorer, ranking_metrics, split_interactions
+from recsvc.fitting.factors import fit_factors
 from workers.retrain import RetrainPolicy, TrainWorker
 
 FULL = TrainSettings(factors=16, iterations=15, threads=2)
@@ -55,7 +55,9 @@ def test_train_worker_warm_starts_from_the_current_model(
     tmp_path: Path, demo_data: DemoData
 ) -> None:
     models = ModelStore(tmp_path / "models")
-    policy = RetrainPolicy(min_new_events=1, warm_start=True, warm_start_iterations=2)
+    policy = RetrainPolicy.from_settings(
+        WorkerSettings(retrain_min_new_events=1, warm_start=True, warm_start_iterations=2)
+    )
     worker = TrainWorker(
         InteractionStore(tmp_path / "events"),
         models,

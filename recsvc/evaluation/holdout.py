@@ -34,7 +34,7 @@ import scipy.sparse as sp
 
 from recsvc.config import TrainSettings
 from recsvc.errors import DataError
-from workers.models import fit_factors
+from recsvc.fitting.factors import fit_factors
 
 Protocol = Literal["stratified-item", "stratified-user", "leave-last-n"]
 PROTOCOLS: tuple[Protocol, ...] = ("stratified-item", "stratified-user", "leave-last-n")

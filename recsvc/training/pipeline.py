@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,19 +12,23 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsvc.artifacts import ModelStore
-from recsvc.config import DEFAULT_EF_SEARCH, IndexSettings, TrainSettings
+from recsvc.catalogue.embedding_table import EmbeddingTable
+from recsvc.catalogue.reader import read_categories
+from recsvc.config import IndexSettings, TrainSettings
 from recsvc.core.model import NO_CATEGORY, IdMap, Model, ModelInfo, VisualPart
 from recsvc.core.projection import Projection
-from recsvc.index import IndexParams, ItemIndex, tune_ef
-from workers.embedding_table import EmbeddingTable
-from workers.evaluate import Protocol, evaluate_model, split_interactions
-from workers.interactions import Interactions, ReadOptions, read_categories, read_interactions
-from workers.models import TrainedFactors, fit_factors
-from workers.visual_space import fit_visual_adapter
+from recsvc.data.matrix import Interactions, ReadOptions
+from recsvc.data.readers import read_interactions
+from recsvc.evaluation.holdout import Protocol, evaluate_model, split_interactions
+from recsvc.fitting.factors import TrainedFactors, fit_factors
+from recsvc.fitting.visual_space import fit_visual_adapter
+from recsvc.index import DEFAULT_EF_SEARCH, IndexBuildParams, ItemIndex, tune_ef
 
 log = logging.getLogger(__name__)
 
 MIN_PROJECTION_ITEMS = 20
+# Image embeddings make an easy cosine graph: a capped build effort keeps its recall.
+_VISUAL_EF_CONSTRUCTION = 100
 
 
 def build_model(
@@ -44,7 +47,7 @@ def build_model(
     embedding, a projection from image embeddings to item factors learned on the warm items,
     and the items that have an image but no interaction (cold items) with projected factors.
     """
-    params = index_params(index, build_threads=train.threads)
+    params = IndexBuildParams.from_settings(index, train.threads)
     statistics = interactions.statistics()
     visual: VisualPart | None = None
     if images is not None:
@@ -53,11 +56,12 @@ def build_model(
         statistics.update(attached.statistics)
         image_categories = dict(zip(images.item_ids, images.categories, strict=True))
         categories = {**{i: c for i, c in image_categories.items() if c}, **(categories or {})}
-    user_index = ItemIndex.build(factors.item_factors, "ip", params)
-    # Normalised vectors make an easy graph: half the build effort keeps its recall
-    # (bench/train.py measures it) and keeps training within 1.2x of raw implicit + hnswlib.
-    similar_params = replace(params, ef_construction=index.similar_ef_construction)
-    similar_index = ItemIndex.build(factors.item_factors, "cosine", similar_params)
+    user_index = ItemIndex.build(factors.item_factors, "ip", params.user_graph, params.trial_search)
+    # Normalised vectors make an easy graph: a smaller build effort keeps its recall
+    # (bench/train.py measures it).
+    similar_index = ItemIndex.build(
+        factors.item_factors, "cosine", params.similar_graph, params.trial_search
+    )
     ef_search, recall = _tune_search(user_index, factors.user_factors, index)
     item_categories, names = _category_codes(interactions.item_ids, categories or {})
     matrix = interactions.matrix
@@ -109,7 +113,7 @@ def attach_images(
     interactions: Interactions,
     factors: TrainedFactors,
     images: EmbeddingTable,
-    params: IndexParams,
+    params: IndexBuildParams,
     seed: int,
     categories: dict[str, str] | None = None,
 ) -> WithImages:
@@ -123,7 +127,10 @@ def attach_images(
     projection: Projection | None = None
     r2: float | None = None
     if len(warm) >= MIN_PROJECTION_ITEMS:
-        from workers.projection import ProjectionSettings, fit_projection  # torch: only here
+        from recsvc.fitting.cold_start_projection import (  # torch: only here
+            ProjectionSettings,
+            fit_projection,
+        )
 
         positions, rows = (np.asarray(x, dtype=np.int64) for x in zip(*warm, strict=True))
         fitted = fit_projection(
@@ -164,16 +171,18 @@ def attach_images(
     labels = [categories.get(images.item_ids[p]) or images.categories[p] for p in image_positions]
     adapter = fit_visual_adapter(raw, labels)
     embeddings = adapter.apply(raw) if adapter is not None else raw
-    visual_params = replace(params, ef_construction=min(params.ef_construction, 100))
+    visual_graph = params.capped(_VISUAL_EF_CONSTRUCTION).user_graph
     visual = VisualPart(
         backbone=images.backbone,
         backbone_dim=images.dim,
         rows=rows,
         embeddings=np.ascontiguousarray(embeddings, dtype=np.float32),
-        index=ItemIndex.build(embeddings, "cosine", visual_params),
+        index=ItemIndex.build(embeddings, "cosine", visual_graph, params.trial_search),
         projection=projection,
         adapter=adapter,
         n_items=n_items,
+        cold_items=len(cold),
+        projection_r2=r2,
     )
     log.info(
         "images: %d items with an embedding, %d cold items added, projection R^2 %s",
@@ -218,7 +227,7 @@ def train_and_publish(
     model = build_model(
         interactions, factors, train, index, store.new_version(), categories, metrics, images
     )
-    store.publish(model, index_params(index, build_threads=train.threads))
+    store.publish(model, IndexBuildParams.from_settings(index, train.threads))
     return model
 
 
@@ -239,18 +248,6 @@ def train_parameters(train: TrainSettings) -> dict[str, object]:
     if train.weighting == "bm25":
         keys += ["bm25_k1", "bm25_b"]
     return {key: getattr(train, key) for key in keys}
-
-
-def index_params(
-    index: IndexSettings, build_threads: int = 0, ef_search: int = DEFAULT_EF_SEARCH
-) -> IndexParams:
-    return IndexParams(
-        m=index.m,
-        ef_construction=index.ef_construction,
-        ef_search=ef_search,
-        seed=index.seed,
-        threads=build_threads or os.cpu_count() or 1,
-    )
 
 
 def _tune_search(

@@ -1,9 +1,14 @@
-"""The one table from recsvc's exceptions to gRPC status codes, and the decorator that applies
-it (and times every call for the metrics).
+"""The call boundary: what every RPC passes through on its way in and out, in one decorator.
 
-Nothing escapes a servicer as UNKNOWN: a RecsvcError gets its code and message; anything else is
-logged with its traceback and answered INTERNAL. Every call passes the servicer's shutdown gate
-(recsvc.api.gate) first.
+In order: the request id (the caller's ``x-request-id`` or a new one, set for the logs and echoed
+in the trailing metadata), the shutdown gate (recsvc.api.gate: calls arriving at the end of a
+shutdown are held, then answered UNAVAILABLE), the handler, the mapping of errors to status codes
+(recsvc.api.status; nothing escapes as UNKNOWN: a RecsvcError gets its code and message,
+anything else is logged with its traceback and answered INTERNAL), and the call's duration and
+code for the metrics.
+
+One decorator rather than a chain of grpc.aio server interceptors: each interceptor adds a
+coroutine and a handler lookup to every call, and this is the serving hot path.
 """
 
 from __future__ import annotations
@@ -19,49 +24,22 @@ from typing import Any, TypeVar
 import grpc
 
 from recsvc.api.gate import CallGate
+from recsvc.api.status import SHUTTING_DOWN, status_for
 from recsvc.errors import (
-    ArtifactError,
-    ConfigError,
-    DataError,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    NotImplementedYet,
     RecsvcError,
-    Unavailable,
 )
 from recsvc.logs import request_id
 
 log = logging.getLogger(__name__)
 
-STATUS_BY_ERROR: dict[type[RecsvcError], grpc.StatusCode] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    DataError: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    NotImplementedYet: grpc.StatusCode.UNIMPLEMENTED,
-    ArtifactError: grpc.StatusCode.INTERNAL,
-    ConfigError: grpc.StatusCode.INTERNAL,
-}
-
-
-def status_for(error: RecsvcError) -> grpc.StatusCode:
-    for error_type in type(error).__mro__:
-        if error_type in STATUS_BY_ERROR:
-            return STATUS_BY_ERROR[error_type]  # type: ignore[index]
-    return grpc.StatusCode.INTERNAL
-
-
-SHUTTING_DOWN = "shutting down; retry on another replica"
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
 Handler = Callable[[Any, Request, grpc.aio.ServicerContext[Request, Response]], Awaitable[Response]]
 
 
-def translate_errors(method: Handler[Request, Response]) -> Handler[Request, Response]:
-    """Wrap an async servicer method so that every failure gets a deliberate status code."""
+def call_boundary(method: Handler[Request, Response]) -> Handler[Request, Response]:
+    """Wrap an async servicer method in the call boundary (see the module's docstring)."""
 
     @functools.wraps(method)
     async def wrapper(

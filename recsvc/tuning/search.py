@@ -18,7 +18,7 @@ import optuna
 
 from recsvc.config import TrainSettings
 from recsvc.errors import ConfigError, DataError
-from workers.evaluate import Protocol, Split, evaluate_model, split_interactions
+from recsvc.evaluation.holdout import Protocol, Split, evaluate_model, split_interactions
 
 log = logging.getLogger(__name__)
 

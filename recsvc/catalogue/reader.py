@@ -18,14 +18,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from recsvc.data.matrix import FileFormat
+from recsvc.data.readers import ITEM_COLUMNS, column_names, detect_format, find_column
 from recsvc.errors import DataError
-from workers.interactions import (
-    ITEM_COLUMNS,
-    FileFormat,
-    column_names,
-    detect_format,
-    find_column,
-)
 
 log = logging.getLogger(__name__)
 
@@ -159,3 +154,11 @@ def _image_of(
         return None
     candidate = Path(name)
     return candidate if candidate.is_absolute() else base / candidate
+
+
+def read_categories(path: Path, file_format: FileFormat = "auto") -> dict[str, str]:
+    """Read an item catalogue (item id and category columns) into {item_id: category}."""
+    categories = read_catalogue(path, CatalogueOptions(file_format=file_format)).categories()
+    if not categories:
+        raise DataError(f"{path}: needs an item id column and a 'category' column")
+    return categories

@@ -4,7 +4,7 @@
 (cosine of image embeddings, the item itself left out) that have the same label (e.g. the
 catalogue's category); chance is the sum of squared label shares. Measured for held-out items
 (a seeded random sample), for the raw embeddings and for the learned visual space
-(``workers.visual_space``, fitted on the other items only), with neighbours taken among the
+(``recsvc.fitting.visual_space``, fitted on the other items only), with neighbours taken among the
 held-out items alone and among the rest of the catalogue.
 
 **Cold start** on a semi-synthetic dataset built from a real product catalogue.
@@ -41,11 +41,11 @@ import scipy.sparse as sp
 
 from recsvc.config import TrainSettings
 from recsvc.errors import DataError
+from recsvc.evaluation.holdout import Split, factor_scorer, random_scorer, ranking_metrics
+from recsvc.fitting.cold_start_projection import ProjectionSettings, fit_projection
+from recsvc.fitting.factors import fit_factors
+from recsvc.fitting.visual_space import fit_visual_adapter
 from recsvc.index import normalise_rows
-from workers.evaluate import Split, factor_scorer, random_scorer, ranking_metrics
-from workers.models import fit_factors
-from workers.projection import ProjectionSettings, fit_projection
-from workers.visual_space import fit_visual_adapter
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The image embedding table: item ids, image hashes, categories and unit vectors, in Parquet.
 
-Written by `recsvc embed` (workers.embed), read by training. Kept free of torch so that reading
+Written by `recsvc embed` (recsvc.catalogue.embedding), read by training. Kept free of torch
+so that reading
 it (training without a GPU, the train worker) does not pay for importing torch.
 """
 

@@ -1,0 +1,279 @@
+"""The files of one model version: their names, and how a Model is written to them and read
+back (every array with ``allow_pickle=False`` and its dtype and shape checked against the
+manifest). ModelStore (recsvc.artifacts.store) decides where and when; this module only what.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from recsvc.artifacts.manifest import (
+    SCHEMA_VERSION,
+    ImagesEntry,
+    IndexEntry,
+    Manifest,
+)
+from recsvc.core.model import NO_CATEGORY, IdMap, Model, ModelInfo, VisualPart
+from recsvc.core.projection import Projection, VisualAdapter
+from recsvc.durable import fsync_path
+from recsvc.index import IndexBuildParams, IndexSearchParams, ItemIndex
+
+USERS = "users.parquet"
+ITEMS = "items.parquet"
+USER_FACTORS = "user_factors.npy"
+ITEM_FACTORS = "item_factors.npy"
+HISTORY_INDPTR = "user_items.indptr.npy"
+HISTORY_INDICES = "user_items.indices.npy"
+HISTORY_DATA = "user_items.data.npy"
+USER_INDEX = "user_index.hnsw"
+SIMILAR_INDEX = "similar_index.hnsw"
+IMAGE_ROWS = "image_rows.npy"
+IMAGE_EMBEDDINGS = "image_embeddings.npy"
+VISUAL_INDEX = "visual_index.hnsw"
+PROJECTION_FILES = (
+    "projection.w1.npy",
+    "projection.b1.npy",
+    "projection.w2.npy",
+    "projection.b2.npy",
+)
+ADAPTER_FILES = ("visual_adapter.mean.npy", "visual_adapter.components.npy")
+REQUIRED_FILES = frozenset(
+    {
+        USERS,
+        ITEMS,
+        USER_FACTORS,
+        ITEM_FACTORS,
+        HISTORY_INDPTR,
+        HISTORY_INDICES,
+        HISTORY_DATA,
+        USER_INDEX,
+        SIMILAR_INDEX,
+    }
+)
+
+
+def required_files(manifest: Manifest) -> set[str]:
+    """The files a version described by ``manifest`` must have."""
+    required = set(REQUIRED_FILES)
+    if manifest.images is not None:
+        required |= {IMAGE_ROWS, IMAGE_EMBEDDINGS, VISUAL_INDEX}
+        if manifest.images.projection:
+            required |= set(PROJECTION_FILES)
+        if manifest.images.adapter:
+            required |= set(ADAPTER_FILES)
+    return required
+
+
+def write_model_files(directory: Path, model: Model) -> list[str]:
+    pq.write_table(pa.table({"user_id": pa.array(model.users.ids, pa.string())}), directory / USERS)
+    categories = [model.category_names[c] for c in model.item_categories]
+    items = pa.table(
+        {
+            "item_id": pa.array(model.items.ids, pa.string()),
+            "category": pa.array(categories, pa.string()),
+            "popularity": pa.array(model.item_popularity, pa.float32()),
+        }
+    )
+    pq.write_table(items, directory / ITEMS)
+    history = model.user_items
+    arrays: dict[str, npt.NDArray[np.generic]] = {
+        USER_FACTORS: model.user_factors,
+        ITEM_FACTORS: model.item_factors,
+        HISTORY_INDPTR: history.indptr.astype(np.int64),
+        HISTORY_INDICES: history.indices.astype(np.int32),
+        HISTORY_DATA: history.data.astype(np.float32),
+    }
+    visual = model.visual
+    if visual is not None:
+        arrays[IMAGE_ROWS] = visual.rows.astype(np.int64)
+        arrays[IMAGE_EMBEDDINGS] = visual.embeddings.astype(np.float32)
+        if visual.projection is not None:
+            p = visual.projection
+            arrays.update(zip(PROJECTION_FILES, (p.w1, p.b1, p.w2, p.b2), strict=True))
+        if visual.adapter is not None:
+            a = visual.adapter
+            arrays.update(zip(ADAPTER_FILES, (a.mean, a.components), strict=True))
+    for name, array in arrays.items():
+        with (directory / name).open("wb") as handle:
+            np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+    model.user_index.save_hnsw(directory / USER_INDEX)
+    model.similar_index.save_hnsw(directory / SIMILAR_INDEX)
+    names = [USERS, ITEMS, *arrays, USER_INDEX, SIMILAR_INDEX]
+    if visual is not None:
+        visual.index.save_hnsw(directory / VISUAL_INDEX)
+        names.append(VISUAL_INDEX)
+    for name in names:
+        fsync_path(directory / name)
+    return names
+
+
+def manifest_for(model: Model, params: IndexBuildParams, files: dict[str, object]) -> Manifest:
+    info = model.info
+    return Manifest.model_validate(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "model_version": info.version,
+            "created_at_ms": info.created_at_ms,
+            "algorithm": info.algorithm,
+            "trained_on": info.trained_on,
+            "parameters": info.parameters,
+            "regularization": model.regularization,
+            "alpha": model.alpha,
+            "num_users": info.num_users,
+            "num_items": info.num_items,
+            "num_interactions": info.num_interactions,
+            "factors": info.factors,
+            "data": info.statistics,
+            "metrics": info.metrics,
+            "index": IndexEntry(
+                m=params.m,
+                ef_construction=params.ef_construction,
+                recall_at_10=info.index_recall_at_10,
+                ef_search=info.index_ef_search,
+            ),
+            "images": _images_entry(model),
+            "files": files,
+        }
+    )
+
+
+def _images_entry(model: Model) -> ImagesEntry | None:
+    visual = model.visual
+    if visual is None:
+        return None
+    return ImagesEntry(
+        backbone=visual.backbone,
+        backbone_dim=visual.backbone_dim,
+        dim=visual.dim,
+        adapter=visual.adapter is not None,
+        adapter_raw_weight=visual.adapter.raw_weight if visual.adapter is not None else 0.0,
+        items_with_images=len(visual.rows),
+        cold_items=visual.cold_items,
+        projection=visual.projection is not None,
+        projection_r2=visual.projection_r2,
+    )
+
+
+def _read_visual(
+    directory: Path, manifest: Manifest, params: IndexSearchParams
+) -> VisualPart | None:
+    images = manifest.images
+    if images is None:
+        return None
+    rows = load_array(directory / IMAGE_ROWS, np.int64, None)
+    embeddings = load_array(directory / IMAGE_EMBEDDINGS, np.float32, (len(rows), images.dim))
+    if len(rows) and (rows.min() < 0 or rows.max() >= manifest.num_items):
+        raise ValueError("image rows point outside the item table")
+    projection = None
+    if images.projection:
+        w1, b1, w2, b2 = (load_array(directory / n, np.float32, None) for n in PROJECTION_FILES)
+        projection = Projection(w1, b1, w2, b2)
+        if projection.input_dim != images.backbone_dim or projection.output_dim != manifest.factors:
+            raise ValueError("the projection does not map image embeddings to item factors")
+    adapter = None
+    if images.adapter:
+        mean, components = (load_array(directory / n, np.float32, None) for n in ADAPTER_FILES)
+        adapter = VisualAdapter(mean, components, images.adapter_raw_weight)
+        if adapter.input_dim != images.backbone_dim or adapter.output_dim != images.dim:
+            raise ValueError("the visual adapter does not fit the image embeddings")
+    return VisualPart(
+        backbone=images.backbone,
+        backbone_dim=images.backbone_dim,
+        rows=rows,
+        embeddings=embeddings,
+        index=ItemIndex.load(
+            embeddings,
+            "cosine",
+            directory / VISUAL_INDEX,
+            params.similar,
+        ),
+        projection=projection,
+        adapter=adapter,
+        n_items=manifest.num_items,
+        cold_items=images.cold_items,
+        projection_r2=images.projection_r2,
+    )
+
+
+def read_model(directory: Path, manifest: Manifest, params: IndexSearchParams) -> Model:
+    users = pq.read_table(directory / USERS).column("user_id").to_pylist()
+    items = pq.read_table(directory / ITEMS)
+    item_ids = items.column("item_id").to_pylist()
+    categories = [c or NO_CATEGORY for c in items.column("category").to_pylist()]
+    names = [NO_CATEGORY, *sorted(set(categories) - {NO_CATEGORY})]
+    codes = {name: code for code, name in enumerate(names)}
+    item_categories = np.asarray([codes[c] for c in categories], dtype=np.int32)
+    popularity = items.column("popularity").to_numpy().astype(np.float32)
+
+    user_factors = load_array(
+        directory / USER_FACTORS, np.float32, (manifest.num_users, manifest.factors)
+    )
+    item_factors = load_array(
+        directory / ITEM_FACTORS, np.float32, (manifest.num_items, manifest.factors)
+    )
+    indptr = load_array(directory / HISTORY_INDPTR, np.int64, (manifest.num_users + 1,))
+    indices = load_array(directory / HISTORY_INDICES, np.int32, None)
+    data = load_array(directory / HISTORY_DATA, np.float32, indices.shape)
+    if len(users) != manifest.num_users or len(item_ids) != manifest.num_items:
+        raise ValueError("id maps do not match the manifest's counts")
+    if indptr[-1] != len(indices) or (len(indices) and indices.max() >= manifest.num_items):
+        raise ValueError("interaction history is inconsistent")
+    history = sp.csr_matrix((data, indices, indptr), shape=(manifest.num_users, manifest.num_items))
+
+    info = ModelInfo(
+        version=manifest.model_version,
+        algorithm=manifest.algorithm,
+        num_users=manifest.num_users,
+        num_items=manifest.num_items,
+        num_interactions=manifest.num_interactions,
+        factors=manifest.factors,
+        parameters=dict(manifest.parameters),
+        created_at_ms=manifest.created_at_ms,
+        trained_on=manifest.trained_on,
+        index_recall_at_10=manifest.index.recall_at_10,
+        index_ef_search=manifest.index.ef_search,
+        image_embedding_dim=manifest.images.dim if manifest.images else 0,
+        statistics=dict(manifest.data),
+        metrics=dict(manifest.metrics),
+    )
+    return Model(
+        info=info,
+        users=IdMap(users),
+        items=IdMap(item_ids),
+        user_factors=user_factors,
+        item_factors=item_factors,
+        user_items=history,
+        item_popularity=popularity,
+        item_categories=item_categories,
+        category_names=names,
+        user_index=ItemIndex.load(
+            item_factors, "ip", directory / USER_INDEX, params.user(manifest.index.ef_search)
+        ),
+        similar_index=ItemIndex.load(
+            item_factors,
+            "cosine",
+            directory / SIMILAR_INDEX,
+            params.similar,
+        ),
+        regularization=manifest.regularization,
+        alpha=manifest.alpha,
+        visual=_read_visual(directory, manifest, params),
+    )
+
+
+def load_array(
+    path: Path, dtype: type[np.generic], shape: tuple[int, ...] | None
+) -> npt.NDArray[Any]:
+    array: npt.NDArray[Any] = np.load(path, allow_pickle=False)
+    if array.dtype != dtype:
+        raise ValueError(f"{path.name}: dtype {array.dtype}, expected {np.dtype(dtype)}")
+    if shape is not None and array.shape != shape:
+        raise ValueError(f"{path.name}: shape {array.shape}, expected {shape}")
+    return array

@@ -1,0 +1,87 @@
+"""Which backends a process uses, from the settings: Redis when ``redis_url`` is set, else
+in-process user state and files beside the model store (embedded mode).
+
+The server's and the workers' composition roots all come here, so that the server writes the
+event and item logs exactly where the workers read them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from recsvc.config import Settings
+from recsvc.core.state import EventLog, ItemLog, StoredItem, UserStateStore
+from recsvc.store.file_log import FileEventLog
+from recsvc.store.item_log import FileItemLog, read_items_from_file, read_items_from_redis
+from recsvc.store.memory import InMemoryUserStore
+from recsvc.store.names import EVENT_LOG_FILE, ITEM_LOG_FILE, event_stream_key
+
+
+def event_log_path(settings: Settings) -> Path:
+    """The embedded mode's event log file."""
+    return settings.store.event_log_path or settings.model_store / EVENT_LOG_FILE
+
+
+def item_log_path(settings: Settings) -> Path:
+    """The embedded mode's item log file (items added by UpsertItems)."""
+    return settings.model_store / ITEM_LOG_FILE
+
+
+def build_user_state(settings: Settings) -> tuple[UserStateStore, EventLog, ItemLog]:
+    """The serving state: Redis backends when ``redis_url`` is set, else in-process state and
+    file logs."""
+    s = settings.store
+    if settings.redis_url:
+        from recsvc.store.item_log import RedisItemLog
+        from recsvc.store.redis_backend import RedisEventLog, RedisUserStore, connect
+
+        client = connect(
+            settings.redis_url, s.timeout_seconds, s.connect_timeout_seconds, s.retries
+        )
+        store: UserStateStore = RedisUserStore(
+            client,
+            s.key_prefix,
+            s.history_max_items,
+            s.history_ttl_seconds,
+            s.vector_ttl_seconds,
+            s.vector_encoding,
+        )
+        # The event log has a client of its own: its appends may wait longer than reads of
+        # rebuildable state (under load a large append queues behind other scripts).
+        log_client = connect(
+            settings.redis_url, s.event_log_timeout_seconds, s.connect_timeout_seconds, s.retries
+        )
+        return (
+            store,
+            RedisEventLog(log_client, s.key_prefix, s.dedupe_ttl_seconds),
+            RedisItemLog(client, s.key_prefix),
+        )
+    memory = InMemoryUserStore(
+        s.history_max_items, s.history_ttl_seconds, s.vector_ttl_seconds, s.max_users_in_process
+    )
+    return memory, FileEventLog(event_log_path(settings)), FileItemLog(item_log_path(settings))
+
+
+def sync_redis(settings: Settings) -> Any:
+    """A blocking Redis client for the workers (``redis_url`` must be set)."""
+    import redis
+
+    assert settings.redis_url, "sync_redis needs RECSVC_REDIS_URL"
+    return redis.Redis.from_url(settings.redis_url)
+
+
+def event_stream(settings: Settings) -> str:
+    """The Redis Stream key the server appends recorded interactions to."""
+    return event_stream_key(settings.store.key_prefix)
+
+
+def upserted_items_reader(settings: Settings) -> Callable[[], list[StoredItem]]:
+    """Reads the items added while serving (the item log), for the train worker."""
+    if settings.redis_url:
+        client = sync_redis(settings)
+        prefix = settings.store.key_prefix
+        return lambda: read_items_from_redis(client, prefix)
+    path = item_log_path(settings)
+    return lambda: read_items_from_file(path)

@@ -1,0 +1,1 @@
+"""Product catalogues: reading them, embedding their images, the embedding table."""

@@ -1,0 +1,74 @@
+"""recsvc worker ingest | train | embed."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from recsvc.cli.common import common_options, settings_from
+from recsvc.cli.images import add_catalogue_options, read_catalogue_from
+
+
+def add_worker(commands: Any) -> None:
+    p = commands.add_parser(
+        "worker",
+        help="run the ingest, train or embed worker (once, or in a loop)",
+        description="Continuous learning: `ingest` moves recorded interactions from the event log "
+        "into the Parquet interaction store, effectively once; `train` retrains when enough new "
+        "interactions arrived (or enough time passed), refuses a model whose holdout metric "
+        "dropped, publishes and prunes old versions; `embed` embeds new or changed catalogue "
+        "images (the next training run picks them up and refreshes the cold-start projection). "
+        "SIGTERM finishes the current round.",
+    )
+    kinds = p.add_subparsers(title="workers", metavar="WORKER", required=True)
+    for name, text in [
+        ("ingest", "event log -> interaction store"),
+        ("train", "interaction store -> new model version"),
+        ("embed", "catalogue images -> embedding table (new or changed images only)"),
+    ]:
+        sub = kinds.add_parser(name, help=text, description=text)
+        sub.add_argument("--model-store", type=Path, help="model store directory")
+        sub.add_argument("--interaction-store", type=Path, help="Parquet interaction store")
+        sub.add_argument("--once", action="store_true", help="one round, then exit")
+        sub.add_argument("--interval", type=float, help="seconds between rounds in loop mode")
+        if name == "ingest":
+            sub.add_argument(
+                "--event-log",
+                type=Path,
+                help="event log file (default: RECSVC_STORE__EVENT_LOG_PATH, or "
+                "events.jsonl in the model store); ignored with RECSVC_REDIS_URL",
+            )
+        elif name == "train":
+            sub.add_argument("--base", type=Path, help="interactions file trained on as well")
+            sub.add_argument("--force", action="store_true", help="train even if not due")
+            sub.add_argument("--images", type=Path, help="embedding table (from the embed worker)")
+        else:
+            add_catalogue_options(sub)
+            sub.add_argument("--out", type=Path, required=True, help="embedding table")
+        common_options(sub)
+        sub.set_defaults(run=_run_worker, kind=name)
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from workers.loop import Round, run_rounds
+
+    settings = settings_from(
+        args,
+        model_store=args.model_store,
+        workers={"interaction_store": args.interaction_store, "interval_seconds": args.interval},
+    )
+    round_once: Round
+    if args.kind == "ingest":
+        from workers.ingest import build_ingest_round
+
+        round_once = build_ingest_round(settings, args.event_log)
+    elif args.kind == "train":
+        from workers.retrain import build_train_round
+
+        round_once = build_train_round(settings, args.base, args.images, args.force)
+    else:
+        from workers.embed import build_embed_round
+
+        round_once = build_embed_round(settings, lambda: read_catalogue_from(args), args.out)
+    return run_rounds(args.kind, round_once, settings.workers.interval_seconds, args.once)

@@ -1,0 +1,1 @@
+"""The offline data layer: interaction files, the Parquet interaction store, demo data."""

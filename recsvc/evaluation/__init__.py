@@ -1,0 +1,1 @@
+"""Offline evaluation: holdout splits, ranking metrics and baselines, cold-start simulation."""

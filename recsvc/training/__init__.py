@@ -1,0 +1,2 @@
+"""Training: the pipeline that turns interactions (and image embeddings) into a published,
+checksummed model version."""

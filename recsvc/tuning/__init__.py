@@ -1,0 +1,1 @@
+"""Hyper-parameter search (optuna) on validation splits."""
