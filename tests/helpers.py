@@ -1,33 +1,24 @@
-"""Shared test helpers: a real server process on a free port, and small trained models."""
+"""Test-only helpers: paths, one-shot CLI runs, synthetic interactions and event logs.
+
+The helpers that benchmarks share with the tests (server and Redis processes, free ports,
+synthetic product photos) live in `recsvc.testing`.
+"""
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import socket
+import asyncio
+import random
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+
+from recsvc.core.state import EventType, Interaction
+from recsvc.store.file_log import FileEventLog
+from recsvc.testing import KINDS, ProductImages, recsvc_command, server_env
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
-LISTENING = re.compile(r"listening on (\S+):(\d+)")
-
-
-@dataclass
-class ServerProcess:
-    process: subprocess.Popen[str]
-    target: str
-    output: list[str]
-
-
-def recsvc_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "recsvc", *args]
 
 
 def run_recsvc(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -37,94 +28,42 @@ def run_recsvc(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def events(n: int, start: int = 0, users: int = 50, items: int = 80) -> list[Interaction]:
+    """``n`` views with event ids ``e{start}`` onwards, of random users and items (seeded)."""
+    rng = random.Random(start)
+    return [
+        Interaction(
+            f"u{rng.randrange(users)}",
+            f"i{rng.randrange(items)}",
+            EventType.VIEW,
+            1.0,
+            1_767_225_600_000 + k,
+            f"e{k}",
+        )
+        for k in range(start, start + n)
+    ]
 
 
-def server_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSVC_")}
-    env.update({"OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
-    env.update(extra)
-    return env
+def write_log(path: Path, batch: list[Interaction]) -> None:
+    """Append ``batch`` to the file event log at ``path``, as the server records it."""
+    asyncio.run(FileEventLog(path).append(batch))
 
 
-@contextmanager
-def running_server(
-    args: list[str], env: dict[str, str], startup_timeout: float = 60.0
-) -> Iterator[ServerProcess]:
-    """Start ``python -m recsvc ARGS`` and wait for its 'listening on' line; SIGTERM on exit."""
-    process = subprocess.Popen(
-        recsvc_command(*args),
-        env=env,
-        cwd=ROOT,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    output: list[str] = []
-    deadline = time.monotonic() + startup_timeout
-    assert process.stdout is not None
-    target = None
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        output.append(line)
-        if match := LISTENING.search(line):
-            target = f"{match.group(1)}:{match.group(2)}"
-            break
-    if target is None:
-        process.kill()
-        raise AssertionError("server did not start:\n" + "".join(output))
-    server = ServerProcess(process, target, output)
-    try:
-        yield server
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        process.stdout.close()
+def kind_interactions(
+    products: ProductImages, warm: list[str], users: int = 150, per_user: int = 8, seed: int = 7
+) -> Path:
+    """Interactions where each user sticks to one kind of product (only ``warm`` items)."""
+    rng = np.random.default_rng(seed)
+    lines = ["user_id,item_id,weight"]
+    for user in range(users):
+        kind = KINDS[user % len(KINDS)]
+        choices = [i for i in warm if products.kinds[i] == kind]
+        for item_id in rng.choice(choices, size=min(per_user, len(choices)), replace=False):
+            lines.append(f"u{user:03d},{item_id},1")
+    path = products.directory / "interactions.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
-@contextmanager
-def redis_server(port: int | None = None) -> Iterator[str]:
-    """A private redis-server on a free port (nothing persisted); yields its URL."""
-    port = port or free_port()
-    process = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            time.sleep(0.05)
-    else:
-        process.kill()
-        raise AssertionError("redis-server did not start")
-    try:
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+# TEMPORARY until tests/unit/test_stores.py imports it from recsvc.testing.
+from recsvc.testing import redis_server  # noqa: E402, F401

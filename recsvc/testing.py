@@ -1,0 +1,209 @@
+"""Support for recsvc's tests and benchmarks: real processes on free ports, synthetic photos.
+
+For tests (``tests/``) and benchmarks (``bench/``) only; the service never imports it (an
+import-linter contract in pyproject.toml keeps it so). Everything here runs the real thing:
+``python -m recsvc`` in a child process, a private ``redis-server``, JPEG files on disk.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+# The directory that holds the recsvc package: the child processes run from it, so that
+# ``python -m recsvc`` imports this same copy of the code.
+PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+LISTENING = re.compile(r"listening on (\S+):(\d+)")
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+@dataclass
+class ServerProcess:
+    """A running ``recsvc serve``: its process, its gRPC target and the output read so far."""
+
+    process: subprocess.Popen[str]
+    target: str
+    output: list[str]
+
+
+def recsvc_command(*args: str) -> list[str]:
+    """The argv of ``python -m recsvc ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "recsvc", *args]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any ``RECSVC_*`` setting, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSVC_")}
+    env.update({"OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def running_server(
+    args: list[str], env: dict[str, str], startup_timeout: float = 60.0
+) -> Iterator[ServerProcess]:
+    """Start ``python -m recsvc ARGS`` and wait for its 'listening on' line; SIGTERM on exit."""
+    process = subprocess.Popen(
+        recsvc_command(*args),
+        env=env,
+        cwd=PACKAGE_PARENT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    output: list[str] = []
+    deadline = time.monotonic() + startup_timeout
+    assert process.stdout is not None
+    target = None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        output.append(line)
+        if match := LISTENING.search(line):
+            target = f"{match.group(1)}:{match.group(2)}"
+            break
+    if target is None:
+        process.kill()
+        raise AssertionError("server did not start:\n" + "".join(output))
+    server = ServerProcess(process, target, output)
+    try:
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        process.stdout.close()
+
+
+@contextmanager
+def redis_server(port: int | None = None) -> Iterator[str]:
+    """A private redis-server on a free port (nothing persisted); yields its URL."""
+    port = port or free_port()
+    process = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        process.kill()
+        raise AssertionError("redis-server did not start")
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+# -- synthetic product photos ---------------------------------------------------------------
+# Three kinds of product that look different: each kind has its own shape and colour family,
+# drawn at a random position, size and shade on a white background, so a CNN puts items of one
+# kind near each other without any of our code having to be right about it.
+
+KINDS = ("shirts", "shoes", "bags")
+
+
+@dataclass(frozen=True)
+class ProductImages:
+    """Photos written by `make_product_images`: their directory, catalogue CSV, ids, kinds."""
+
+    directory: Path
+    catalogue: Path
+    ids: list[str]
+    kinds: dict[str, str]
+
+    def path(self, item_id: str) -> Path:
+        return self.directory / f"{item_id}.jpg"
+
+
+def product_picture(kind: str, rng: random.Random, size: int = 128) -> Image.Image:
+    """One RGB photo of a product of ``kind`` (one of `KINDS`)."""
+    image = Image.new("RGB", (size, size), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    shade = rng.randint(0, 60)
+    x, y = rng.randint(4, 24), rng.randint(4, 24)
+    w, h = rng.randint(70, 96), rng.randint(70, 96)
+    if kind == "shirts":  # red T-shapes
+        colour = (200 + shade // 2, shade, shade)
+        draw.rectangle([x + w // 4, y, x + 3 * w // 4, y + h], fill=colour)
+        draw.rectangle([x, y, x + w, y + h // 4], fill=colour)
+    elif kind == "shoes":  # blue wide ellipses
+        colour = (shade, shade, 190 + shade)
+        draw.ellipse([x, y + h // 3, x + w, y + h], fill=colour)
+    else:  # green bags with a handle
+        colour = (shade, 150 + shade, shade)
+        draw.rectangle([x, y + h // 3, x + w, y + h], fill=colour)
+        draw.arc([x + w // 4, y, x + 3 * w // 4, y + 2 * h // 3], 180, 360, fill=colour, width=6)
+    return image
+
+
+def jpeg_bytes(image: Image.Image) -> bytes:
+    """``image`` encoded as a JPEG file (quality 90)."""
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def make_product_images(directory: Path, per_kind: int = 20, seed: int = 7) -> ProductImages:
+    """``per_kind`` JPEG photos of each kind and a catalogue CSV (item_id,image,category,colour)."""
+    rng = random.Random(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    ids: list[str] = []
+    kinds: dict[str, str] = {}
+    lines = ["item_id,image,category,colour"]
+    for number in range(per_kind * len(KINDS)):
+        kind = KINDS[number % len(KINDS)]
+        item_id = f"p{number:03d}"
+        (directory / f"{item_id}.jpg").write_bytes(jpeg_bytes(product_picture(kind, rng)))
+        ids.append(item_id)
+        kinds[item_id] = kind
+        lines.append(f"{item_id},{item_id}.jpg,{kind},plain")
+    catalogue = directory / "catalogue.csv"
+    catalogue.write_text("\n".join(lines) + "\n")
+    return ProductImages(directory, catalogue, ids, kinds)
