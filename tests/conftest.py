@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
+import torch
 
 from recsvc.artifacts import ModelStore
 from recsvc.catalogue.embedding import EmbedOptions, embed_catalogue
@@ -16,6 +19,7 @@ from recsvc.testing import (
     ProductImages,
     ServerProcess,
     make_product_images,
+    redis_server,
     running_server,
     server_env,
 )
@@ -30,6 +34,33 @@ SMALL_INDEX = IndexSettings(recall_sample=100)
 TEST_SETTINGS = Settings(serving=ServingSettings(exact_search_max_items=0))
 SEARCH = IndexSearchParams.from_settings(TEST_SETTINGS.serving)
 BUILD = IndexBuildParams.from_settings(SMALL_INDEX, threads=2)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` are skipped where CUDA is not available."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu_tests and not torch.cuda.is_available():
+        for item in gpu_tests:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> Iterator[str]:
+    """A real Redis for the session: ``RECSVC_TEST_REDIS_URL`` when set, else a private
+    redis-server on a free port. Tests flush its database: give the variable one of its own."""
+    if url := os.environ.get("RECSVC_TEST_REDIS_URL"):
+        yield url
+        return
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_url(redis_server_url: str) -> str:
+    """The URL of an empty database on a real Redis (flushed before the test)."""
+    with redis.Redis.from_url(redis_server_url) as client:
+        client.flushdb()
+    return redis_server_url
 
 
 @pytest.fixture(scope="session")

@@ -18,11 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
 from recsvc.testing import free_port, redis_server, running_server, server_env
+
+pytestmark = pytest.mark.fault
 
 
 @dataclass
@@ -76,6 +79,7 @@ def store_health(target: str) -> int:
         return int(health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status)
 
 
+@pytest.mark.redis
 def test_redis_killed_under_load(model_store: Path, tmp_path: Path) -> None:
     port = free_port()
     env = server_env(

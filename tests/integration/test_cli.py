@@ -97,6 +97,7 @@ def test_config_docs_and_show() -> None:
     assert shown["server"]["port"] == 50051
 
 
+@pytest.mark.slow
 def test_demo_serves_the_embedded_default(tmp_path: Path) -> None:
     """`recsvc demo` generates data, trains, serves; the answer excludes the user's history."""
     args = ["demo", "--dir", str(tmp_path / "demo"), "--port", "0"]
@@ -133,6 +134,7 @@ def test_demo_serves_the_embedded_default(tmp_path: Path) -> None:
         assert result.returncode == 1 and "NOT_FOUND" in result.stderr
 
 
+@pytest.mark.slow
 def test_embed_train_and_evaluate_with_images(products: ProductImages, tmp_path: Path) -> None:
     table = tmp_path / "embeddings.parquet"
     embed = ["embed", "--catalogue", str(products.catalogue), "--out", str(table)]

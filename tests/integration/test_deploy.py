@@ -223,6 +223,8 @@ def health(target: str, service: str) -> str:
 
 
 @needs_kubectl
+@pytest.mark.redis
+@pytest.mark.slow
 def test_serving_container_command_answers_its_probes(cluster: Cluster, model_store: Path) -> None:
     shutil.copytree(model_store, cluster.mounts["/models"], dirs_exist_ok=True)
     serve = find(cluster.manifests, "Deployment", "recsvc-serve")
@@ -250,6 +252,8 @@ def test_serving_container_command_answers_its_probes(cluster: Cluster, model_st
 
 
 @needs_kubectl
+@pytest.mark.redis
+@pytest.mark.slow
 def test_worker_and_job_commands_run(
     cluster: Cluster, products: ProductImages, cold_ids: list[str]
 ) -> None:

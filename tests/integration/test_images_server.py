@@ -122,6 +122,7 @@ def test_client_and_command_line(
     assert visual.returncode == 0, visual.stderr
 
 
+@pytest.mark.slow
 def test_upserted_item_is_recommendable_at_once_and_kept(
     store_copy: Path, products: ProductImages, cold_ids: list[str]
 ) -> None:

@@ -58,6 +58,7 @@ def test_eval_leave_last_n_and_its_error_without_timestamps(
     assert result.returncode == 2 and "timestamp" in result.stderr
 
 
+@pytest.mark.slow
 def test_tune_writes_params_that_train_accepts(demo_data: DemoData, tmp_path: Path) -> None:
     params = tmp_path / "params.json"
     result = run(
@@ -104,6 +105,7 @@ def test_bad_params_file_is_rejected(tmp_path: Path, demo_data: DemoData) -> Non
     assert result.returncode == 2 and "colour" in result.stderr
 
 
+@pytest.mark.slow
 def test_models_list_verify_gc(demo_data: DemoData, tmp_path: Path) -> None:
     store = tmp_path / "store"
     for _ in range(3):

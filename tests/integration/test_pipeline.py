@@ -1,12 +1,11 @@
-"""Continuous learning: ingest (with SIGKILL crash tests) and the train worker, end to end."""
+"""Continuous learning: ingest and the train worker, end to end (their SIGKILL crash tests are
+in tests/fault/test_crash_loops.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import random
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -17,33 +16,12 @@ import pytest
 from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
 from recsvc.artifacts import ModelStore
-from recsvc.catalogue.embedding_table import EmbeddingTable
 from recsvc.config import IndexSettings, TrainSettings, WorkerSettings
-from recsvc.core.state import EventType, Interaction
 from recsvc.data.interaction_store import InteractionStore
-from recsvc.store.file_log import FileEventLog
-from recsvc.testing import ProductImages, recsvc_command, redis_server, running_server, server_env
+from recsvc.testing import recsvc_command, redis_server, running_server, server_env
+from tests.helpers import events, write_log
 from workers.ingest import FileLogIngester, RedisStreamIngester
 from workers.retrain import RetrainPolicy, TrainWorker
-
-
-def events(n: int, start: int = 0, users: int = 50, items: int = 80) -> list[Interaction]:
-    rng = random.Random(start)
-    return [
-        Interaction(
-            f"u{rng.randrange(users)}",
-            f"i{rng.randrange(items)}",
-            EventType.VIEW,
-            1.0,
-            1_767_225_600_000 + k,
-            f"e{k}",
-        )
-        for k in range(start, start + n)
-    ]
-
-
-def write_log(path: Path, batch: list[Interaction]) -> None:
-    asyncio.run(FileEventLog(path).append(batch))
 
 
 def test_file_ingest_is_incremental_and_idempotent(tmp_path: Path) -> None:
@@ -60,42 +38,14 @@ def test_file_ingest_is_incremental_and_idempotent(tmp_path: Path) -> None:
     assert len(store.parts()) == 4
 
 
-def test_ingest_survives_thirty_sigkills_without_loss_or_duplicates(tmp_path: Path) -> None:
-    log_path = tmp_path / "events.jsonl"
-    write_log(log_path, events(4000))
-    store_dir = tmp_path / "store"
-    env = server_env(RECSVC_WORKERS__BATCH_SIZE="25", RECSVC_WORKERS__INTERVAL_SECONDS="0.05")
-    command = recsvc_command(
-        "worker", "ingest", "--event-log", str(log_path), "--interaction-store", str(store_dir)
-    )
-    rng = random.Random(5)
-    kills = 0
-    for _ in range(30):
-        process = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        time.sleep(rng.uniform(0.6, 1.2))
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        kills += 1
-    done = subprocess.run(
-        [*command, "--once"], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    store = InteractionStore(store_dir)
-    ids = store.read().column("event_id").to_pylist()
-    assert kills == 30
-    assert sorted(ids, key=lambda e: int(e[1:])) == [f"e{k}" for k in range(4000)]
-    assert store.count() == 4000, "a part was written twice"
-    # Leftovers of killed writes are hidden temporary files, never parts.
-    assert all(p.name.startswith(".") for p in store_dir.rglob("*.tmp"))
-
-
+@pytest.mark.redis
 def test_redis_ingest_acknowledges_after_writing_and_reclaims_pending(tmp_path: Path) -> None:
     import redis as redis_lib
 
     from recsvc.store.redis_backend import RedisEventLog, connect
 
+    # A sync test: the ingesters under test are synchronous, as in the worker process, and the
+    # asynchronous log only writes the events they read.
     with redis_server() as url:
 
         async def record() -> None:
@@ -239,73 +189,3 @@ def test_worker_help(kind: str) -> None:
         recsvc_command("worker", kind, "--help"), capture_output=True, text=True
     )
     assert result.returncode == 0 and "--once" in result.stdout
-
-
-def test_train_worker_killed_thirty_times_never_exposes_a_partial_model(
-    tmp_path: Path, demo_data_path: Path
-) -> None:
-    log_path = tmp_path / "events.jsonl"
-    write_log(log_path, events(200))
-    store_dir = tmp_path / "store"
-    FileLogIngester(log_path, InteractionStore(store_dir), 1000).run_once()
-    models = tmp_path / "models"
-    env = server_env(
-        RECSVC_TRAIN__FACTORS="8",
-        RECSVC_TRAIN__ITERATIONS="2",
-        RECSVC_WORKERS__INTERVAL_SECONDS="0.05",
-        RECSVC_WORKERS__KEEP_VERSIONS="50",
-    )
-    command = recsvc_command(
-        "worker",
-        "train",
-        "--force",
-        "--base",
-        str(demo_data_path),
-        "--model-store",
-        str(models),
-        "--interaction-store",
-        str(store_dir),
-    )
-    rng = random.Random(11)
-    store = ModelStore(models)
-    for _ in range(30):
-        process = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        time.sleep(rng.uniform(0.8, 2.5))
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        latest = store.latest_version()
-        if latest is not None:
-            store.verify(latest)  # LATEST always names a complete, verified version
-        for version in store.list_versions():
-            store.verify(version)  # nothing partial ever appears under versions/
-    assert store.list_versions(), "no version was ever published in 30 runs"
-    store.collect_garbage(keep=50)
-    assert list((models / ".staging").iterdir()) == []
-
-
-def test_embed_worker_killed_thirty_times_never_leaves_a_torn_table(
-    tmp_path: Path, products: ProductImages
-) -> None:
-    out = tmp_path / "embeddings.parquet"
-    command = recsvc_command(
-        "worker", "embed", "--once", "--catalogue", str(products.catalogue), "--out", str(out)
-    )
-    env = server_env(RECSVC_IMAGES__LOADER_WORKERS="0", RECSVC_IMAGES__BATCH_SIZE="4")
-    rng = random.Random(5)
-    for _ in range(30):
-        process = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        time.sleep(rng.uniform(0.3, 2.5))
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        if out.exists():
-            table = EmbeddingTable.load(out)  # always a complete, readable table
-            assert len(set(table.item_ids)) == len(table.item_ids)
-    final = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert final.returncode == 0, final.stderr
-    table = EmbeddingTable.load(out)
-    assert sorted(table.item_ids) == sorted(products.ids)  # every item, exactly once
-    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left

@@ -41,7 +41,7 @@ def event(user: str, item: str, n: str, kind: int = pb.EVENT_TYPE_PURCHASE) -> p
     )
 
 
-@pytest.fixture(scope="module", params=["embedded", "redis"])
+@pytest.fixture(scope="module", params=["embedded", pytest.param("redis", marks=pytest.mark.redis)])
 def live(
     request: pytest.FixtureRequest, model_store: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, str, Path | None]]:
@@ -219,6 +219,8 @@ def test_diversity_is_validated_and_changes_the_list(
     assert caught.value.details().startswith("diversity")
 
 
+@pytest.mark.fault
+@pytest.mark.redis
 def test_redis_outage_degrades_and_recovers(model_store: Path, model: Model) -> None:
     port = free_port()
     user = model.users.ids[7]
@@ -261,6 +263,7 @@ def test_redis_outage_degrades_and_recovers(model_store: Path, model: Model) -> 
             assert record("after").accepted == 1
 
 
+@pytest.mark.fault
 def test_hot_swap_and_rejection_of_a_corrupted_version(
     model_store: Path, tmp_path: Path, demo_data_path: Path
 ) -> None:

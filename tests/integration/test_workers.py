@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 
 from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
@@ -28,6 +29,7 @@ def worker_pids(parent: int) -> list[int]:
     return [int(pid) for pid in children]
 
 
+@pytest.mark.redis
 def test_two_workers_share_the_port_and_each_swaps_models(
     model_store: Path, tmp_path: Path
 ) -> None:
