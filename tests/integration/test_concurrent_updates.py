@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from recsvc.config import EventWeights, StoreSettings
 from recsvc.core.holder import RecommenderHolder
@@ -17,8 +18,9 @@ from recsvc.core.model import Model
 from recsvc.core.state import EventType
 from recsvc.server import build_recommender, build_service
 from recsvc.store.redis_backend import RedisEventLog, RedisUserStore, connect
-from recsvc.testing import redis_server
 from tests.conftest import TEST_SETTINGS
+
+pytestmark = pytest.mark.redis
 
 
 class SlowFirstWrite(RedisUserStore):
@@ -44,38 +46,32 @@ class SlowFirstWrite(RedisUserStore):
             self.later_write_done.set()
 
 
-def test_the_later_history_wins_a_race_of_two_updates(model: Model) -> None:
+async def test_the_later_history_wins_a_race_of_two_updates(model: Model, redis_url: str) -> None:
     recommender = build_recommender(TEST_SETTINGS, model)
     user, (first_item, second_item) = "racer", model.items.ids[:2]
+    client = connect(redis_url, timeout=1.0, connect_timeout=1.0)
+    store = SlowFirstWrite(client, "race", 100, 600, 600)
+    settings = TEST_SETTINGS.model_copy(
+        update={
+            "store": StoreSettings(timeout_seconds=5.0),
+            "events": EventWeights(purchase=1.0),
+        }
+    )
+    service = build_service(
+        settings, RecommenderHolder(recommender), (store, RedisEventLog(client, "race", 600))
+    )
 
-    async def scenario() -> tuple[npt.NDArray[np.float32] | None, npt.NDArray[np.float32]]:
-        client = connect(url, timeout=1.0, connect_timeout=1.0)
-        store = SlowFirstWrite(client, "race", 100, 600, 600)
-        settings = TEST_SETTINGS.model_copy(
-            update={
-                "store": StoreSettings(timeout_seconds=5.0),
-                "events": EventWeights(purchase=1.0),
-            }
-        )
-        service = build_service(
-            settings, RecommenderHolder(recommender), (store, RedisEventLog(client, "race", 600))
-        )
+    def call(item: str, n: int) -> list[RawInteraction]:
+        now_ms = int(time.time() * 1000)
+        return [RawInteraction(user, item, EventType.PURCHASE, None, now_ms + n, f"e{n}")]
 
-        def call(item: str, n: int) -> list[RawInteraction]:
-            now_ms = int(time.time() * 1000)
-            return [RawInteraction(user, item, EventType.PURCHASE, None, now_ms + n, f"e{n}")]
-
-        first = asyncio.create_task(service.record(call(first_item, 1), 10.0))
-        await asyncio.sleep(0.05)  # the first call is now waiting to write its vector
-        await service.record(call(second_item, 2), 10.0)
-        await first
-        stored = (await store.get_state(user, recommender.version)).vector
-        full = recommender.fold_in_user(user, {first_item: 1.0, second_item: 1.0})
-        await client.aclose()
-        assert store.writes == 2 and full is not None
-        return stored, full
-
-    with redis_server() as url:
-        stored, full = asyncio.run(scenario())
+    first = asyncio.create_task(service.record(call(first_item, 1), 10.0))
+    await asyncio.sleep(0.05)  # the first call is now waiting to write its vector
+    await service.record(call(second_item, 2), 10.0)
+    await first
+    stored = (await store.get_state(user, recommender.version)).vector
+    full = recommender.fold_in_user(user, {first_item: 1.0, second_item: 1.0})
+    await client.aclose()
+    assert store.writes == 2 and full is not None
     assert stored is not None
     np.testing.assert_allclose(stored, full, rtol=1e-5)

@@ -9,7 +9,7 @@ import pytest
 from recsvc.core.batching import MicroBatcher
 
 
-def test_requests_arriving_together_share_a_batch_and_get_their_own_results() -> None:
+async def test_requests_arriving_together_share_a_batch_and_get_their_own_results() -> None:
     seen: list[list[int]] = []
 
     async def handle(requests: list[int]) -> list[int | BaseException]:
@@ -17,11 +17,8 @@ def test_requests_arriving_together_share_a_batch_and_get_their_own_results() ->
         await asyncio.sleep(0.01)  # a store round trip: the next requests queue up meanwhile
         return [ValueError(f"odd {r}") if r % 7 == 3 else r * 10 for r in requests]
 
-    async def scenario() -> list[int | BaseException]:
-        batcher = MicroBatcher(handle, max_batch=8)
-        return await asyncio.gather(*(batcher.submit(n) for n in range(20)), return_exceptions=True)
-
-    outcomes = asyncio.run(scenario())
+    batcher = MicroBatcher(handle, max_batch=8)
+    outcomes = await asyncio.gather(*(batcher.submit(n) for n in range(20)), return_exceptions=True)
     assert [s for batch in seen for s in batch] == list(range(20))  # each once, in order
     assert [len(batch) for batch in seen] == [8, 8, 4]  # at most max_batch at a time
     for n, outcome in enumerate(outcomes):
@@ -31,23 +28,20 @@ def test_requests_arriving_together_share_a_batch_and_get_their_own_results() ->
             assert outcome == n * 10
 
 
-def test_a_failing_batch_fails_its_callers_and_the_next_batch_still_runs() -> None:
+async def test_a_failing_batch_fails_its_callers_and_the_next_batch_still_runs() -> None:
     async def handle(requests: list[str]) -> list[str | BaseException]:
         await asyncio.sleep(0)
         if "boom" in requests:
             raise RuntimeError("store exploded")
         return [r.upper() for r in requests]
 
-    async def scenario() -> None:
-        batcher = MicroBatcher(handle)
-        with pytest.raises(RuntimeError, match="store exploded"):
-            await batcher.submit("boom")
-        assert await batcher.submit("fine") == "FINE"
-
-    asyncio.run(scenario())
+    batcher = MicroBatcher(handle)
+    with pytest.raises(RuntimeError, match="store exploded"):
+        await batcher.submit("boom")
+    assert await batcher.submit("fine") == "FINE"
 
 
-def test_a_caller_that_gives_up_is_skipped_without_harming_the_others() -> None:
+async def test_a_caller_that_gives_up_is_skipped_without_harming_the_others() -> None:
     handled: list[list[int]] = []
 
     async def handle(requests: list[int]) -> list[int | BaseException]:
@@ -55,17 +49,14 @@ def test_a_caller_that_gives_up_is_skipped_without_harming_the_others() -> None:
         await asyncio.sleep(0.02)
         return requests
 
-    async def scenario() -> None:
-        batcher = MicroBatcher(handle)
-        first = asyncio.ensure_future(batcher.submit(1))
-        await asyncio.sleep(0.005)  # 1 is being handled; 2 and 3 wait for the next batch
-        second = asyncio.ensure_future(batcher.submit(2))
-        third = asyncio.ensure_future(batcher.submit(3))
-        await asyncio.sleep(0)
-        second.cancel()  # e.g. its deadline passed
-        assert await first == 1 and await third == 3
-        with pytest.raises(asyncio.CancelledError):
-            await second
-
-    asyncio.run(scenario())
+    batcher = MicroBatcher(handle)
+    first = asyncio.ensure_future(batcher.submit(1))
+    await asyncio.sleep(0.005)  # 1 is being handled; 2 and 3 wait for the next batch
+    second = asyncio.ensure_future(batcher.submit(2))
+    third = asyncio.ensure_future(batcher.submit(3))
+    await asyncio.sleep(0)
+    second.cancel()  # e.g. its deadline passed
+    assert await first == 1 and await third == 3
+    with pytest.raises(asyncio.CancelledError):
+        await second
     assert handled == [[1], [3]]

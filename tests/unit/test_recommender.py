@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -149,7 +148,7 @@ def test_similar_items_errors(recommender: Recommender) -> None:
         recommender.similar_items(SimilarQuery("x", 5, SimilarityMode.VISUAL))
 
 
-def test_batch_validates_everything_first(
+async def test_batch_validates_everything_first(
     recommender: Recommender, model: Model, tmp_path: Path
 ) -> None:
     """RecommendBatch's own path: a bad query fails the whole batch, named by its position,
@@ -162,18 +161,14 @@ def test_batch_validates_everything_first(
         store_timeout=1.0,
     )
     good = RecommendQuery(model.users.ids[0], 3)
-
-    async def scenario() -> None:
-        results = await service.recommend_batch([good, RecommendQuery("new", 3)])
-        assert [r.strategy for r in results] == [Strategy.PERSONALISED, Strategy.POPULAR]
-        with pytest.raises(InvalidArgument, match=r"^requests\[1\]\.k"):
-            await service.recommend_batch([good, RecommendQuery("u", 0)])
-        with pytest.raises(InvalidArgument, match=r"^requests"):
-            await service.recommend_batch([good] * 11)
-        with pytest.raises(InvalidArgument, match=r"^requests"):
-            await service.recommend_batch([])
-
-    asyncio.run(scenario())
+    results = await service.recommend_batch([good, RecommendQuery("new", 3)])
+    assert [r.strategy for r in results] == [Strategy.PERSONALISED, Strategy.POPULAR]
+    with pytest.raises(InvalidArgument, match=r"^requests\[1\]\.k"):
+        await service.recommend_batch([good, RecommendQuery("u", 0)])
+    with pytest.raises(InvalidArgument, match=r"^requests"):
+        await service.recommend_batch([good] * 11)
+    with pytest.raises(InvalidArgument, match=r"^requests"):
+        await service.recommend_batch([])
 
 
 def test_many_queries_answered_together_as_each_alone(
