@@ -63,7 +63,3 @@ def kind_interactions(
     path = products.directory / "interactions.csv"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-# TEMPORARY until tests/unit/test_stores.py imports it from recsvc.testing.
-from recsvc.testing import redis_server  # noqa: E402, F401
