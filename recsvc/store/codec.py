@@ -78,15 +78,6 @@ def columns_from_json(text: str | bytes) -> EventColumns:
     return columns
 
 
-def interactions_from_columns(columns: EventColumns) -> list[Interaction]:
-    return [
-        Interaction(user, item, EventType(kind), float(weight), int(timestamp), event_id)
-        for event_id, user, item, kind, weight, timestamp in zip(
-            *(columns[name] for name in COLUMNS), strict=True
-        )
-    ]
-
-
 VECTOR_DTYPES = {"float32": "<f4", "float16": "<f2"}
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recsvc.config import ServingSettings
 from recsvc.core.holder import RecommenderHolder
 from recsvc.core.model import Model
 from recsvc.core.queries import (
@@ -18,19 +19,26 @@ from recsvc.core.queries import (
     Strategy,
 )
 from recsvc.core.recommender import Recommender
-from recsvc.core.service import RecommendationService
-from recsvc.core.state import EventType, UserState
+from recsvc.core.state import UserState
 from recsvc.data.demo import DemoData
 from recsvc.errors import FailedPrecondition, InvalidArgument, NotFound
-from recsvc.store.file_log import FileEventLog
-from recsvc.store.memory import InMemoryUserStore
+from recsvc.server import build_recommender, build_service
+from tests.conftest import TEST_SETTINGS
 
-LIMITS = Limits(max_k=100, max_batch=10, max_id_list=20)
+# Tight limits, so that the tests can reach them; otherwise wired as the server wires it.
+SETTINGS = TEST_SETTINGS.model_copy(
+    update={
+        "serving": ServingSettings(
+            max_k=100, max_batch=10, max_id_list=20, exact_search_max_items=0
+        )
+    }
+)
+LIMITS = Limits.from_settings(SETTINGS.serving)
 
 
 @pytest.fixture(scope="module")
 def recommender(model: Model) -> Recommender:
-    return Recommender(model, LIMITS, exact_search_max_items=0)
+    return build_recommender(SETTINGS, model)
 
 
 def category_of(model: Model, item_id: str) -> str:
@@ -153,12 +161,8 @@ async def test_batch_validates_everything_first(
 ) -> None:
     """RecommendBatch's own path: a bad query fails the whole batch, named by its position,
     before any work is done."""
-    service = RecommendationService(
-        RecommenderHolder(recommender),
-        InMemoryUserStore(history_max_items=10, history_ttl=60, vector_ttl=60),
-        FileEventLog(tmp_path / "events.jsonl"),
-        dict.fromkeys(EventType, 1.0),
-        store_timeout=1.0,
+    service = build_service(
+        SETTINGS.model_copy(update={"model_store": tmp_path}), RecommenderHolder(recommender)
     )
     good = RecommendQuery(model.users.ids[0], 3)
     results = await service.recommend_batch([good, RecommendQuery("new", 3)])
