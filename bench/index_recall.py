@@ -22,7 +22,7 @@ import numpy as np
 
 from recsvc.config import TrainSettings
 from recsvc.data.demo import generate_demo_data
-from recsvc.data.readers import read_interactions
+from recsvc.data.interaction_files import read_interactions
 from recsvc.fitting.factors import fit_factors
 from recsvc.index import (
     DEFAULT_EF_SEARCH,

@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 from recsvc.artifacts import ModelStore  # noqa: E402
 from recsvc.config import IndexSettings, TrainSettings  # noqa: E402
+from recsvc.data.interaction_files import read_interactions  # noqa: E402
 from recsvc.data.matrix import Interactions, ReadReport  # noqa: E402
-from recsvc.data.readers import read_interactions  # noqa: E402
 from recsvc.index import recall_at_k  # noqa: E402
 from recsvc.training.pipeline import train_and_publish  # noqa: E402
 

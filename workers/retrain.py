@@ -22,9 +22,9 @@ from recsvc.backends import upserted_items_reader
 from recsvc.catalogue.embedding_table import EmbeddingTable
 from recsvc.config import IndexSettings, Settings, TrainSettings, WorkerSettings
 from recsvc.core.state import StoredItem
+from recsvc.data.interaction_files import read_interactions
 from recsvc.data.interaction_store import InteractionStore
 from recsvc.data.matrix import Interactions, interactions_from_arrays
-from recsvc.data.readers import read_interactions
 from recsvc.durable import replace_bytes_atomically
 from recsvc.evaluation.holdout import Protocol
 from recsvc.training.pipeline import holdout_metrics, train_and_publish

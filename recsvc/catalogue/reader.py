@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from recsvc.data.interaction_files import ITEM_COLUMNS, column_names, detect_format, find_column
 from recsvc.data.matrix import FileFormat
-from recsvc.data.readers import ITEM_COLUMNS, column_names, detect_format, find_column
 from recsvc.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -97,7 +97,7 @@ def add_eval(commands: Any) -> None:
 
 def _load_split(args: argparse.Namespace) -> tuple[Settings, Any, Any, int]:
     """eval and tune: settings, the interactions, their split by the protocol, and its seed."""
-    from recsvc.data.readers import read_interactions
+    from recsvc.data.interaction_files import read_interactions
     from recsvc.evaluation.holdout import split_interactions
 
     settings = settings_from(args, train=_train_overrides(args))

@@ -17,8 +17,8 @@ from recsvc.catalogue.reader import read_categories
 from recsvc.config import IndexSettings, TrainSettings
 from recsvc.core.model import NO_CATEGORY, IdMap, Model, ModelInfo, VisualPart
 from recsvc.core.projection import Projection
+from recsvc.data.interaction_files import read_interactions
 from recsvc.data.matrix import Interactions, ReadOptions
-from recsvc.data.readers import read_interactions
 from recsvc.evaluation.holdout import Protocol, evaluate_model, split_interactions
 from recsvc.fitting.factors import TrainedFactors, fit_factors
 from recsvc.fitting.visual_space import fit_visual_adapter

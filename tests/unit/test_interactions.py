@@ -6,10 +6,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import recsvc.data.readers
+import recsvc.data.interaction_files
 from recsvc.catalogue.reader import read_categories
+from recsvc.data.interaction_files import read_interactions
 from recsvc.data.matrix import ReadOptions
-from recsvc.data.readers import read_interactions
 from recsvc.errors import DataError
 
 
@@ -158,7 +158,7 @@ def test_reading_in_many_blocks_gives_the_same_result(
     lines = [f"u{n % 97},i{n % 89},{1 + n % 3}" for n in range(5000)]
     path = write(tmp_path / "i.csv", "user_id,item_id,weight\n" + "\n".join(lines) + "\n")
     whole = read_interactions(path)
-    monkeypatch.setattr(recsvc.data.readers, "CSV_BLOCK_BYTES", 1024)
+    monkeypatch.setattr(recsvc.data.interaction_files, "CSV_BLOCK_BYTES", 1024)
     blocks = read_interactions(path)
     assert blocks.user_ids == whole.user_ids and blocks.item_ids == whole.item_ids
     assert (blocks.matrix != whole.matrix).nnz == 0

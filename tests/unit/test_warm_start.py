@@ -10,8 +10,8 @@ import pytest
 from recsvc.artifacts import ModelStore
 from recsvc.config import IndexSettings, TrainSettings, WorkerSettings
 from recsvc.data.demo import DemoData
+from recsvc.data.interaction_files import read_interactions
 from recsvc.data.interaction_store import InteractionStore
-from recsvc.data.readers import read_interactions
 from recsvc.errors import ConfigError
 from recsvc.evaluation.holdout import factor_scorer, ranking_metrics, split_interactions
 from recsvc.fitting.factors import fit_factors
