@@ -7,11 +7,21 @@
 
 Failures raise ``grpc.RpcError`` (``.code()`` and ``.details()`` say what was wrong); every call
 has a deadline (``timeout`` seconds, default 5).
+
+A server with TLS and tokens (docs/deploy.md, Security):
+
+    client = RecsvcClient(
+        "recsvc-serve.recsvc:50051", tls_ca_file=Path("ca.pem"), token=os.environ["RECSVC_TOKEN"]
+    )
+
+(``tls=True`` verifies the server against the system's CAs; ``tls_cert_file`` and
+``tls_key_file`` add a client certificate for mutual TLS.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 
 import grpc
@@ -54,16 +64,42 @@ class RecsvcClient:
     """A blocking client over one gRPC channel. Thread-safe; reuse one per process."""
 
     def __init__(
-        self, target: str, timeout: float = 5.0, max_message_bytes: int = 16 << 20
+        self,
+        target: str,
+        timeout: float = 5.0,
+        max_message_bytes: int = 16 << 20,
+        *,
+        tls: bool = False,
+        tls_ca_file: Path | None = None,
+        tls_cert_file: Path | None = None,
+        tls_key_file: Path | None = None,
+        tls_server_name: str | None = None,
+        token: str | None = None,
     ) -> None:
+        """TLS is on with ``tls`` or any ``tls_*`` argument: the server is verified against
+        ``tls_ca_file`` (default: the system's CAs) under its name in ``target`` or
+        ``tls_server_name``; ``token`` goes with every call as ``authorization: Bearer``."""
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-            ],
-        )
+        options: list[tuple[str, int | str]] = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        if tls_server_name:
+            options.append(("grpc.ssl_target_name_override", tls_server_name))
+        if (tls_cert_file is None) != (tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if tls or tls_ca_file or tls_cert_file or tls_server_name:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=tls_ca_file.read_bytes() if tls_ca_file else None,
+                private_key=tls_key_file.read_bytes() if tls_key_file else None,
+                certificate_chain=tls_cert_file.read_bytes() if tls_cert_file else None,
+            )
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        # Metadata rather than call credentials: a token must also reach a server behind a
+        # TLS-terminating proxy or mesh, where this channel itself is plaintext.
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._stub = pb_grpc.RecommenderStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -85,14 +121,16 @@ class RecsvcClient:
             tuple(recent_item_ids),
             categories or CategoryFilter(),
         )
-        response = self._stub.Recommend(convert.recommend_query_to_pb(query), timeout=self.timeout)
+        response = self._stub.Recommend(
+            convert.recommend_query_to_pb(query), timeout=self.timeout, metadata=self._metadata
+        )
         return convert.recommendation_from_pb(response)
 
     def recommend_batch(self, queries: Sequence[RecommendQuery]) -> list[Recommendation]:
         request = pb.RecommendBatchRequest(
             requests=[convert.recommend_query_to_pb(q) for q in queries]
         )
-        response = self._stub.RecommendBatch(request, timeout=self.timeout)
+        response = self._stub.RecommendBatch(request, timeout=self.timeout, metadata=self._metadata)
         return [convert.recommendation_from_pb(r) for r in response.responses]
 
     def similar_items(
@@ -105,7 +143,9 @@ class RecsvcClient:
         request = convert.similar_query_to_pb(
             SimilarQuery(item_id, k, mode, categories or CategoryFilter())
         )
-        return convert.similar_items_from_pb(self._stub.SimilarItems(request, timeout=self.timeout))
+        return convert.similar_items_from_pb(
+            self._stub.SimilarItems(request, timeout=self.timeout, metadata=self._metadata)
+        )
 
     def search_by_image(
         self, image: bytes, k: int = 10, categories: CategoryFilter | None = None
@@ -117,7 +157,7 @@ class RecsvcClient:
             k=k,
             categories=pb.CategoryFilter(include=filters.include, exclude=filters.exclude),
         )
-        response = self._stub.SearchByImage(request, timeout=self.timeout)
+        response = self._stub.SearchByImage(request, timeout=self.timeout, metadata=self._metadata)
         return SimilarItems(
             [ScoredItem(i.item_id, i.score) for i in response.items], response.model_version
         )
@@ -137,23 +177,29 @@ class RecsvcClient:
                 for i in items
             ]
         )
-        response = self._stub.UpsertItems(request, timeout=self.timeout)
+        response = self._stub.UpsertItems(request, timeout=self.timeout, metadata=self._metadata)
         return response.created, response.updated
 
     def record_interactions(self, interactions: Sequence[RawInteraction]) -> tuple[int, int]:
         """Record interactions; returns (accepted, duplicates)."""
         request = convert.interactions_to_pb(list(interactions))
-        response = self._stub.RecordInteractions(request, timeout=self.timeout)
+        response = self._stub.RecordInteractions(
+            request, timeout=self.timeout, metadata=self._metadata
+        )
         return response.accepted, response.duplicates
 
     def model_info(self) -> ModelInfo:
-        response = self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout)
+        response = self._stub.GetModelInfo(
+            pb.GetModelInfoRequest(), timeout=self.timeout, metadata=self._metadata
+        )
         return convert.model_info_from_pb(response)
 
     def health(self, service: str = "") -> str:
         """The health status name of ``service`` ("" = the whole server), e.g. "SERVING"."""
         response = self._health.Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=self.timeout
+            health_pb2.HealthCheckRequest(service=service),
+            timeout=self.timeout,
+            metadata=self._metadata,
         )
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 

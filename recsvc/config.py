@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -268,6 +268,51 @@ class ImageSettings(_Section):
     )
 
 
+class SecuritySettings(_Section):
+    """TLS and bearer-token authentication of the gRPC server (docs/deploy.md, Security)."""
+
+    tls_cert_file: Path | None = Field(
+        None, description="Server certificate chain (PEM); with tls_key_file: TLS on, else off."
+    )
+    tls_key_file: Path | None = Field(None, description="Private key of tls_cert_file (PEM).")
+    tls_client_ca_file: Path | None = Field(
+        None,
+        description="CA bundle (PEM) that signs client certificates; set: mutual TLS, clients "
+        "without a certificate it signed are refused.",
+    )
+    token_file: Path | None = Field(
+        None,
+        description="Bearer tokens, one `SCOPES TOKEN` per line (scopes read, write, or "
+        "read,write); unset: authentication off (embedded mode).",
+    )
+    reflection: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="gRPC server reflection; auto: on unless token_file is set. With tokens, "
+        "reflection needs the read scope.",
+    )
+    health_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Plaintext port answering only grpc.health.v1 (Kubernetes gRPC probes "
+        "cannot speak TLS); 0: off.",
+    )
+
+    @model_validator(mode="after")
+    def _tls_files_pair(self) -> SecuritySettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("security.tls_cert_file and security.tls_key_file go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("security.tls_client_ca_file needs tls_cert_file and tls_key_file")
+        return self
+
+    @property
+    def reflection_on(self) -> bool:
+        if self.reflection == "auto":
+            return self.token_file is None
+        return self.reflection == "on"
+
+
 class Settings(BaseSettings):
     """recsvc's settings. Every field can be set by environment variable or config file."""
 
@@ -296,6 +341,7 @@ class Settings(BaseSettings):
     workers: WorkerSettings = Field(default_factory=WorkerSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
 
     @classmethod
     def settings_customise_sources(

@@ -39,6 +39,14 @@ class StoreUnavailable(Unavailable):
     """A storage backend (Redis, the event log) did not answer in time or refused."""
 
 
+class Unauthenticated(RecsvcError):
+    """The call carries no valid credentials (a missing or unknown bearer token)."""
+
+
+class PermissionDenied(RecsvcError):
+    """The caller is authenticated but its token lacks the scope the call needs."""
+
+
 class NotImplementedYet(RecsvcError):
     """A part of the API that this version does not implement."""
 

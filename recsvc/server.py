@@ -18,6 +18,7 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from threadpoolctl import threadpool_limits
 
 from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
+from recsvc.api.auth import Scope, TokenAuthInterceptor, load_tokens, server_credentials
 from recsvc.api.servicer import RecommenderServicer
 from recsvc.artifacts import ModelStore
 from recsvc.artifacts.watcher import ModelWatcher
@@ -60,6 +62,9 @@ class ServerHandle:
     port: int
     health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
     servicer: RecommenderServicer
+    # The plaintext health-only server (security.health_port), started and stopped with it.
+    probes: grpc.aio.Server | None = None
+    probe_port: int = 0
 
 
 def create_server(
@@ -68,29 +73,76 @@ def create_server(
     items: ItemService,
     metrics: Metrics | None = None,
 ) -> ServerHandle:
-    """A grpc.aio server with the Recommender, health and reflection services, bound to
-    ``settings.server.host:port`` (port 0 picks a free one). Not started yet."""
+    """A grpc.aio server with the Recommender, health and (unless turned off) reflection
+    services, bound to ``settings.server.host:port`` (port 0 picks a free one), with TLS and
+    token authentication as ``settings.security`` says. Not started yet."""
+    security = settings.security
     options = [
         ("grpc.max_receive_message_length", settings.server.max_receive_message_bytes),
         ("grpc.max_send_message_length", settings.server.max_send_message_bytes),
         ("grpc.so_reuseport", 1 if settings.server.reuse_port else 0),
     ]
-    server = grpc.aio.server(options=options)
+    interceptors = []
+    if security.token_file is not None:
+        tokens = load_tokens(security.token_file)
+        interceptors.append(TokenAuthInterceptor(tokens))
+        log.info(
+            "authentication on: %d read and %d write token(s) from %s",
+            tokens.count(Scope.READ),
+            tokens.count(Scope.WRITE),
+            security.token_file,
+        )
+    else:
+        log.warning(
+            "authentication off (no security.token_file): any client that reaches the port "
+            "may call every RPC"
+        )
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     servicer = RecommenderServicer(service, items, metrics)
     pb_grpc.add_RecommenderServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    if security.reflection_on:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
     address = f"{settings.server.host}:{settings.server.port}"
+    if security.tls_cert_file is not None and security.tls_key_file is not None:
+        credentials = server_credentials(
+            security.tls_cert_file, security.tls_key_file, security.tls_client_ca_file
+        )
+        port = _bind(lambda: server.add_secure_port(address, credentials), address, "server.port")
+    else:
+        port = _bind(lambda: server.add_insecure_port(address), address, "server.port")
+    log.info(
+        "gRPC on %s: TLS %s, reflection %s",
+        address,
+        ("mutual" if security.tls_client_ca_file else "on") if security.tls_cert_file else "off",
+        "on" if security.reflection_on else "off",
+    )
+    handle = ServerHandle(server, port, health_servicer, servicer)
+    if security.health_port:
+        # Kubelet gRPC probes speak neither TLS nor tokens: a server of its own, sharing the
+        # health servicer, answers them on a port that serves nothing else.
+        handle.probes = grpc.aio.server(options=options[2:])
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, handle.probes)
+        probe_address = f"{settings.server.host}:{security.health_port}"
+        handle.probe_port = _bind(
+            lambda: handle.probes.add_insecure_port(probe_address),  # type: ignore[union-attr]
+            probe_address,
+            "security.health_port",
+        )
+    return handle
+
+
+def _bind(add_port: Callable[[], int], address: str, setting: str) -> int:
     try:
-        port = server.add_insecure_port(address)
+        port = add_port()
     except RuntimeError as exc:  # grpc's "Failed to bind"
-        raise ConfigError(f"server.port: cannot listen on {address} (in use?)") from exc
+        raise ConfigError(f"{setting}: cannot listen on {address} (in use?)") from exc
     if port == 0:
-        raise ConfigError(f"server.port: cannot listen on {address} (in use?)")
-    return ServerHandle(server, port, health_servicer, servicer)
+        raise ConfigError(f"{setting}: cannot listen on {address} (in use?)")
+    return port
 
 
 def build_service(
@@ -154,6 +206,8 @@ async def stop_server(handle: ServerHandle, grace: float) -> None:
     await asyncio.sleep(_GOAWAY_HEAD_START_SECONDS)
     handle.servicer.gate.release()
     await stopping
+    if handle.probes is not None:
+        await handle.probes.stop(0)
 
 
 # No call for this long after the gate closed: the clients left are all waiting on held calls.
@@ -235,6 +289,8 @@ async def serve(settings: Settings, announce: bool = True) -> None:
         metrics.serve(settings.server.metrics_port, settings.server.host)
     await set_health(handle, NOT_SERVING)
     await handle.server.start()
+    if handle.probes is not None:
+        await handle.probes.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -12,7 +12,9 @@ from recsvc.errors import (
     InvalidArgument,
     NotFound,
     NotImplementedYet,
+    PermissionDenied,
     RecsvcError,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -23,6 +25,8 @@ STATUS_BY_ERROR: dict[type[RecsvcError], grpc.StatusCode] = {
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     NotImplementedYet: grpc.StatusCode.UNIMPLEMENTED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     ArtifactError: grpc.StatusCode.INTERNAL,
     ConfigError: grpc.StatusCode.INTERNAL,
 }

@@ -120,6 +120,7 @@ def add_call(commands: Any) -> None:
         sub: argparse.ArgumentParser = calls.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of the server")
         sub.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds")
+        _add_security_options(sub)
         sub.set_defaults(run=lambda args: _run_call(args, run))
         return sub
 
@@ -187,6 +188,26 @@ def add_call(commands: Any) -> None:
     call("health", "the server's health status", lambda c, a: {"status": c.health()})
 
 
+def _add_security_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("TLS and authentication")
+    group.add_argument("--tls", action="store_true", help="use TLS, verified by the system's CAs")
+    group.add_argument("--tls-ca", type=Path, help="CA file (PEM) to verify the server (TLS on)")
+    group.add_argument("--tls-cert", type=Path, help="client certificate (PEM), mutual TLS")
+    group.add_argument("--tls-key", type=Path, help="client private key (PEM), mutual TLS")
+    group.add_argument("--tls-server-name", help="name to expect in the server's certificate")
+    tokens = group.add_mutually_exclusive_group()
+    tokens.add_argument(
+        "--token-file", type=Path, help="file holding the bearer token (safer than --token)"
+    )
+    tokens.add_argument("--token", help="bearer token (visible to other local users in ps)")
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file is not None:
+        return str(args.token_file.read_text().strip())
+    return str(args.token) if args.token else None
+
+
 def _similarity_mode(name: str) -> Any:
     from recsvc.core.queries import SimilarityMode
 
@@ -215,7 +236,24 @@ def _run_call(args: argparse.Namespace, run: Callable[[Any, argparse.Namespace],
 
     from recsvc.client import RecsvcClient
 
-    with RecsvcClient(args.target, timeout=args.timeout) as client:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("recsvc: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    try:
+        client = RecsvcClient(
+            args.target,
+            timeout=args.timeout,
+            tls=args.tls,
+            tls_ca_file=args.tls_ca,
+            tls_cert_file=args.tls_cert,
+            tls_key_file=args.tls_key,
+            tls_server_name=args.tls_server_name,
+            token=_token(args),
+        )
+    except OSError as exc:
+        print(f"recsvc: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    with client:
         try:
             result = run(client, args)
         except grpc.RpcError as exc:
