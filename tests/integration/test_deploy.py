@@ -111,8 +111,11 @@ def test_serving_is_highly_available_and_drains(
     spec = pod_spec(serve)
     assert spec["topologySpreadConstraints"]
     container = spec["containers"][0]
+    # Behind TLS (prod), probes use the plaintext health-only port: kubelet cannot speak TLS.
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    probe_port = int(env.get("RECSVC_SECURITY__HEALTH_PORT") or 50051)
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"]["port"] == 50051, probe
+        assert container[probe]["grpc"]["port"] == probe_port, probe
     assert container["readinessProbe"]["grpc"]["service"] == "recsvc.v1.Recommender"
     config = find(docs, "ConfigMap", "recsvc-config")["data"]
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
@@ -133,6 +136,43 @@ def test_serving_is_highly_available_and_drains(
     assert policy["spec"]["podSelector"]["matchLabels"] == {
         "app.kubernetes.io/name": "recsvc-redis"
     }
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", ["overlays/dev", "overlays/prod"])
+def test_serving_port_is_fenced_and_secured_in_prod(
+    manifests: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    docs = manifests[overlay]
+    policy = find(docs, "NetworkPolicy", "recsvc-serve")["spec"]
+    assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "recsvc-serve"}
+    by_port = {rule["ports"][0]["port"]: rule["from"] for rule in policy["ingress"]}
+    assert by_port[50051] == [
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"recsvc.io/client": "true"}}}
+    ]
+    assert by_port[9090] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    spec = pod_spec(find(docs, "Deployment", "recsvc-serve"))
+    container = spec["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    if overlay == "overlays/dev":  # embedded-like: no TLS, no tokens, reflection on
+        assert not any(name.startswith("RECSVC_SECURITY__") for name in env)
+        assert not any("secret" in volume for volume in spec["volumes"])
+        return
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    secrets = {v["name"]: v["secret"] for v in spec["volumes"] if "secret" in v}
+    assert secrets["tls"]["secretName"] == "recsvc-serve-tls"
+    assert secrets["tokens"]["secretName"] == "recsvc-serve-tokens"
+    assert "optional" not in secrets["tls"] and "optional" not in secrets["tokens"]
+    for setting, volume in [
+        ("TLS_CERT_FILE", "tls"),
+        ("TLS_KEY_FILE", "tls"),
+        ("TOKEN_FILE", "tokens"),
+    ]:
+        assert mounts[volume]["readOnly"] is True
+        assert env[f"RECSVC_SECURITY__{setting}"].startswith(mounts[volume]["mountPath"] + "/")
+    assert env["RECSVC_SECURITY__REFLECTION"] == "off"
 
 
 @needs_kubectl
