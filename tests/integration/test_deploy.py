@@ -21,10 +21,12 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from recsvc.client import RecsvcClient
 from recsvc.core.state import EventType, Interaction
 from recsvc.data.interaction_store import InteractionStore
 from recsvc.testing import ProductImages, free_port, redis_server
 from tests.helpers import ROOT
+from tests.integration.test_security import make_pki
 
 K8S = ROOT / "deploy" / "k8s"
 RENDERED = ["overlays/dev", "overlays/prod", "jobs"]
@@ -289,6 +291,61 @@ def test_serving_container_command_answers_its_probes(cluster: Cluster, model_st
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
+
+
+@needs_kubectl
+@pytest.mark.redis
+@pytest.mark.slow
+def test_prod_serving_command_serves_tls_and_tokens_and_answers_probes_in_plaintext(
+    tmp_path: Path, manifests: dict[str, list[dict[str, Any]]], model_store: Path
+) -> None:
+    pki = make_pki(tmp_path / "pki")
+    secrets = {"/etc/recsvc/tls": tmp_path / "tls", "/etc/recsvc/tokens": tmp_path / "tokens"}
+    for path in secrets.values():
+        path.mkdir()
+    # As the kubernetes.io/tls Secret and the token Secret appear in the pod.
+    shutil.copy(pki.server_cert, secrets["/etc/recsvc/tls"] / "tls.crt")
+    shutil.copy(pki.server_key, secrets["/etc/recsvc/tls"] / "tls.key")
+    token = "prod-read-token-0123456789"
+    (secrets["/etc/recsvc/tokens"] / "tokens").write_text(f"read {token}\n")
+    with redis_server() as url:
+        cluster = Cluster(tmp_path / "pod", url, manifests["overlays/prod"])
+        cluster.mounts.update(secrets)
+        shutil.copytree(model_store, cluster.mounts["/models"], dirs_exist_ok=True)
+        serve = find(cluster.manifests, "Deployment", "recsvc-serve")
+        container = pod_spec(serve)["containers"][0]
+        command, env = cluster.process(serve)
+        env["RECSVC_SERVER__WORKERS"] = "2"  # not the 4 of the limit, on a 2-core machine
+        probe_port = free_port()
+        env["RECSVC_SECURITY__HEALTH_PORT"] = str(probe_port)
+        process = subprocess.Popen(command, env=env, cwd=ROOT, text=True)
+        try:
+            probe = f"127.0.0.1:{probe_port}"
+            status = "UNKNOWN"
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and process.poll() is None:
+                try:
+                    status = health(probe, container["readinessProbe"]["grpc"]["service"])
+                except grpc.RpcError:
+                    status = "UNREACHABLE"
+                if status == "SERVING":
+                    break
+                time.sleep(0.5)
+            assert status == "SERVING"
+            assert health(probe, container["livenessProbe"]["grpc"].get("service", "")) == "SERVING"
+            target = f"127.0.0.1:{cluster.port}"
+            with pytest.raises(grpc.RpcError):
+                health(target, "")  # the serving port speaks only TLS
+            with RecsvcClient(target, tls_ca_file=pki.ca, token=token) as client:
+                assert client.health() == "SERVING"
+                assert client.model_info().num_items > 0
+            with RecsvcClient(target, tls_ca_file=pki.ca) as client:
+                with pytest.raises(grpc.RpcError) as caught:
+                    client.model_info()
+                assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0
 
 
 @needs_kubectl

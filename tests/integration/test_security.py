@@ -66,9 +66,9 @@ def _signed_pair(directory: Path, name: str, ca: Path, ca_key: Path, extensions:
     return cert
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    directory = tmp_path_factory.mktemp("pki")
+def make_pki(directory: Path) -> Pki:
+    """A private CA, a server certificate for 127.0.0.1 and localhost, a client certificate."""
+    directory.mkdir(parents=True, exist_ok=True)
     ca, ca_key = directory / "ca.pem", directory / "ca.key"
     _openssl(
         "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
@@ -79,6 +79,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     )
     client = _signed_pair(directory, "client", ca, ca_key, "extendedKeyUsage=clientAuth")
     return Pki(ca, server, directory / "server.key", client, directory / "client.key")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @dataclass(frozen=True)
@@ -338,6 +343,74 @@ def test_mutual_tls_refuses_a_client_without_a_certificate(
     output = "".join(mutual.output)
     assert "authentication off" in output
     assert "TLS mutual" in output
+
+
+# ------------------------------------------------------------------ reflection with tokens
+
+
+@pytest.fixture(scope="module")
+def reflecting(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Tokens without TLS (as behind a TLS-terminating mesh), reflection turned on."""
+    directory = tmp_path_factory.mktemp("reflecting")
+    (directory / "tokens").write_text(TOKEN_FILE)
+    env = server_env(
+        RECSVC_STORE__EVENT_LOG_PATH=str(directory / "events.jsonl"),
+        RECSVC_SERVER__DRAIN_SECONDS="0",
+        RECSVC_SECURITY__TOKEN_FILE=str(directory / "tokens"),
+        RECSVC_SECURITY__REFLECTION="on",
+    )
+    args = ["serve", "--model-store", str(model_store), "--port", "0"]
+    with running_server(args, env) as process:
+        yield process.target
+
+
+def list_services(channel: grpc.Channel, metadata: object) -> set[str]:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+        timeout=10,
+        metadata=metadata,
+    )
+    return {s.name for r in responses for s in r.list_services_response.service}
+
+
+def test_reflection_turned_on_with_tokens_needs_the_read_scope(reflecting: str) -> None:
+    with grpc.insecure_channel(reflecting) as channel:
+        assert "recsvc.v1.Recommender" in list_services(channel, bearer(READ_TOKEN))
+        for metadata, code in [
+            (None, grpc.StatusCode.UNAUTHENTICATED),
+            (bearer(WRITE_TOKEN), grpc.StatusCode.PERMISSION_DENIED),
+        ]:
+            with pytest.raises(grpc.RpcError) as caught:
+                list_services(channel, metadata)
+            assert caught.value.code() == code
+        # Health's streaming Watch stays open too.
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=10
+        )
+        assert next(iter(watch)).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+
+
+def test_serve_with_a_bad_token_file_exits_with_one_line(model_store: Path, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("read tooshort\n")
+    env = server_env(
+        RECSVC_SECURITY__TOKEN_FILE=str(tokens),
+        RECSVC_STORE__EVENT_LOG_PATH=str(tmp_path / "events.jsonl"),
+    )
+    done = subprocess.run(
+        recsvc_command("serve", "--model-store", str(model_store), "--port", "0"),
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "recsvc: error: security.token_file:" in done.stderr
+    assert "tooshort" not in done.stderr
 
 
 # ------------------------------------------------------------------ configuration
