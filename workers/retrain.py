@@ -237,7 +237,7 @@ def build_train_round(
     """The train worker's round, wired from the settings."""
     trainer = TrainWorker(
         InteractionStore(settings.workers.interaction_store),
-        ModelStore(settings.model_store),
+        ModelStore.from_settings(settings),
         settings.train,
         settings.index,
         RetrainPolicy.from_settings(settings.workers),

@@ -4,6 +4,7 @@ A model store is a directory::
 
     <store>/versions/<version>/   one directory per published model version
         manifest.json             schema, version, parameters, shapes, sha256 of every file
+        manifest.sig              HMAC-SHA256 of manifest.json, when a signing key is set
         users.parquet, items.parquet, *.npy, *.hnsw
     <store>/LATEST                the version serving should load; switched last, atomically
     <store>/.staging/             versions being written (never read by serving)

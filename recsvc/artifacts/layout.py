@@ -14,6 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from recsvc.artifacts.files import open_regular
+from recsvc.artifacts.hnsw_header import HnswFileError, check_hnsw_file
 from recsvc.artifacts.manifest import (
     SCHEMA_VERSION,
     ImagesEntry,
@@ -24,6 +26,10 @@ from recsvc.core.model import NO_CATEGORY, IdMap, Model, ModelInfo, VisualPart
 from recsvc.core.projection import Projection, VisualAdapter
 from recsvc.durable import fsync_path
 from recsvc.index import IndexBuildParams, IndexSearchParams, ItemIndex
+from recsvc.index.item_index import Metric
+from recsvc.index.params import SearchParams
+
+FloatArray = npt.NDArray[np.float32]
 
 USERS = "users.parquet"
 ITEMS = "items.parquet"
@@ -167,39 +173,79 @@ def _read_visual(
     images = manifest.images
     if images is None:
         return None
-    rows = load_array(directory / IMAGE_ROWS, np.int64, None)
+    rows = load_array(directory / IMAGE_ROWS, np.int64, (images.items_with_images,))
     embeddings = load_array(directory / IMAGE_EMBEDDINGS, np.float32, (len(rows), images.dim))
     if len(rows) and (rows.min() < 0 or rows.max() >= manifest.num_items):
         raise ValueError("image rows point outside the item table")
+    if len(np.unique(rows)) != len(rows):
+        raise ValueError("image rows name an item twice")
     projection = None
     if images.projection:
-        w1, b1, w2, b2 = (load_array(directory / n, np.float32, None) for n in PROJECTION_FILES)
-        projection = Projection(w1, b1, w2, b2)
-        if projection.input_dim != images.backbone_dim or projection.output_dim != manifest.factors:
-            raise ValueError("the projection does not map image embeddings to item factors")
+        projection = _read_projection(directory, images.backbone_dim, manifest.factors)
     adapter = None
     if images.adapter:
-        mean, components = (load_array(directory / n, np.float32, None) for n in ADAPTER_FILES)
+        if images.dim <= images.backbone_dim:
+            raise ValueError("the visual adapter's space is not wider than the backbone's")
+        mean = load_array(directory / ADAPTER_FILES[0], np.float32, (images.backbone_dim,))
+        components = load_array(
+            directory / ADAPTER_FILES[1],
+            np.float32,
+            (images.backbone_dim, images.dim - images.backbone_dim),
+        )
         adapter = VisualAdapter(mean, components, images.adapter_raw_weight)
-        if adapter.input_dim != images.backbone_dim or adapter.output_dim != images.dim:
-            raise ValueError("the visual adapter does not fit the image embeddings")
     return VisualPart(
         backbone=images.backbone,
         backbone_dim=images.backbone_dim,
         rows=rows,
         embeddings=embeddings,
-        index=ItemIndex.load(
-            embeddings,
-            "cosine",
-            directory / VISUAL_INDEX,
-            params.similar,
-        ),
+        index=_load_index(embeddings, "cosine", directory / VISUAL_INDEX, params.similar),
         projection=projection,
         adapter=adapter,
         n_items=manifest.num_items,
         cold_items=images.cold_items,
         projection_r2=images.projection_r2,
     )
+
+
+def _read_projection(directory: Path, backbone_dim: int, factors: int) -> Projection:
+    """The cold-start projection, each array's shape checked against the manifest's
+    dimensions before it is used (a wrong shape once escaped as an IndexError)."""
+    w1 = load_array(directory / PROJECTION_FILES[0], np.float32, None)
+    if w1.ndim != 2 or w1.shape[0] != backbone_dim or w1.shape[1] < 1:
+        raise ValueError(f"{PROJECTION_FILES[0]}: shape {w1.shape}, expected ({backbone_dim}, h)")
+    hidden = int(w1.shape[1])
+    b1 = load_array(directory / PROJECTION_FILES[1], np.float32, (hidden,))
+    w2 = load_array(directory / PROJECTION_FILES[2], np.float32, (hidden, factors))
+    b2 = load_array(directory / PROJECTION_FILES[3], np.float32, (factors,))
+    return Projection(w1, b1, w2, b2)
+
+
+def _load_index(vectors: FloatArray, metric: Metric, path: Path, search: SearchParams) -> ItemIndex:
+    """An HNSW file checked against its vectors' count and dimension before hnswlib reads it
+    (hnswlib follows whatever entry point and links the file holds)."""
+    count, dim = vectors.shape
+    with open_regular(path.parent, path.name, "model") as handle:
+        try:
+            check_hnsw_file(handle, count, dim)
+        except HnswFileError as exc:
+            raise ValueError(
+                f"{path.name}: not an index of {count} {dim}-d vectors: {exc}"
+            ) from None
+    return ItemIndex.load(vectors, metric, path, search)
+
+
+def _check_ids(ids: list[Any], what: str, expected: int) -> None:
+    if len(ids) != expected:
+        raise ValueError(f"{what}: {len(ids)} ids, the manifest says {expected}")
+    if any(not isinstance(i, str) or not i for i in ids) or len(set(ids)) != len(ids):
+        raise ValueError(f"{what}: ids must be distinct, non-empty strings")
+
+
+def _check_history(indptr: npt.NDArray[Any], indices: npt.NDArray[Any], num_items: int) -> None:
+    if indptr[0] != 0 or indptr[-1] != len(indices) or bool((np.diff(indptr) < 0).any()):
+        raise ValueError("interaction history: row pointers are not 0..nnz ascending")
+    if len(indices) and (indices.min() < 0 or indices.max() >= num_items):
+        raise ValueError("interaction history: an item column is out of range")
 
 
 def read_model(directory: Path, manifest: Manifest, params: IndexSearchParams) -> Model:
@@ -221,10 +267,14 @@ def read_model(directory: Path, manifest: Manifest, params: IndexSearchParams) -
     indptr = load_array(directory / HISTORY_INDPTR, np.int64, (manifest.num_users + 1,))
     indices = load_array(directory / HISTORY_INDICES, np.int32, None)
     data = load_array(directory / HISTORY_DATA, np.float32, indices.shape)
-    if len(users) != manifest.num_users or len(item_ids) != manifest.num_items:
-        raise ValueError("id maps do not match the manifest's counts")
-    if indptr[-1] != len(indices) or (len(indices) and indices.max() >= manifest.num_items):
-        raise ValueError("interaction history is inconsistent")
+    _check_ids(users, USERS, manifest.num_users)
+    _check_ids(item_ids, ITEMS, manifest.num_items)
+    if len(popularity) != manifest.num_items:
+        raise ValueError(f"{ITEMS}: popularity column does not match the item count")
+    _check_history(indptr, indices, manifest.num_items)
+    for name, factors in ((USER_FACTORS, user_factors), (ITEM_FACTORS, item_factors)):
+        if not np.isfinite(factors).all():
+            raise ValueError(f"{name}: not every factor is a finite number")
     history = sp.csr_matrix((data, indices, indptr), shape=(manifest.num_users, manifest.num_items))
 
     info = ModelInfo(
@@ -253,14 +303,11 @@ def read_model(directory: Path, manifest: Manifest, params: IndexSearchParams) -
         item_popularity=popularity,
         item_categories=item_categories,
         category_names=names,
-        user_index=ItemIndex.load(
+        user_index=_load_index(
             item_factors, "ip", directory / USER_INDEX, params.user(manifest.index.ef_search)
         ),
-        similar_index=ItemIndex.load(
-            item_factors,
-            "cosine",
-            directory / SIMILAR_INDEX,
-            params.similar,
+        similar_index=_load_index(
+            item_factors, "cosine", directory / SIMILAR_INDEX, params.similar
         ),
         regularization=manifest.regularization,
         alpha=manifest.alpha,

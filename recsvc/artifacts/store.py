@@ -3,12 +3,15 @@
 Publishing writes a version into ``.staging``, fsyncs every file and the directory, renames it
 into ``versions/`` and only then switches ``LATEST`` (write a temporary file, fsync, rename).
 A crash at any point leaves either the old or the new version visible, never a partial one.
-Loading verifies the manifest and the sha256 of every file before any file is parsed: hnswlib
-checks neither the integrity nor the dimension of what it reads.
+Loading verifies the manifest (and its signature, with a key), that every file it names is a
+regular file directly inside the version, and the sha256 of every file before any file is
+parsed; parsing then checks every array and index file against the manifest (layout.py,
+hnsw_header.py): hnswlib checks neither the integrity nor the dimension of what it reads.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -18,12 +21,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recsvc.artifacts.files import check_directory, is_plain_name, open_regular
 from recsvc.artifacts.layout import (
     ITEM_FACTORS,
     ITEMS,
@@ -41,12 +44,21 @@ from recsvc.artifacts.manifest import (
     SCHEMA_VERSION,
     Manifest,
     file_entry,
-    sha256_of,
+)
+from recsvc.artifacts.signing import (
+    MAX_SIGNATURE_BYTES,
+    SIGNATURE_NAME,
+    check_signature,
+    sign,
+    signing_key_from,
 )
 from recsvc.core.model import Model
 from recsvc.durable import fsync_path, replace_bytes_atomically, write_durably
 from recsvc.errors import ArtifactError
 from recsvc.index import IndexBuildParams, IndexSearchParams
+
+if TYPE_CHECKING:
+    from recsvc.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +69,18 @@ _VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 class ModelStore:
     """A directory of model versions (see :mod:`recsvc.artifacts`)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, signing_key: bytes | None = None) -> None:
         self.root = Path(root)
         self.versions_dir = self.root / "versions"
         self.staging_dir = self.root / ".staging"
+        # With a key, publish signs each manifest and reading refuses one whose signature
+        # does not verify (recsvc.artifacts.signing).
+        self.signing_key = signing_key
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelStore:
+        """The store the settings name, with their signing key (read from its file if set)."""
+        return cls(settings.model_store, signing_key_from(settings))
 
     # ----------------------------------------------------------------- reading
 
@@ -81,57 +101,68 @@ class ModelStore:
         return sorted(p.name for p in self.versions_dir.iterdir() if p.is_dir())
 
     def read_manifest(self, version: str) -> Manifest:
-        """A version's manifest, parsed and checked against this server's schema (files are
-        not checked: see :meth:`verify`)."""
+        """A version's manifest, parsed, its signature checked when the store has a key, and
+        checked against this server's schema (files are not checked: see :meth:`verify`)."""
         if not _VERSION_NAME.fullmatch(version):
             raise ArtifactError(f"{version!r} is not a model version name")
+        what = f"model {version}"
         directory = self.versions_dir / version
-        manifest_path = directory / MANIFEST_NAME
-        if not manifest_path.is_file():
-            raise ArtifactError(f"model {version}: {MANIFEST_NAME} is missing in {directory}")
-        if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
-            raise ArtifactError(f"model {version}: {MANIFEST_NAME} is implausibly large")
+        check_directory(directory, what)
+        with open_regular(directory, MANIFEST_NAME, what) as handle:
+            if os.fstat(handle.fileno()).st_size > MAX_MANIFEST_BYTES:
+                raise ArtifactError(f"{what}: {MANIFEST_NAME} is implausibly large")
+            raw = handle.read(MAX_MANIFEST_BYTES + 1)
+        if self.signing_key is not None:
+            check_signature(self.signing_key, raw, _read_signature(directory, what), what)
         try:
-            manifest = Manifest.model_validate_json(manifest_path.read_bytes())
+            manifest = Manifest.model_validate_json(raw)
         except ValueError as exc:
-            raise ArtifactError(f"model {version}: invalid {MANIFEST_NAME}: {exc}") from exc
+            raise ArtifactError(f"{what}: invalid {MANIFEST_NAME}: {exc}") from exc
         if manifest.schema_version != SCHEMA_VERSION:
             raise ArtifactError(
-                f"model {version}: schema version {manifest.schema_version}, this server reads "
+                f"{what}: schema version {manifest.schema_version}, this server reads "
                 f"{SCHEMA_VERSION}"
             )
         if manifest.model_version != version:
-            raise ArtifactError(f"model {version}: manifest names version {manifest.model_version}")
+            raise ArtifactError(f"{what}: manifest names version {manifest.model_version}")
+        # Before any name is used as a path: only plain names inside the version directory.
+        strays = sorted(repr(name) for name in manifest.files if not is_plain_name(name))
+        if strays:
+            raise ArtifactError(f"{what}: manifest names files outside the version: {strays}")
         missing = required_files(manifest) - manifest.files.keys()
         if missing:
-            raise ArtifactError(f"model {version}: manifest lacks {sorted(missing)}")
+            raise ArtifactError(f"{what}: manifest lacks {sorted(missing)}")
         return manifest
 
     def verify(self, version: str) -> Manifest:
-        """Check a version's manifest and every file's size and sha256; return the manifest."""
+        """Check a version's manifest (and signature) and every file's type, size and sha256;
+        return the manifest."""
         manifest = self.read_manifest(version)
         directory = self.versions_dir / version
+        what = f"model {version}"
         for name, entry in manifest.files.items():
-            path = directory / name
-            if not path.is_file():
-                raise ArtifactError(f"model {version}: file {name} is missing")
-            if path.stat().st_size != entry.bytes:
-                raise ArtifactError(
-                    f"model {version}: file {name} has {path.stat().st_size} bytes, "
-                    f"manifest says {entry.bytes} (truncated or replaced)"
-                )
-            if sha256_of(path) != entry.sha256:
-                raise ArtifactError(f"model {version}: file {name} fails its sha256 check")
+            with open_regular(directory, name, what) as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size != entry.bytes:
+                    raise ArtifactError(
+                        f"{what}: file {name} has {size} bytes, manifest says {entry.bytes} "
+                        "(truncated or replaced)"
+                    )
+                if hashlib.file_digest(handle, "sha256").hexdigest() != entry.sha256:
+                    raise ArtifactError(f"{what}: file {name} fails its sha256 check")
         return manifest
 
     def load(self, version: str, params: IndexSearchParams) -> Model:
-        """Verify, then load a version into a :class:`Model`. Raises ArtifactError."""
+        """Verify, then load a version into a :class:`Model`. Raises ArtifactError, whatever
+        went wrong: a version that does not load is refused, it never stops the caller."""
         manifest = self.verify(version)
         directory = self.versions_dir / version
         try:
             return read_model(directory, manifest, params)
-        except (OSError, ValueError, KeyError, RuntimeError, pa.ArrowException) as exc:
-            raise ArtifactError(f"model {version}: unreadable: {exc}") from exc
+        except ArtifactError:
+            raise
+        except Exception as exc:  # any reader's error: numpy, pyarrow, hnswlib, ours
+            raise ArtifactError(f"model {version}: unreadable: {_reason(exc)}") from exc
 
     def load_factors(self, version: str) -> tuple[list[str], list[str], Any, Any]:
         """A verified version's user ids, item ids, user factors and item factors only (what a
@@ -145,8 +176,8 @@ class ModelStore:
             shape_i = (manifest.num_items, manifest.factors)
             user_factors = load_array(directory / USER_FACTORS, np.float32, shape_u)
             item_factors = load_array(directory / ITEM_FACTORS, np.float32, shape_i)
-        except (OSError, ValueError, pa.ArrowException) as exc:
-            raise ArtifactError(f"model {version}: unreadable: {exc}") from exc
+        except Exception as exc:
+            raise ArtifactError(f"model {version}: unreadable: {_reason(exc)}") from exc
         return users, items, user_factors, item_factors
 
     def load_latest(self, params: IndexSearchParams) -> Model:
@@ -177,7 +208,10 @@ class ModelStore:
             manifest = manifest_for(
                 model, index_params, {n: file_entry(staging / n) for n in files}
             )
-            write_durably(staging / MANIFEST_NAME, manifest.model_dump_json(indent=2).encode())
+            raw = manifest.model_dump_json(indent=2).encode()
+            write_durably(staging / MANIFEST_NAME, raw)
+            if self.signing_key is not None:
+                write_durably(staging / SIGNATURE_NAME, sign(self.signing_key, raw).encode())
             fsync_path(staging)
             self.versions_dir.mkdir(parents=True, exist_ok=True)
             os.rename(staging, final)
@@ -231,6 +265,21 @@ class ModelStore:
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+
+
+def _read_signature(directory: Path, what: str) -> bytes:
+    try:
+        with open_regular(directory, SIGNATURE_NAME, what) as handle:
+            return handle.read(MAX_SIGNATURE_BYTES)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{what}: unsigned or unreadable signature ({exc})") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """An error's text for a log line: its type when its message is empty (an IndexError
+    from numpy can say nothing else)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _process_alive(pid: int) -> bool:

@@ -2,8 +2,9 @@
 
 Every ``interval`` seconds it reads LATEST; a new version is verified and loaded off to the
 side (in a worker thread, so requests keep flowing), then swapped in with one reference
-assignment. A version that fails verification or loading is logged, counted and skipped until
-LATEST changes again; the old model keeps serving.
+assignment. A version that fails verification or loading, whatever the exception, is logged,
+counted and skipped until LATEST changes again; the old model keeps serving and the watcher
+keeps polling (a store file must never be able to stop model updates).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class ModelWatcher:
         """Load and swap in LATEST if it is new; True when a swap happened."""
         try:
             latest = self.store.latest_version()
-        except (OSError, ArtifactError) as exc:
+        except Exception as exc:  # OSError, ArtifactError, a LATEST that is not text...
             log.warning("model store unreadable: %s", exc)
             return False
         current = self.holder.current().version if self.holder.loaded else None
@@ -48,10 +49,11 @@ class ModelWatcher:
             return False
         try:
             recommender = await asyncio.to_thread(self.load, latest)
-        except (ArtifactError, OSError, ValueError, MemoryError) as exc:
+        except Exception as exc:
             self.failures += 1
             self._rejected = latest
-            log.error("model %s rejected, still serving %s: %s", latest, current, exc)
+            reason = exc if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"
+            log.error("model %s rejected, still serving %s: %s", latest, current, reason)
             return False
         self.holder.swap(recommender)
         self.swaps += 1
@@ -62,4 +64,7 @@ class ModelWatcher:
         """Check forever (cancel the task to stop)."""
         while True:
             await asyncio.sleep(self.interval)
-            await self.check_once()
+            try:
+                await self.check_once()
+            except Exception:  # a bug here must not end model updates for good
+                log.exception("model watcher: check failed; retrying in %.1fs", self.interval)

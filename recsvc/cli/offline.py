@@ -11,7 +11,7 @@ from typing import Any
 from recsvc.cli.common import PROTOCOLS, common_options, settings_from
 from recsvc.cli.images import add_image_eval_options, run_image_eval
 from recsvc.config import Settings
-from recsvc.errors import ConfigError
+from recsvc.errors import ConfigError, RecsvcError
 
 log = logging.getLogger("recsvc")
 
@@ -51,7 +51,7 @@ def _run_train(args: argparse.Namespace) -> int:
     settings = settings_from(args, model_store=args.out, train=_train_overrides(args))
     model = train_from_files(
         _interactions_path(args),
-        ModelStore(settings.model_store),
+        ModelStore.from_settings(settings),
         settings.train,
         settings.index,
         items_path=args.items,
@@ -200,14 +200,18 @@ def add_models(commands: Any) -> None:
         ("show", "a version's manifest (default: the latest)"),
         ("verify", "check every file's checksum (default: every version); exit 1 on damage"),
         ("gc", "remove old versions, keeping the latest and the --keep newest"),
-        ("use", "point LATEST at a version (roll back or forward); servers swap to it"),
+        (
+            "use",
+            "point LATEST at a version (roll back or forward) once it loads fully, as serving "
+            "would load it; servers swap to it",
+        ),
     ]:
         sub = actions.add_parser(name, help=text, description=text)
         sub.add_argument("--model-store", type=Path, help="model store directory")
         if name in ("show", "verify"):
             sub.add_argument("version", nargs="?", help="a version name")
         if name == "use":
-            sub.add_argument("version", help="a version name (it must verify)")
+            sub.add_argument("version", help="a version name (it must load as serving loads it)")
         if name == "gc":
             sub.add_argument("--keep", type=int, default=3, help="newest versions kept (default 3)")
         common_options(sub)
@@ -219,7 +223,7 @@ def _run_models(args: argparse.Namespace) -> int:
     from recsvc.errors import ArtifactError
 
     settings = settings_from(args, model_store=args.model_store)
-    store = ModelStore(settings.model_store)
+    store = ModelStore.from_settings(settings)
     latest = store.latest_version()
     if args.action == "list":
         for version in store.list_versions():
@@ -250,6 +254,16 @@ def _run_models(args: argparse.Namespace) -> int:
                 print(f"FAILED  {version}: {exc}")
         return 1 if failed else 0
     if args.action == "use":
+        from recsvc.server import load_recommender
+
+        # The whole load a server would do (checksums, signature, array shapes, index files),
+        # so that LATEST never names a version that replicas would refuse or crash-loop on.
+        try:
+            load_recommender(settings, args.version)
+        except RecsvcError:
+            raise
+        except Exception as exc:
+            raise ArtifactError(f"model {args.version}: {type(exc).__name__}: {exc}") from exc
         store.point_latest_to(args.version)
         print(f"LATEST -> {args.version}")
         return 0

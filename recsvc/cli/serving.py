@@ -79,7 +79,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     settings = settings_from(
         args, model_store=store_dir, server={"host": args.host, "port": args.port}
     )
-    store = ModelStore(store_dir)
+    store = ModelStore.from_settings(settings)
     if args.retrain or store.latest_version() is None:
         log.info("generating demo data in %s", args.dir)
         data = generate_demo_data(args.dir / "data")

@@ -102,10 +102,13 @@ class ItemIndex:
     def load(
         cls, vectors: FloatMatrix, metric: Metric, hnsw_path: Path, search: SearchParams
     ) -> ItemIndex:
-        """Load a graph saved by :meth:`save_hnsw`. Verify the file's checksum before calling this:
-        hnswlib checks neither the dimension nor the integrity of what it reads."""
+        """Load a graph saved by :meth:`save_hnsw`. Verify the file's checksum and check its
+        header first (recsvc.artifacts.hnsw_header): hnswlib checks neither the dimension nor
+        the integrity of what it reads."""
         index = hnswlib.Index(space="ip", dim=vectors.shape[1])
-        index.load_index(os.fspath(hnsw_path), max_elements=0)
+        # Capacity from the vectors, not from the file: hnswlib allocates what the file's
+        # max_elements says, however large.
+        index.load_index(os.fspath(hnsw_path), max_elements=max(1, len(vectors)))
         if index.get_current_count() != len(vectors):
             raise ValueError(
                 f"HNSW file holds {index.get_current_count()} items, expected {len(vectors)}"

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from recsvc.artifacts import ModelStore
+from recsvc.artifacts.hnsw_header import HnswFileError, check_hnsw_file
 from recsvc.core.model import Model
 from recsvc.errors import ArtifactError
 from recsvc.index import DEFAULT_EF_SEARCH, ItemIndex
+from recsvc.index.params import GraphParams, SearchParams
 from tests.conftest import BUILD, SEARCH
 
 
@@ -135,3 +137,20 @@ def test_a_model_is_served_at_the_ef_its_training_chose(model: Model, tmp_path: 
     store.publish(older, BUILD)
     loaded = store.load(version, replace(SEARCH, user_ef=0))
     assert loaded.user_index.hnsw.ef == DEFAULT_EF_SEARCH
+
+
+@pytest.mark.parametrize(("count", "dim", "m"), [(1, 8, 16), (300, 12, 4), (2500, 16, 8)])
+def test_index_files_hnswlib_writes_pass_the_header_check(
+    tmp_path: Path, count: int, dim: int, m: int
+) -> None:
+    """What hnswlib 0.8 writes is what the check expects, on one element and on several levels."""
+    vectors = np.random.default_rng(count).standard_normal((count, dim)).astype(np.float32)
+    index = ItemIndex.build(vectors, "ip", GraphParams(m, 40, 1, 1), SearchParams(10, 1, 0.0))
+    index.save_hnsw(tmp_path / "i.hnsw")
+    with (tmp_path / "i.hnsw").open("rb") as handle:
+        header = check_hnsw_file(handle, count, dim)
+    assert (header.count, header.max_elements, header.m, header.max_m0) == (count, count, m, 2 * m)
+    assert header.entry_point < count
+    assert (header.max_level > 0) == (count > 100)
+    with (tmp_path / "i.hnsw").open("rb") as handle, pytest.raises(HnswFileError):
+        check_hnsw_file(handle, count + 1, dim)
