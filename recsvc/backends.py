@@ -61,7 +61,8 @@ def build_user_state(settings: Settings) -> tuple[UserStateStore, EventLog, Item
     memory = InMemoryUserStore(
         s.history_max_items, s.history_ttl_seconds, s.vector_ttl_seconds, s.max_users_in_process
     )
-    return memory, FileEventLog(event_log_path(settings)), FileItemLog(item_log_path(settings))
+    events = FileEventLog(event_log_path(settings), s.dedupe_max_ids_in_process)
+    return memory, events, FileItemLog(item_log_path(settings))
 
 
 def sync_redis(settings: Settings) -> Any:

@@ -147,7 +147,17 @@ class StoreSettings(_Section):
         None, description="Event log file without Redis; unset: events.jsonl in the model store."
     )
     dedupe_ttl_seconds: int = Field(
-        7 * 86400, ge=60, description="How long an event_id is remembered for idempotency (Redis)."
+        7 * 86400,
+        ge=60,
+        description="How long an event_id is remembered for idempotency (Redis); a retry later "
+        "than that is accepted as new.",
+    )
+    dedupe_max_ids_in_process: int = Field(
+        200_000,
+        ge=1_000,
+        le=50_000_000,
+        description="Event_ids the file event log remembers for idempotency (embedded mode; "
+        "the most recently seen, ~200 B each); a retry of an older one is accepted as new.",
     )
 
 

@@ -21,9 +21,45 @@ def write_durably(path: Path, content: bytes) -> None:
     _write_synced(path, content, "wb")
 
 
-def append_durably(path: Path, content: bytes) -> None:
-    """Append ``content`` to ``path`` and fsync it: on disk once this returns."""
-    _write_synced(path, content, "ab")
+def append_durably(path: Path, content: bytes, end: int | None = None) -> int:
+    """Append ``content`` to ``path`` and fsync it: on disk once this returns. Returns the
+    file's new size.
+
+    A failed write or fsync (ENOSPC, EIO, any OSError) cuts the file back to where it ended
+    before and re-raises, so that the next append never joins a torn record (which would make
+    that record, acknowledged, unreadable). ``end``: where the last complete record ends, as
+    the caller knows it; anything beyond it (a cut that itself failed) is dropped first.
+    """
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.fstat(descriptor).st_size
+        if end is not None and start > end:
+            os.ftruncate(descriptor, end)
+            start = end
+        try:
+            _write_all(descriptor, content)
+            os.fsync(descriptor)
+        except BaseException:
+            _cut_back(descriptor, start)
+            raise
+        return start + len(content)
+    finally:
+        os.close(descriptor)
+
+
+def _write_all(descriptor: int, content: bytes) -> None:
+    view = memoryview(content)
+    while view:
+        view = view[os.write(descriptor, view) :]
+
+
+def _cut_back(descriptor: int, size: int) -> None:
+    """Best effort: when this fails too, the caller's next append cuts back (its ``end``)."""
+    try:
+        os.ftruncate(descriptor, size)
+        os.fsync(descriptor)
+    except OSError:
+        pass
 
 
 def _write_synced(path: Path, content: bytes, mode: str) -> None:

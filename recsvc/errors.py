@@ -39,6 +39,11 @@ class StoreUnavailable(Unavailable):
     """A storage backend (Redis, the event log) did not answer in time or refused."""
 
 
+class OutcomeUnknown(StoreUnavailable):
+    """A write may have happened although it did not answer (a timeout after it was sent):
+    retrying it with the same idempotency keys (event_ids) is safe."""
+
+
 class Unauthenticated(RecsvcError):
     """The call carries no valid credentials (a missing or unknown bearer token)."""
 

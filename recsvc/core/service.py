@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,7 @@ from recsvc.core.state import (
     UserState,
     UserStateStore,
 )
-from recsvc.errors import RecsvcError, StoreUnavailable, Unavailable
+from recsvc.errors import OutcomeUnknown, RecsvcError, StoreUnavailable, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ class RecommendationService:
         store_timeout: float,
         on_store_status: Callable[[bool], None] | None = None,
         visual_weight: float = 0.5,
+        batch_slice: int = 32,
     ) -> None:
         self.holder = holder
         self.store = store
@@ -89,6 +90,7 @@ class RecommendationService:
         self.event_weights = event_weights
         self.store_timeout = store_timeout
         self.visual_weight = visual_weight
+        self.batch_slice = batch_slice
         self.stats = ServiceStats()
         self.on_store_status = on_store_status or (lambda healthy: None)
         self._background: set[asyncio.Task[None]] = set()
@@ -119,10 +121,29 @@ class RecommendationService:
     async def recommend_batch(
         self, queries: list[RecommendQuery], time_left: float | None = None
     ) -> list[Recommendation]:
+        return [
+            result
+            async for part in self.recommend_batch_slices(queries, time_left)
+            for result in part
+        ]
+
+    async def recommend_batch_slices(
+        self, queries: list[RecommendQuery], time_left: float | None = None
+    ) -> AsyncIterator[list[Recommendation]]:
+        """The batch's answers, ``batch_slice`` queries at a time (all checked first): the
+        event loop answers other calls between slices, and the caller converts each slice
+        while the next is not yet searched, so a batch at the size limit never holds the loop
+        for long."""
         recommender = self.current()
         validate_batch(queries, recommender.limits)
-        states = await self._states_for(recommender, [q.user_id for q in queries], time_left)
-        return await asyncio.to_thread(recommender.recommend_many, queries, states, True)
+        deadline = None if time_left is None else time.monotonic() + time_left
+        for start in range(0, len(queries), self.batch_slice):
+            if start:
+                await asyncio.sleep(0)  # the store may answer without suspending
+            part = queries[start : start + self.batch_slice]
+            left = None if deadline is None else deadline - time.monotonic()
+            states = await self._states_for(recommender, [q.user_id for q in part], left)
+            yield await asyncio.to_thread(recommender.recommend_many, part, states, True)
 
     async def _recommend_together(
         self, requests: list[tuple[RecommendQuery, float | None]]
@@ -163,34 +184,59 @@ class RecommendationService:
     ) -> AppendResult:
         """Validate, append durably to the event log, then update each user's history and
         vector. Only the log must succeed: a store failure after it loses nothing (the vector
-        is recomputed from the history, or the events reach the next model)."""
+        is recomputed from the history, or the events reach the next model).
+
+        An append that may have happened although it did not answer (a timeout) is reported
+        as such, never as "not recorded": the retry with the same event_ids is safe, and it
+        applies the events that an earlier call logged without updating the users' state
+        (``AppendResult.pending``); once applied, the log is told (``confirm``)."""
         recommender = self.current()
         interactions = validate_interactions(raw, recommender.limits, self.event_weights)
         deadline = None if time_left is None else time.monotonic() + time_left
         try:
             async with asyncio.timeout(None if time_left is None else time_left * 0.8):
                 result = await self.events.append(interactions)
-        except (StoreUnavailable, TimeoutError) as exc:
+        except (OutcomeUnknown, TimeoutError) as exc:
             raise Unavailable(
-                f"interactions: not recorded, the event log is unavailable ({exc or 'timed out'})"
+                "interactions: outcome unknown, the event log did not answer in time "
+                f"({str(exc) or 'timed out'}); retrying with the same event_ids is safe"
             ) from exc
+        except StoreUnavailable as exc:
+            raise Unavailable(
+                f"interactions: not recorded, the event log is unavailable ({exc})"
+            ) from exc
+        to_apply = [*result.accepted, *result.pending]
         by_user: dict[str, list[Interaction]] = defaultdict(list)
-        for event in result.accepted:
+        for event in to_apply:
             by_user[event.user_id].append(event)
         # The users' state gets what the append left of the deadline.
         left = None if deadline is None else deadline - time.monotonic()
-        await self._update_users(recommender, by_user, left)
+        if await self._update_users(recommender, by_user, left):
+            await self._confirm([event.event_id for event in to_apply], deadline)
         return result
+
+    async def _confirm(self, event_ids: list[str], deadline: float | None) -> None:
+        """Tell the log these events are applied. Best effort: the events are recorded and
+        applied either way; unconfirmed, a later retry of them would apply them again."""
+        if not event_ids:
+            return
+        budget = self.store_timeout if deadline is None else deadline - time.monotonic()
+        try:
+            async with asyncio.timeout(max(0.001, budget)):
+                await self.events.confirm(event_ids)
+        except (StoreUnavailable, TimeoutError) as exc:
+            log.warning("%d events: applied but not confirmed (%s)", len(event_ids), exc)
 
     async def _update_users(
         self,
         recommender: Recommender,
         by_user: dict[str, list[Interaction]],
         time_left: float | None,
-    ) -> None:
+    ) -> bool:
         """All users' histories in one store round trip, then one batched fold-in, then all
         their vectors in another. The store's budget grows with the number of users (the
-        round trips carry that much work), within most of the request's deadline."""
+        round trips carry that much work), within most of the request's deadline. Returns
+        whether the store took it all."""
         budget = self.store_timeout * max(1, len(by_user))
         if time_left is not None:
             budget = max(0.001, min(budget, time_left * 0.8))
@@ -207,12 +253,14 @@ class RecommendationService:
                 seqs = {user_id: history.seq for user_id, history in histories.items()}
                 await self.store.put_vectors(recommender.version, vectors, seqs)
             self.on_store_status(True)
+            return True
         except (StoreUnavailable, TimeoutError) as exc:
             self.stats.store_errors += 1
             self.on_store_status(False)
             log.warning(
                 "%d users: state not updated (%s); events are in the log", len(by_user), exc
             )
+            return False
 
     # --------------------------------------------------------------------------- helpers
 

@@ -38,10 +38,16 @@ class Interaction(NamedTuple):
 
 @dataclass(frozen=True)
 class AppendResult:
-    """Which of the appended interactions were new (the rest had a known event_id)."""
+    """Which of the appended interactions were new (the rest had a known event_id).
+
+    ``pending``: those of the known ones that an earlier call logged but whose users' state
+    was never confirmed as updated (that call timed out or was cancelled after the append):
+    the caller applies them as it applies ``accepted``, then confirms both. They count as
+    duplicates (the log holds them once)."""
 
     accepted: list[Interaction]
     duplicates: int
+    pending: list[Interaction] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,13 @@ class EventLog(Protocol):
 
     async def append(self, interactions: list[Interaction]) -> AppendResult:
         """Durably append the interactions whose event_id is new; when this returns, they
-        survive a crash. Raises StoreUnavailable when that cannot be guaranteed."""
+        survive a crash. Raises StoreUnavailable when that cannot be guaranteed (its subclass
+        OutcomeUnknown when the append may have happened all the same)."""
+        ...
+
+    async def confirm(self, event_ids: list[str]) -> None:
+        """Mark these logged events as applied to the users' state, so that a retry of them
+        is a plain duplicate instead of coming back as ``pending``. Raises StoreUnavailable."""
         ...
 
     async def close(self) -> None: ...

@@ -7,7 +7,7 @@ slot:
     {prefix}:{u:<user>}:h / :t              history: item -> weight (hash), item -> time (zset);
                                             field "" of :h is the history's sequence number
     {prefix}:{ev}:stream                    the event stream (XADD)
-    {prefix}:{ev}:id:<event_id>             idempotency marker, TTL
+    {prefix}:{ev}:id:<event_id>             idempotency marker, TTL: "p" logged, "d" applied
 
 RecordInteractions updates many users at once with scripts that each take USERS_PER_SCRIPT
 users' keys: fine on one Redis server (the client here); a Redis Cluster client would need
@@ -31,7 +31,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from recsvc.core.state import AppendResult, Interaction, UserHistory, UserState
-from recsvc.errors import StoreUnavailable
+from recsvc.errors import OutcomeUnknown, StoreUnavailable
 from recsvc.store.codec import interaction_to_json, vector_from_bytes, vector_to_bytes
 from recsvc.store.names import event_id_key_prefix, event_stream_key
 
@@ -101,17 +101,37 @@ return out
 # dominated RecordInteractions in Redis mode, is paid rarely.
 USERS_PER_SCRIPT = 64
 
-# Append the events whose id is new; return their positions (1-based) in the batch.
+# Append the events whose id is new (KEYS: stream, marker prefix; ARGV: ttl, then event id and
+# event JSON pairs). A new id's marker is "p" (logged, users' state not yet confirmed) until
+# _CONFIRM_EVENTS makes it "d"; markers of earlier versions ("1") count as done. Returns the
+# positions (1-based) of the new events and of those still "p" (a call that ended after its
+# append: the retry applies them); an id repeated within the batch counts once.
 _APPEND_EVENTS = """
 local stream, id_prefix, ttl = KEYS[1], KEYS[2], tonumber(ARGV[1])
-local accepted = {}
+local fresh, pending, here = {}, {}, {}
 for i = 2, #ARGV, 2 do
-  if redis.call('SET', id_prefix .. ARGV[i], '1', 'NX', 'EX', ttl) then
-    redis.call('XADD', stream, '*', 'event', ARGV[i + 1])
-    accepted[#accepted + 1] = i / 2
+  local event_id = ARGV[i]
+  if not here[event_id] then
+    here[event_id] = true
+    local marker = redis.call('GET', id_prefix .. event_id)
+    if not marker then
+      redis.call('SET', id_prefix .. event_id, 'p', 'EX', ttl)
+      redis.call('XADD', stream, '*', 'event', ARGV[i + 1])
+      fresh[#fresh + 1] = i / 2
+    elseif marker == 'p' then
+      pending[#pending + 1] = i / 2
+    end
   end
 end
-return accepted
+return {fresh, pending}
+"""
+
+# Mark logged events as applied to the users' state (KEYS: marker prefix; ARGV: event ids).
+_CONFIRM_EVENTS = """
+for i = 1, #ARGV do
+  redis.call('SET', KEYS[1] .. ARGV[i], 'd', 'XX', 'KEEPTTL')
+end
+return #ARGV
 """
 
 
@@ -246,10 +266,16 @@ class RedisUserStore:
 
 
 class RedisEventLog:
-    """EventLog in a Redis Stream, idempotent on event_id (markers kept ``dedupe_ttl`` s).
+    """EventLog in a Redis Stream, idempotent on event_id (markers kept ``dedupe_ttl`` s: a
+    retry later than that is accepted as new).
 
     Durability is Redis's: with AOF ``appendfsync everysec`` up to one second of acknowledged
-    events can be lost on a crash of the Redis host (see docs/deploy for the settings)."""
+    events can be lost on a crash of the Redis host (see docs/deploy for the settings).
+
+    A failed append is OutcomeUnknown, never "not recorded": a script whose reply timed out may
+    have run (or still run, e.g. on a paused server). The markers make the retry safe: the
+    stream gets each event once, and the events an earlier call logged without confirming the
+    users' state come back as ``pending`` to be applied."""
 
     def __init__(self, client: redis.Redis, prefix: str, dedupe_ttl: int) -> None:
         self._redis = client
@@ -257,17 +283,27 @@ class RedisEventLog:
         self._id_prefix = event_id_key_prefix(prefix)
         self.dedupe_ttl = dedupe_ttl
         self._append = client.register_script(_APPEND_EVENTS)
+        self._confirm = client.register_script(_CONFIRM_EVENTS)
 
     async def append(self, interactions: list[Interaction]) -> AppendResult:
         args: list[Any] = [self.dedupe_ttl]
         for event in interactions:
             args += [event.event_id, interaction_to_json(event)]
-        positions = await _checked(
-            self._append(keys=[self.stream_key, self._id_prefix], args=args),
-            "appending events",
-        )
-        accepted = [interactions[int(p) - 1] for p in positions]
-        return AppendResult(accepted, len(interactions) - len(accepted))
+        try:
+            fresh, pending = await self._append(keys=[self.stream_key, self._id_prefix], args=args)
+        except (RedisError, OSError) as exc:
+            raise OutcomeUnknown(
+                f"redis: appending events: no answer ({exc or type(exc).__name__})"
+            ) from exc
+        accepted = [interactions[int(p) - 1] for p in fresh]
+        resumed = [interactions[int(p) - 1] for p in pending]
+        return AppendResult(accepted, len(interactions) - len(accepted), resumed)
+
+    async def confirm(self, event_ids: list[str]) -> None:
+        if event_ids:
+            await _checked(
+                self._confirm(keys=[self._id_prefix], args=event_ids), "confirming events"
+            )
 
     async def close(self) -> None:
         await self._redis.aclose()

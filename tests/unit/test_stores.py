@@ -232,6 +232,80 @@ async def test_event_log_appends_once_per_event_id(event_log: EventLog) -> None:
     assert (len(first.accepted), len(second.accepted), second.duplicates) == (2, 1, 1)
 
 
+async def test_event_log_hands_back_unconfirmed_events_until_confirmed(
+    event_log: EventLog,
+) -> None:
+    """A call that logged events but ended before updating the users' state (timed out,
+    cancelled) left them unconfirmed: a retry gets them back as pending, to apply them; once
+    confirmed they are plain duplicates. An id repeated within one batch counts once."""
+    events = [interaction("u", "a", "1"), interaction("u", "b", "2")]
+    first = await event_log.append([*events, interaction("u", "a", "1")])
+    assert [e.event_id for e in first.accepted] == ["1", "2"]
+    assert (first.duplicates, first.pending) == (1, [])
+    retry = await event_log.append([*events, interaction("u", "c", "3")])
+    assert [e.event_id for e in retry.accepted] == ["3"]
+    assert [e.event_id for e in retry.pending] == ["1", "2"] and retry.duplicates == 2
+    await event_log.confirm(["1", "2", "3"])
+    await event_log.confirm([])
+    again = await event_log.append([*events, interaction("u", "c", "3")])
+    assert (again.accepted, again.pending, again.duplicates) == ([], [], 3)
+
+
+async def test_file_event_log_remembers_a_bounded_window_of_ids(tmp_path: Path) -> None:
+    """store.dedupe_max_ids_in_process: the most recently seen ids are remembered, in the
+    running log and in one reopened from its file; a retry older than the window is new."""
+    path = tmp_path / "events.jsonl"
+    log = FileEventLog(path, max_ids=3)
+    for n in range(5):
+        await log.append([interaction("u", "a", str(n))])
+    assert len(log._ids) == 3
+    assert (await log.append([interaction("u", "a", "4")])).duplicates == 1
+    assert len((await log.append([interaction("u", "a", "0")])).accepted) == 1  # too old
+    reopened = FileEventLog(path, max_ids=3)  # remembers the file's last 3: "3", "4", "0"
+    assert (await reopened.append([interaction("u", "a", "3")])).duplicates == 1
+    assert len((await reopened.append([interaction("u", "a", "1")])).accepted) == 1
+
+
+async def test_file_event_log_cuts_a_failed_append_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails after part of the batch reached the file (ENOSPC after a short
+    write, then EIO on the cut itself) leaves no trace: the next append starts on a clean
+    line, and the failed events are new when retried."""
+    import errno
+    import os
+
+    from recsvc.errors import StoreUnavailable
+
+    path = tmp_path / "events.jsonl"
+    log = FileEventLog(path)
+    await log.append([interaction("u", "a", "1")])
+    size = path.stat().st_size
+    real_write, real_truncate = os.write, os.ftruncate
+    calls = [0]
+
+    def short_then_full(descriptor: int, data: bytes) -> int:
+        calls[0] += 1
+        if calls[0] == 1:
+            return real_write(descriptor, bytes(data[:20]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def failing_truncate(descriptor: int, length: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "write", short_then_full)
+    monkeypatch.setattr(os, "ftruncate", failing_truncate)
+    with pytest.raises(StoreUnavailable, match="not recorded"):
+        await log.append([interaction("u", "b", "2"), interaction("u", "c", "3")])
+    assert path.stat().st_size == size + 20  # the cut failed too: the next append cuts first
+    monkeypatch.setattr(os, "write", real_write)
+    monkeypatch.setattr(os, "ftruncate", real_truncate)
+    retried = await log.append([interaction("u", "b", "2"), interaction("u", "c", "3")])
+    assert [e.event_id for e in retried.accepted] == ["2", "3"]
+    logged, _ = read_columns_from(path, 0, sys.maxsize)
+    assert logged["event_id"] == ["1", "2", "3"]
+
+
 async def test_file_event_log_is_idempotent_across_restarts(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     log = FileEventLog(path)
