@@ -28,12 +28,18 @@ import redis
 
 from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
+from recsvc.core.holder import RecommenderHolder
+from recsvc.core.interactions import RawInteraction
 from recsvc.core.model import Model
+from recsvc.core.service import RecommendationService
 from recsvc.core.state import EventType, Interaction
 from recsvc.data.interaction_store import InteractionStore
 from recsvc.errors import StoreUnavailable
+from recsvc.server import build_recommender
 from recsvc.store.file_log import FileEventLog, read_columns_from
+from recsvc.store.memory import InMemoryUserStore
 from recsvc.testing import redis_server, running_server, server_env
+from tests.conftest import TEST_SETTINGS
 from workers.ingest import FileLogIngester
 
 pytestmark = pytest.mark.fault
@@ -313,6 +319,57 @@ async def test_cancelled_append_then_retry_logs_each_event_once(
     await log.close()
     logged, _ = read_columns_from(path, 0, sys.maxsize)
     assert Counter(logged["event_id"]) == Counter(ids_of(events))
+
+
+async def test_cancelled_record_then_retry_applies_the_events_to_the_user_once(
+    model: Model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Embedded mode, through the service the server runs: RecordInteractions cancelled
+    while its append is in os.write, then retried. The retry must not log the events again,
+    and must put them in the user's history (once) although the log calls them duplicates."""
+    settings = TEST_SETTINGS
+    recommender = build_recommender(settings, model)
+    store = InMemoryUserStore(100, 600, 600)
+    path = tmp_path / "events.jsonl"
+    events = FileEventLog(path)
+    weights = {EventType(k): v for k, v in settings.events.model_dump().items()}
+    service = RecommendationService(
+        RecommenderHolder(recommender), store, events, weights, store_timeout=5.0
+    )
+    user, items = "cancelled-user", model.items.ids[:3]
+    raw = [
+        RawInteraction(user, item, EventType.PURCHASE, None, NOW_MS, f"cancel-{n}")
+        for n, item in enumerate(items)
+    ]
+    entered, release = threading.Event(), threading.Event()
+    real_write = os.write
+
+    def slow_write(descriptor: int, data: bytes | memoryview) -> int:
+        if os.readlink(f"/proc/self/fd/{descriptor}") == str(path):
+            entered.set()
+            release.wait(10)
+        return real_write(descriptor, data)
+
+    monkeypatch.setattr(os, "write", slow_write)
+    first = asyncio.create_task(service.record(raw, 10.0))
+    assert await asyncio.to_thread(entered.wait, 10)
+    first.cancel()  # as grpc.aio cancels the handler of a cancelled RPC
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert (await store.get_state(user, recommender.version)).history == {}
+    retry = asyncio.create_task(service.record(raw, 10.0))
+    await asyncio.sleep(0.05)
+    release.set()
+    result = await retry
+    again = await service.record(raw, 10.0)  # an acknowledged retry: nothing applied again
+    state = await store.get_state(user, recommender.version)
+    await events.close()
+    assert (len(result.accepted), result.duplicates) == (0, 3)
+    assert (len(again.accepted), again.duplicates, again.pending) == (0, 3, [])
+    assert state.history == {item: settings.events.purchase for item in items}
+    assert state.vector is not None
+    logged, _ = read_columns_from(path, 0, sys.maxsize)
+    assert sorted(logged["event_id"]) == [f"cancel-{n}" for n in range(3)]
 
 
 # ------------------------------------------------------------------ Redis paused past the deadline
