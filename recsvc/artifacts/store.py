@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 
 LATEST_NAME = "LATEST"
 _VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_MAX_LATEST_BYTES = 256
 
 
 class ModelStore:
@@ -86,10 +87,12 @@ class ModelStore:
 
     def latest_version(self) -> str | None:
         """The version LATEST points to, or None when nothing was published yet."""
-        try:
-            version = (self.root / LATEST_NAME).read_text().strip()
-        except FileNotFoundError:
+        # Read on the event loop by the watcher: a FIFO or a link must not block or redirect it.
+        if not (self.root / LATEST_NAME).exists() and not (self.root / LATEST_NAME).is_symlink():
             return None
+        with open_regular(self.root, LATEST_NAME, str(self.root)) as handle:
+            raw = handle.read(_MAX_LATEST_BYTES)
+        version = raw.decode("utf-8", errors="replace").strip()
         if not version:
             raise ArtifactError(f"{self.root / LATEST_NAME} is empty")
         return version

@@ -613,3 +613,22 @@ def test_serve_and_models_use_with_a_key_refuse_an_unsigned_store(
     (directory / SIGNATURE_NAME).write_text(sign(KEY, (directory / "manifest.json").read_bytes()))
     used = _recsvc("models", "use", version, "--model-store", str(store.root), **env)
     assert used.returncode == 0, used.stderr
+
+
+def test_a_fifo_or_link_as_latest_is_refused_without_blocking(
+    model_store: Path, tmp_path: Path
+) -> None:
+    """The watcher reads LATEST on the event loop: it must never wait on it."""
+    store = copy_store(model_store, tmp_path)
+    version = store.latest_version()
+    (store.root / "LATEST").unlink()
+    os.mkfifo(store.root / "LATEST")
+    started = time.monotonic()
+    with pytest.raises(ArtifactError, match="LATEST is not a readable regular file"):
+        store.latest_version()
+    assert time.monotonic() - started < 5
+    (store.root / "LATEST").unlink()
+    (tmp_path / "elsewhere").write_text(f"{version}\n")
+    (store.root / "LATEST").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ArtifactError, match="LATEST is not a readable regular file"):
+        store.latest_version()
