@@ -295,6 +295,13 @@ class SecuritySettings(_Section):
         description="Bearer tokens, one `SCOPES TOKEN` per line (scopes read, write, or "
         "read,write); unset: authentication off (embedded mode).",
     )
+    token_reload_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="How often token_file is checked for changes (tokens added or revoked "
+        "without a restart); 0: read once at start-up.",
+    )
     reflection: Literal["auto", "on", "off"] = Field(
         "auto",
         description="gRPC server reflection; auto: on unless token_file is set. With tokens, "

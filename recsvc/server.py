@@ -29,7 +29,7 @@ from threadpoolctl import threadpool_limits
 
 from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
-from recsvc.api.auth import Scope, TokenAuthInterceptor, load_tokens, server_credentials
+from recsvc.api.auth import Scope, TokenAuthInterceptor, TokenFile, server_credentials
 from recsvc.api.servicer import RecommenderServicer
 from recsvc.artifacts import ModelStore
 from recsvc.artifacts.watcher import ModelWatcher
@@ -84,12 +84,12 @@ def create_server(
     ]
     interceptors = []
     if security.token_file is not None:
-        tokens = load_tokens(security.token_file)
+        tokens = TokenFile(security.token_file, security.token_reload_seconds)
         interceptors.append(TokenAuthInterceptor(tokens))
         log.info(
             "authentication on: %d read and %d write token(s) from %s",
-            tokens.count(Scope.READ),
-            tokens.count(Scope.WRITE),
+            tokens.table.count(Scope.READ),
+            tokens.table.count(Scope.WRITE),
             security.token_file,
         )
     else:

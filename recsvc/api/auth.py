@@ -5,6 +5,8 @@ SCOPES being ``read``, ``write`` or both as ``read,write``; blank lines and ``#`
 skipped. Scopes are independent (``write`` does not imply ``read``): an event producer or a
 catalogue sync needs only ``write``, a front end only ``read``, and least privilege is the
 default; a token that needs both lists both.
+The file is checked for changes every few seconds (``TokenFile``): a token is added or revoked
+by editing it (or the Secret), without a restart.
 
 Authentication is a grpc.aio server interceptor, installed only when a token file is set, so
 that a server without one pays nothing per call. It runs before the handler lookup: a call
@@ -122,6 +124,58 @@ def load_tokens(path: Path) -> TokenTable:
     return TokenTable(tuple((d, frozenset(s)) for d, s in scopes_by_digest.items()))
 
 
+class TokenFile:
+    """The tokens of a token file, re-read when the file changes: a Kubernetes Secret mounted
+    as a volume is updated in place (within about a minute), so a token is added or revoked
+    without a restart. A file that no longer parses keeps the tokens loaded before (and says
+    so in the log) rather than locking every client out."""
+
+    def __init__(self, path: Path, reload_seconds: float) -> None:
+        self.path = path
+        self.reload_seconds = reload_seconds
+        self._stamp = _file_stamp(path)
+        self.table = load_tokens(path)
+        self._next_check = time.monotonic() + reload_seconds
+
+    def current(self) -> TokenTable:
+        """The tokens now; looks at the file at most once per ``reload_seconds`` (one stat of
+        a tmpfs file, on the calling thread)."""
+        if self.reload_seconds and time.monotonic() >= self._next_check:
+            self._next_check = time.monotonic() + self.reload_seconds
+            self._reload_if_changed()
+        return self.table
+
+    def _reload_if_changed(self) -> None:
+        try:
+            stamp = _file_stamp(self.path)
+        except ConfigError as exc:
+            log.error("%s; keeping the tokens loaded before", exc)
+            return
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            self.table = load_tokens(self.path)
+        except ConfigError as exc:
+            log.error("%s; keeping the tokens loaded before", exc)
+            return
+        log.info(
+            "security.token_file: reloaded %d read and %d write token(s) from %s",
+            self.table.count(Scope.READ),
+            self.table.count(Scope.WRITE),
+            self.path,
+        )
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int]:
+    # A Secret update swaps a symlink: the inode changes even when mtime and size do not.
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise ConfigError(f"security.token_file: cannot read {path}: {exc.strerror}") from exc
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
 def _parse_scopes(names: str, where: str) -> set[Scope]:
     scopes = set()
     for name in names.split(","):
@@ -158,7 +212,7 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
     """
 
     def __init__(
-        self, tokens: TokenTable, method_scopes: Mapping[str, Scope] | None = None
+        self, tokens: TokenFile | TokenTable, method_scopes: Mapping[str, Scope] | None = None
     ) -> None:
         self.tokens = tokens
         self.method_scopes = METHOD_SCOPES if method_scopes is None else method_scopes
@@ -173,7 +227,8 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
         if method in OPEN_METHODS:
             return await continuation(handler_call_details)
         token = bearer_token(handler_call_details.invocation_metadata)  # type: ignore[arg-type]
-        scopes = self.tokens.scopes_of(token) if token is not None else frozenset()
+        table = self.tokens.current() if isinstance(self.tokens, TokenFile) else self.tokens
+        scopes = table.scopes_of(token) if token is not None else frozenset()
         error: RecsvcError | None = None
         if not scopes:
             error = Unauthenticated(UNAUTHENTICATED_MESSAGE)

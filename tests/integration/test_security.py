@@ -8,6 +8,7 @@ health-only port; another runs mutual TLS without tokens.
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -390,6 +391,50 @@ def test_reflection_turned_on_with_tokens_needs_the_read_scope(reflecting: str) 
         )
         assert next(iter(watch)).status == health_pb2.HealthCheckResponse.SERVING
         watch.cancel()
+
+
+def test_tokens_are_added_and_revoked_without_a_restart(model_store: Path, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"read {READ_TOKEN}\n")
+    env = server_env(
+        RECSVC_STORE__EVENT_LOG_PATH=str(tmp_path / "events.jsonl"),
+        RECSVC_SERVER__DRAIN_SECONDS="0",
+        RECSVC_SECURITY__TOKEN_FILE=str(tokens),
+        RECSVC_SECURITY__TOKEN_RELOAD_SECONDS="0.1",
+    )
+    new_token = "rotated-token-0123456789abcdef"
+
+    def code_with(stub: pb_grpc.RecommenderStub, token: str) -> grpc.StatusCode:
+        try:
+            stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10, metadata=bearer(token))
+        except grpc.RpcError as exc:
+            return exc.code()  # type: ignore[no-any-return]
+        return grpc.StatusCode.OK
+
+    def replace(text: str) -> None:  # as a Secret update does: a new file swapped in
+        staged = tmp_path / "tokens.new"
+        staged.write_text(text)
+        staged.replace(tokens)
+
+    def wait_for(stub: pb_grpc.RecommenderStub, token: str, code: grpc.StatusCode) -> None:
+        deadline = time.monotonic() + 15
+        while code_with(stub, token) != code and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert code_with(stub, token) == code
+
+    args = ["serve", "--model-store", str(model_store), "--port", "0"]
+    with running_server(args, env) as process, grpc.insecure_channel(process.target) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        assert code_with(stub, READ_TOKEN) == grpc.StatusCode.OK
+        assert code_with(stub, new_token) == grpc.StatusCode.UNAUTHENTICATED
+        replace(f"read {new_token}\n")  # rotate: the old token is revoked
+        wait_for(stub, new_token, grpc.StatusCode.OK)
+        assert code_with(stub, READ_TOKEN) == grpc.StatusCode.UNAUTHENTICATED
+        replace("read,admin broken\n")  # a broken file keeps the tokens loaded before
+        time.sleep(0.5)
+        assert code_with(stub, new_token) == grpc.StatusCode.OK
+        replace(f"write {new_token}\n")  # and a fixed one is read again
+        wait_for(stub, new_token, grpc.StatusCode.PERMISSION_DENIED)
 
 
 def test_serve_with_a_bad_token_file_exits_with_one_line(model_store: Path, tmp_path: Path) -> None:
