@@ -28,10 +28,10 @@ import pytest
 from recsvc.artifacts import ModelStore
 from recsvc.artifacts.hnsw_header import HEADER
 from recsvc.artifacts.manifest import file_entry
-from recsvc.artifacts.signing import SIGNATURE_NAME, signing_key_from
+from recsvc.artifacts.signing import SIGNATURE_NAME, check_signature, sign, signing_key_from
 from recsvc.artifacts.watcher import ModelWatcher
 from recsvc.client import RecsvcClient
-from recsvc.config import Settings
+from recsvc.config import Settings, load_settings
 from recsvc.core.holder import RecommenderHolder
 from recsvc.core.model import Model
 from recsvc.core.recommender import Recommender
@@ -572,8 +572,6 @@ def test_signed_store_loads_only_versions_signed_with_its_key(model: Model, tmp_
 def test_signing_key_from_the_environment_or_a_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from recsvc.config import load_settings
-
     monkeypatch.setenv("RECSVC_MODEL_STORE__SIGNING_KEY", KEY.decode())
     assert signing_key_from(load_settings()) == KEY
     monkeypatch.delenv("RECSVC_MODEL_STORE__SIGNING_KEY")
@@ -607,8 +605,6 @@ def test_serve_and_models_use_with_a_key_refuse_an_unsigned_store(
         errors = _error_lines(done.stderr)
         assert len(errors) == 1 and "unsigned" in errors[0], done.stderr
     # Signed with the key (as training with the key set would), the same version serves.
-    from recsvc.artifacts.signing import sign
-
     directory = store.versions_dir / version
     (directory / SIGNATURE_NAME).write_text(sign(KEY, (directory / "manifest.json").read_bytes()))
     used = _recsvc("models", "use", version, "--model-store", str(store.root), **env)
@@ -632,3 +628,15 @@ def test_a_fifo_or_link_as_latest_is_refused_without_blocking(
     (store.root / "LATEST").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(ArtifactError, match="LATEST is not a readable regular file"):
         store.latest_version()
+
+
+def test_train_with_a_key_signs_what_it_publishes(demo_data_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "signed-store"
+    env = {"RECSVC_MODEL_STORE__SIGNING_KEY": KEY.decode(), "RECSVC_INDEX__RECALL_SAMPLE": "10"}
+    args = ("--factors", "8", "--iterations", "2", "--threads", "1", "--no-progress")
+    done = _recsvc("train", "--interactions", str(demo_data_path), "--out", str(out), *args, **env)
+    assert done.returncode == 0, done.stderr
+    directory = latest_dir(ModelStore(out))
+    manifest = (directory / "manifest.json").read_bytes()
+    check_signature(KEY, manifest, (directory / SIGNATURE_NAME).read_bytes(), "trained")
+    assert ModelStore(out, signing_key=KEY).load_latest(SEARCH).info.factors == 8
