@@ -290,6 +290,13 @@ class SecuritySettings(_Section):
         description="CA bundle (PEM) that signs client certificates; set: mutual TLS, clients "
         "without a certificate it signed are refused.",
     )
+    tls_reload_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="How often the TLS files are checked for changes before a handshake (a "
+        "renewed certificate is used without a restart); 0: read once at start-up.",
+    )
     token_file: Path | None = Field(
         None,
         description="Bearer tokens, one `SCOPES TOKEN` per line (scopes read, write, or "

@@ -109,7 +109,10 @@ def create_server(
     address = f"{settings.server.host}:{settings.server.port}"
     if security.tls_cert_file is not None and security.tls_key_file is not None:
         credentials = server_credentials(
-            security.tls_cert_file, security.tls_key_file, security.tls_client_ca_file
+            security.tls_cert_file,
+            security.tls_key_file,
+            security.tls_client_ca_file,
+            security.tls_reload_seconds,
         )
         port = _bind(lambda: server.add_secure_port(address, credentials), address, "server.port")
     else:

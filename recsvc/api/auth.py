@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -280,20 +281,82 @@ def _refusing_handler(handler: Handler | None, error: RecsvcError) -> Handler:
 
 
 def server_credentials(
-    cert_file: Path, key_file: Path, client_ca_file: Path | None
+    cert_file: Path, key_file: Path, client_ca_file: Path | None, reload_seconds: float = 0.0
 ) -> grpc.ServerCredentials:
     """TLS credentials from PEM files; with ``client_ca_file``, clients must present a
-    certificate that CA signed (mutual TLS)."""
-    cert = _read_pem(cert_file, "security.tls_cert_file", "CERTIFICATE")
-    key = _read_pem(key_file, "security.tls_key_file", "PRIVATE KEY")
-    client_ca = (
-        _read_pem(client_ca_file, "security.tls_client_ca_file", "CERTIFICATE")
-        if client_ca_file
-        else None
+    certificate that CA signed (mutual TLS). With ``reload_seconds``, changed files are read
+    again for the connections that follow (see :class:`CertificateFiles`)."""
+    files = CertificateFiles(cert_file, key_file, client_ca_file, reload_seconds)
+    if not reload_seconds:
+        cert, key, client_ca = files.read()
+        return grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
+    return grpc.dynamic_ssl_server_credentials(
+        files.configuration(),
+        files.fetch,
+        require_client_authentication=client_ca_file is not None,
     )
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
-    )
+
+
+class CertificateFiles:
+    """The server's certificate, key and client CA, re-read when they change: cert-manager
+    renews a Secret in place, and without this a renewed certificate would wait for a restart
+    (and an expired one would refuse every client). gRPC calls :meth:`fetch` on its own thread
+    before each handshake; the files are looked at at most once per ``reload_seconds``. Files
+    that no longer read as PEM keep the certificate loaded before (logged as an ERROR)."""
+
+    def __init__(
+        self, cert_file: Path, key_file: Path, client_ca_file: Path | None, reload_seconds: float
+    ) -> None:
+        self.paths = [cert_file, key_file] + ([client_ca_file] if client_ca_file else [])
+        self.cert_file, self.key_file, self.client_ca_file = cert_file, key_file, client_ca_file
+        self.reload_seconds = reload_seconds
+        self._lock = threading.Lock()
+        self._stamps = self._stamp()
+        self._next_check = time.monotonic() + reload_seconds
+
+    def read(self) -> tuple[bytes, bytes, bytes | None]:
+        cert = _read_pem(self.cert_file, "security.tls_cert_file", "CERTIFICATE")
+        key = _read_pem(self.key_file, "security.tls_key_file", "PRIVATE KEY")
+        client_ca = (
+            _read_pem(self.client_ca_file, "security.tls_client_ca_file", "CERTIFICATE")
+            if self.client_ca_file
+            else None
+        )
+        return cert, key, client_ca
+
+    def configuration(self) -> Any:  # grpc.ServerCertificateConfiguration (untyped)
+        cert, key, client_ca = self.read()
+        return grpc.ssl_server_certificate_configuration([(key, cert)], client_ca)
+
+    def fetch(self) -> Any:
+        """A new configuration if the files changed since the last look, else None."""
+        with self._lock:
+            if time.monotonic() < self._next_check:
+                return None
+            self._next_check = time.monotonic() + self.reload_seconds
+            try:
+                stamps = self._stamp()
+                if stamps == self._stamps:
+                    return None
+                self._stamps = stamps
+                configuration = self.configuration()
+            except Exception as exc:  # never into gRPC's handshake thread
+                log.error("%s; keeping the TLS certificate loaded before", exc)
+                return None
+            log.info("TLS certificate re-read from %s", self.cert_file)
+            return configuration
+
+    def _stamp(self) -> list[tuple[int, int, int]]:
+        stamps = []
+        for path in self.paths:
+            try:
+                stat = path.stat()
+            except OSError as exc:
+                raise ConfigError(f"security: cannot read {path}: {exc.strerror}") from exc
+            stamps.append((stat.st_ino, stat.st_mtime_ns, stat.st_size))
+        return stamps
 
 
 def _read_pem(path: Path, setting: str, label: str) -> bytes:

@@ -183,6 +183,49 @@ def test_client_that_does_not_trust_the_ca_is_refused(secured: Secured) -> None:
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+def test_a_renewed_certificate_is_served_without_a_restart(
+    model_store: Path, tmp_path: Path
+) -> None:
+    old, new = make_pki(tmp_path / "old"), make_pki(tmp_path / "new")
+    served = tmp_path / "served"
+    served.mkdir()
+
+    def install(pki: Pki) -> None:  # as a Secret update does: new files swapped in
+        for source, name in ((pki.server_cert, "tls.crt"), (pki.server_key, "tls.key")):
+            staged = served / f"{name}.new"
+            staged.write_bytes(source.read_bytes())
+            staged.replace(served / name)
+
+    def health_via(target: str, pki: Pki) -> str:
+        try:
+            with tls_channel(target, pki) as channel:
+                return health_status(channel)
+        except grpc.RpcError as exc:
+            return str(exc.code().name)
+
+    install(old)
+    env = server_env(
+        RECSVC_STORE__EVENT_LOG_PATH=str(tmp_path / "events.jsonl"),
+        RECSVC_SERVER__DRAIN_SECONDS="0",
+        RECSVC_SECURITY__TLS_CERT_FILE=str(served / "tls.crt"),
+        RECSVC_SECURITY__TLS_KEY_FILE=str(served / "tls.key"),
+        RECSVC_SECURITY__TLS_RELOAD_SECONDS="0.1",
+    )
+    args = ["serve", "--model-store", str(model_store), "--port", "0"]
+    with running_server(args, env) as process:
+        assert health_via(process.target, old) == "SERVING"
+        assert health_via(process.target, new) == "UNAVAILABLE"  # another CA signed it
+        install(new)
+        deadline = time.monotonic() + 15
+        while health_via(process.target, new) != "SERVING" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert health_via(process.target, new) == "SERVING"
+        assert health_via(process.target, old) == "UNAVAILABLE"
+        (served / "tls.crt").write_text("not a certificate\n")  # a broken file keeps the last
+        time.sleep(0.3)
+        assert health_via(process.target, new) == "SERVING"
+
+
 # ------------------------------------------------------------------ tokens and scopes
 
 
