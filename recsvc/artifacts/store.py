@@ -229,18 +229,23 @@ class ModelStore:
         replace_bytes_atomically(self.root / LATEST_NAME, f"{version}\n".encode())
 
     def delete(self, version: str) -> None:
-        """Remove a published version; the one LATEST points to cannot be removed."""
-        self.read_manifest(version)
+        """Remove a published version; the one LATEST points to cannot be removed. Its manifest
+        is not read: damaged, unsigned or crafted versions must be removable too."""
+        if not _VERSION_NAME.fullmatch(version):
+            raise ArtifactError(f"{version!r} is not a model version name")
         if version == self.latest_version():
             raise ArtifactError(f"model {version} is the latest version; it cannot be removed")
         directory = self.versions_dir / version
-        if not directory.is_dir():
+        if not directory.is_symlink() and not directory.is_dir():
             raise ArtifactError(f"model {version} does not exist in {self.root}")
         # Rename first so that a reader never sees a half-deleted version.
         doomed = self.staging_dir / f"deleting-{version}"
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         os.rename(directory, doomed)
-        shutil.rmtree(doomed)
+        if doomed.is_symlink():
+            doomed.unlink()  # the link only: what it points to is not the store's
+        else:
+            shutil.rmtree(doomed)
 
     def collect_garbage(self, keep: int) -> list[str]:
         """Keep the ``keep`` newest versions and LATEST; remove the rest and abandoned staging

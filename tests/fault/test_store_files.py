@@ -640,3 +640,21 @@ def test_train_with_a_key_signs_what_it_publishes(demo_data_path: Path, tmp_path
     manifest = (directory / "manifest.json").read_bytes()
     check_signature(KEY, manifest, (directory / SIGNATURE_NAME).read_bytes(), "trained")
     assert ModelStore(out, signing_key=KEY).load_latest(SEARCH).info.factors == 8
+
+
+def test_gc_removes_unsigned_damaged_and_linked_versions(model_store: Path, tmp_path: Path) -> None:
+    """With signing turned on, old unsigned versions (and damaged or linked ones) must still be
+    removable, or every round of the train worker would fail in its gc."""
+    plain = copy_store(model_store, tmp_path)
+    keep = plain.latest_version()
+    assert keep is not None
+    damaged = clone_as_latest(plain, "v0-damaged")
+    (damaged / "manifest.json").write_text("{")
+    outside = tmp_path / "outside-version"
+    shutil.copytree(latest_dir(plain), outside)
+    (plain.versions_dir / "v0-linked").symlink_to(outside, target_is_directory=True)
+    (plain.root / "LATEST").write_text(f"{keep}\n")
+    signed = ModelStore(plain.root, signing_key=KEY)
+    assert sorted(signed.collect_garbage(keep=1)) == ["v0-damaged", "v0-linked"]
+    assert plain.list_versions() == [keep]
+    assert (outside / "manifest.json").is_file()  # the link went, not its target
