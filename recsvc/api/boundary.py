@@ -2,7 +2,8 @@
 
 In order: the request id (the caller's ``x-request-id`` or a new one, set for the logs and echoed
 in the trailing metadata), the shutdown gate (recsvc.api.gate: calls arriving at the end of a
-shutdown are held, then answered UNAVAILABLE), the handler, the mapping of errors to status codes
+shutdown are held, then answered UNAVAILABLE), a request that could not be decoded
+(recsvc.api.handlers) answered INVALID_ARGUMENT, the handler, the mapping of errors to status codes
 (recsvc.api.status; nothing escapes as UNKNOWN: a RecsvcError gets its code and message,
 anything else is logged with its traceback and answered INTERNAL), and the call's duration and
 code for the metrics.
@@ -24,10 +25,9 @@ from typing import Any, TypeVar
 import grpc
 
 from recsvc.api.gate import CallGate
+from recsvc.api.handlers import MalformedRequest
 from recsvc.api.status import SHUTTING_DOWN, status_for
-from recsvc.errors import (
-    RecsvcError,
-)
+from recsvc.errors import InvalidArgument, RecsvcError
 from recsvc.logs import request_id
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ def call_boundary(method: Handler[Request, Response]) -> Handler[Request, Respon
         gate.active += 1
         try:
             try:
+                if isinstance(request, MalformedRequest):  # undecodable bytes (api.handlers)
+                    raise InvalidArgument("request", request.reason)
                 response = await method(self, request, context)
             except RecsvcError as exc:
                 code, message = status_for(exc), str(exc)

@@ -131,6 +131,8 @@ def check_id(value: str, field: str) -> None:
         raise InvalidArgument(field, "must not be empty")
     if len(value.encode()) > MAX_ID_BYTES:
         raise InvalidArgument(field, f"must be at most {MAX_ID_BYTES} bytes")
+    if "\x00" in value:  # a C string would end there: in logs, files and tools, ids could merge
+        raise InvalidArgument(field, "must not contain NUL characters")
 
 
 def check_id_list(values: tuple[str, ...], limits: Limits, field: str) -> None:
