@@ -52,6 +52,11 @@ class PermissionDenied(RecsvcError):
     """The caller is authenticated but its token lacks the scope the call needs."""
 
 
+class ResourceExhausted(RecsvcError):
+    """A limit on concurrent work is reached (e.g. queued image calls); the caller may retry
+    later. Answered at once rather than queued, so that load cannot grow without bound."""
+
+
 class NotImplementedYet(RecsvcError):
     """A part of the API that this version does not implement."""
 

@@ -14,6 +14,7 @@ from recsvc.errors import (
     NotImplementedYet,
     PermissionDenied,
     RecsvcError,
+    ResourceExhausted,
     Unauthenticated,
     Unavailable,
 )
@@ -25,6 +26,7 @@ STATUS_BY_ERROR: dict[type[RecsvcError], grpc.StatusCode] = {
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     NotImplementedYet: grpc.StatusCode.UNIMPLEMENTED,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     ArtifactError: grpc.StatusCode.INTERNAL,

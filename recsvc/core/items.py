@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import stat
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +27,7 @@ from recsvc.core.holder import RecommenderHolder
 from recsvc.core.queries import ImageQuery, SimilarItems, check_batch_size, check_id
 from recsvc.core.recommender import Recommender
 from recsvc.core.state import ItemLog, StoredItem
-from recsvc.errors import InvalidArgument, StoreUnavailable, Unavailable
+from recsvc.errors import InvalidArgument, ResourceExhausted, StoreUnavailable, Unavailable
 from recsvc.vision.encoder import BadImage, ImageEncoder
 
 log = logging.getLogger(__name__)
@@ -46,9 +50,14 @@ class RawItem:
 
 @dataclass(frozen=True)
 class ImageLimits:
+    """How much image work the service takes on (recsvc.config.ImageSettings says why)."""
+
     max_image_bytes: int
     path_root: Path | None
     default_backbone: str
+    threads: int = 1
+    max_pending_calls: int = 8
+    read_timeout_seconds: float = 5.0
 
 
 class ItemService:
@@ -65,8 +74,13 @@ class ItemService:
         self.limits = limits
         self.items: dict[str, StoredItem] = {}
         self._log_version: str | None = None
-        # One thread: image work never competes with itself, and never blocks the event loop.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="images")
+        # Image work has threads of its own: a slow upload never waits behind the event loop's
+        # default executor (where Recommend searches) nor holds it up, and calls beyond
+        # max_pending_calls are refused instead of queued.
+        self._executor = ThreadPoolExecutor(limits.threads, thread_name_prefix="images")
+        # File reads apart from both: a read stuck on a slow mount holds only a reader thread.
+        self._readers = ThreadPoolExecutor(limits.threads, thread_name_prefix="image-files")
+        self._pending = 0
 
     # ------------------------------------------------------------------ image search
 
@@ -75,7 +89,8 @@ class ItemService:
         query.validate(recommender.limits)
         self._check_bytes(image, "image")
         visual = recommender.visual_part("image")
-        embedding = await self._embed([image], visual.backbone, ["image"])
+        with self._admitted():
+            embedding = await self._embed([image], visual.backbone, ["image"])
         return recommender.search_by_image(embedding[0], query)
 
     # ------------------------------------------------------------------ upserts
@@ -83,13 +98,15 @@ class ItemService:
     async def upsert(self, raw: list[RawItem]) -> tuple[int, int]:
         """Validate, embed, log durably, then add; returns (created, updated)."""
         recommender = self.holder.current()
-        images = self._validate(raw, recommender)
+        self._validate(raw, recommender)
         backbone = self._backbone(recommender)
-        positions = [i for i, data in enumerate(images) if data is not None]
+        positions = [i for i, item in enumerate(raw) if item.image_bytes or item.image_path]
         embeddings: dict[int, npt.NDArray[np.float32]] = {}
         if positions:
-            fields = [_image_field(raw[i], i) for i in positions]
-            found = await self._embed([images[i] or b"" for i in positions], backbone, fields)
+            with self._admitted():
+                images = [await self._image_of(raw[i], i) for i in positions]
+                fields = [_image_field(raw[i], i) for i in positions]
+                found = await self._embed(images, backbone, fields)
             embeddings = dict(zip(positions, found, strict=True))
         stored = [
             StoredItem(
@@ -151,6 +168,7 @@ class ItemService:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._readers.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ helpers
 
@@ -188,12 +206,11 @@ class ItemService:
                 f"{len(data)} bytes is more than the limit of {self.limits.max_image_bytes}",
             )
 
-    def _validate(self, raw: list[RawItem], recommender: Recommender) -> list[bytes | None]:
-        """Check every item (naming the first bad field) and read image files; returns each
-        item's image bytes (None: no image)."""
+    def _validate(self, raw: list[RawItem], recommender: Recommender) -> None:
+        """Check every item, naming the first bad field (image files are read later, off the
+        event loop)."""
         check_batch_size(len(raw), recommender.limits, "items")
         seen: set[str] = set()
-        images: list[bytes | None] = []
         for i, item in enumerate(raw):
             check_id(item.item_id, f"items[{i}].item_id")
             if item.item_id in seen:
@@ -211,42 +228,100 @@ class ItemService:
                     )
             if item.image_bytes is not None:
                 self._check_bytes(item.image_bytes, f"items[{i}].image_bytes")
-                images.append(item.image_bytes)
             elif item.image_path is not None:
-                images.append(self._read_path(item.image_path, f"items[{i}].image_path"))
-            else:
-                images.append(None)
-        return images
+                self._check_path_text(item.image_path, f"items[{i}].image_path")
 
-    def _read_path(self, path_text: str, field_name: str) -> bytes:
-        root = self.limits.path_root
-        if root is None:
+    def _check_path_text(self, path_text: str, field_name: str) -> None:
+        if self.limits.path_root is None:
             raise InvalidArgument(
                 field_name,
                 "reading images from server paths is disabled (set RECSVC_IMAGES__PATH_ROOT)",
             )
-        path = (root / path_text).resolve()
-        if not path.is_relative_to(root.resolve()):
-            raise InvalidArgument(field_name, f"must be inside the image root {root}")
+        if not path_text:
+            raise InvalidArgument(field_name, "must not be empty")
+        if "\x00" in path_text:
+            raise InvalidArgument(field_name, "must not contain NUL characters")
+
+    @contextmanager
+    def _admitted(self) -> Iterator[None]:
+        """Count an image call in while it runs; beyond the limit, refuse it at once."""
+        if self._pending >= self.limits.max_pending_calls:
+            raise ResourceExhausted(
+                f"images: {self._pending} image calls are being processed, the limit is "
+                f"{self.limits.max_pending_calls}; retry later"
+            )
+        self._pending += 1
         try:
-            size = path.stat().st_size
-            if size > self.limits.max_image_bytes:
-                raise InvalidArgument(
-                    field_name,
-                    f"{size} bytes is more than the limit of {self.limits.max_image_bytes}",
-                )
-            return path.read_bytes()
+            yield
+        finally:
+            self._pending -= 1
+
+    async def _image_of(self, item: RawItem, position: int) -> bytes:
+        """The item's image bytes: sent, or read from under the image root (off the event
+        loop: a FIFO or a slow mount there must not stop the server)."""
+        if item.image_path is None:
+            return item.image_bytes or b""
+        field_name = f"items[{position}].image_path"
+        loop = asyncio.get_running_loop()
+        read = loop.run_in_executor(self._readers, self._read_path, item.image_path, field_name)
+        try:
+            return await asyncio.wait_for(read, self.limits.read_timeout_seconds)
+        except TimeoutError as exc:
+            raise Unavailable(
+                f"{field_name}: reading it took more than {self.limits.read_timeout_seconds} s"
+            ) from exc
+
+    def _read_path(self, path_text: str, field_name: str) -> bytes:
+        """Read a regular file under the image root (in a reader thread)."""
+        root = self.limits.path_root
+        assert root is not None  # checked by _check_path_text
+        try:
+            path = (root / path_text).resolve()
+            if not path.is_relative_to(root.resolve()):
+                raise InvalidArgument(field_name, f"must be inside the image root {root}")
+            # O_NONBLOCK: opening a FIFO would otherwise wait for a writer, forever.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            with os.fdopen(fd, "rb") as file:
+                info = os.fstat(file.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    raise InvalidArgument(field_name, "must name a regular file")
+                if info.st_size > self.limits.max_image_bytes:
+                    raise InvalidArgument(
+                        field_name,
+                        f"{info.st_size} bytes is more than the limit of "
+                        f"{self.limits.max_image_bytes}",
+                    )
+                data = file.read(self.limits.max_image_bytes + 1)
         except OSError as exc:
             raise InvalidArgument(field_name, f"cannot read {path_text}: {exc.strerror}") from exc
+        except ValueError as exc:  # e.g. a path the OS cannot represent
+            raise InvalidArgument(field_name, "not a usable path") from exc
+        if len(data) > self.limits.max_image_bytes:  # grew since fstat
+            raise InvalidArgument(
+                field_name, f"more than the limit of {self.limits.max_image_bytes} bytes"
+            )
+        return data
 
     async def _embed(
         self, images: list[bytes], backbone: str, fields: list[str]
     ) -> npt.NDArray[np.float32]:
+        """Embed in slices of the encoder's batch size, each its own job in the image pool,
+        so that other calls' images are taken up between them."""
         loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, self.encoder.embed, images, backbone)
-        except BadImage as exc:
-            raise InvalidArgument(fields[exc.position], f"unusable image: {exc}") from exc
+        step = self.encoder.batch_size
+        parts = []
+        for start in range(0, len(images), step):
+            try:
+                parts.append(
+                    await loop.run_in_executor(
+                        self._executor, self.encoder.embed, images[start : start + step], backbone
+                    )
+                )
+            except BadImage as exc:
+                raise InvalidArgument(
+                    fields[start + exc.position], f"unusable image: {exc}"
+                ) from exc
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
 def _image_field(item: RawItem, position: int) -> str:

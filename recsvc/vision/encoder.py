@@ -2,8 +2,9 @@
 
 Backbones load on first use (a server whose model has no images never imports torch)
 and stay loaded per name. Decoding and the forward pass are CPU-heavy, so the service runs
-:meth:`ImageEncoder.embed` in a worker thread; one lock keeps a single forward pass at a time
-(parallel passes would only compete for the same cores).
+:meth:`ImageEncoder.embed` in its image threads, several at once: an eval-mode forward pass
+under inference mode changes no state, and with torch at ``threads`` (1) intra-op threads
+each image thread keeps one core busy, so one long upload does not hold up a small search.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ class ImageEncoder:
         device: str = "cpu",
         weights: dict[str, Path] | None = None,
         threads: int = 0,
+        batch_size: int = 32,
     ) -> None:
         self.max_pixels = max_pixels
+        self.batch_size = batch_size
         self.device = device
         self.weights = weights or {}
         self.threads = threads
@@ -70,5 +73,4 @@ class ImageEncoder:
                 pictures.append(decode_image(data, self.max_pixels, draft=embedder.preprocess.size))
             except ImageError as exc:
                 raise BadImage(position, str(exc)) from exc
-        with self._lock:
-            return embedder.embed_images(pictures)
+        return embedder.embed_images(pictures, self.batch_size)
