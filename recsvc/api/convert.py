@@ -189,6 +189,14 @@ def recommendation_to_pb(result: Recommendation) -> pb.RecommendResponse:
     return message
 
 
+def add_recommendations(field: Any, results: list[Recommendation]) -> None:
+    """Append ``results`` to a repeated RecommendResponse field, in place (no copies)."""
+    add = field.add
+    for result in results:
+        message = add(model_version=result.model_version, strategy=_STRATEGY_TO_PB[result.strategy])
+        _add_items(message.items, result.items)
+
+
 def recommendation_from_pb(message: pb.RecommendResponse) -> Recommendation:
     return Recommendation(
         items=_items_from_pb(list(message.items)),

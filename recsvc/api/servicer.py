@@ -45,10 +45,10 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         context: Context[pb.RecommendBatchRequest, pb.RecommendBatchResponse],
     ) -> pb.RecommendBatchResponse:
         queries = [convert.recommend_query_from_pb(r) for r in request.requests]
-        results = await self._service.recommend_batch(queries, context.time_remaining())
-        return pb.RecommendBatchResponse(
-            responses=[convert.recommendation_to_pb(r) for r in results]
-        )
+        response = pb.RecommendBatchResponse()
+        async for part in self._service.recommend_batch_slices(queries, context.time_remaining()):
+            convert.add_recommendations(response.responses, part)
+        return response
 
     @call_boundary
     async def SimilarItems(
