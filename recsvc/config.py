@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -71,6 +71,20 @@ class ServerSettings(_Section):
         le=300,
         description="On SIGTERM: seconds in-flight calls get to finish before cancellation.",
     )
+    max_concurrent_rpcs: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Calls one server process answers at once (health checks included); "
+        "more are answered RESOURCE_EXHAUSTED at once instead of queueing.",
+    )
+    malformed_log_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="At most one WARNING per this many seconds for each RPC and kind of "
+        "malformed request; the next one counts those left out.",
+    )
 
 
 class ServingSettings(_Section):
@@ -107,6 +121,13 @@ class ServingSettings(_Section):
     )
     model_poll_seconds: float = Field(
         2.0, ge=0, le=3600, description="How often to look for a new model version; 0: never."
+    )
+    batch_slice: int = Field(
+        32,
+        ge=1,
+        le=100_000,
+        description="RecommendBatch entries answered per slice; the event loop serves other "
+        "calls between slices.",
     )
 
 
@@ -276,6 +297,26 @@ class ImageSettings(_Section):
     hybrid_visual_weight: float = Field(
         0.5, ge=0, le=1, description="Weight of visual similarity in SimilarItems hybrid mode."
     )
+    threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Threads decoding and embedding request images, apart from the threads "
+        "that answer the other RPCs; 0: one per core.",
+    )
+    max_pending_calls: int = Field(
+        8,
+        ge=1,
+        le=10_000,
+        description="SearchByImage/UpsertItems calls with images admitted at once (running or "
+        "waiting for an image thread); more are answered RESOURCE_EXHAUSTED at once.",
+    )
+    read_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="Longest read of one image_path file (a slow mount answers UNAVAILABLE).",
+    )
 
 
 class SecuritySettings(_Section):
@@ -347,6 +388,21 @@ class Settings(BaseSettings):
     model_store: Path = Field(
         Path("model-store"),
         description="Directory of model versions (written by train, read by serve).",
+    )
+    # Named RECSVC_MODEL_STORE__SIGNING_KEY(_FILE) as if model_store were a section, the
+    # name the deployment docs use; model_store itself stays a plain path for compatibility.
+    model_store_signing_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("model_store_signing_key", "RECSVC_MODEL_STORE__SIGNING_KEY"),
+        description="HMAC-SHA256 key (16+ bytes): training signs each model's manifest, "
+        "serving loads only versions whose signature verifies; unset: no signing.",
+    )
+    model_store_signing_key_file: Path | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "model_store_signing_key_file", "RECSVC_MODEL_STORE__SIGNING_KEY_FILE"
+        ),
+        description="File holding the signing key (e.g. a Kubernetes Secret mount) instead.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level."
@@ -422,6 +478,13 @@ def settings_table() -> str:
                 env = f"{ENV_PREFIX}{name}__{sub_name}".upper()
                 rows.append(f"| `{env}` | `{sub_field.default}` | {sub_field.description} |")
         else:
-            env = f"{ENV_PREFIX}{name}".upper()
+            env = _env_name(name, field.validation_alias)
             rows.append(f"| `{env}` | `{field.default}` | {field.description} |")
     return "\n".join(rows)
+
+
+def _env_name(name: str, alias: object) -> str:
+    """A top-level field's variable: the alias spelled with the prefix, where it has one."""
+    choices = alias.choices if isinstance(alias, AliasChoices) else []
+    named = [c for c in choices if isinstance(c, str) and c.startswith(ENV_PREFIX)]
+    return named[0] if named else f"{ENV_PREFIX}{name}".upper()

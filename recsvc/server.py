@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from threadpoolctl import threadpool_limits
 from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
 from recsvc.api.auth import Scope, TokenAuthInterceptor, TokenFile, server_credentials
+from recsvc.api.handlers import WarningLimiter, add_guarded
 from recsvc.api.servicer import RecommenderServicer
 from recsvc.artifacts import ModelStore
 from recsvc.artifacts.watcher import ModelWatcher
@@ -42,7 +44,7 @@ from recsvc.core.queries import Limits
 from recsvc.core.recommender import Recommender
 from recsvc.core.service import RecommendationService
 from recsvc.core.state import EventLog, EventType, ItemLog, UserStateStore
-from recsvc.errors import ConfigError
+from recsvc.errors import ArtifactError, ConfigError, RecsvcError
 from recsvc.index import IndexSearchParams
 from recsvc.metrics import Metrics
 from recsvc.vision.encoder import ImageEncoder
@@ -97,11 +99,20 @@ def create_server(
             "authentication off (no security.token_file): any client that reaches the port "
             "may call every RPC"
         )
-    server = grpc.aio.server(options=options, interceptors=interceptors)
+    # Above the limit gRPC answers RESOURCE_EXHAUSTED at once, before reading the request.
+    server = grpc.aio.server(
+        options=options,
+        interceptors=interceptors,
+        maximum_concurrent_rpcs=settings.server.max_concurrent_rpcs,
+    )
     servicer = RecommenderServicer(service, items, metrics)
-    pb_grpc.add_RecommenderServicer_to_server(servicer, server)
+    # Malformed requests are answered INVALID_ARGUMENT, logged at most once per interval.
+    warnings = WarningLimiter(settings.server.malformed_log_seconds)
+    add_guarded(
+        pb_grpc.add_RecommenderServicer_to_server, servicer, server, warnings, behind_boundary=True
+    )
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    add_guarded(health_pb2_grpc.add_HealthServicer_to_server, health_servicer, server, warnings)
     if security.reflection_on:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -164,6 +175,7 @@ def build_service(
         weights,
         settings.store.timeout_seconds,
         visual_weight=settings.images.hybrid_visual_weight,
+        batch_slice=settings.serving.batch_slice,
     )
 
 
@@ -173,14 +185,23 @@ def build_item_service(
     images = settings.images
     weights = {images.backbone: images.weights} if images.weights else {}
     device = "cpu" if images.device == "auto" else images.device
-    encoder = ImageEncoder(images.max_pixels, device=device, weights=weights, threads=1)
-    limits = ImageLimits(images.max_image_bytes, images.path_root, images.backbone)
+    encoder = ImageEncoder(
+        images.max_pixels, device=device, weights=weights, threads=1, batch_size=images.batch_size
+    )
+    limits = ImageLimits(
+        images.max_image_bytes,
+        images.path_root,
+        images.backbone,
+        threads=images.threads or len(os.sched_getaffinity(0)),
+        max_pending_calls=images.max_pending_calls,
+        read_timeout_seconds=images.read_timeout_seconds,
+    )
     return ItemService(holder, item_log, encoder, limits)
 
 
 def load_recommender(settings: Settings, version: str | None = None) -> Recommender:
     """Load and verify a model version (default: the latest) from the model store."""
-    store = ModelStore(settings.model_store)
+    store = ModelStore.from_settings(settings)
     params = IndexSearchParams.from_settings(settings.serving)
     model = store.load(version, params) if version else store.load_latest(params)
     log.info(
@@ -192,6 +213,17 @@ def load_recommender(settings: Settings, version: str | None = None) -> Recommen
         model.user_index.hnsw.ef if model.user_index.hnsw is not None else 0,
     )
     return build_recommender(settings, model)
+
+
+def _first_recommender(settings: Settings, items: ItemService) -> Recommender:
+    """The model to start with. Whatever makes it unservable ends start-up as an ArtifactError,
+    which the command line prints as one line, never as a traceback."""
+    try:
+        return items.prepare(load_recommender(settings))
+    except RecsvcError:
+        raise
+    except Exception as exc:
+        raise ArtifactError(f"cannot serve the latest model: {type(exc).__name__}: {exc}") from exc
 
 
 def build_recommender(settings: Settings, model: Model) -> Recommender:
@@ -282,7 +314,7 @@ async def serve(settings: Settings, announce: bool = True) -> None:
     store_health = StoreHealth(handle, store)
     service.on_store_status = store_health.report
     watcher = ModelWatcher(
-        ModelStore(settings.model_store),
+        ModelStore.from_settings(settings),
         holder,
         lambda version: items.prepare(load_recommender(settings, version)),
         settings.serving.model_poll_seconds,
@@ -301,7 +333,7 @@ async def serve(settings: Settings, announce: bool = True) -> None:
     background: list[asyncio.Task[None]] = [loop.create_task(store_health.run())]
     try:
         await items.refresh()
-        holder.swap(items.prepare(await asyncio.to_thread(load_recommender, settings)))
+        holder.swap(await asyncio.to_thread(_first_recommender, settings, items))
         if settings.serving.model_poll_seconds > 0:
             background.append(loop.create_task(watcher.run()))
             background.append(loop.create_task(items.run(settings.serving.model_poll_seconds)))
