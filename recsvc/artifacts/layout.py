@@ -231,7 +231,10 @@ def _load_index(vectors: FloatArray, metric: Metric, path: Path, search: SearchP
             raise ValueError(
                 f"{path.name}: not an index of {count} {dim}-d vectors: {exc}"
             ) from None
-    return ItemIndex.load(vectors, metric, path, search)
+        # hnswlib opens by name: give it the descriptor just checked, so that a file renamed
+        # into place after the check is not what it reads.
+        pinned = Path(f"/proc/self/fd/{handle.fileno()}")
+        return ItemIndex.load(vectors, metric, pinned if pinned.exists() else path, search)
 
 
 def _check_ids(ids: list[Any], what: str, expected: int) -> None:

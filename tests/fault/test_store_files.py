@@ -658,3 +658,29 @@ def test_gc_removes_unsigned_damaged_and_linked_versions(model_store: Path, tmp_
     assert sorted(signed.collect_garbage(keep=1)) == ["v0-damaged", "v0-linked"]
     assert plain.list_versions() == [keep]
     assert (outside / "manifest.json").is_file()  # the link went, not its target
+
+
+def test_hnswlib_reads_the_file_that_was_checked(
+    model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crafted index renamed over the checked one between the check and hnswlib's read is
+    not what hnswlib reads: it loads the descriptor that was checked."""
+    store = copy_store(model_store, tmp_path)
+    directory = latest_dir(store)
+    crafted = tmp_path / "crafted.hnsw"
+    crafted.write_bytes(patched(directory, "similar_index.hnsw", "<I", _ENTRY_POINT_AT, _FAR_OUT))
+    from recsvc.artifacts import layout
+
+    checked = layout.check_hnsw_file
+
+    def check_then_swap(handle, count, dim):  # type: ignore[no-untyped-def]
+        header = checked(handle, count, dim)
+        if os.readlink(f"/proc/self/fd/{handle.fileno()}").endswith("similar_index.hnsw"):
+            os.replace(crafted, directory / "similar_index.hnsw")
+        return header
+
+    monkeypatch.setattr(layout, "check_hnsw_file", check_then_swap)
+    model = store.load_latest(SEARCH)
+    assert not crafted.exists(), "the swap did not happen"
+    labels, _ = model.similar_index.search(model.item_factors[0], 5)  # no crash
+    assert len(labels) == 5
