@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from threadpoolctl import threadpool_limits
 
 from recsvc._proto.v1 import recommender_pb2 as pb
@@ -114,8 +114,14 @@ def create_server(
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     add_guarded(health_pb2_grpc.add_HealthServicer_to_server, health_servicer, server, warnings)
     if security.reflection_on:
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        # As reflection.enable_server_reflection registers it, with safe deserializers.
+        add_guarded(
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+            reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
+                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+            ),
+            server,
+            warnings,
         )
     address = f"{settings.server.host}:{settings.server.port}"
     if security.tls_cert_file is not None and security.tls_key_file is not None:

@@ -246,6 +246,34 @@ def test_extreme_messages_to_every_rpc(channel: grpc.Channel, case: tuple[str, b
     call_raw(channel, SERVICE + method, data)
 
 
+def test_malformed_requests_get_a_short_invalid_argument(channel: grpc.Channel) -> None:
+    """Before: UNKNOWN "Unexpected <class '...DecodeError'>" or "String field had bad UTF-8",
+    and an ERROR traceback in the server log for each call."""
+    cases = {
+        b"\x0a\x02\xff\xfe": "request: invalid UTF-8 in a string field",
+        b"\x0a\x05ab": "request: not a decodable protobuf message",
+        b"\xff\xff\xff": "request: not a decodable protobuf message",
+    }
+    for data, expected in cases.items():
+        # Field 1 is a string in these two; in UpsertItems it is a message (corrupt bytes).
+        methods = [SERVICE + "Recommend", HEALTH_CHECK]
+        if "UTF-8" not in expected:
+            methods.append(SERVICE + "UpsertItems")
+        for method in methods:
+            with pytest.raises(grpc.RpcError) as caught:
+                channel.unary_unary(method)(data, timeout=10)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+            details = caught.value.details()  # type: ignore[attr-defined]
+            assert details.startswith(expected) and "class" not in details, details
+    # A stream of requests (reflection): the malformed one ends the call the same way.
+    reflect = channel.stream_stream(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        list(reflect(iter([b"\xff\xff\xff"]), timeout=10))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+
+
 def test_server_still_serving_and_log_quiet_after_fuzzing(
     fuzz_server: ServerProcess, channel: grpc.Channel
 ) -> None:
