@@ -87,7 +87,7 @@ def safe_deserializer(
             return parse(data)
         except Exception as exc:  # DecodeError, or whatever else hostile bytes provoke
             reason = _reason(exc)
-            warnings.warn(f"malformed request to {method}", f"{reason} ({len(data)} bytes)")
+            warnings.warn(f"malformed request to {method}: {reason}", f"{len(data)} bytes")
             return MalformedRequest(reason)
 
     return deserialize
