@@ -56,6 +56,9 @@ def validate_interactions(
             and user_id.isascii()
             and item_id.isascii()
             and event_id.isascii()
+            and "\x00" not in user_id
+            and "\x00" not in item_id
+            and "\x00" not in event_id
             and event_type is not None
             and weight is not None
             and 0 < weight < math.inf

@@ -64,6 +64,10 @@ def test_non_ascii_ids_are_measured_in_bytes() -> None:
         ({"weight": float("inf")}, "weight"),
         ({"timestamp_ms": 1_700_000_000}, "timestamp_ms"),  # seconds, not milliseconds
         ({"timestamp_ms": NOW_MS + 2 * 86_400_000}, "timestamp_ms"),
+        # A NUL would end the id in C strings (logs, files, tools): ids could merge.
+        ({"user_id": "u\x00x"}, "user_id"),
+        ({"item_id": "i\x00"}, "item_id"),
+        ({"event_id": "\x00e"}, "event_id"),
         # Two bad fields: the first in field order is named.
         ({"user_id": "", "event_type": None}, "user_id"),
     ],
