@@ -234,6 +234,7 @@ def test_random_bytes_to_every_rpc(channel: grpc.Channel, method: str, data: byt
     call_raw(channel, method, data)
 
 
+@pytest.mark.slow  # ~40 s: the fast subset keeps the random-bytes property
 @settings(
     max_examples=MESSAGE_CASES,
     deadline=None,
