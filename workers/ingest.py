@@ -10,6 +10,11 @@ told it is done (the checkpoint, or XACK for a Redis Stream). A crash after the 
 that repeats the batch at most once: file mode finds the part that starts at its checkpoint and
 skips it; Redis mode re-delivers the pending entries, and readers drop repeated event ids, so
 every acknowledged event is counted exactly once.
+
+After each round the Redis Stream is trimmed (XTRIM MINID) up to the first entry that some
+consumer group still needs: the oldest pending entry, or the first one not yet delivered. The
+stream then holds only unacknowledged events, and a consumer that crashed between reading and
+acknowledging loses nothing: its pending entries stay until they are reclaimed and acknowledged.
 """
 
 from __future__ import annotations
@@ -118,6 +123,9 @@ class RedisStreamIngester:
             self.store.write_part(events, ids[0].replace("-", "_"), ids[-1].replace("-", "_"))
             self.redis.xack(self.stream, GROUP, *ids)
             written += len(events)
+        trimmed = trim_acknowledged(self.redis, self.stream)
+        if trimmed:
+            log.info("ingest: trimmed %d acknowledged entries from %s", trimmed, self.stream)
         return written
 
     def _batches(self) -> Iterator[list[Any]]:
@@ -144,6 +152,37 @@ class RedisStreamIngester:
             if not response or not response[0][1]:
                 return
             yield response[0][1]
+
+
+def trim_acknowledged(client: redis.Redis, stream: str) -> int:
+    """Drop the stream's entries that every consumer group has acknowledged; returns how many.
+
+    An entry is kept if any group has it pending or has not been delivered it yet. The groups'
+    delivery positions are read before their pending entries: an entry delivered between the
+    two reads is then either past the position read or among the pending ones, never dropped.
+    Without a group nothing is trimmed (nobody has read anything)."""
+    groups: Any = client.xinfo_groups(stream)
+    if not groups:
+        return 0
+    keep_from = [_next_id(group["last-delivered-id"]) for group in groups]
+    for group in groups:
+        pending: Any = client.xpending(stream, group["name"])
+        if pending["pending"]:
+            keep_from.append(_parse_id(pending["min"]))
+    ms, seq = min(keep_from)
+    return int(client.xtrim(stream, minid=f"{ms}-{seq}", approximate=False))
+
+
+def _parse_id(entry_id: bytes | str) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, seq = text.split("-")
+    return int(ms), int(seq)
+
+
+def _next_id(entry_id: bytes | str) -> tuple[int, int]:
+    """The smallest id after ``entry_id`` (XTRIM MINID keeps ids at or above it)."""
+    ms, seq = _parse_id(entry_id)
+    return ms, seq + 1
 
 
 def build_ingest_round(settings: Settings, event_log: Path | None = None) -> Callable[[], int]:

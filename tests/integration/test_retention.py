@@ -1,0 +1,101 @@
+"""Retention: what the learning loop keeps stays bounded by what is not yet ingested."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+
+from recsvc.data.interaction_store import InteractionStore
+from recsvc.store.names import INGEST_GROUP, event_stream_key
+from recsvc.store.redis_backend import RedisEventLog, connect
+from tests.helpers import events
+from workers.ingest import RedisStreamIngester, trim_acknowledged
+
+STREAM = event_stream_key("recsvc")
+
+
+def _record(url: str, n: int, start: int) -> None:
+    async def record() -> None:
+        client = connect(url, 1.0, 1.0)
+        try:
+            await RedisEventLog(client, "recsvc", 600).append(events(n, start=start))
+        finally:
+            await client.aclose()
+
+    asyncio.run(record())
+
+
+def _ingested_ids(store: InteractionStore) -> list[str]:
+    return sorted(set(store.read().column("event_id").to_pylist()))
+
+
+@pytest.mark.redis
+def test_stream_keeps_only_unacknowledged_entries_after_ingest(
+    redis_url: str, tmp_path: Path
+) -> None:
+    client = redis_lib.Redis.from_url(redis_url)
+    store = InteractionStore(tmp_path / "store")
+    ingester = RedisStreamIngester(client, STREAM, store, batch_size=40, consumer="a")
+    for round_ in range(3):
+        _record(redis_url, 100, start=100 * round_)
+        assert client.xlen(STREAM) == 100
+        assert ingester.run_once() == 100
+        assert client.xlen(STREAM) == 0
+    # Recorded after the round: not delivered yet, so kept by the next trim.
+    _record(redis_url, 30, start=300)
+    assert trim_acknowledged(client, STREAM) == 0
+    assert client.xlen(STREAM) == 30
+    assert ingester.run_once() == 30
+    assert client.xlen(STREAM) == 0
+    assert _ingested_ids(store) == sorted(f"e{k}" for k in range(330))
+
+
+@pytest.mark.redis
+def test_a_crash_between_read_and_ack_loses_nothing(redis_url: str, tmp_path: Path) -> None:
+    client = redis_lib.Redis.from_url(redis_url)
+    store = InteractionStore(tmp_path / "store")
+    _record(redis_url, 120, start=0)
+    crashed = RedisStreamIngester(client, STREAM, store, batch_size=50, consumer="a")
+    # Consumer "a" reads a batch and dies before writing or acknowledging it.
+    client.xreadgroup(INGEST_GROUP, "a", {STREAM: ">"}, count=50)
+    # Another consumer ingests the rest (reclaiming nothing yet) and trims: the 50 pending
+    # entries, and everything after them, stay.
+    other = RedisStreamIngester(
+        client, STREAM, store, batch_size=50, consumer="b", reclaim_after_ms=3_600_000
+    )
+    assert other.run_once() == 70
+    assert client.xpending(STREAM, INGEST_GROUP)["pending"] == 50
+    assert client.xlen(STREAM) >= 50
+    pending_ids = {
+        e["message_id"] for e in client.xpending_range(STREAM, INGEST_GROUP, "-", "+", 100)
+    }
+    kept = {entry_id for entry_id, _ in client.xrange(STREAM)}
+    assert pending_ids <= kept
+    # Once reclaimed and acknowledged, they go too, and every event was ingested.
+    survivor = RedisStreamIngester(
+        client, STREAM, store, batch_size=50, consumer="c", reclaim_after_ms=0
+    )
+    assert survivor.run_once() == 50
+    assert crashed.run_once() == 0
+    assert client.xlen(STREAM) == 0
+    assert _ingested_ids(store) == sorted(f"e{k}" for k in range(120))
+
+
+@pytest.mark.redis
+def test_trim_keeps_what_any_group_still_needs(redis_url: str) -> None:
+    client = redis_lib.Redis.from_url(redis_url)
+    _record(redis_url, 10, start=0)
+    assert trim_acknowledged(client, STREAM) == 0  # no group: nothing was read
+    client.xgroup_create(STREAM, INGEST_GROUP, id="0")
+    client.xgroup_create(STREAM, "slow-reader", id="0")
+    read = client.xreadgroup(INGEST_GROUP, "a", {STREAM: ">"}, count=10)
+    client.xack(STREAM, INGEST_GROUP, *[entry_id for entry_id, _ in read[0][1]])
+    # The ingest group is done, the other group has read nothing: all entries stay.
+    assert trim_acknowledged(client, STREAM) == 0
+    read = client.xreadgroup("slow-reader", "b", {STREAM: ">"}, count=4)
+    client.xack(STREAM, "slow-reader", *[entry_id for entry_id, _ in read[0][1]])
+    assert trim_acknowledged(client, STREAM) == 4
+    assert client.xlen(STREAM) == 6
