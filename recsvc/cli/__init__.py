@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from recsvc.cli.images import add_embed
-from recsvc.cli.offline import add_eval, add_models, add_train, add_tune
+from recsvc.cli.offline import add_eval, add_import, add_models, add_train, add_tune
 from recsvc.cli.serving import add_call, add_config, add_demo, add_serve
 from recsvc.cli.worker_commands import add_worker
 from recsvc.errors import RecsvcError
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     add_train(commands)
+    add_import(commands)
     add_embed(commands)
     add_serve(commands)
     add_demo(commands)

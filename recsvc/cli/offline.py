@@ -1,8 +1,9 @@
-"""recsvc train, eval, tune and models: the offline commands."""
+"""recsvc train, import, eval, tune and models: the offline commands."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 from pathlib import Path
@@ -74,6 +75,55 @@ def _run_train(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def add_import(commands: Any) -> None:
+    p = commands.add_parser(
+        "import",
+        help="load history files into the interaction store that the train worker trains on",
+        description="Read interaction files with the readers and column options of `recsvc "
+        "train` and append them to the Parquet interaction store, the one source of training "
+        "data of `recsvc worker train`. Idempotent: a file whose content was imported before "
+        "adds nothing. Resumable: an interrupted import continues at the first part not yet "
+        "written. Prints one JSON line per file.",
+    )
+    p.add_argument(
+        "--interaction-store",
+        type=Path,
+        help="interaction store directory (default: RECSVC_WORKERS__INTERACTION_STORE)",
+    )
+    _add_data_options(p, many=True)
+    common_options(p)
+    p.set_defaults(run=_run_import)
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from recsvc.data.interaction_files import read_interactions
+    from recsvc.data.interaction_store import (
+        InteractionStore,
+        file_sha256,
+        import_interactions,
+    )
+
+    settings = settings_from(args)
+    store = InteractionStore(args.interaction_store or settings.workers.interaction_store)
+    options = _read_options(args)
+    for path in args.interactions:
+        if not path.is_file():
+            raise ConfigError(f"--interactions: {path}: no such file")
+        result = import_interactions(
+            store,
+            path,
+            functools.partial(read_interactions, path, options),
+            file_sha256(path),
+            on_chunk=functools.partial(_log_import_progress, path),
+        )
+        print(json.dumps(result.as_dict()), flush=True)
+    return 0
+
+
+def _log_import_progress(path: Path, done: int, total: int) -> None:
+    log.info("%s: part %d of %d written", path, done, total)
 
 
 def add_eval(commands: Any) -> None:
@@ -281,9 +331,14 @@ def _interactions_path(args: argparse.Namespace) -> Path:
     return path
 
 
-def _add_data_options(p: argparse.ArgumentParser) -> None:
+def _add_data_options(p: argparse.ArgumentParser, many: bool = False) -> None:
     g = p.add_argument_group("input data")
-    g.add_argument("--interactions", type=Path, help="interactions file (required)")
+    if many:
+        g.add_argument(
+            "--interactions", type=Path, nargs="+", required=True, help="interactions files"
+        )
+    else:
+        g.add_argument("--interactions", type=Path, help="interactions file (required)")
     g.add_argument(
         "--format",
         choices=["auto", "csv", "tsv", "parquet", "movielens"],

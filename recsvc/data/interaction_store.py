@@ -5,12 +5,20 @@ Layout::
 
     <store>/ingest_date=YYYY-MM-DD/part-<first>-<last>.parquet   one file per ingested batch
 
+    <store>/ingest_date=YYYY-MM-DD/part-import-<sha256[:16]>-<chunk>.parquet   `recsvc import`
+    <store>/_imports/<sha256>.json                               a history file fully imported
+
 A part is written to a temporary file, fsynced and renamed into place; a repeated event id (a
-batch ingested twice after a crash) is read once.
+batch ingested twice after a crash, a file imported twice) is read once.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,8 +29,10 @@ import pyarrow.parquet as pq
 
 from recsvc.core.state import Interaction
 from recsvc.data.matrix import Interactions, interactions_from_arrays
-from recsvc.durable import replace_atomically
+from recsvc.durable import replace_atomically, replace_bytes_atomically
 from recsvc.store.codec import COLUMNS, EventColumns, interactions_to_columns
+
+log = logging.getLogger(__name__)
 
 SCHEMA = pa.schema(
     [
@@ -48,11 +58,15 @@ class InteractionStore:
 
     def write_columns(self, columns: EventColumns, first: str, last: str) -> Path:
         """:meth:`write_part` for events given as columns (as the file log stores them)."""
+        table = pa.table({name: pa.array(columns[name]) for name in COLUMNS}).cast(SCHEMA)
+        return self.write_table(table, f"part-{first}-{last}.parquet")
+
+    def write_table(self, table: pa.Table, name: str) -> Path:
+        """Durably write one part named ``name`` under today's ``ingest_date=`` directory."""
         day = datetime.now(UTC).strftime("%Y-%m-%d")
         directory = self.root / f"ingest_date={day}"
         directory.mkdir(parents=True, exist_ok=True)
-        final = directory / f"part-{first}-{last}.parquet"
-        table = pa.table({name: pa.array(columns[name]) for name in COLUMNS}).cast(SCHEMA)
+        final = directory / name
         replace_atomically(final, lambda temporary: pq.write_table(table, temporary))
         return final
 
@@ -84,3 +98,92 @@ class InteractionStore:
             .astype(np.int64),
             source=str(self.root),
         )
+
+
+# ------------------------------------------------------------------------------ import
+
+IMPORTS = "_imports"
+IMPORT_EVENT_TYPE = "import"
+IMPORT_CHUNK_ROWS = 500_000
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What one ``recsvc import`` of a file did (``skipped``: its content was imported before)."""
+
+    path: str
+    sha256: str
+    events: int
+    parts_written: int
+    skipped: bool
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def import_interactions(
+    store: InteractionStore,
+    path: Path,
+    read: Callable[[], Interactions],
+    sha256: str,
+    chunk_rows: int = IMPORT_CHUNK_ROWS,
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> ImportResult:
+    """Write a history file's interactions (``read``: the file as ``recsvc train`` reads it, one
+    event per user-item pair with its summed weight and latest timestamp) into the store,
+    idempotently; the file is read only when its content was not imported before.
+
+    Event ids are ``import:<sha256[:16]>:<pair>``, so a part written twice is read once; a
+    finished file is recorded under ``_imports/<sha256>.json`` and importing the same content
+    again writes nothing. Parts are named by chunk number, so an import that stopped halfway
+    resumes at the first chunk not yet written.
+    """
+    marker = store.root / IMPORTS / f"{sha256}.json"
+    if marker.exists():
+        log.info("%s: already imported (sha256 %s)", path, sha256[:16])
+        return ImportResult(str(path), sha256, 0, 0, skipped=True)
+    interactions = read()
+    log.info("%s: %d interactions to import", path, interactions.num_interactions)
+    coo = interactions.matrix.tocoo()
+    stamps = (
+        np.asarray(interactions.timestamps[coo.row, coo.col]).ravel().astype(np.int64)
+        if interactions.timestamps is not None
+        else np.zeros(coo.nnz, np.int64)
+    )
+    users = np.asarray(interactions.user_ids, dtype=object)
+    items = np.asarray(interactions.item_ids, dtype=object)
+    tag = sha256[:16]
+    chunks = max(1, -(-coo.nnz // chunk_rows))
+    written = 0
+    for chunk in range(chunks):
+        name = f"part-import-{tag}-{chunk:06d}.parquet"
+        if not any(store.root.glob(f"ingest_date=*/{name}")):
+            rows = slice(chunk * chunk_rows, (chunk + 1) * chunk_rows)
+            pairs = np.arange(coo.nnz)[rows]
+            table = pa.table(
+                {
+                    "event_id": pa.array([f"import:{tag}:{p}" for p in pairs], pa.string()),
+                    "user_id": pa.array(users[coo.row[rows]], pa.string()),
+                    "item_id": pa.array(items[coo.col[rows]], pa.string()),
+                    "event_type": pa.array([IMPORT_EVENT_TYPE] * len(pairs), pa.string()),
+                    "weight": pa.array(coo.data[rows].astype(np.float32)),
+                    "timestamp_ms": pa.array(stamps[rows] * 1000),
+                },
+                schema=SCHEMA,
+            )
+            store.write_table(table, name)
+            written += 1
+        if on_chunk is not None:
+            on_chunk(chunk + 1, chunks)
+    record = {"path": str(path), "sha256": sha256, "events": int(coo.nnz)}
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    replace_bytes_atomically(marker, json.dumps(record).encode())
+    return ImportResult(str(path), sha256, int(coo.nnz), written, skipped=False)

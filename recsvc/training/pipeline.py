@@ -19,7 +19,12 @@ from recsvc.core.model import NO_CATEGORY, IdMap, Model, ModelInfo, VisualPart
 from recsvc.core.projection import Projection
 from recsvc.data.interaction_files import read_interactions
 from recsvc.data.matrix import Interactions, ReadOptions
-from recsvc.evaluation.holdout import Protocol, evaluate_model, split_interactions
+from recsvc.evaluation.holdout import (
+    Protocol,
+    Split,
+    evaluate_model,
+    split_interactions,
+)
 from recsvc.fitting.factors import TrainedFactors, fit_factors
 from recsvc.fitting.visual_space import fit_visual_adapter
 from recsvc.index import DEFAULT_EF_SEARCH, IndexBuildParams, ItemIndex, tune_ef
@@ -231,14 +236,31 @@ def train_and_publish(
     return model
 
 
+def holdout_split(interactions: Interactions, protocol: Protocol) -> Split:
+    """``protocol``'s (seeded, hence repeatable) split of ``interactions``."""
+    return split_interactions(interactions.matrix, interactions.timestamps, protocol)
+
+
 def holdout_metrics(
-    interactions: Interactions, train: TrainSettings, protocol: Protocol
+    interactions: Interactions,
+    train: TrainSettings,
+    protocol: Protocol,
+    split: Split | None = None,
 ) -> dict[str, Any]:
-    """Metrics at 10 of ``train``'s parameters on ``protocol``'s holdout of ``interactions``."""
-    split = split_interactions(interactions.matrix, interactions.timestamps, protocol)
+    """Metrics at 10 of ``train``'s parameters on ``protocol``'s holdout of ``interactions``
+    (``split``: that holdout, when the caller already made it)."""
+    split = split or holdout_split(interactions, protocol)
     metrics = {"protocol": protocol, **evaluate_model(split, train, k=10)}
     log.info("holdout (%s): ndcg@10 %.4f", protocol, metrics["ndcg@10"])
     return metrics
+
+
+def recipe_of(manifest_parameters: dict[str, Any], train: TrainSettings) -> TrainSettings:
+    """The settings a published model was fit with (its manifest's ``parameters``, written by
+    :func:`train_parameters`), the rest from ``train`` (device, threads)."""
+    known = set(TrainSettings.model_fields) - {"device", "threads"}
+    update = {key: value for key, value in manifest_parameters.items() if key in known}
+    return TrainSettings.model_validate({**train.model_dump(), **update})
 
 
 def train_parameters(train: TrainSettings) -> dict[str, object]:

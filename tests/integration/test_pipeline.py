@@ -140,9 +140,10 @@ def test_end_to_end_record_ingest_train_swap(
             ).accepted
             == 200
         )
+        # The recipe of the current model (SMALL_TRAIN), which the holdout guard measures.
         worker_env = server_env(
-            RECSVC_TRAIN__FACTORS="16",
-            RECSVC_TRAIN__ITERATIONS="5",
+            RECSVC_TRAIN__FACTORS="32",
+            RECSVC_TRAIN__ITERATIONS="10",
             RECSVC_WORKERS__RETRAIN_MIN_NEW_EVENTS="100",
         )
         common = [
@@ -160,8 +161,22 @@ def test_end_to_end_record_ingest_train_swap(
             timeout=120,
         )
         assert ingest.returncode == 0, ingest.stderr
+        history = subprocess.run(
+            recsvc_command(
+                "import",
+                "--interactions",
+                str(demo_data_path),
+                "--interaction-store",
+                str(tmp_path / "store"),
+            ),
+            env=worker_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert history.returncode == 0, history.stderr
         train = subprocess.run(
-            recsvc_command("worker", "train", "--base", str(demo_data_path), *common),
+            recsvc_command("worker", "train", *common),
             env=worker_env,
             capture_output=True,
             text=True,
