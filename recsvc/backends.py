@@ -7,16 +7,21 @@ event and item logs exactly where the workers read them.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from recsvc.config import Settings
+from recsvc.core.service import RecommendationService
 from recsvc.core.state import EventLog, ItemLog, StoredItem, UserStateStore
-from recsvc.store.file_log import FileEventLog
+from recsvc.store.file_log import FileEventLog, read_events_since
 from recsvc.store.item_log import FileItemLog, read_items_from_file, read_items_from_redis
 from recsvc.store.memory import InMemoryUserStore
 from recsvc.store.names import EVENT_LOG_FILE, ITEM_LOG_FILE, event_stream_key
+
+log = logging.getLogger(__name__)
 
 
 def event_log_path(settings: Settings) -> Path:
@@ -62,7 +67,32 @@ def build_user_state(settings: Settings) -> tuple[UserStateStore, EventLog, Item
         s.history_max_items, s.history_ttl_seconds, s.vector_ttl_seconds, s.max_users_in_process
     )
     events = FileEventLog(event_log_path(settings), s.dedupe_max_ids_in_process)
-    return memory, events, FileItemLog(item_log_path(settings))
+    return memory, events, FileItemLog(item_log_path(settings), s.item_log_compact_factor)
+
+
+async def replay_event_log(settings: Settings, service: RecommendationService) -> None:
+    """Embedded mode: put the event log's recent interactions back into the in-process store
+    that a restart emptied, so that what a user bought before it is still excluded after it.
+
+    Replayed: every logged event of the last ``history_ttl_seconds`` (by its timestamp_ms),
+    not only those since the model's training cut-off: an event the model already trained on
+    only excludes an item the user already has, which is harmless, and the window is the one
+    a history would have lived in anyway. The store keeps ``history_max_items`` per user and
+    ``max_users_in_process`` users, so memory is bounded as during serving; the file is read
+    once, streaming. With Redis the user state outlives the process: nothing to do."""
+    if settings.redis_url:
+        return
+    path = event_log_path(settings)
+    since_ms = int(time.time() * 1000) - settings.store.history_ttl_seconds * 1000
+    started = time.perf_counter()
+    events, users = await service.replay(read_events_since(path, since_ms))
+    log.info(
+        "replayed %d events of %d users from %s in %.2fs",
+        events,
+        users,
+        path,
+        time.perf_counter() - started,
+    )
 
 
 def sync_redis(settings: Settings) -> Any:

@@ -35,7 +35,7 @@ from recsvc.api.handlers import WarningLimiter, add_guarded
 from recsvc.api.servicer import RecommenderServicer
 from recsvc.artifacts import ModelStore
 from recsvc.artifacts.watcher import ModelWatcher
-from recsvc.backends import build_user_state
+from recsvc.backends import build_user_state, replay_event_log
 from recsvc.config import Settings
 from recsvc.core.holder import RecommenderHolder
 from recsvc.core.items import ImageLimits, ItemService
@@ -328,6 +328,9 @@ async def serve(settings: Settings, announce: bool = True) -> None:
     metrics.watch(service, lambda: (watcher.swaps, watcher.failures))
     if settings.server.metrics_port:
         metrics.serve(settings.server.metrics_port, settings.server.host)
+    # Embedded mode's users' histories, back from the event log before the port opens, so no
+    # call sees a half-replayed store (it needs no model: vectors are folded in when asked).
+    await replay_event_log(settings, service)
     await set_health(handle, NOT_SERVING)
     await handle.server.start()
     if handle.probes is not None:

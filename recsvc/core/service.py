@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -214,6 +214,23 @@ class RecommendationService:
         if await self._update_users(recommender, by_user, left):
             await self._confirm([event.event_id for event in to_apply], deadline)
         return result
+
+    async def replay(self, batches: Iterable[list[Interaction]]) -> tuple[int, int]:
+        """Add logged interactions to the users' histories, as ``record`` does after its
+        append, but without logging them again or folding in: a vector is folded in from the
+        history when the user is next asked for (as after any expiry). For the embedded
+        mode's start-up, whose in-process store a restart empties. Returns how many events
+        and distinct users were replayed."""
+        events = 0
+        users: set[str] = set()
+        for batch in batches:
+            by_user: dict[str, list[Interaction]] = defaultdict(list)
+            for event in batch:
+                by_user[event.user_id].append(event)
+            await self.store.add_histories(by_user)
+            events += len(batch)
+            users.update(by_user)
+        return events, len(users)
 
     async def _confirm(self, event_ids: list[str], deadline: float | None) -> None:
         """Tell the log these events are applied. Best effort: the events are recorded and

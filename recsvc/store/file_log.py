@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
-from recsvc.core.state import AppendResult, Interaction
+from recsvc.core.state import AppendResult, EventType, Interaction
 from recsvc.durable import append_durably, fsync_path
 from recsvc.errors import StoreUnavailable
 from recsvc.store.codec import (
@@ -185,6 +185,26 @@ def read_event_columns(path: Path) -> Iterator[EventColumns]:
                 yield columns_from_json(line)
             except ValueError as exc:
                 log.warning("%s: line %d is not a complete event (%s); skipped", path, number, exc)
+
+
+def read_events_since(path: Path, since_ms: int) -> Iterator[list[Interaction]]:
+    """The interactions of the event file whose ``timestamp_ms`` is ``since_ms`` or later,
+    one list per line, streaming: the replay reader of embedded mode's start-up. A line that
+    is not a complete event (a torn tail, a hand edit) is skipped and reported."""
+    for columns in read_event_columns(path):
+        try:
+            events = [
+                Interaction(user, item, EventType(kind), float(weight), int(ts), event_id)
+                for event_id, user, item, kind, weight, ts in zip(
+                    *(columns[name] for name in COLUMNS), strict=True
+                )
+                if int(ts) >= since_ms
+            ]
+        except (TypeError, ValueError) as exc:
+            log.warning("%s: a line of events not replayed (%s)", path, exc)
+            continue
+        if events:
+            yield events
 
 
 def read_columns_from(path: Path, offset: int, max_events: int) -> tuple[EventColumns, int]:
