@@ -1,4 +1,5 @@
-"""In-process user state for the embedded mode: bounded (LRU), with TTLs, lost on restart."""
+"""In-process user state for the embedded mode: bounded (LRU), with TTLs; emptied by a restart
+and refilled from the event log at start-up (recsvc.backends.replay_event_log)."""
 
 from __future__ import annotations
 
