@@ -85,7 +85,8 @@ def add_import(commands: Any) -> None:
         "train` and append them to the Parquet interaction store, the one source of training "
         "data of `recsvc worker train`. Idempotent: a file whose content was imported before "
         "adds nothing. Resumable: an interrupted import continues at the first part not yet "
-        "written. Prints one JSON line per file.",
+        "written. A directory stands for the interaction files in it. Prints one JSON line per "
+        "file.",
     )
     p.add_argument(
         "--interaction-store",
@@ -108,9 +109,7 @@ def _run_import(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     store = InteractionStore(args.interaction_store or settings.workers.interaction_store)
     options = _read_options(args)
-    for path in args.interactions:
-        if not path.is_file():
-            raise ConfigError(f"--interactions: {path}: no such file")
+    for path in _history_files(args.interactions):
         result = import_interactions(
             store,
             path,
@@ -120,6 +119,28 @@ def _run_import(args: argparse.Namespace) -> int:
         )
         print(json.dumps(result.as_dict()), flush=True)
     return 0
+
+
+def _history_files(paths: list[Path]) -> list[Path]:
+    """The files named, a directory standing for the interaction files in it (by name, in
+    name order; other files, such as a README, are left alone)."""
+    from recsvc.data.interaction_files import detect_format
+    from recsvc.errors import DataError
+
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            for candidate in sorted(p for p in path.iterdir() if p.is_file()):
+                try:
+                    detect_format(candidate)
+                except DataError:
+                    continue
+                files.append(candidate)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ConfigError(f"--interactions: {path}: no such file or directory")
+    return files
 
 
 def _log_import_progress(path: Path, done: int, total: int) -> None:
@@ -335,7 +356,11 @@ def _add_data_options(p: argparse.ArgumentParser, many: bool = False) -> None:
     g = p.add_argument_group("input data")
     if many:
         g.add_argument(
-            "--interactions", type=Path, nargs="+", required=True, help="interactions files"
+            "--interactions",
+            type=Path,
+            nargs="+",
+            required=True,
+            help="interaction files, or directories of them",
         )
     else:
         g.add_argument("--interactions", type=Path, help="interactions file (required)")

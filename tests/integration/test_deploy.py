@@ -4,8 +4,10 @@ exact command of each container runs here as a process and answers its probe."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -21,6 +23,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from recsvc.artifacts import ModelStore
 from recsvc.client import RecsvcClient
 from recsvc.core.state import EventType, Interaction
 from recsvc.data.interaction_store import InteractionStore
@@ -348,19 +351,39 @@ def test_prod_serving_command_serves_tls_and_tokens_and_answers_probes_in_plaint
             assert process.wait(timeout=60) == 0
 
 
+def pairs_of(path: Path) -> list[tuple[str, str]]:
+    with path.open() as handle:
+        return [(row["user_id"], row["item_id"]) for row in csv.DictReader(handle)]
+
+
 @needs_kubectl
 @pytest.mark.redis
 @pytest.mark.slow
 def test_worker_and_job_commands_run(
     cluster: Cluster, products: ProductImages, cold_ids: list[str]
 ) -> None:
-    # Seed the interaction store the way the ingest worker leaves it, and the catalogue.
-    events = [
-        Interaction(f"u{n % 30:03d}", item, EventType.VIEW, 1.0, 1_700_000_000_000, f"e{n}")
-        for n, item in enumerate(i for i in products.ids * 12 if i not in cold_ids)
-    ]
-    InteractionStore(cluster.mounts["/data"] / "interactions").write_part(events, "0", "1")
+    # History as a file for the import Job; later events as the ingest worker leaves them.
+    # Users of group g (user % 3) interact with the warm items of group g: a learnable pattern.
+    warm = [i for i in products.ids if i not in cold_ids]
+    rng = random.Random(7)
+
+    def pairs(users: range) -> list[tuple[str, str]]:
+        return [(f"u{u:03d}", rng.choice(warm[u % 3 :: 3])) for u in users for _ in range(8)]
+
+    history = cluster.mounts["/data"] / "history"
+    history.mkdir()
+    lines = ["user_id,item_id,timestamp"]
+    lines += [f"{u},{i},{1_700_000_000 + n}" for n, (u, i) in enumerate(pairs(range(60)))]
+    (history / "history.csv").write_text("\n".join(lines) + "\n")
     shutil.copytree(products.directory, cluster.mounts["/data"] / "catalogue")
+
+    command, env = cluster.process(find(cluster.manifests, "Job", "recsvc-import"))
+    for _ in range(2):  # re-running the import Job adds nothing
+        done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["skipped"] is True
+    store = InteractionStore(cluster.mounts["/data"] / "interactions")
+    assert store.count() == len(set(pairs_of(history / "history.csv")))
 
     embed = find(cluster.manifests, "Job", "recsvc-embed")
     command, env = cluster.process(embed)
@@ -369,18 +392,33 @@ def test_worker_and_job_commands_run(
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1])["result"]["embedded"] == len(products.ids)
 
+    models = ModelStore(cluster.mounts["/models"])
     for job in ("recsvc-train-now",):
         command, env = cluster.process(find(cluster.manifests, "Job", job))
-        env["RECSVC_TRAIN__FACTORS"] = "8"
         done = subprocess.run(
             command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
         )
         assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout.splitlines()[-1])["result"]  # a new version
+        first = json.loads(done.stdout.splitlines()[-1])["result"]  # a first model, from history
+        assert first and models.read_manifest(first).num_users == 60
     cron = find(cluster.manifests, "CronJob", "recsvc-train")
     command, env = cluster.process(cron)
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr  # nothing new: not due, exits cleanly
+    assert json.loads(done.stdout.splitlines()[-1])["result"] is None
+
+    new_events = [
+        Interaction(user, item, EventType.VIEW, 1.0, 1_800_000_000_000, f"e{n}")
+        for n, (user, item) in enumerate(pairs(range(40, 200)))
+    ]
+    store.write_part(new_events, "0", "1")
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    second = json.loads(done.stdout.splitlines()[-1])["result"]
+    assert second, done.stderr  # due, and not refused by the holdout guard
+    before, after = models.read_manifest(first), models.read_manifest(second)
+    assert after.num_users == 200  # history + new events, not the new events alone
+    assert after.metrics["ndcg@10"] >= before.metrics["ndcg@10"]
 
     ingest = find(cluster.manifests, "Deployment", "recsvc-ingest")
     command, env = cluster.process(ingest)
