@@ -180,6 +180,13 @@ class StoreSettings(_Section):
         description="Event_ids the file event log remembers for idempotency (embedded mode; "
         "the most recently seen, ~200 B each); a retry of an older one is accepted as new.",
     )
+    item_log_compact_factor: float = Field(
+        4.0,
+        ge=1.5,
+        le=1000,
+        description="The file item log (embedded mode) is rewritten with one record per item "
+        "once it holds more than this many records per item.",
+    )
 
 
 class EventWeights(_Section):
@@ -199,6 +206,13 @@ class WorkerSettings(_Section):
         Path("interaction-store"), description="Parquet store of ingested interactions."
     )
     batch_size: int = Field(10_000, ge=1, le=10_000_000, description="Events per ingested part.")
+    import_part_rows: int = Field(
+        500_000,
+        ge=1_000,
+        le=50_000_000,
+        description="Interactions per part written by `recsvc import` (an interrupted import "
+        "resumes at the first part not written).",
+    )
     interval_seconds: float = Field(
         5.0, gt=0, le=86400, description="Pause between rounds of a worker in loop mode."
     )

@@ -1,10 +1,14 @@
 """Item logs: where upserted items are kept until a training run takes them into a model.
 
 - ``FileItemLog`` (embedded mode): JSON lines appended and fsynced before the call returns;
-  the last record of an id wins; a torn last line (a crash mid-write) is ignored.
+  the last record of an id wins; a torn last line (a crash mid-write) is ignored. Once the file
+  holds more than ``compact_factor`` records per item it is rewritten with the last record of
+  each (atomically: readers see the old file or the new one), so it grows with the catalogue,
+  not with the number of upserts.
 - ``RedisItemLog``: one hash field per item plus a counter that every write increments in the
   same transaction, so that each serving replica notices other replicas' upserts by polling
-  the counter.
+  the counter. An upsert overwrites its item's field: the hash is one record per item already
+  and needs no compaction.
 
 The embedding travels as base64 of its float32 bytes, with the name of the backbone that made it.
 """
@@ -23,12 +27,17 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from recsvc.core.state import StoredItem
-from recsvc.durable import append_durably
+from recsvc.durable import append_durably, replace_bytes_atomically
 from recsvc.errors import StoreUnavailable
 from recsvc.store.file_log import drop_partial_tail
 from recsvc.store.names import item_data_key, item_version_key
 
 log = logging.getLogger(__name__)
+
+# Records per item beyond which the file item log is rewritten: each rewrite costs one pass
+# over the catalogue and follows at least (factor - 1) x items upserts, so its cost per upsert
+# stays constant while the file stays within factor x the compacted size.
+DEFAULT_COMPACT_FACTOR = 4.0
 
 
 def item_to_json(item: StoredItem) -> str:
@@ -64,12 +73,17 @@ def item_from_json(text: str | bytes) -> StoredItem:
 
 
 class FileItemLog:
-    """ItemLog in one append-only JSON-lines file."""
+    """ItemLog in one append-only JSON-lines file, compacted to one record per item once it
+    holds more than ``compact_factor`` records per item. The server is its only writer
+    (embedded mode runs one process); the train worker only reads it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, compact_factor: float = DEFAULT_COMPACT_FACTOR) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         drop_partial_tail(self.path)  # a torn record was never acknowledged
+        self.compact_factor = compact_factor
+        self._records = _count_lines(self.path)
+        self._ids = set(self.read_path(self.path))
         self._lock = asyncio.Lock()
 
     async def put(self, items: list[StoredItem]) -> None:
@@ -79,6 +93,24 @@ class FileItemLog:
                 await asyncio.to_thread(append_durably, self.path, data)
             except OSError as exc:
                 raise StoreUnavailable(f"item log {self.path}: {exc}") from exc
+            self._records += len(items)
+            self._ids.update(item.item_id for item in items)
+            if self._records > self.compact_factor * len(self._ids):
+                await asyncio.to_thread(self._compact)
+
+    def _compact(self) -> None:
+        """Rewrite the file with the last record of each item. The records are on disk already,
+        so a failure here only leaves the file as long as it was."""
+        try:
+            items = self.read_path(self.path)
+            content = "".join(item_to_json(item) + "\n" for item in items.values()).encode()
+            replace_bytes_atomically(self.path, content)
+        except OSError as exc:
+            log.warning("item log %s: compaction failed, kept as it is: %s", self.path, exc)
+            return
+        log.info("item log %s: compacted %d records to %d", self.path, self._records, len(items))
+        self._records = len(items)
+        self._ids = set(items)
 
     async def read_all(self) -> dict[str, StoredItem]:
         return await asyncio.to_thread(self.read_path, self.path)
@@ -154,6 +186,13 @@ class RedisItemLog:
 
     async def close(self) -> None:
         return None
+
+
+def _count_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with path.open("rb") as handle:
+        return sum(1 for _ in handle)
 
 
 def read_items_from_redis(client: Any, prefix: str) -> list[StoredItem]:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis as redis_lib
 
+from recsvc.core.state import StoredItem
 from recsvc.data.interaction_store import InteractionStore
-from recsvc.store.names import INGEST_GROUP, event_stream_key
+from recsvc.store.item_log import FileItemLog, RedisItemLog
+from recsvc.store.names import INGEST_GROUP, event_stream_key, item_data_key
 from recsvc.store.redis_backend import RedisEventLog, connect
 from tests.helpers import events
 from workers.ingest import RedisStreamIngester, trim_acknowledged
@@ -99,3 +102,51 @@ def test_trim_keeps_what_any_group_still_needs(redis_url: str) -> None:
     client.xack(STREAM, "slow-reader", *[entry_id for entry_id, _ in read[0][1]])
     assert trim_acknowledged(client, STREAM) == 4
     assert client.xlen(STREAM) == 6
+
+
+def _item(item_id: str, revision: int) -> StoredItem:
+    vector = np.full(4, revision, dtype=np.float32)
+    return StoredItem(item_id, f"rev{revision}", {"n": str(revision)}, "efficientnet_lite0", vector)
+
+
+def _temporaries(directory: Path) -> list[Path]:
+    return list(directory.glob(".*.tmp"))
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_bytes().splitlines())
+
+
+async def test_file_item_log_is_compacted_to_one_record_per_item(tmp_path: Path) -> None:
+    path = tmp_path / "items.jsonl"
+    log = FileItemLog(path, compact_factor=3)
+    ids = [f"i{k}" for k in range(20)]
+    for revision in range(50):
+        await log.put([_item(item_id, revision) for item_id in ids])
+        # Before: 20 lines more per round, 1,000 after 50 rounds; now never above 3 x 20.
+        assert _lines(path) <= 3 * len(ids)
+    items = await log.read_all()
+    assert sorted(items) == sorted(ids)
+    assert {item.category for item in items.values()} == {"rev49"}
+    assert all(np.array_equal(item.embedding, np.full(4, 49.0)) for item in items.values())
+    assert not _temporaries(tmp_path)
+    # A reopened log counts what is on disk and goes on compacting from there.
+    reopened = FileItemLog(path, compact_factor=3)
+    for revision in range(50, 60):
+        await reopened.put([_item("i0", revision)])
+    assert _lines(path) <= 3 * len(ids)
+    assert (await reopened.read_all())["i0"].category == "rev59"
+    assert len(FileItemLog.read_path(path)) == len(ids)
+
+
+@pytest.mark.redis
+async def test_redis_item_log_holds_one_field_per_item(redis_url: str) -> None:
+    client = connect(redis_url, 1.0, 1.0)
+    try:
+        log = RedisItemLog(client, "recsvc")
+        for revision in range(30):
+            await log.put([_item(f"i{k}", revision) for k in range(10)])
+        assert await client.hlen(item_data_key("recsvc")) == 10
+        assert {item.category for item in (await log.read_all()).values()} == {"rev29"}
+    finally:
+        await client.aclose()
