@@ -13,6 +13,9 @@ import grpc
 from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
 from recsvc.core.model import Model
+from recsvc.core.state import EventType, Interaction
+from recsvc.store.codec import interactions_to_columns_json
+from recsvc.store.file_log import read_events_since
 from recsvc.testing import running_server, server_env
 
 HOUR_MS = 3_600_000
@@ -87,3 +90,21 @@ def test_a_killed_embedded_server_restarts_with_its_users_histories(
         assert old_top in ids(recommended(stub, old_buyer)), "older than the TTL: not replayed"
         replayed = re.search(r"replayed (\d+) events of (\d+) users", "".join(second.output))
         assert replayed is not None and replayed.groups() == ("9", "2")
+
+
+def test_the_replay_reader_keeps_the_window_and_skips_what_is_not_an_event(
+    tmp_path: Path,
+) -> None:
+    def at(n: int, timestamp_ms: int) -> Interaction:
+        return Interaction(f"u{n}", f"i{n}", EventType.CART, 2.0, timestamp_ms, f"e{n}")
+
+    path = tmp_path / "events.jsonl"
+    lines = [
+        interactions_to_columns_json([at(1, 1_000), at(2, 5_000)]),
+        "not json",
+        interactions_to_columns_json([at(3, 500)]),
+        interactions_to_columns_json([at(4, 9_000)]),
+    ]
+    path.write_text("\n".join(lines) + "\n" + '{"event_id": ["torn')
+    assert list(read_events_since(path, 1_000)) == [[at(1, 1_000), at(2, 5_000)], [at(4, 9_000)]]
+    assert list(read_events_since(tmp_path / "missing.jsonl", 0)) == []
