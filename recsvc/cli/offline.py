@@ -115,6 +115,7 @@ def _run_import(args: argparse.Namespace) -> int:
             path,
             functools.partial(read_interactions, path, options),
             file_sha256(path),
+            chunk_rows=settings.workers.import_part_rows,
             on_chunk=functools.partial(_log_import_progress, path),
         )
         print(json.dumps(result.as_dict()), flush=True)
