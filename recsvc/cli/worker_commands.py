@@ -15,8 +15,9 @@ def add_worker(commands: Any) -> None:
         "worker",
         help="run the ingest, train or embed worker (once, or in a loop)",
         description="Continuous learning: `ingest` moves recorded interactions from the event log "
-        "into the Parquet interaction store, effectively once; `train` retrains when enough new "
-        "interactions arrived (or enough time passed), refuses a model whose holdout metric "
+        "into the Parquet interaction store, effectively once; `train` trains on the whole store "
+        "(history from `recsvc import` + ingested events) when enough new interactions arrived "
+        "(or enough time passed, or there is no model yet), refuses a model whose holdout metric "
         "dropped, publishes and prunes old versions; `embed` embeds new or changed catalogue "
         "images (the next training run picks them up and refreshes the cold-start projection). "
         "SIGTERM finishes the current round.",
@@ -40,7 +41,12 @@ def add_worker(commands: Any) -> None:
                 "events.jsonl in the model store); ignored with RECSVC_REDIS_URL",
             )
         elif name == "train":
-            sub.add_argument("--base", type=Path, help="interactions file trained on as well")
+            sub.add_argument(
+                "--base",
+                type=Path,
+                help="deprecated: an interactions file trained on as well; load it into the "
+                "interaction store once with `recsvc import` instead",
+            )
             sub.add_argument("--force", action="store_true", help="train even if not due")
             sub.add_argument("--images", type=Path, help="embedding table (from the embed worker)")
         else:
