@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,6 +43,8 @@ from recsvc.store.names import INGEST_GROUP
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "_checkpoint.json"
+# A part of the file ingester: part-<first byte>-<byte after the last>, 15 digits each.
+_OFFSET_PART = re.compile(r"part-(\d{15})-(\d{15})")
 GROUP = INGEST_GROUP
 
 
@@ -72,10 +75,12 @@ class FileLogIngester:
             written += count
 
     def _part_starting_at(self, offset: int) -> int | None:
+        # Only this ingester's parts are named by byte offsets; others (`recsvc import`'s, a
+        # Redis ingester's) are not about this file.
         for part in self.store.parts():
-            first, last = part.stem.split("-")[1:3]
-            if int(first) == offset:
-                return int(last)
+            match = _OFFSET_PART.fullmatch(part.stem)
+            if match and int(match[1]) == offset:
+                return int(match[2])
         return None
 
     def _checkpoint(self) -> int:

@@ -14,8 +14,8 @@ from recsvc.data.interaction_store import InteractionStore
 from recsvc.store.item_log import FileItemLog, RedisItemLog
 from recsvc.store.names import INGEST_GROUP, event_stream_key, item_data_key
 from recsvc.store.redis_backend import RedisEventLog, connect
-from tests.helpers import events
-from workers.ingest import RedisStreamIngester, trim_acknowledged
+from tests.helpers import events, write_log
+from workers.ingest import FileLogIngester, RedisStreamIngester, trim_acknowledged
 
 STREAM = event_stream_key("recsvc")
 
@@ -150,3 +150,19 @@ async def test_redis_item_log_holds_one_field_per_item(redis_url: str) -> None:
         assert {item.category for item in (await log.read_all()).values()} == {"rev29"}
     finally:
         await client.aclose()
+
+
+def test_file_ingest_goes_on_beside_parts_that_are_not_its_own(tmp_path: Path) -> None:
+    # Before: an imported part (part-import-...) made the file ingester fail on int("import").
+    store = InteractionStore(tmp_path / "store")
+    imported = events(5, start=1000)
+    store.write_part(imported, "import", "0123456789abcdef-000000")
+    log_path = tmp_path / "events.jsonl"
+    write_log(log_path, events(40))
+    ingester = FileLogIngester(log_path, store, batch_size=25)
+    assert ingester.run_once() == 40
+    write_log(log_path, events(10, start=40))
+    assert ingester.run_once() == 10
+    assert _ingested_ids(store) == sorted(
+        [f"e{k}" for k in range(50)] + [f"e{k}" for k in range(1000, 1005)]
+    )
