@@ -206,6 +206,20 @@ class WorkerSettings(_Section):
         Path("interaction-store"), description="Parquet store of ingested interactions."
     )
     batch_size: int = Field(10_000, ge=1, le=10_000_000, description="Events per ingested part.")
+    store_compact_min_parts: int = Field(
+        16,
+        ge=2,
+        le=100_000,
+        description="The ingest worker merges an interaction-store partition (one ingest day) "
+        "into one part, without repeated event ids, once it holds this many parts.",
+    )
+    store_retention_days: int = Field(
+        0,
+        ge=0,
+        le=36_500,
+        description="Ingest days the interaction store keeps (imported history included; "
+        "older partitions are deleted by the ingest worker); 0: keep everything.",
+    )
     import_part_rows: int = Field(
         500_000,
         ge=1_000,

@@ -25,6 +25,7 @@ import os
 import re
 import socket
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -195,8 +196,31 @@ def build_ingest_round(settings: Settings, event_log: Path | None = None) -> Cal
     ``redis_url`` is set, else the event log file (``event_log``, or the server's)."""
     w = settings.workers
     store = InteractionStore(w.interaction_store)
+    ingest: Callable[[], int]
     if settings.redis_url:
-        return RedisStreamIngester(
+        ingest = RedisStreamIngester(
             sync_redis(settings), event_stream(settings), store, w.batch_size
         ).run_once
-    return FileLogIngester(event_log or event_log_path(settings), store, w.batch_size).run_once
+    else:
+        ingest = FileLogIngester(
+            event_log or event_log_path(settings), store, w.batch_size
+        ).run_once
+
+    def ingest_round() -> int:
+        written = ingest()
+        maintain_store(store, w.store_compact_min_parts, w.store_retention_days)
+        return written
+
+    return ingest_round
+
+
+def maintain_store(
+    store: InteractionStore, min_parts: int, retention_days: int, now: datetime | None = None
+) -> None:
+    """After an ingest round: merge partitions of many parts, drop those past retention (0:
+    none). Runs after the round's checkpoint or XACK, so it never merges a part that a crashed
+    round's recovery still looks for."""
+    if retention_days:
+        today = (now or datetime.now(UTC)).date()
+        store.drop_partitions_before((today - timedelta(days=retention_days)).isoformat())
+    store.compact(min_parts)

@@ -10,6 +10,13 @@ Layout::
 
 A part is written to a temporary file, fsynced and renamed into place; a repeated event id (a
 batch ingested twice after a crash, a file imported twice) is read once.
+
+Compaction (:meth:`InteractionStore.compact`, run by the ingest worker) merges a partition's
+parts into one ``part-merged-<digest>.parquet`` without repeated event ids, written atomically
+before the parts it replaces are deleted: a crash in between leaves both, which readers read
+once and the next compaction merges. Retention (:meth:`InteractionStore.drop_partitions_before`)
+deletes whole ``ingest_date=`` partitions, imported history included. A reader that finds a part
+gone under it lists the parts again (the merged part is in place before its sources go).
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +42,8 @@ from recsvc.durable import replace_atomically, replace_bytes_atomically
 from recsvc.store.codec import COLUMNS, EventColumns, interactions_to_columns
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SCHEMA = pa.schema(
     [
@@ -75,17 +86,52 @@ class InteractionStore:
 
     def read(self) -> pa.Table:
         """Every ingested event once (a repeated event_id keeps its first copy)."""
-        parts = self.parts()
-        if not parts:
-            return SCHEMA.empty_table()
-        table = pa.concat_tables(pq.read_table(p, schema=SCHEMA) for p in parts)
-        _, first = np.unique(
-            table.column("event_id").to_numpy(zero_copy_only=False), return_index=True
-        )
-        return table.take(pa.array(np.sort(first)))
+        return _unique_events(_retry_if_compacted(lambda: _read_parts(self.parts())))
 
     def count(self) -> int:
-        return sum(pq.ParquetFile(p).metadata.num_rows for p in self.parts())
+        return _retry_if_compacted(
+            lambda: sum(int(pq.ParquetFile(p).metadata.num_rows) for p in self.parts())
+        )
+
+    def compact(self, min_parts: int) -> int:
+        """Merge each partition holding ``min_parts`` parts or more into one part without
+        repeated event ids; returns the number of parts it replaced."""
+        replaced = 0
+        for directory in sorted(self.root.glob("ingest_date=*")):
+            sources = sorted(directory.glob("part-*.parquet"))
+            if len(sources) < min_parts:
+                continue
+            digest = hashlib.sha256("\n".join(p.name for p in sources).encode()).hexdigest()
+            merged = directory / f"part-merged-{digest[:16]}.parquet"
+            table = _unique_events(_read_parts(sources))
+            replace_atomically(merged, partial(pq.write_table, table))
+            for source in sources:
+                if source != merged:
+                    source.unlink(missing_ok=True)
+            log.info(
+                "istore: merged %d parts of %s (%d events)",
+                len(sources),
+                directory.name,
+                len(table),
+            )
+            replaced += len(sources)
+        return replaced
+
+    def drop_partitions_before(self, day: str) -> list[str]:
+        """Delete the ``ingest_date=`` partitions of days before ``day`` (YYYY-MM-DD); returns
+        the days dropped."""
+        dropped: list[str] = []
+        for directory in sorted(self.root.glob("ingest_date=*")):
+            partition_day = directory.name.split("=", 1)[1]
+            if partition_day >= day:
+                continue
+            for part in directory.iterdir():
+                part.unlink(missing_ok=True)
+            directory.rmdir()
+            dropped.append(partition_day)
+        if dropped:
+            log.info("istore: dropped the partitions of %s (retention)", ", ".join(dropped))
+        return dropped
 
     def interactions(self) -> Interactions:
         table = self.read()
@@ -98,6 +144,28 @@ class InteractionStore:
             .astype(np.int64),
             source=str(self.root),
         )
+
+
+def _read_parts(parts: list[Path]) -> pa.Table:
+    if not parts:
+        return SCHEMA.empty_table()
+    return pa.concat_tables(pq.read_table(p, schema=SCHEMA) for p in parts)
+
+
+def _unique_events(table: pa.Table) -> pa.Table:
+    """``table`` with each event_id once (its first copy), in order."""
+    _, first = np.unique(table.column("event_id").to_numpy(zero_copy_only=False), return_index=True)
+    return table.take(pa.array(np.sort(first)))
+
+
+def _retry_if_compacted(read: Callable[[], T], attempts: int = 5) -> T:
+    """``read()`` again when a part it listed was deleted by a compaction meanwhile."""
+    for _ in range(attempts - 1):
+        try:
+            return read()
+        except FileNotFoundError:
+            continue
+    return read()
 
 
 # ------------------------------------------------------------------------------ import

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,12 @@ from recsvc.store.item_log import FileItemLog, RedisItemLog
 from recsvc.store.names import INGEST_GROUP, event_stream_key, item_data_key
 from recsvc.store.redis_backend import RedisEventLog, connect
 from tests.helpers import events, write_log
-from workers.ingest import FileLogIngester, RedisStreamIngester, trim_acknowledged
+from workers.ingest import (
+    FileLogIngester,
+    RedisStreamIngester,
+    maintain_store,
+    trim_acknowledged,
+)
 
 STREAM = event_stream_key("recsvc")
 
@@ -166,3 +173,61 @@ def test_file_ingest_goes_on_beside_parts_that_are_not_its_own(tmp_path: Path) -
     assert _ingested_ids(store) == sorted(
         [f"e{k}" for k in range(50)] + [f"e{k}" for k in range(1000, 1005)]
     )
+
+
+def test_interaction_store_compaction_merges_parts_and_drops_repeats(tmp_path: Path) -> None:
+    store = InteractionStore(tmp_path / "store")
+    log_path = tmp_path / "events.jsonl"
+    ingester = FileLogIngester(log_path, store, batch_size=10)
+    for start in range(0, 95, 10):  # one line, and so one part, per append
+        write_log(log_path, events(min(10, 95 - start), start=start))
+    assert ingester.run_once() == 95
+    # A batch ingested twice (a crash before its checkpoint, in the Redis ingester's way).
+    store.write_part(events(10, start=20), "again", "again")
+    assert len(store.parts()) == 11 and store.count() == 105
+    maintain_store(store, min_parts=8, retention_days=0)
+    assert len(store.parts()) == 1 and store.count() == 95
+    assert _ingested_ids(store) == sorted(f"e{k}" for k in range(95))
+    assert not _temporaries(store.parts()[0].parent)
+    # Ingest goes on from its checkpoint beside the merged part; below min_parts nothing merges.
+    for start in range(95, 125, 10):
+        write_log(log_path, events(10, start=start))
+    assert ingester.run_once() == 30
+    maintain_store(store, min_parts=8, retention_days=0)
+    assert len(store.parts()) == 4
+    assert _ingested_ids(store) == sorted(f"e{k}" for k in range(125))
+
+
+def test_a_crash_between_merge_and_delete_reads_each_event_once(tmp_path: Path) -> None:
+    store = InteractionStore(tmp_path / "store")
+    for start in range(0, 50, 10):
+        store.write_part(events(10, start=start), f"{start:015d}", f"{start + 10:015d}")
+    sources = store.parts()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for part in sources:
+        shutil.copy(part, kept / part.name)
+    store.compact(min_parts=2)
+    for part in kept.iterdir():  # as if the process died before deleting its sources
+        shutil.copy(part, sources[0].parent / part.name)
+    assert len(store.parts()) == 6 and store.count() == 100
+    assert _ingested_ids(store) == sorted(f"e{k}" for k in range(50))
+    assert len(store.read()) == 50
+    store.compact(min_parts=2)
+    assert len(store.parts()) == 1 and store.count() == 50
+
+
+def test_partitions_past_retention_are_dropped(tmp_path: Path) -> None:
+    store = InteractionStore(tmp_path / "store")
+    store.write_part(events(10), "a", "b")
+    today = store.parts()[0].parent
+    for day in ("2026-01-01", "2026-01-10", "2026-01-11"):
+        old = store.root / f"ingest_date={day}"
+        old.mkdir()
+        shutil.copy(store.parts()[0], old / f"part-{day}-x.parquet")
+    now = datetime(2026, 1, 12, 8, tzinfo=UTC)
+    maintain_store(store, min_parts=100, retention_days=2, now=now)
+    days = sorted(p.name for p in store.root.glob("ingest_date=*"))
+    assert days == ["ingest_date=2026-01-10", "ingest_date=2026-01-11", today.name]
+    maintain_store(store, min_parts=100, retention_days=0, now=datetime(2030, 1, 1, tzinfo=UTC))
+    assert len(list(store.root.glob("ingest_date=*"))) == 3  # 0: keep everything
