@@ -418,7 +418,7 @@ def test_worker_and_job_commands_run(
     assert second, done.stderr  # due, and not refused by the holdout guard
     before, after = models.read_manifest(first), models.read_manifest(second)
     assert after.num_users == 200  # history + new events, not the new events alone
-    assert after.metrics["ndcg@10"] >= before.metrics["ndcg@10"]
+    assert after.metrics["ndcg@10"] >= before.metrics["ndcg@10"], (before.metrics, after.metrics)
 
     ingest = find(cluster.manifests, "Deployment", "recsvc-ingest")
     command, env = cluster.process(ingest)
