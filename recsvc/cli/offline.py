@@ -84,9 +84,10 @@ def add_import(commands: Any) -> None:
         description="Read interaction files with the readers and column options of `recsvc "
         "train` and append them to the Parquet interaction store, the one source of training "
         "data of `recsvc worker train`. Idempotent: a file whose content was imported before "
-        "adds nothing. Resumable: an interrupted import continues at the first part not yet "
-        "written. A directory stands for the interaction files in it. Prints one JSON line per "
-        "file.",
+        "adds nothing; a file changed since (rows appended) is a new file and is imported whole, "
+        "so add new history as new files (e.g. one a day). Resumable: an interrupted import "
+        "continues at the first part not yet written. A directory stands for the interaction "
+        "files in it. Prints one JSON line per file.",
     )
     p.add_argument(
         "--interaction-store",
