@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Parquet metadata key of a merged part: the JSON list of the part names it replaces.
+MERGED_FROM = "recsvc.merged_from"
+
 SCHEMA = pa.schema(
     [
         ("event_id", pa.string()),
@@ -95,24 +98,25 @@ class InteractionStore:
 
     def compact(self, min_parts: int) -> int:
         """Merge each partition holding ``min_parts`` parts or more into one part without
-        repeated event ids; returns the number of parts it replaced."""
+        repeated event ids; returns the number of parts it replaced. A merged part names its
+        sources in its metadata, so that sources left by a compaction that died while deleting
+        them are deleted by the next one (however few remain)."""
         replaced = 0
         for directory in sorted(self.root.glob("ingest_date=*")):
+            _finish_merges(directory)
             sources = sorted(directory.glob("part-*.parquet"))
             if len(sources) < min_parts:
                 continue
-            digest = hashlib.sha256("\n".join(p.name for p in sources).encode()).hexdigest()
+            names = [p.name for p in sources]
+            digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
             merged = directory / f"part-merged-{digest[:16]}.parquet"
-            table = _unique_events(_read_parts(sources))
+            table = _unique_events(_read_parts(sources)).replace_schema_metadata(
+                {MERGED_FROM: json.dumps(names)}
+            )
             replace_atomically(merged, partial(pq.write_table, table))
-            for source in sources:
-                if source != merged:
-                    source.unlink(missing_ok=True)
+            _delete_sources(merged, names)
             log.info(
-                "istore: merged %d parts of %s (%d events)",
-                len(sources),
-                directory.name,
-                len(table),
+                "istore: merged %d parts of %s (%d events)", len(names), directory.name, len(table)
             )
             replaced += len(sources)
         return replaced
@@ -156,6 +160,20 @@ def _unique_events(table: pa.Table) -> pa.Table:
     """``table`` with each event_id once (its first copy), in order."""
     _, first = np.unique(table.column("event_id").to_numpy(zero_copy_only=False), return_index=True)
     return table.take(pa.array(np.sort(first)))
+
+
+def _finish_merges(directory: Path) -> None:
+    for merged in directory.glob("part-merged-*.parquet"):
+        metadata = pq.read_schema(merged).metadata or {}
+        sources = metadata.get(MERGED_FROM.encode())
+        if sources:
+            _delete_sources(merged, json.loads(sources))
+
+
+def _delete_sources(merged: Path, names: list[str]) -> None:
+    for name in names:
+        if name != merged.name:
+            (merged.parent / name).unlink(missing_ok=True)
 
 
 def _retry_if_compacted(read: Callable[[], T], attempts: int = 5) -> T:
