@@ -8,11 +8,22 @@ config file (``--config FILE`` or ``RECSVC_CONFIG_FILE``), then the defaults bel
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,6 +37,9 @@ from recsvc.vision import DEFAULT_BACKBONE
 
 ENV_PREFIX = "RECSVC_"
 CONFIG_FILE_ENV = "RECSVC_CONFIG_FILE"
+# Variables of the test suite (RECSVC_TEST_REDIS_URL, ...), not settings: never refused.
+TEST_ENV_PREFIX = "RECSVC_TEST_"
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 MiB = 1024 * 1024
 
 
@@ -121,6 +135,13 @@ class ServingSettings(_Section):
     )
     model_poll_seconds: float = Field(
         2.0, ge=0, le=3600, description="How often to look for a new model version; 0: never."
+    )
+    first_model_poll_seconds: float = Field(
+        2.0,
+        ge=0.05,
+        le=3600,
+        description="How often a server started on an empty model store looks for the first "
+        "version (also when model_poll_seconds is 0).",
     )
     batch_slice: int = Field(
         32,
@@ -441,6 +462,15 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="Redis for user vectors and events; unset: in-process (embedded mode)."
     )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_scheme(cls, url: str | None) -> str | None:
+        # redis-py reads "127.0.0.1:6379" as a scheme-less URL and fails deep in a traceback.
+        if url is not None and not url.startswith(REDIS_URL_SCHEMES):
+            raise ValueError(f"{_redact_url(url)!r} must start with redis://, rediss:// or unix://")
+        return url
+
     server: ServerSettings = Field(default_factory=ServerSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
@@ -478,10 +508,70 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         settings_cls = type(
             "Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}}
         )
+    check_environment(os.environ)
     try:
         return settings_cls(**_drop_none(overrides))
-    except ValueError as exc:  # pydantic's ValidationError, with every bad field listed
+    except ValidationError as exc:
+        raise ConfigError(f"invalid settings: {_one_line(exc)}") from exc
+    except ValueError as exc:
         raise ConfigError(f"invalid settings: {exc}") from exc
+
+
+def _one_line(exc: ValidationError) -> str:
+    """Every bad field as ``section.field: reason``, on one line (pydantic's own text spans
+    three lines a field and echoes the value, which may be a secret)."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: "
+        f"{error['msg'].removeprefix('Value error, ')}"
+        for error in exc.errors()
+    )
+
+
+def env_names() -> list[str]:
+    """Every environment variable that sets something: ``RECSVC_FIELD``, ``RECSVC_SECTION`` (a
+    JSON object), ``RECSVC_SECTION__FIELD``, the aliases and ``RECSVC_CONFIG_FILE``."""
+    names = [CONFIG_FILE_ENV]
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):  # read from its aliases only, not from the name
+            names += [c for c in alias.choices if isinstance(c, str) and c.startswith(ENV_PREFIX)]
+        else:
+            names.append(f"{ENV_PREFIX}{name}".upper())
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, _Section):
+            names += [f"{ENV_PREFIX}{name}__{sub}".upper() for sub in annotation.model_fields]
+    return names
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse a ``RECSVC_*`` variable that is no setting (a typo would otherwise be ignored
+    silently), naming the closest valid one."""
+    valid = env_names()
+    known = set(valid)
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper.startswith(TEST_ENV_PREFIX):
+            continue
+        if upper in known:
+            continue
+        close = difflib.get_close_matches(upper, valid, n=1, cutoff=0.6)
+        if not close:
+            # "RECSVC_METRICS_PORT" is far from "RECSVC_SERVER__METRICS_PORT" as a whole: a
+            # variable that names a field without its section is matched by the field's name.
+            suffix = upper.removeprefix(ENV_PREFIX)
+            close = [v for v in valid if v.endswith(f"__{suffix}")][:1]
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"unknown setting {name}{hint}")
+
+
+def _redact_url(url: str) -> str:
+    """``url`` without the password of its user-info part."""
+    scheme, sep, rest = url.rpartition("://")
+    if "@" not in rest:
+        return url
+    user_info, _, host = rest.rpartition("@")
+    user = user_info.split(":", 1)[0]
+    return f"{scheme}{sep}{user}{':***' if ':' in user_info else ''}@{host}"
 
 
 def _drop_none(values: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """The gRPC server: build it, load the model, serve, and shut down gracefully on SIGTERM.
 
 Start-up order: bind the port with health NOT_SERVING, load and verify the latest model, turn
-health SERVING, print ``listening on HOST:PORT``. While serving, a watcher swaps in new model
+health SERVING, print ``listening on HOST:PORT``. On an empty model store the server prints
+``listening on`` at once and stays NOT_SERVING, answering every call UNAVAILABLE, until the
+first version appears (a pod that starts before training becomes ready by itself); a bad
+latest version still ends start-up with one line. While serving, a watcher swaps in new model
 versions. Shutdown (SIGTERM or SIGINT): health NOT_SERVING, keep serving ``drain_seconds`` so
 load balancers notice, then hold new calls until they stop arriving, ``stop(grace)``, and
 answer the held ones UNAVAILABLE (recsvc.api.gate says why).
@@ -22,6 +25,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -35,7 +39,13 @@ from recsvc.api.handlers import WarningLimiter, add_guarded
 from recsvc.api.servicer import RecommenderServicer
 from recsvc.artifacts import ModelStore
 from recsvc.artifacts.watcher import ModelWatcher
-from recsvc.backends import build_user_state, replay_event_log
+from recsvc.backends import (
+    build_user_state,
+    event_log_path,
+    event_stream,
+    item_log_path,
+    replay_event_log,
+)
 from recsvc.config import Settings
 from recsvc.core.holder import RecommenderHolder
 from recsvc.core.items import ImageLimits, ItemService
@@ -47,6 +57,7 @@ from recsvc.core.state import EventLog, EventType, ItemLog, UserStateStore
 from recsvc.errors import ArtifactError, ConfigError, RecsvcError
 from recsvc.index import IndexSearchParams
 from recsvc.metrics import Metrics
+from recsvc.store.names import item_data_key
 from recsvc.vision.encoder import ImageEncoder
 
 log = logging.getLogger(__name__)
@@ -232,6 +243,48 @@ def _first_recommender(settings: Settings, items: ItemService) -> Recommender:
         raise ArtifactError(f"cannot serve the latest model: {type(exc).__name__}: {exc}") from exc
 
 
+async def _wait_for_first_model(
+    watcher: ModelWatcher, stop: asyncio.Event, interval: float
+) -> None:
+    """Poll the store until a version loads (a bad one is logged and skipped, as while
+    serving) or shutdown is asked for."""
+    while not watcher.holder.loaded and not stop.is_set():
+        await watcher.check_once()
+        if not watcher.holder.loaded:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+
+def startup_line(settings: Settings) -> str:
+    """What this server uses, in one log line: user store, event log, item log, model store and
+    the main limits. Never a secret: a Redis URL is shown without its user and password."""
+    if settings.redis_url:
+        url = urlsplit(settings.redis_url)
+        if url.scheme == "unix":
+            where = f"redis unix:{url.path}"
+        else:
+            where = f"redis {url.hostname}:{url.port or 6379}/{url.path.lstrip('/') or 0}"
+        store = f"{where}{' (TLS)' if url.scheme == 'rediss' else ''}"
+        events = f"stream {event_stream(settings)}"
+        item_log = f"hash {item_data_key(settings.store.key_prefix)}"
+    else:
+        store = f"in-process (up to {settings.store.max_users_in_process} users)"
+        events = f"file {event_log_path(settings)}"
+        item_log = f"file {item_log_path(settings)}"
+    server, serving = settings.server, settings.serving
+    return (
+        f"user store {store}; event log {events}; item log {item_log}; model store "
+        f"{settings.model_store} (signed: {'yes' if _signed(settings) else 'no'}); limits: "
+        f"max_concurrent_rpcs {server.max_concurrent_rpcs}, max_receive_message_bytes "
+        f"{server.max_receive_message_bytes}, max_k {serving.max_k}, max_batch "
+        f"{serving.max_batch}, store timeout {settings.store.timeout_seconds}s"
+    )
+
+
+def _signed(settings: Settings) -> bool:
+    return bool(settings.model_store_signing_key or settings.model_store_signing_key_file)
+
+
 def build_recommender(settings: Settings, model: Model) -> Recommender:
     """A Recommender over ``model``, limited and searched as the settings say."""
     serving = settings.serving
@@ -311,7 +364,11 @@ async def serve(settings: Settings, announce: bool = True) -> None:
     """Run the server until SIGTERM or SIGINT, then drain and stop."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
     threadpool_limits(limits=SERVING_BLAS_THREADS, user_api="blas")
-    holder = RecommenderHolder()
+    log.info("%s", startup_line(settings))
+    holder = RecommenderHolder(
+        waiting=f"no model loaded yet: waiting for the first version in {settings.model_store}"
+    )
+    model_store = ModelStore.from_settings(settings)
     store, events, item_log = build_user_state(settings)
     service = build_service(settings, holder, (store, events))
     items = build_item_service(settings, holder, item_log)
@@ -320,7 +377,7 @@ async def serve(settings: Settings, announce: bool = True) -> None:
     store_health = StoreHealth(handle, store)
     service.on_store_status = store_health.report
     watcher = ModelWatcher(
-        ModelStore.from_settings(settings),
+        model_store,
         holder,
         lambda version: items.prepare(load_recommender(settings, version)),
         settings.serving.model_poll_seconds,
@@ -342,13 +399,26 @@ async def serve(settings: Settings, announce: bool = True) -> None:
     background: list[asyncio.Task[None]] = [loop.create_task(store_health.run())]
     try:
         await items.refresh()
-        holder.swap(await asyncio.to_thread(_first_recommender, settings, items))
+        listening = f"listening on {settings.server.host}:{handle.port}"
+        if model_store.latest_version() is None:
+            # Not an error: a pod may start before the first training run has published.
+            log.warning("%s", holder.waiting)
+            # Alive but not ready: liveness ("") passes so no probe restarts the pod while
+            # it waits; readiness (the Recommender service) stays NOT_SERVING.
+            await handle.health.set("", SERVING)
+            if announce:
+                print(f"{listening} (not serving: {holder.waiting})", flush=True)
+            await _wait_for_first_model(watcher, stop, settings.serving.first_model_poll_seconds)
+            announce = False
+        else:
+            holder.swap(await asyncio.to_thread(_first_recommender, settings, items))
         if settings.serving.model_poll_seconds > 0:
             background.append(loop.create_task(watcher.run()))
             background.append(loop.create_task(items.run(settings.serving.model_poll_seconds)))
-        await set_health(handle, SERVING)
+        if holder.loaded:
+            await set_health(handle, SERVING)
         if announce:
-            print(f"listening on {settings.server.host}:{handle.port}", flush=True)
+            print(listening, flush=True)
         await stop.wait()
         log.info("shutting down: NOT_SERVING, draining for %.1fs", settings.server.drain_seconds)
         await set_health(handle, NOT_SERVING)

@@ -10,13 +10,19 @@ class RecommenderHolder:
     """Holds the current Recommender. Swapping is one reference assignment (atomic in Python):
     a request that already took the old Recommender finishes on it, the next one sees the new."""
 
-    def __init__(self, recommender: Recommender | None = None) -> None:
+    def __init__(
+        self,
+        recommender: Recommender | None = None,
+        waiting: str = "no model loaded yet; retry shortly",
+    ) -> None:
         self._current = recommender
+        # What calls are answered (UNAVAILABLE) until the first model is in.
+        self.waiting = waiting
 
     def current(self) -> Recommender:
         recommender = self._current
         if recommender is None:
-            raise Unavailable("no model loaded yet; retry shortly")
+            raise Unavailable(self.waiting)
         return recommender
 
     def swap(self, recommender: Recommender) -> None:

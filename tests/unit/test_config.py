@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from recsvc.config import load_settings, settings_table
+from recsvc.config import check_environment, env_names, load_settings, settings_table
 from recsvc.errors import ConfigError
 from tests.helpers import ROOT
 
@@ -90,3 +91,44 @@ def test_readme_configuration_table_is_current() -> None:
     """The README shows the table `recsvc config docs` prints; keep them the same."""
     readme = (ROOT / "README.md").read_text()
     assert settings_table() in readme, "paste `recsvc config docs` into README.md"
+
+
+@pytest.mark.parametrize(
+    ("name", "closest"),
+    [
+        ("RECSVC_METRICS_PORT", "RECSVC_SERVER__METRICS_PORT"),
+        ("RECSVC_SERVER_PORT", "RECSVC_SERVER__PORT"),
+        ("RECSVC_REDIS_ULR", "RECSVC_REDIS_URL"),
+        ("RECSVC_MODEL_STORE_SIGNING_KEY", "RECSVC_MODEL_STORE__SIGNING_KEY"),
+    ],
+)
+def test_unknown_environment_variables_name_the_closest_setting(
+    monkeypatch: pytest.MonkeyPatch, name: str, closest: str
+) -> None:
+    monkeypatch.setenv(name, "1")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value) == f"unknown setting {name} (did you mean {closest}?)"
+
+
+def test_every_documented_variable_and_the_test_ones_are_known() -> None:
+    valid = set(env_names())
+    documented = re.findall(r"^\| `(RECSVC_[A-Z0-9_]+)`", settings_table(), re.MULTILINE)
+    assert documented and set(documented) <= valid
+    assert {"RECSVC_CONFIG_FILE", "RECSVC_MODEL_STORE__SIGNING_KEY", "RECSVC_SERVER"} <= valid
+    check_environment({"RECSVC_TEST_REDIS_URL": "redis://x", "PATH": "/bin"})
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379/0", "rediss://u:p@host:6380", "unix:///run/redis.sock"]
+)
+def test_redis_urls_with_a_scheme_are_accepted(url: str) -> None:
+    assert load_settings(redis_url=url).redis_url == url
+
+
+def test_a_redis_url_without_a_scheme_is_one_line_without_its_password() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(redis_url="user:secret@127.0.0.1:6379")
+    message = str(caught.value)
+    assert "\n" not in message and "secret" not in message
+    assert "redis_url:" in message and "must start with redis://, rediss:// or unix://" in message
