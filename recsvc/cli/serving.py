@@ -24,7 +24,8 @@ def add_serve(commands: Any) -> None:
         help="serve the latest model over gRPC",
         description="Load and verify the latest model in the model store and serve it over gRPC "
         "(with health checking and reflection). Prints 'listening on HOST:PORT' when ready; "
-        "SIGTERM drains and stops.",
+        "on an empty model store it listens unready, answering UNAVAILABLE, until the first "
+        "version appears. SIGTERM drains and stops.",
     )
     p.add_argument("--model-store", type=Path, help="model store directory")
     p.add_argument("--host", help="address to listen on")

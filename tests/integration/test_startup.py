@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -196,3 +197,16 @@ def test_the_startup_line_names_the_backends_without_secrets(
     local = startup_line(load_settings(model_store=tmp_path))
     assert f"event log file {tmp_path / 'events.jsonl'}" in local
     assert "item log file " in local
+
+
+def test_a_server_waiting_for_its_first_model_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    env = server_env(
+        RECSVC_STORE__EVENT_LOG_PATH=str(tmp_path / "events.jsonl"),
+        RECSVC_SERVER__DRAIN_SECONDS="0",
+    )
+    with running_server(["serve", "--model-store", str(store), "--port", "0"], env) as proc:
+        assert health(proc.target, READINESS) == "NOT_SERVING"
+        proc.process.send_signal(signal.SIGTERM)
+        assert proc.process.wait(timeout=30) == 0
