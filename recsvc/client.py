@@ -11,7 +11,7 @@ has a deadline (``timeout`` seconds, default 5).
 A server with TLS and tokens (docs/deploy.md, Security):
 
     client = RecsvcClient(
-        "recsvc-serve.recsvc:50051", tls_ca_file=Path("ca.pem"), token=os.environ["RECSVC_TOKEN"]
+        "recsvc-serve.recsvc:50051", tls_ca_file=Path("ca.pem"), token=os.environ["API_TOKEN"]
     )
 
 (``tls=True`` verifies the server against the system's CAs; ``tls_cert_file`` and
