@@ -324,18 +324,23 @@ def test_prod_serving_command_serves_tls_and_tokens_and_answers_probes_in_plaint
         process = subprocess.Popen(command, env=env, cwd=ROOT, text=True)
         try:
             probe = f"127.0.0.1:{probe_port}"
-            status = "UNKNOWN"
+            # Two worker processes share the probe port: a new connection may reach either, so
+            # both probes must pass several times in a row before every worker is taken as up.
+            services = (
+                container["readinessProbe"]["grpc"]["service"],
+                container["livenessProbe"]["grpc"].get("service", ""),
+            )
+            statuses: list[str] = []
+            passes = 0
             deadline = time.monotonic() + 90
-            while time.monotonic() < deadline and process.poll() is None:
+            while time.monotonic() < deadline and process.poll() is None and passes < 8:
                 try:
-                    status = health(probe, container["readinessProbe"]["grpc"]["service"])
+                    statuses = [health(probe, service) for service in services]
                 except grpc.RpcError:
-                    status = "UNREACHABLE"
-                if status == "SERVING":
-                    break
-                time.sleep(0.5)
-            assert status == "SERVING"
-            assert health(probe, container["livenessProbe"]["grpc"].get("service", "")) == "SERVING"
+                    statuses = ["UNREACHABLE"]
+                passes = passes + 1 if statuses == ["SERVING", "SERVING"] else 0
+                time.sleep(0.25)
+            assert passes >= 8, statuses
             target = f"127.0.0.1:{cluster.port}"
             with pytest.raises(grpc.RpcError):
                 health(target, "")  # the serving port speaks only TLS
