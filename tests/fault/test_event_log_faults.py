@@ -154,6 +154,24 @@ def ingest_all(log_path: Path, store_root: Path) -> Counter[str]:
     return counts
 
 
+def hold_writes_to(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[threading.Event, threading.Event]:
+    """Make every os.write to ``path`` wait: ``entered`` is set when one starts, and it goes on
+    once ``release`` is set (the other files are written as usual)."""
+    entered, release = threading.Event(), threading.Event()
+    real_write = os.write
+
+    def slow_write(descriptor: int, data: bytes | memoryview) -> int:
+        if os.readlink(f"/proc/self/fd/{descriptor}") == str(path):
+            entered.set()
+            release.wait(10)
+        return real_write(descriptor, data)
+
+    monkeypatch.setattr(os, "write", slow_write)
+    return entered, release
+
+
 async def test_disk_full_episode_loses_no_acknowledged_event(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -291,16 +309,7 @@ async def test_cancelled_append_then_retry_logs_each_event_once(
     state (pending) but not logged again."""
     path = tmp_path / "events.jsonl"
     log = FileEventLog(path)
-    entered, release = threading.Event(), threading.Event()
-    real_write = os.write
-
-    def slow_write(descriptor: int, data: bytes | memoryview) -> int:
-        if os.readlink(f"/proc/self/fd/{descriptor}") == str(path):
-            entered.set()
-            release.wait(10)
-        return real_write(descriptor, data)
-
-    monkeypatch.setattr(os, "write", slow_write)
+    entered, release = hold_writes_to(path, monkeypatch)
     events = batch(1, size=3)
     first = asyncio.create_task(log.append(events))
     assert await asyncio.to_thread(entered.wait, 10)
@@ -341,16 +350,7 @@ async def test_cancelled_record_then_retry_applies_the_events_to_the_user_once(
         RawInteraction(user, item, EventType.PURCHASE, None, NOW_MS, f"cancel-{n}")
         for n, item in enumerate(items)
     ]
-    entered, release = threading.Event(), threading.Event()
-    real_write = os.write
-
-    def slow_write(descriptor: int, data: bytes | memoryview) -> int:
-        if os.readlink(f"/proc/self/fd/{descriptor}") == str(path):
-            entered.set()
-            release.wait(10)
-        return real_write(descriptor, data)
-
-    monkeypatch.setattr(os, "write", slow_write)
+    entered, release = hold_writes_to(path, monkeypatch)
     first = asyncio.create_task(service.record(raw, 10.0))
     assert await asyncio.to_thread(entered.wait, 10)
     first.cancel()  # as grpc.aio cancels the handler of a cancelled RPC
