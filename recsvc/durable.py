@@ -1,8 +1,12 @@
-"""Durable file writes: what a crash (or SIGKILL) at any moment leaves readable."""
+"""Safe file I/O: durable writes (what a crash or SIGKILL at any moment leaves readable) and
+reads that never block on, or follow into, something that is not a regular file."""
 
 from __future__ import annotations
 
+import errno
+import io
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -83,3 +87,26 @@ def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
 
 def replace_bytes_atomically(path: Path, content: bytes) -> None:
     replace_atomically(path, lambda temporary: temporary.write_bytes(content))
+
+
+class NotRegularFile(OSError):
+    """The path names a FIFO, device, socket or directory, not a regular file."""
+
+
+def open_regular_file(path: Path, follow_links: bool = True) -> io.BufferedReader:
+    """Open ``path`` for reading only if it is a regular file (``follow_links`` False: a
+    symbolic link is refused too, with ELOOP). O_NONBLOCK because opening a FIFO would
+    otherwise wait for a writer, forever; the type is checked on the open descriptor, so a
+    rename in between cannot swap in something else."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
+    descriptor = os.open(path, flags)
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(f"{path} is not a regular file")
+        return io.BufferedReader(io.FileIO(descriptor, "rb"))
+    except BaseException:
+        os.close(descriptor)
+        raise

@@ -15,11 +15,11 @@ import re
 import stat
 from pathlib import Path
 
+from recsvc.durable import open_regular_file
 from recsvc.errors import ArtifactError
 
 # A plain file name: no separator, no leading dot (so neither "." nor ".."), no NUL.
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def is_plain_name(name: str) -> bool:
@@ -33,19 +33,13 @@ def open_regular(directory: Path, name: str, what: str) -> io.BufferedReader:
     if not is_plain_name(name):
         raise ArtifactError(f"{what}: {name!r} is not a plain file name inside the version")
     try:
-        fd = os.open(directory / name, _OPEN_FLAGS)
+        return open_regular_file(directory / name, follow_links=False)
     except FileNotFoundError:
         raise ArtifactError(f"{what}: file {name} is missing") from None
     except OSError:
-        # ELOOP (a symbolic link), EACCES, ENXIO (a socket): all the same to the reader.
+        # ELOOP (a symbolic link), EACCES, ENXIO (a socket), not a regular file: all the same
+        # to the reader.
         raise ArtifactError(f"{what}: file {name} is not a readable regular file") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ArtifactError(f"{what}: file {name} is not a readable regular file")
-        return io.BufferedReader(io.FileIO(fd, "rb"))
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def check_directory(path: Path, what: str) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import stat
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from recsvc.core.holder import RecommenderHolder
 from recsvc.core.queries import ImageQuery, SimilarItems, check_batch_size, check_id
 from recsvc.core.recommender import Recommender
 from recsvc.core.state import ItemLog, StoredItem
+from recsvc.durable import NotRegularFile, open_regular_file
 from recsvc.errors import InvalidArgument, ResourceExhausted, StoreUnavailable, Unavailable
 from recsvc.vision.encoder import BadImage, ImageEncoder
 
@@ -279,12 +279,8 @@ class ItemService:
             path = (root / path_text).resolve()
             if not path.is_relative_to(root.resolve()):
                 raise InvalidArgument(field_name, f"must be inside the image root {root}")
-            # O_NONBLOCK: opening a FIFO would otherwise wait for a writer, forever.
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-            with os.fdopen(fd, "rb") as file:
+            with open_regular_file(path) as file:
                 info = os.fstat(file.fileno())
-                if not stat.S_ISREG(info.st_mode):
-                    raise InvalidArgument(field_name, "must name a regular file")
                 if info.st_size > self.limits.max_image_bytes:
                     raise InvalidArgument(
                         field_name,
@@ -292,6 +288,8 @@ class ItemService:
                         f"{self.limits.max_image_bytes}",
                     )
                 data = file.read(self.limits.max_image_bytes + 1)
+        except NotRegularFile:
+            raise InvalidArgument(field_name, "must name a regular file") from None
         except OSError as exc:
             raise InvalidArgument(field_name, f"cannot read {path_text}: {exc.strerror}") from exc
         except ValueError as exc:  # e.g. a path the OS cannot represent
