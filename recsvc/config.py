@@ -364,6 +364,13 @@ class ImageSettings(_Section):
         5.0,
         gt=0,
         le=300,
+    max_failure_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="`recsvc embed` exits 1 when more than this share of the images it tried "
+        "could not be read (what succeeded is still written); 1: never.",
+    )
         description="Longest read of one image_path file (a slow mount answers UNAVAILABLE).",
     )
 

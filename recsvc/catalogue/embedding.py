@@ -5,7 +5,9 @@ Every item's embedding is stored with the sha256 of its image bytes and the back
 a later run re-embeds only items whose image changed (or that failed before), so an interrupted
 run resumes where it stopped. The table is checkpointed every few batches and always written
 atomically (temporary file, fsync, rename), so an interruption never leaves a torn file.
-Bad images (corrupt, truncated, bombs, missing files) are skipped and reported, never fatal.
+Bad images (corrupt, truncated, bombs, missing files) are skipped and reported; a run where no
+image could be read writes nothing, and :meth:`EmbedReport.problem` says when the share of
+failures is over the limit the caller allows (``recsvc embed`` then exits non-zero).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 FAILURES_KEPT = 20
+FAILURES_NAMED = 3
+DEFAULT_MAX_FAILURE_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,31 @@ class EmbedReport:
         self.failed += 1
         if len(self.failures) < FAILURES_KEPT:
             self.failures.append(f"{item_id}: {reason}")
+
+    @property
+    def succeeded(self) -> int:
+        return self.embedded + self.reused
+
+    def problem(self, max_failure_share: float) -> str | None:
+        """Why this run should not count as a success, or None: no image could be read, or
+        more than ``max_failure_share`` of the images tried failed. Names the first few."""
+        tried = self.succeeded + self.failed
+        if not tried and self.without_image:
+            return (
+                f"none of the {self.without_image} items has an image (no image column or pattern)"
+            )
+        if not self.failed:
+            return None
+        first = "; ".join(self.failures[:FAILURES_NAMED])
+        if not self.succeeded:
+            return f"no image could be read ({self.failed} tried, nothing written), e.g. {first}"
+        if self.failed > max_failure_share * tried:
+            return (
+                f"{self.failed} of {tried} images failed ({self.failed / tried:.1%}, more than "
+                f"the allowed {max_failure_share:.1%}); the {self.succeeded} others were "
+                f"written; e.g. {first}"
+            )
+        return None
 
     def as_dict(self) -> dict[str, Any]:
         rate = self.embedded / self.seconds if self.seconds else 0.0
@@ -171,7 +200,8 @@ def embed_catalogue(
     )
 
     def checkpoint() -> None:
-        _merge(previous, previous_rows, with_image, done, embedder).save(out)
+        if done:  # nothing read yet (e.g. every path wrong): leave the file as it was
+            _merge(previous, previous_rows, with_image, done, embedder).save(out)
 
     bar = tqdm(
         total=len(with_image), desc="embed", unit="img", disable=not options.progress, leave=False

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
 
+from recsvc.catalogue.image_pattern import PATTERN_HELP
 from recsvc.cli.common import common_options, settings_from
 from recsvc.config import Settings
+from recsvc.errors import DataError
 
 
 def add_embed(commands: Any) -> None:
@@ -22,6 +25,10 @@ def add_embed(commands: Any) -> None:
         "(efficientnet_lite0 by default, no download) and write an embedding table that "
         "`recsvc train --images` uses. Items whose image is unchanged since the last run are "
         "skipped; bad images are reported and skipped; Ctrl-C or SIGTERM keeps what is done.",
+        epilog="Exit status: 0 done; 1 no image could be read (nothing written) or more than "
+        "--max-failure-share of the images failed (the others written), the first failures on "
+        "stderr; 2 bad input (e.g. a bad --image-pattern); 3 interrupted (what was done is "
+        "kept).",
     )
     add_catalogue_options(p)
     p.add_argument("--out", type=Path, required=True, help="embedding table to create or resume")
@@ -30,6 +37,12 @@ def add_embed(commands: Any) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to run the CNN")
     p.add_argument("--batch-size", type=int, help="images per forward pass")
     p.add_argument("--loader-workers", type=int, help="decoding processes (0: inline)")
+    p.add_argument(
+        "--max-failure-share",
+        type=float,
+        help="exit 1 when more than this share of the images tried failed (0-1; default: "
+        "RECSVC_IMAGES__MAX_FAILURE_SHARE, 0.05)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     common_options(p)
     p.set_defaults(run=_run_embed)
@@ -39,9 +52,7 @@ def add_catalogue_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("catalogue")
     g.add_argument("--catalogue", type=Path, required=True, help="catalogue file")
     g.add_argument("--image-dir", type=Path, help="base of relative image paths")
-    g.add_argument(
-        "--image-pattern", help="file name when there is no image column, e.g. {item_id}.jpg"
-    )
+    g.add_argument("--image-pattern", help=PATTERN_HELP.replace("%", "%%"))
     g.add_argument("--item-column", help="item id column (default: found by name)")
     g.add_argument("--image-column", help="image path or bytes column")
     g.add_argument("--category-column", help="category column (default: 'category')")
@@ -74,6 +85,7 @@ def _run_embed(args: argparse.Namespace) -> int:
             "device": args.device,
             "batch_size": args.batch_size,
             "loader_workers": args.loader_workers,
+            "max_failure_share": args.max_failure_share,
         },
     )
     catalogue = read_catalogue_from(args)
@@ -98,7 +110,13 @@ def _run_embed(args: argparse.Namespace) -> int:
             }
         )
     )
-    return 3 if report.interrupted else 0
+    if report.interrupted:
+        return 3
+    problem = report.problem(settings.images.max_failure_share)
+    if problem:
+        print(f"recsvc: error: embed: {problem}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def add_image_eval_options(p: argparse.ArgumentParser) -> None:
@@ -107,8 +125,9 @@ def add_image_eval_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--label-column", help="visual agreement label (default: the category)")
     g.add_argument(
         "--attributes",
-        default="gender,category,baseColour,usage",
-        help="catalogue columns the simulated users have preferences over (cold start)",
+        help="comma-separated catalogue columns the simulated users have preferences over "
+        "(cold start); default: the category and every column with 2 to 50 distinct text "
+        "values filled for at least half of the items",
     )
     g.add_argument("--users", type=int, default=4000, help="simulated users (cold start)")
     g.add_argument(
@@ -125,28 +144,54 @@ def add_image_eval_options(p: argparse.ArgumentParser) -> None:
 def run_image_eval(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Visual agreement and the cold-start protocol (see recsvc.evaluation.cold_start)."""
     from recsvc.catalogue.embedding_table import EmbeddingTable
-    from recsvc.catalogue.reader import read_catalogue
+    from recsvc.catalogue.reader import CATEGORY, CatalogueOptions, read_catalogue
     from recsvc.evaluation.cold_start import SimulationSettings, evaluate_cold_start, visual_quality
 
     table = EmbeddingTable.load(args.images)
     result: dict[str, Any] = {"images": str(args.images), "backbone": table.backbone}
-    catalogue = read_catalogue(args.catalogue) if args.catalogue else None
-    by_id = {item.item_id: item for item in catalogue.items} if catalogue else {}
+    catalogue = (
+        read_catalogue(args.catalogue, CatalogueOptions(images=False)) if args.catalogue else None
+    )
 
-    def column(name: str) -> list[str]:
+    def columns(names: list[str]) -> dict[str, list[str]]:
         """Per table row: the category the table holds, or a catalogue column."""
-        if name == "category":
-            return list(table.categories)
-        return [by_id[i].attributes.get(name, "") if i in by_id else "" for i in table.item_ids]
+        found: dict[str, list[str]] = {}
+        from_table = any(table.categories)
+        others = [name for name in names if name != CATEGORY or not from_table]
+        by_name = catalogue.labels(others) if catalogue else {}
+        if others and catalogue is None:
+            raise DataError(f"--catalogue is needed for the columns {', '.join(others)}")
+        for name in names:
+            if name == CATEGORY and from_table:
+                found[name] = list(table.categories)
+            else:
+                found[name] = [by_name[name].get(item_id, "") for item_id in table.item_ids]
+        return found
 
-    labels = column(args.label_column) if args.label_column else table.categories
+    labels = columns([args.label_column])[args.label_column] if args.label_column else None
     result["visual"] = visual_quality(
-        table.vectors, labels, k=args.k, holdout=args.holdout, seed=settings.train.seed
+        table.vectors,
+        labels if labels is not None else table.categories,
+        k=args.k,
+        holdout=args.holdout,
+        seed=settings.train.seed,
     )
     if catalogue is not None:
-        attributes = {name: column(name) for name in args.attributes.split(",")}
+        if args.attributes:
+            names = [name.strip() for name in args.attributes.split(",") if name.strip()]
+        else:
+            names = catalogue.detect_label_columns()
+            if CATEGORY not in names and any(table.categories):
+                names.insert(0, CATEGORY)
+        if not names:
+            raise DataError(
+                f"--catalogue {args.catalogue}: no column looks like a label; name them with "
+                f"--attributes (columns: {', '.join(catalogue.label_names())})"
+            )
+        attributes = columns(names)
         simulation = SimulationSettings(users=args.users, seed=settings.train.seed)
-        result["cold_start"] = evaluate_cold_start(
-            table.vectors, attributes, settings.train, simulation, k=args.k
-        )
+        result["cold_start"] = {
+            "attributes": names,
+            **evaluate_cold_start(table.vectors, attributes, settings.train, simulation, k=args.k),
+        }
     return result
