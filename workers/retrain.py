@@ -95,16 +95,39 @@ class TrainWorker:
 
     def due(self) -> tuple[bool, int]:
         """Whether to train now, and how many events the store holds."""
+        due, _, count = self.decide()
+        return due, count
+
+    def decide(self) -> tuple[bool, str, int]:
+        """Whether to train now, why (one line), and how many events the store holds. Cheap:
+        it reads Parquet footers and LATEST, no interaction and no model file (`worker train
+        --check-due` runs it on a CPU before a GPU Job is started)."""
         state = self._state()
         count = self.events.count()
         new = count - int(state.get("events", 0))
         age = time.time() - float(state.get("trained_at", 0))
-        first = count > 0 and self.models.latest_version() is None
+        policy = self.policy
+        if count == 0:
+            return False, f"not due: the interaction store {self.events.root} is empty", count
+        if self.models.latest_version() is None:
+            return True, f"due: no model yet, and the store holds {count} interactions", count
+        if new >= policy.min_new_events:
+            return True, f"due: {new} new interactions (at least {policy.min_new_events})", count
+        if new > 0 and age >= policy.max_age_seconds:
+            return (
+                True,
+                f"due: {new} new interactions and the last training is {age:.0f}s old (at "
+                f"least {policy.max_age_seconds:.0f}s)",
+                count,
+            )
+        if new <= 0:
+            return False, "not due: no new interactions since the last training", count
         return (
-            first
-            or new >= self.policy.min_new_events
-            or (new > 0 and age >= self.policy.max_age_seconds)
-        ), count
+            False,
+            f"not due: {new} new interactions (fewer than {policy.min_new_events}) and the "
+            f"last training is {age:.0f}s old (less than {policy.max_age_seconds:.0f}s)",
+            count,
+        )
 
     def run_once(self, force: bool = False) -> str | None:
         """Train and publish if due; returns the new version, or None (not due, or refused)."""
@@ -270,7 +293,25 @@ def build_train_round(
     settings: Settings, base: Path | None, images: Path | None, force: bool
 ) -> Callable[[], str | None]:
     """The train worker's round, wired from the settings."""
-    trainer = TrainWorker(
+    trainer = build_train_worker(settings, base, images)
+    return lambda: trainer.run_once(force=force)
+
+
+def check_due(settings: Settings) -> tuple[bool, str]:
+    """The train worker's decision, without training: whether a round would train now, and
+    why. Reads no Redis (the upserted items matter only once training runs)."""
+    due, reason, _ = build_train_worker(settings, None, None, upserted=lambda: []).decide()
+    return due, reason
+
+
+def build_train_worker(
+    settings: Settings,
+    base: Path | None,
+    images: Path | None,
+    upserted: Callable[[], list[StoredItem]] | None = None,
+) -> TrainWorker:
+    """The train worker, wired from the settings."""
+    return TrainWorker(
         InteractionStore(settings.workers.interaction_store),
         ModelStore.from_settings(settings),
         settings.train,
@@ -278,6 +319,5 @@ def build_train_round(
         RetrainPolicy.from_settings(settings.workers),
         base,
         images,
-        upserted=upserted_items_reader(settings),
+        upserted=upserted if upserted is not None else upserted_items_reader(settings),
     )
-    return lambda: trainer.run_once(force=force)

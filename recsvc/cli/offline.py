@@ -11,6 +11,7 @@ from typing import Any
 
 from recsvc.cli.common import PROTOCOLS, common_options, settings_from
 from recsvc.cli.images import add_image_eval_options, run_image_eval
+from recsvc.cli.models_commands import add_models_sync
 from recsvc.config import Settings
 from recsvc.errors import ConfigError, RecsvcError
 
@@ -378,6 +379,7 @@ def _add_data_options(p: argparse.ArgumentParser, many: bool = False) -> None:
     g.add_argument("--timestamp-column", help="timestamp column (Unix seconds or ISO-8601)")
     g.add_argument("--event-column", help="event type column (needs --event-weights)")
     g.add_argument("--event-weights", help="weights per event type, e.g. view=1,cart=3,purchase=5")
+    add_models_sync(actions)
     g.add_argument("--strict", action="store_true", help="fail on the first malformed row")
     g.add_argument("--min-user-interactions", type=int, default=1, help="drop sparser users")
     g.add_argument("--min-item-interactions", type=int, default=1, help="drop sparser items")

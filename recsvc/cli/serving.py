@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from recsvc.cli.common import DEFAULT_DEMO_DIR, common_options, settings_from
 from recsvc.config import Settings, settings_table
@@ -275,5 +276,32 @@ def _run_config(args: argparse.Namespace) -> int:
     if args.what == "docs":
         print(settings_table())
     else:
-        print(settings_from(args).model_dump_json(indent=2))
+        print(json.dumps(shown_settings(settings_from(args)), indent=2))
     return 0
+
+
+def shown_settings(settings: Settings) -> dict[str, Any]:
+    """The effective settings as `config show` prints them: secrets redacted as in the
+    server's start-up line (a SecretStr prints as stars; a Redis URL loses its password)."""
+    shown: dict[str, Any] = json.loads(settings.model_dump_json())
+    if shown.get("redis_url"):
+        shown["redis_url"] = redacted_url(shown["redis_url"])
+    return shown
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with the password of its user-info part and any ``password=`` query parameter
+    replaced by ``***`` (redis-py reads the password from either)."""
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        user_info, _, host = parts.netloc.rpartition("@")
+        user, colon, _ = user_info.partition(":")
+        url = url.replace(parts.netloc, f"{user}{':***' if colon else ''}@{host}", 1)
+    if parts.query:
+        query = "&".join(
+            f"{name}=***" if name.lower() == "password" and sep else field
+            for field in parts.query.split("&")
+            for name, sep, _ in [field.partition("=")]
+        )
+        url = url.replace(f"?{parts.query}", f"?{query}", 1)
+    return url

@@ -9,6 +9,10 @@ from typing import Any
 from recsvc.cli.common import common_options, settings_from
 from recsvc.cli.images import add_catalogue_options, read_catalogue_from
 
+# `worker train --check-due` when training is not due: distinct from 1 (failure) and 2 (usage or
+# configuration error), so that a script can tell "nothing to do" from "broken".
+NOT_DUE_EXIT = 3
+
 
 def add_worker(commands: Any) -> None:
     p = commands.add_parser(
@@ -48,6 +52,13 @@ def add_worker(commands: Any) -> None:
                 "interaction store once with `recsvc import` instead",
             )
             sub.add_argument("--force", action="store_true", help="train even if not due")
+            sub.add_argument(
+                "--check-due",
+                action="store_true",
+                help="only decide, as a round would, whether training is due; print one line "
+                f"saying why; exit 0 when due, {NOT_DUE_EXIT} when not (cheap: no training, "
+                "no GPU; the CronJob runs it before it starts the GPU Job)",
+            )
             sub.add_argument("--images", type=Path, help="embedding table (from the embed worker)")
         else:
             add_catalogue_options(sub)
@@ -64,6 +75,12 @@ def _run_worker(args: argparse.Namespace) -> int:
         model_store=args.model_store,
         workers={"interaction_store": args.interaction_store, "interval_seconds": args.interval},
     )
+    if args.kind == "train" and args.check_due:
+        from workers.retrain import check_due
+
+        due, reason = check_due(settings)
+        print(reason, flush=True)
+        return 0 if due else NOT_DUE_EXIT
     round_once: Round
     if args.kind == "ingest":
         from workers.ingest import build_ingest_round
