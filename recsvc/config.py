@@ -71,7 +71,24 @@ class ServerSettings(_Section):
         False, description="Let several processes bind the port (set for workers automatically)."
     )
     metrics_port: int = Field(
-        0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0: off."
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus /metrics endpoint; 0: off. With several workers "
+        "the supervisor serves it for all of them.",
+    )
+    metrics_host: str | None = Field(
+        None, description="Address of the /metrics endpoint; unset: server.host."
+    )
+    access_log: bool = Field(
+        False,
+        description="Log one INFO line per Recommender call on logger recsvc.access: method, "
+        "code, milliseconds, peer, request id.",
+    )
+    tracing: bool = Field(
+        False,
+        description="OpenTelemetry spans for every gRPC call (needs the otel extra), exported "
+        "as the standard OTEL_* variables say (default OTLP to localhost:4317).",
     )
     drain_seconds: float = Field(
         2.0,

@@ -34,6 +34,7 @@ from threadpoolctl import threadpool_limits
 
 from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
+from recsvc.api.access_log import log_calls
 from recsvc.api.auth import Scope, TokenAuthInterceptor, TokenFile, server_credentials
 from recsvc.api.handlers import WarningLimiter, add_guarded
 from recsvc.api.servicer import RecommenderServicer
@@ -58,11 +59,13 @@ from recsvc.errors import ArtifactError, ConfigError, RecsvcError
 from recsvc.index import IndexSearchParams
 from recsvc.metrics import Metrics
 from recsvc.store.names import item_data_key
+from recsvc.tracing import Tracing, server_tracing
 from recsvc.vision.encoder import ImageEncoder
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
+RECOMMENDER_METHODS = tuple(m.name for m in pb.DESCRIPTOR.services_by_name["Recommender"].methods)
 HEALTH_SERVICES = ("", SERVICE_NAME)
 STORE_HEALTH = "store"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -78,6 +81,7 @@ class ServerHandle:
     # The plaintext health-only server (security.health_port), started and stopped with it.
     probes: grpc.aio.Server | None = None
     probe_port: int = 0
+    tracing: Tracing | None = None  # server.tracing on
 
 
 def create_server(
@@ -95,7 +99,11 @@ def create_server(
         ("grpc.max_send_message_length", settings.server.max_send_message_bytes),
         ("grpc.so_reuseport", 1 if settings.server.reuse_port else 0),
     ]
-    interceptors = []
+    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = []
+    # First, so that calls refused by the token check are traced too.
+    tracing = server_tracing() if settings.server.tracing else None
+    if tracing is not None:
+        interceptors.append(tracing.interceptor)
     if security.token_file is not None:
         tokens = TokenFile(security.token_file, security.token_reload_seconds)
         interceptors.append(TokenAuthInterceptor(tokens))
@@ -117,6 +125,8 @@ def create_server(
         maximum_concurrent_rpcs=settings.server.max_concurrent_rpcs,
     )
     servicer = RecommenderServicer(service, items, metrics)
+    if settings.server.access_log:
+        log_calls(servicer, RECOMMENDER_METHODS)
     # Malformed requests are answered INVALID_ARGUMENT, logged at most once per interval.
     warnings = WarningLimiter(settings.server.malformed_log_seconds)
     add_guarded(
@@ -151,7 +161,7 @@ def create_server(
         ("mutual" if security.tls_client_ca_file else "on") if security.tls_cert_file else "off",
         "on" if security.reflection_on else "off",
     )
-    handle = ServerHandle(server, port, health_servicer, servicer)
+    handle = ServerHandle(server, port, health_servicer, servicer, tracing=tracing)
     if security.health_port:
         # Kubelet gRPC probes speak neither TLS nor tokens: a server of its own, sharing the
         # health servicer, answers them on a port that serves nothing else.
@@ -302,6 +312,8 @@ async def stop_server(handle: ServerHandle, grace: float) -> None:
     await stopping
     if handle.probes is not None:
         await handle.probes.stop(0)
+    if handle.tracing is not None:
+        await asyncio.to_thread(handle.tracing.shutdown)
 
 
 # No call for this long after the gate closed: the clients left are all waiting on held calls.
@@ -383,8 +395,11 @@ async def serve(settings: Settings, announce: bool = True) -> None:
         settings.serving.model_poll_seconds,
     )
     metrics.watch(service, lambda: (watcher.swaps, watcher.failures))
+    gate = handle.servicer.gate
+    metrics.watch_calls(SERVICE_NAME, RECOMMENDER_METHODS, lambda: gate.active)
     if settings.server.metrics_port:
-        metrics.serve(settings.server.metrics_port, settings.server.host)
+        metrics_host = settings.server.metrics_host or settings.server.host
+        metrics.serve(settings.server.metrics_port, metrics_host)
     # Embedded mode's users' histories, back from the event log before the port opens, so no
     # call sees a half-replayed store (it needs no model: vectors are folded in when asked).
     await replay_event_log(settings, service)

@@ -9,6 +9,10 @@ one worker needs Redis.
 The supervisor prints ``listening on HOST:PORT`` once every worker is ready, forwards SIGTERM
 and SIGINT to the workers (each drains as a single server would), and exits non-zero if a
 worker dies on its own (an orchestrator restarts the whole pod).
+
+Metrics: the supervisor serves ``server.metrics_port`` itself. Each worker serves its own on a
+free loopback port, and a scrape of the supervisor's endpoint scrapes them all and merges the
+pages (recsvc.metrics.workers), so a pod has one endpoint and no worker's calls are missed.
 """
 
 from __future__ import annotations
@@ -23,11 +27,16 @@ import sys
 import threading
 from types import FrameType
 
+from prometheus_client import CollectorRegistry
+
 from recsvc.config import Settings
 from recsvc.errors import ConfigError
+from recsvc.metrics import serve as serve_metrics
+from recsvc.metrics.workers import WorkersCollector
 
 log = logging.getLogger(__name__)
 LISTENING = re.compile(r"listening on \S+:(\d+)")
+LOOPBACK = "127.0.0.1"
 
 
 def pick_port(host: str) -> int:
@@ -46,6 +55,15 @@ def run_workers(settings: Settings, argv: list[str]) -> int:
             "state and the file event log cannot be shared between processes)"
         )
     port = settings.server.port or pick_port(settings.server.host)
+    metrics_ports = [pick_port(LOOPBACK) for _ in range(workers)]
+    if settings.server.metrics_port:
+        registry = CollectorRegistry()
+        registry.register(WorkersCollector(metrics_ports))
+        serve_metrics(
+            registry,
+            settings.server.metrics_port,
+            settings.server.metrics_host or settings.server.host,
+        )
     processes: list[subprocess.Popen[str]] = []
     for index in range(workers):
         env = {
@@ -55,7 +73,9 @@ def run_workers(settings: Settings, argv: list[str]) -> int:
             "RECSVC_SERVER__PORT": str(port),
         }
         if settings.server.metrics_port:
-            env["RECSVC_SERVER__METRICS_PORT"] = str(settings.server.metrics_port + index)
+            # Scraped by this process only (one endpoint per pod, see the module docstring).
+            env["RECSVC_SERVER__METRICS_HOST"] = LOOPBACK
+            env["RECSVC_SERVER__METRICS_PORT"] = str(metrics_ports[index])
         processes.append(
             subprocess.Popen(
                 [sys.executable, "-m", "recsvc", "serve", *argv],

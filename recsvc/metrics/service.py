@@ -1,15 +1,10 @@
-"""Prometheus metrics, in a registry per server (no process-wide globals).
-
-RPC latency is observed by the call boundary (recsvc.api.boundary); counters that the domain
-keeps (store hits, fold-ins, swaps) are read at scrape time by a collector.
-"""
+"""The domain's counters (store lookups, fold-ins, batches, model swaps), read at scrape time."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -19,33 +14,9 @@ from recsvc.core.service import RecommendationService
 # exposed with Prometheus's ``_total`` suffix.
 RECOMMEND_BATCHES = "recsvc_recommend_batches"
 RECOMMEND_BATCHED_CALLS = "recsvc_recommend_batched_calls"
-LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 
 
-class Metrics:
-    """The metrics of one server."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.rpc_seconds = Histogram(
-            "recsvc_rpc_seconds",
-            "Latency of each RPC, by method and status code.",
-            ["method", "code"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-
-    def observe_rpc(self, method: str, code: str, seconds: float) -> None:
-        self.rpc_seconds.labels(method, code).observe(seconds)
-
-    def watch(self, service: RecommendationService, swaps: Callable[[], tuple[int, int]]) -> None:
-        self.registry.register(_ServiceCollector(service, swaps))
-
-    def serve(self, port: int, host: str) -> None:
-        start_http_server(port, addr=host, registry=self.registry)
-
-
-class _ServiceCollector(Collector):
+class ServiceCollector(Collector):
     def __init__(
         self, service: RecommendationService, swaps: Callable[[], tuple[int, int]]
     ) -> None:
