@@ -4,18 +4,22 @@ exact command of each container runs here as a process and answers its probe."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import grpc
 import kubernetes_validate
@@ -32,7 +36,10 @@ from tests.helpers import ROOT
 from tests.integration.test_security import make_pki
 
 K8S = ROOT / "deploy" / "k8s"
-RENDERED = ["overlays/dev", "overlays/prod", "jobs"]
+RENDERED = ["overlays/dev", "overlays/prod", "jobs", "overlays/managed-redis"]
+MANAGED = K8S / "overlays" / "managed-redis"
+# What the managed-redis overlay's deploy pipeline writes there (not in git).
+MANAGED_URL = "rediss://default:{password}@{host}:{port}/0?ssl_ca_certs=/etc/recsvc/redis-ca/ca.crt"
 KUBERNETES_VERSION = "1.31.0"
 KUBECTL = shutil.which("kubectl")
 BIN = Path(sys.executable).parent
@@ -41,18 +48,43 @@ needs_kubectl = pytest.mark.skipif(
 )
 
 
-def render(target: str) -> list[dict[str, Any]]:
+def render(target: str, root: Path = K8S) -> list[dict[str, Any]]:
     assert KUBECTL is not None
     result = subprocess.run(
-        [KUBECTL, "kustomize", str(K8S / target)], capture_output=True, text=True, check=False
+        [KUBECTL, "kustomize", str(root / target)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
+def managed_copy(root: Path, url: str, ca: str) -> Path:
+    """deploy/k8s copied to ``root`` with the managed-redis overlay's two files written, as
+    its deploy pipeline would (they are not in git)."""
+    shutil.copytree(K8S, root, ignore=shutil.ignore_patterns("redis.env", "redis-ca.crt"))
+    overlay = root / "overlays" / "managed-redis"
+    (overlay / "redis.env").write_text(f"RECSVC_REDIS_URL={url}\n")
+    (overlay / "redis-ca.crt").write_text(ca)
+    return root
+
+
 @pytest.fixture(scope="module")
-def manifests() -> dict[str, list[dict[str, Any]]]:
-    return {target: render(target) for target in RENDERED}
+def manifests(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
+    url = MANAGED_URL.format(password="pw", host="redis.example.internal", port=6380)
+    managed = managed_copy(tmp_path_factory.mktemp("k8s") / "k8s", url, "a CA bundle\n")
+    return {
+        target: render(target, managed if target == "overlays/managed-redis" else K8S)
+        for target in RENDERED
+    }
+
+
+def secret_data(doc: dict[str, Any]) -> dict[str, str]:
+    """A Secret's values, decoded (a secretGenerator writes ``data``, base64)."""
+    values = {k: base64.b64decode(v).decode() for k, v in doc.get("data", {}).items()}
+    return {**values, **doc.get("stringData", {})}
+
+
+def containers_of(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*spec.get("initContainers", []), *spec["containers"]]
 
 
 def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -93,7 +125,7 @@ def test_every_pod_is_locked_down(manifests: dict[str, list[dict[str, Any]]]) ->
         name = doc["metadata"]["name"]
         assert spec["automountServiceAccountToken"] is False, name
         assert spec["securityContext"]["runAsNonRoot"] is True, name
-        for container in spec["containers"]:
+        for container in containers_of(spec):
             context = container["securityContext"]
             assert context["readOnlyRootFilesystem"] is True, name
             assert context["allowPrivilegeEscalation"] is False, name
@@ -127,9 +159,12 @@ def test_serving_is_highly_available_and_drains(
     needed = pre_stop + float(config["RECSVC_SERVER__DRAIN_SECONDS"])
     needed += float(config["RECSVC_SERVER__GRACE_SECONDS"])
     assert spec["terminationGracePeriodSeconds"] > needed
-    # Server processes follow the CPU limit.
-    workers = next(e for e in container["env"] if e["name"] == "RECSVC_SERVER__WORKERS")
-    assert workers["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
+    # One server process per pod (scale with replicas); Prometheus scrapes its metrics port.
+    assert env["RECSVC_SERVER__WORKERS"] == "1"
+    annotations = serve["spec"]["template"]["metadata"]["annotations"]
+    metrics_port = config["RECSVC_SERVER__METRICS_PORT"]
+    assert annotations["prometheus.io/port"] == metrics_port
+    assert {"name": "metrics", "containerPort": int(metrics_port)} in container["ports"]
     hpa = find(docs, "HorizontalPodAutoscaler", "recsvc-serve")
     assert hpa["spec"]["minReplicas"] >= 2
     assert find(docs, "PodDisruptionBudget", "recsvc-serve")["spec"]["minAvailable"] >= 1
@@ -181,13 +216,174 @@ def test_serving_port_is_fenced_and_secured_in_prod(
 
 
 @needs_kubectl
-def test_training_runs_on_a_gpu(manifests: dict[str, list[dict[str, Any]]]) -> None:
-    prod = find(manifests["overlays/prod"], "CronJob", "recsvc-train")
-    assert pod_spec(prod)["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+def test_training_runs_on_a_gpu_only_when_due(manifests: dict[str, list[dict[str, Any]]]) -> None:
+    prod = manifests["overlays/prod"]
+    gpu = find(prod, "CronJob", "recsvc-train-gpu")
+    assert gpu["spec"]["suspend"] is True  # a template, never scheduled by itself
+    assert pod_spec(gpu)["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod_spec(gpu)["containers"][0]["args"][:3] == ["worker", "train", "--once"]
+    # The hourly CronJob decides on a CPU, without Redis, and only its launcher holds a token.
+    cron = find(prod, "CronJob", "recsvc-train")
+    assert "suspend" not in cron["spec"]
+    spec = pod_spec(cron)
+    check, launch = spec["initContainers"][0], spec["containers"][0]
+    assert "worker train --check-due" in check["args"][0]
+    assert check["image"].startswith("ghcr.io/recsvc/recsvc:")
+    assert launch["image"].startswith("registry.k8s.io/kubectl:")
+    for container in (check, launch):
+        assert "nvidia.com/gpu" not in container["resources"]["limits"]
+        assert not any("secretRef" in source for source in container.get("envFrom", []))
+    token_path = "/var/run/secrets/kubernetes.io/serviceaccount"
+    assert [m["name"] for m in launch["volumeMounts"] if m["mountPath"] == token_path] == [
+        "kube-api-access"
+    ]
+    assert all(m["mountPath"] != token_path for m in check["volumeMounts"])
+    assert spec["automountServiceAccountToken"] is False
+    # RBAC: read the one Job template, list and create Jobs, in the namespace; nothing else.
+    account = spec["serviceAccountName"]
+    binding = find(prod, "RoleBinding", account)
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account, "namespace": "recsvc"}
+    ]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": account,
+    }
+    assert find(prod, "Role", account)["rules"] == [
+        {
+            "apiGroups": ["batch"],
+            "resources": ["cronjobs"],
+            "resourceNames": ["recsvc-train-gpu"],
+            "verbs": ["get"],
+        },
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list", "create"]},
+    ]
+    assert not any(d["kind"] in ("ClusterRole", "ClusterRoleBinding") for d in prod)
     for job in ("recsvc-train-now", "recsvc-embed"):
         spec = pod_spec(find(manifests["jobs"], "Job", job))
         assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert spec["containers"][0]["image"].startswith("ghcr.io/recsvc/recsvc-cuda:")
+
+
+FAKE_KUBECTL = """#!/bin/sh
+echo "$@" >> "$KUBECTL_CALLS"
+case "$1" in
+  get) printf '%b' "$KUBECTL_JOBS" ;;
+  create) echo "job.batch/$4 created" ;;
+esac
+"""
+
+
+@needs_kubectl
+@pytest.mark.parametrize(
+    ("code", "jobs", "status", "created"),
+    [
+        ("0", "", 0, True),  # due, nothing running: a GPU Job
+        ("0", "recsvc-train-gpu-1 Complete\\nrecsvc-train-gpu-2 Failed\\n", 0, True),
+        ("0", "recsvc-train-gpu-1 Complete\\nrecsvc-train-gpu-2 \\n", 0, False),  # one runs
+        ("3", "", 0, False),  # not due: a successful run, no Job
+        ("2", "", 1, False),  # the check failed: a failed run, no Job
+    ],
+)
+def test_training_launcher_starts_the_gpu_job_only_when_due(
+    manifests: dict[str, list[dict[str, Any]]],
+    tmp_path: Path,
+    code: str,
+    jobs: str,
+    status: int,
+    created: bool,
+) -> None:
+    """The launcher container's exact script, with a stand-in kubectl that records its calls."""
+    launch = pod_spec(find(manifests["overlays/prod"], "CronJob", "recsvc-train"))["containers"][0]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "kubectl").write_text(FAKE_KUBECTL)
+    (bin_dir / "kubectl").chmod(0o755)
+    env = {e["name"]: e["value"] for e in launch["env"]}
+    (tmp_path / "code").write_text(code + "\n")
+    env.update(
+        CHECK_CODE_FILE=str(tmp_path / "code"),
+        HOME=str(tmp_path),
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        KUBECTL_CALLS=str(tmp_path / "calls"),
+        KUBECTL_JOBS=jobs,
+    )
+    done = subprocess.run(
+        [*launch["command"], *launch["args"]], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == status, done.stdout + done.stderr
+    calls = (tmp_path / "calls").read_text().splitlines() if (tmp_path / "calls").exists() else []
+    creates = [c for c in calls if c.startswith("create job --from=cronjob/recsvc-train-gpu ")]
+    assert len(creates) == (1 if created else 0), calls
+    if code == "0":
+        assert calls[0].startswith("get jobs -l app.kubernetes.io/name=recsvc-train-gpu")
+
+
+@needs_kubectl
+def test_the_base_holds_no_secret_and_each_overlay_generates_the_redis_url(
+    manifests: dict[str, list[dict[str, Any]]],
+) -> None:
+    assert not [d for d in render("base") if d["kind"] == "Secret"]
+    urls = {
+        overlay: secret_data(find(manifests[overlay], "Secret", "recsvc-redis"))
+        for overlay in ("overlays/dev", "overlays/prod", "overlays/managed-redis")
+    }
+    assert urls["overlays/dev"] == {"RECSVC_REDIS_URL": "redis://recsvc-redis:6379/0"}
+    assert urls["overlays/prod"] == urls["overlays/dev"]
+    assert urls["overlays/managed-redis"]["RECSVC_REDIS_URL"].startswith("rediss://default:pw@")
+    # Every Secret a pod refers to is one the overlay generates (the jobs: by the same name).
+    for overlay in ("overlays/dev", "overlays/prod", "overlays/managed-redis", "jobs"):
+        docs = manifests[overlay]
+        for doc in docs:
+            if doc["kind"] not in ("Deployment", "StatefulSet", "CronJob", "Job"):
+                continue
+            for container in containers_of(pod_spec(doc)):
+                for source in container.get("envFrom", []):
+                    if "secretRef" in source:
+                        assert source["secretRef"]["name"] == "recsvc-redis"
+                        if overlay != "jobs":
+                            find(docs, "Secret", "recsvc-redis")
+    # The managed overlay's input files stay out of git.
+    ignored = (MANAGED / ".gitignore").read_text().split()
+    assert "redis.env" in ignored and "redis-ca.crt" in ignored
+
+
+@needs_kubectl
+def test_managed_redis_overlay_drops_the_in_cluster_redis_and_mounts_the_ca(
+    manifests: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    docs = manifests["overlays/managed-redis"]
+    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    for gone in [
+        ("StatefulSet", "recsvc-redis"),
+        ("Service", "recsvc-redis"),
+        ("ConfigMap", "recsvc-redis-config"),
+        ("NetworkPolicy", "recsvc-redis"),
+    ]:
+        assert gone not in names
+    # Everything else of prod is still there (TLS and tokens on the serving port included).
+    prod = {(d["kind"], d["metadata"]["name"]) for d in manifests["overlays/prod"]}
+    assert prod - names == {
+        ("StatefulSet", "recsvc-redis"),
+        ("Service", "recsvc-redis"),
+        ("ConfigMap", "recsvc-redis-config"),
+        ("NetworkPolicy", "recsvc-redis"),
+    }
+    assert find(docs, "ConfigMap", "recsvc-redis-ca")["data"] == {"ca.crt": "a CA bundle\n"}
+    url = secret_data(find(docs, "Secret", "recsvc-redis"))["RECSVC_REDIS_URL"]
+    ca_file = url.split("ssl_ca_certs=")[1]
+    jobs = render("overlays/managed-redis/jobs", managed_copy(tmp_path / "k8s", url, "ca"))
+    for doc in [*docs, *jobs]:
+        if doc["kind"] not in ("Deployment", "CronJob", "Job"):
+            continue
+        spec = pod_spec(doc)
+        for container in containers_of(spec):
+            if not any("secretRef" in s for s in container.get("envFrom", [])):
+                continue  # no Redis, no CA needed
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            volume = mounts[str(Path(ca_file).parent)]
+            assert {"name": volume, "configMap": {"name": "recsvc-redis-ca"}} in spec["volumes"]
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cuda"])
@@ -207,10 +403,14 @@ def test_dockerfiles_pass_hadolint(dockerfile: str) -> None:
 
 
 class Cluster:
-    """Stand-ins for the pod's world: /models, /data and a Redis, as local paths and a URL."""
+    """Stand-ins for the pod's world: /models, /store, /data, /run/check and a Redis, as local
+    paths and a URL (None: the URL of the overlay's Secret, as it stands)."""
 
-    def __init__(self, root: Path, redis_url: str, manifests: list[dict[str, Any]]) -> None:
-        self.mounts = {"/models": root / "models", "/data": root / "data"}
+    def __init__(self, root: Path, redis_url: str | None, manifests: list[dict[str, Any]]) -> None:
+        self.mounts = {
+            name: root / name.strip("/").replace("/", "-")
+            for name in ("/models", "/store", "/data", "/run/check")
+        }
         for path in self.mounts.values():
             path.mkdir(parents=True, exist_ok=True)
         self.redis_url = redis_url
@@ -223,34 +423,43 @@ class Cluster:
                 return str(path) + value[len(mount) :]
         return value
 
-    def process(self, doc: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
-        """The container's exact command and environment, with paths mapped to this machine."""
-        container = pod_spec(doc)["containers"][0]
+    def in_script(self, script: str) -> str:
+        """A shell script's paths mapped to this machine."""
+        for mount, path in self.mounts.items():
+            script = script.replace(mount + "/", f"{path}/")
+        return script
+
+    def process(
+        self, doc: dict[str, Any], name: str | None = None
+    ) -> tuple[list[str], dict[str, str]]:
+        """The exact command and environment of the container ``name`` (default: the first
+        main container), with paths mapped to this machine."""
+        containers = containers_of(pod_spec(doc))
+        container = next(c for c in containers if c["name"] == name) if name else None
+        container = container or pod_spec(doc)["containers"][0]
         env = dict(os.environ)
+        env["PATH"] = f"{BIN}:{env['PATH']}"  # `recsvc` in a shell script: this one
+        uses_redis = False
         for source in container.get("envFrom", []):
             if "configMapRef" in source:
                 env.update(
                     find(self.manifests, "ConfigMap", source["configMapRef"]["name"])["data"]
                 )
             if "secretRef" in source:
-                secret = find(self.manifests, "Secret", source["secretRef"]["name"])
-                env.update(secret["stringData"])
+                env.update(secret_data(find(self.manifests, "Secret", source["secretRef"]["name"])))
+                uses_redis = True
         for entry in container.get("env", []):
-            if "value" in entry:
-                env[entry["name"]] = entry["value"]
-            else:
-                resource = entry["valueFrom"]["resourceFieldRef"]["resource"]
-                kind, name = resource.split(".")
-                env[entry["name"]] = str(container["resources"][kind][name])
+            env[entry["name"]] = entry["value"]
         env = {key: self.local(value) for key, value in env.items()}
-        env["RECSVC_REDIS_URL"] = self.redis_url  # the in-cluster Redis, here
+        if uses_redis and self.redis_url is not None:
+            env["RECSVC_REDIS_URL"] = self.redis_url  # the in-cluster Redis, here
         env["RECSVC_SERVER__PORT"] = str(self.port)
         env["RECSVC_SERVER__METRICS_PORT"] = str(free_port())
         env["RECSVC_SERVER__HOST"] = "127.0.0.1"
-        command = [str(BIN / container["command"][0])] + [
-            self.local(arg) for arg in container.get("args", [])
-        ]
-        return command, env
+        program, *args = [*container["command"], *container.get("args", [])]
+        if program in ("sh", "bash"):
+            return [program, *(self.in_script(arg) for arg in args)], env
+        return [str(BIN / program), *(self.local(arg) for arg in args)], env
 
 
 @pytest.fixture
@@ -271,13 +480,18 @@ def health(target: str, service: str) -> str:
 @pytest.mark.redis
 @pytest.mark.slow
 def test_serving_container_command_answers_its_probes(cluster: Cluster, model_store: Path) -> None:
-    shutil.copytree(model_store, cluster.mounts["/models"], dirs_exist_ok=True)
+    """The pod's two processes: the sync sidecar copies the shared store's model into the
+    local /models, which the server (started first, on an empty store) then serves."""
     serve = find(cluster.manifests, "Deployment", "recsvc-serve")
     command, env = cluster.process(serve)
     container = pod_spec(serve)["containers"][0]
     process = subprocess.Popen(command, env=env, cwd=ROOT, text=True)
+    sync_command, sync_env = cluster.process(serve, "models-sync")
+    sidecar = subprocess.Popen(sync_command, env=sync_env, cwd=ROOT, text=True)
     target = f"127.0.0.1:{cluster.port}"
     try:
+        # Training publishes to the shared store while both run.
+        shutil.copytree(model_store, cluster.mounts["/store"], dirs_exist_ok=True)
         status = "UNKNOWN"
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and process.poll() is None:
@@ -291,9 +505,13 @@ def test_serving_container_command_answers_its_probes(cluster: Cluster, model_st
         assert status == "SERVING"
         assert health(target, container["startupProbe"]["grpc"]["service"]) == "SERVING"
         assert health(target, container["livenessProbe"]["grpc"].get("service", "")) == "SERVING"
+        with RecsvcClient(target) as client:
+            assert client.model_info().version == ModelStore(model_store).latest_version()
     finally:
         process.send_signal(signal.SIGTERM)
+        sidecar.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
+        assert sidecar.wait(timeout=60) == 0
 
 
 @needs_kubectl
@@ -406,10 +624,22 @@ def test_worker_and_job_commands_run(
         assert done.returncode == 0, done.stderr
         first = json.loads(done.stdout.splitlines()[-1])["result"]  # a first model, from history
         assert first and models.read_manifest(first).num_users == 60
+    # The hourly CronJob's check (CPU): not due, so its launcher starts no GPU Job.
     cron = find(cluster.manifests, "CronJob", "recsvc-train")
-    command, env = cluster.process(cron)
+    check, check_env = cluster.process(cron, "check")
+    code_file = cluster.mounts["/run/check"] / "code"
+
+    def check_due() -> tuple[str, str]:
+        done = subprocess.run(check, env=check_env, cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr  # the code goes to the launcher, not to k8s
+        return code_file.read_text().strip(), done.stdout
+
+    assert check_due() == ("3", "not due: no new interactions since the last training\n")
+    # The GPU Job's own command agrees: nothing new, not due, exits cleanly.
+    gpu = find(cluster.manifests, "CronJob", "recsvc-train-gpu")
+    command, env = cluster.process(gpu)
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr  # nothing new: not due, exits cleanly
+    assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1])["result"] is None
 
     new_events = [
@@ -417,6 +647,7 @@ def test_worker_and_job_commands_run(
         for n, (user, item) in enumerate(pairs(range(40, 200)))
     ]
     store.write_part(new_events, "0", "1")
+    assert check_due()[0] == "0"  # due: the launcher would create the GPU Job
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     second = json.loads(done.stdout.splitlines()[-1])["result"]
@@ -435,3 +666,76 @@ def test_worker_and_job_commands_run(
     assert first_round["worker"] == "ingest"
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0
+
+
+@contextmanager
+def tls_redis(directory: Path, password: str) -> Iterator[tuple[int, Path]]:
+    """A private redis-server that speaks only TLS and wants a password, as a managed Redis
+    does; yields its port and the CA that signed its certificate."""
+    pki = make_pki(directory)
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            *["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1"],
+            *["--tls-cert-file", str(pki.server_cert), "--tls-key-file", str(pki.server_key)],
+            *["--tls-ca-cert-file", str(pki.ca), "--tls-auth-clients", "no"],
+            *["--requirepass", password, "--save", "", "--appendonly", "no"],
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "redis-server (TLS) did not start"
+                time.sleep(0.05)
+        yield port, pki.ca
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@needs_kubectl
+@pytest.mark.slow
+def test_managed_redis_overlay_commands_reach_a_tls_redis_with_a_password(
+    tmp_path: Path,
+) -> None:
+    """The managed-redis overlay's URL and CA mount, as its pipeline writes them, taken by the
+    ingest worker's exact command to a Redis that accepts only TLS and the password."""
+    password = "s3cret/with:odd@chars"
+    with tls_redis(tmp_path / "pki", password) as (port, ca):
+        url = MANAGED_URL.format(password=quote(password, safe=""), host="127.0.0.1", port=port)
+        root = managed_copy(tmp_path / "k8s", url, ca.read_text())
+        cluster = Cluster(tmp_path / "pod", None, render("overlays/managed-redis", root))
+        ca_dir = tmp_path / "redis-ca"
+        ca_dir.mkdir()
+        shutil.copy(ca, ca_dir / "ca.crt")  # as the recsvc-redis-ca ConfigMap is mounted
+        cluster.mounts["/etc/recsvc/redis-ca"] = ca_dir
+        command, env = cluster.process(find(cluster.manifests, "Deployment", "recsvc-ingest"))
+        assert env["RECSVC_REDIS_URL"].startswith("rediss://default:")
+        env["RECSVC_REDIS_URL"] = cluster.in_script(env["RECSVC_REDIS_URL"])  # the CA's path
+        process = subprocess.Popen(
+            command, env=env, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert process.stdout is not None and process.stderr is not None
+        try:
+            line = process.stdout.readline()
+            assert line, process.stderr.read()
+            assert json.loads(line)["worker"] == "ingest"
+        finally:
+            process.send_signal(signal.SIGTERM)
+            status = process.wait(timeout=60)
+            errors = process.stderr.read()
+            assert status == 0, errors
+            assert password not in errors
+        # The same command with another password is refused by that Redis.
+        env["RECSVC_REDIS_URL"] = env["RECSVC_REDIS_URL"].replace(quote(password, safe=""), "x")
+        refused = subprocess.run(
+            command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        assert refused.returncode != 0
+        assert "invalid username-password pair" in refused.stderr, refused.stderr[-2000:]
