@@ -66,7 +66,9 @@ def build_user_state(settings: Settings) -> tuple[UserStateStore, EventLog, Item
     memory = InMemoryUserStore(
         s.history_max_items, s.history_ttl_seconds, s.vector_ttl_seconds, s.max_users_in_process
     )
-    events = FileEventLog(event_log_path(settings), s.dedupe_max_ids_in_process)
+    events = FileEventLog(
+        event_log_path(settings), s.dedupe_max_ids_in_process, s.event_log_segment_bytes
+    )
     return memory, events, FileItemLog(item_log_path(settings), s.item_log_compact_factor)
 
 
@@ -77,8 +79,10 @@ async def replay_event_log(settings: Settings, service: RecommendationService) -
     Replayed: every logged event of the last ``history_ttl_seconds`` (by its timestamp_ms),
     not only those since the model's training cut-off: an event the model already trained on
     only excludes an item the user already has, which is harmless, and the window is the one
-    a history would have lived in anyway. The store keeps ``history_max_items`` per user and
-    ``max_users_in_process`` users, so memory is bounded as during serving; the file is read
+    a history would have lived in anyway. The ingest worker keeps every closed segment that
+    holds an event of that window (``event_log_segment_bytes``), and the segments whose newest
+    event is older are not read. The store keeps ``history_max_items`` per user and
+    ``max_users_in_process`` users, so memory is bounded as during serving; the log is read
     once, streaming. With Redis the user state outlives the process: nothing to do."""
     if settings.redis_url:
         return

@@ -216,7 +216,16 @@ class StoreSettings(_Section):
         ge=1_000,
         le=50_000_000,
         description="Event_ids the file event log remembers for idempotency (embedded mode; "
-        "the most recently seen, ~200 B each); a retry of an older one is accepted as new.",
+        "the most recently seen, ~200 B each, read back from the newest segments at start-up); "
+        "a retry of an older one is accepted as new.",
+    )
+    event_log_segment_bytes: int = Field(
+        64 * MiB,
+        ge=64 * 1024,
+        le=64 * 1024 * MiB,
+        description="The file event log (embedded mode) closes its active segment past this "
+        "size; the ingest worker deletes a closed segment once it ingested all of it and its "
+        "newest event is older than history_ttl_seconds (the start-up replay's window).",
     )
     item_log_compact_factor: float = Field(
         4.0,

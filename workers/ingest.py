@@ -3,13 +3,20 @@
 Store layout::
 
     <store>/ingest_date=YYYY-MM-DD/part-<first>-<last>.parquet   one file per ingested batch
-    <store>/_checkpoint.json                                      file mode: byte offset done
+    <store>/_checkpoint.json                                      file mode: log offset done
 
 A batch is written to a temporary file, fsynced and renamed into place before the source is
 told it is done (the checkpoint, or XACK for a Redis Stream). A crash after the write but before
 that repeats the batch at most once: file mode finds the part that starts at its checkpoint and
 skips it; Redis mode re-delivers the pending entries, and readers drop repeated event ids, so
 every acknowledged event is counted exactly once.
+
+File mode reads the event log's segments (recsvc/store/file_log.py) by log offset, which a
+rotation does not change, so the checkpoint and the part names (part-<first>-<end offset>)
+mean the same bytes before and after one. After a round it deletes the closed segments that
+lie wholly before its checkpoint and whose newest event is older than the start-up replay's
+window (``history_ttl_seconds``); the checkpoint is saved before, so a crash in between leaves
+a segment that the next round deletes.
 
 After each round the Redis Stream is trimmed (XTRIM MINID) up to the first entry that some
 consumer group still needs: the oldest pending entry, or the first one not yet delivered. The
@@ -24,6 +31,7 @@ import logging
 import os
 import re
 import socket
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,7 +46,7 @@ from recsvc.durable import replace_bytes_atomically
 from recsvc.store.codec import (
     interaction_from_json,
 )
-from recsvc.store.file_log import read_columns_from
+from recsvc.store.file_log import delete_ingested_segments, read_columns_from
 from recsvc.store.names import INGEST_GROUP
 
 log = logging.getLogger(__name__)
@@ -50,15 +58,32 @@ GROUP = INGEST_GROUP
 
 
 class FileLogIngester:
-    """Ingests the embedded mode's event-log file, tracking a byte offset."""
+    """Ingests the embedded mode's event log, tracking a log offset; deletes the closed
+    segments it is done with once they are older than ``replay_window_ms`` (None: never)."""
 
-    def __init__(self, log_path: Path, store: InteractionStore, batch_size: int) -> None:
+    def __init__(
+        self,
+        log_path: Path,
+        store: InteractionStore,
+        batch_size: int,
+        replay_window_ms: int | None = None,
+    ) -> None:
         self.log_path = Path(log_path)
         self.store = store
         self.batch_size = batch_size
+        self.replay_window_ms = replay_window_ms
 
     def run_once(self) -> int:
         """Ingest what is new; returns the number of events written."""
+        written = self._ingest()
+        if self.replay_window_ms is not None:
+            now_ms = int(time.time() * 1000)
+            delete_ingested_segments(
+                self.log_path, self._checkpoint(), now_ms - self.replay_window_ms
+            )
+        return written
+
+    def _ingest(self) -> int:
         written = 0
         while True:
             offset = self._checkpoint()
@@ -203,7 +228,10 @@ def build_ingest_round(settings: Settings, event_log: Path | None = None) -> Cal
         ).run_once
     else:
         ingest = FileLogIngester(
-            event_log or event_log_path(settings), store, w.batch_size
+            event_log or event_log_path(settings),
+            store,
+            w.batch_size,
+            replay_window_ms=settings.store.history_ttl_seconds * 1000,
         ).run_once
 
     def ingest_round() -> int:
