@@ -359,6 +359,13 @@ class ImageSettings(_Section):
     max_image_bytes: int = Field(
         10 * MiB, ge=1024, le=256 * MiB, description="Largest encoded image accepted."
     )
+    max_failure_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="`recsvc embed` exits 1 when more than this share of the images it tried "
+        "could not be read (what succeeded is still written); 1: never.",
+    )
     max_pixels: int = Field(
         40_000_000,
         ge=10_000,
@@ -390,13 +397,6 @@ class ImageSettings(_Section):
         5.0,
         gt=0,
         le=300,
-    max_failure_share: float = Field(
-        0.05,
-        ge=0,
-        le=1,
-        description="`recsvc embed` exits 1 when more than this share of the images it tried "
-        "could not be read (what succeeded is still written); 1: never.",
-    )
         description="Longest read of one image_path file (a slow mount answers UNAVAILABLE).",
     )
 
