@@ -13,9 +13,28 @@ DEFAULT_DEMO_DIR = Path(".recsvc-demo")
 PROTOCOLS = ("stratified-item", "stratified-user", "leave-last-n")
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default: argparse's own where the option has one, else the
+    help text says it (an option left unset falls back on a setting, or is searched)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False) or "default" in text or not action.option_strings:
+            return text
+        return super()._get_help_string(action)
+
+
 def common_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="TOML config file (or RECSVC_CONFIG_FILE)")
-    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="TOML config file (default: RECSVC_CONFIG_FILE, else none: defaults and RECSVC_*)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level (default: RECSVC_LOG_LEVEL, else INFO)",
+    )
 
 
 def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from recsvc.cli.common import PROTOCOLS, common_options, settings_from
+from recsvc.cli.common import PROTOCOLS, DefaultsHelpFormatter, common_options, settings_from
 from recsvc.cli.images import add_image_eval_options, run_image_eval
 from recsvc.cli.models_commands import add_models_sync
 from recsvc.config import Settings
@@ -21,23 +21,29 @@ log = logging.getLogger("recsvc")
 def add_train(commands: Any) -> None:
     p = commands.add_parser(
         "train",
+        formatter_class=DefaultsHelpFormatter,
         help="train a model from an interactions file and publish it",
         description="Read interactions (CSV, TSV, Parquet or MovieLens u.data: user, item, "
         "optional weight and timestamp), fit implicit ALS (GPU when available), build the HNSW "
         "indexes and publish a new, checksummed model version to the model store.",
     )
     p.add_argument("--out", type=Path, help="model store directory (default: RECSVC_MODEL_STORE)")
-    p.add_argument("--items", type=Path, help="optional catalogue: item id and category columns")
+    p.add_argument(
+        "--items",
+        type=Path,
+        help="optional catalogue: item id and category columns (default: none)",
+    )
     p.add_argument(
         "--images",
         type=Path,
         help="embedding table from `recsvc embed`: adds the visual index, the cold-start "
-        "projection and the items that have an image but no interaction",
+        "projection and the items that have an image but no interaction (default: none)",
     )
     p.add_argument(
         "--evaluate",
         choices=PROTOCOLS,
-        help="also measure these parameters on this protocol's holdout; metrics go into the model",
+        help="also measure these parameters on this protocol's holdout; metrics go into the "
+        "model (default: not measured)",
     )
     _add_data_options(p)
     _add_model_options(p)
@@ -81,6 +87,7 @@ def _run_train(args: argparse.Namespace) -> int:
 def add_import(commands: Any) -> None:
     p = commands.add_parser(
         "import",
+        formatter_class=DefaultsHelpFormatter,
         help="load history files into the interaction store that the train worker trains on",
         description="Read interaction files with the readers and column options of `recsvc "
         "train` and append them to the Parquet interaction store, the one source of training "
@@ -153,6 +160,7 @@ def _log_import_progress(path: Path, done: int, total: int) -> None:
 def add_eval(commands: Any) -> None:
     p = commands.add_parser(
         "eval",
+        formatter_class=DefaultsHelpFormatter,
         help="evaluate a model offline against baselines",
         description="Split the interactions by a protocol, fit the model on the training part and "
         "report ranking metrics at k on the test part, with popularity, random and (for ALS) BPR "
@@ -163,7 +171,7 @@ def add_eval(commands: Any) -> None:
     _add_data_options(p)
     _add_model_options(p)
     p.add_argument("--no-baselines", action="store_true", help="measure the model only")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", help="print one JSON object (default: a table)")
     add_image_eval_options(p)
     common_options(p)
     p.set_defaults(run=_run_eval)
@@ -184,7 +192,7 @@ def _load_split(args: argparse.Namespace) -> tuple[Settings, Any, Any, int]:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from recsvc.evaluation.holdout import evaluate_model, evaluate_with_baselines
+    from recsvc.evaluation.holdout import evaluate_model, evaluate_with_baselines, not_evaluated
     from recsvc.training.pipeline import train_parameters
 
     if args.images is not None:
@@ -203,6 +211,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         "seed": seed,
         "data": data.statistics(),
         "split": {"train": int(split.train.nnz), "test": int(split.test.nnz)},
+        "not_evaluated": not_evaluated(split, args.protocol, args.ratio, args.last_n),
         "params": train_parameters(settings.train),
         **result,
     }
@@ -220,30 +229,69 @@ def _print_metrics_table(summary: dict[str, Any], k: int) -> None:
     print(f"{'':12}" + "".join(f"{n + '@' + str(k):>20}" for n in names))
     for label, metrics in rows.items():
         print(f"{label:12}" + "".join(f"{metrics[f'{n}@{k}']:>20.4f}" for n in names))
+    left_out = summary["not_evaluated"]
+    users, items = left_out["users"], left_out["items_never_in_test"]
+    print(f"users evaluated: {users['of'] - users['count']} of {users['of']}", end="")
+    print(f"; {users['count']} not: {users['reason']}" if users["count"] else "")
+    if items["count"]:
+        print(f"items never in the test part: {items['count']} of {items['of']}: {items['reason']}")
+    unseen = left_out["test_items_not_in_training"]
+    if unseen["count"]:
+        print(
+            f"test items never seen in training: {unseen['count']} "
+            f"({unseen['test_interactions']} test interactions): {unseen['reason']}"
+        )
 
 
 def add_tune(commands: Any) -> None:
+    from recsvc.tuning.space import SPACE_HELP
+
     p = commands.add_parser(
         "tune",
+        formatter_class=DefaultsHelpFormatter,
         help="search hyper-parameters on a validation split (optuna)",
         description="Split by the protocol into train and test; search parameters on validation "
         "splits carved from the training part only; fit the best on the whole training part and "
-        "measure it on the test part once. Writes the best parameters to --out, which train and "
-        "eval accept as --params.",
+        "measure it on the test part once. Writes the best parameters to --out (after every "
+        "completed trial, then with the test figure), which train and eval accept as --params. "
+        "A trial that fails (NaN factors, out of memory) is counted as failed and the search "
+        "goes on. Trials are kept in OUT.optuna.log: the same command run again resumes the "
+        "search (after a crash or a kill) or extends it (a larger --trials). " + SPACE_HELP,
     )
     _add_split_options(p)
     _add_data_options(p)
-    _add_model_options(p)
-    p.add_argument("--trials", type=int, default=120, help="trials to run (default 120)")
-    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
-    p.add_argument("--metric", default="ndcg", choices=["ndcg", "precision", "recall", "map"])
-    p.add_argument("--out", type=Path, required=True, help="where to write the parameters (JSON)")
+    _add_model_options(p, tuning=True)
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=120,
+        help="trials in all, counting those of an interrupted run of the same search",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help="stop starting trials after this many seconds (default: no limit)",
+    )
+    p.add_argument(
+        "--metric",
+        default="ndcg",
+        choices=["ndcg", "precision", "recall", "map"],
+        help="what the search maximises (at --k)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="where to write the parameters (JSON); the trials go to OUT.optuna.log",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object (default: a summary)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     common_options(p)
     p.set_defaults(run=_run_tune)
 
 
 def _run_tune(args: argparse.Namespace) -> int:
-    from recsvc.tuning.search import tune, write_params
+    from recsvc.tuning.search import tune
 
     settings, _, split, seed = _load_split(args)
     result = tune(
@@ -256,10 +304,51 @@ def _run_tune(args: argparse.Namespace) -> int:
         metric=args.metric,
         timeout=args.timeout,
         last_n=args.last_n,
+        pinned=_tune_pins(args, settings.train),
+        out=args.out,
+        progress=not args.no_progress,
     )
-    write_params(result, args.out)
-    print(json.dumps(result))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_tune_summary(result, args.out)
     return 0
+
+
+def _tune_pins(args: argparse.Namespace, train: Any) -> dict[str, Any]:
+    """The parameters a tune keeps fixed, with their values: each one given as a flag, and
+    those in a --params file that apply (a file from an ALS tune holds no learning rate)."""
+    from recsvc.tuning.search import read_params
+    from recsvc.tuning.space import SEARCHED, applies
+
+    flags = {name for name in SEARCHED if getattr(args, name, None) is not None}
+    from_file = set(read_params(args.params)) & set(SEARCHED) if args.params else set()
+    weighting = train.weighting if "weighting" in flags | from_file else None
+    return {
+        name: getattr(train, name)
+        for name in sorted(flags | from_file)
+        if name in flags or applies(name, train.algorithm, weighting)
+    }
+
+
+def _print_tune_summary(result: dict[str, Any], out: Path) -> None:
+    tuning = result["tuning"]
+    detail, metric = tuning["trials_detail"], tuning["metric"]
+    trials = f"{detail['completed']} completed, {detail['failed']} failed"
+    if detail["interrupted"]:
+        trials += f", {detail['interrupted']} interrupted"
+    if detail["resumed"]:
+        trials += f"; {detail['resumed']} of them from an earlier run"
+    print(f"trials: {trials}")
+    print(f"validation {metric}: {tuning['validation']:.4f} ({tuning['validation_means']})")
+    print(
+        f"test {metric}: {tuning['test'][metric]:.4f} (the chosen parameters fit on the whole "
+        f"training part, measured once on the {tuning['protocol']} test part)"
+    )
+    params = " ".join(f"{name}={value}" for name, value in result["params"].items())
+    pinned = ", ".join(tuning["pinned"]) or "none"
+    print(f"chosen parameters: {params} (pinned: {pinned})")
+    print(f"written to {out}; trials kept in {tuning['storage']}")
 
 
 def add_models(commands: Any) -> None:
@@ -290,6 +379,7 @@ def add_models(commands: Any) -> None:
             sub.add_argument("--keep", type=int, default=3, help="newest versions kept (default 3)")
         common_options(sub)
         sub.set_defaults(run=_run_models, action=name)
+    add_models_sync(actions)
 
 
 def _run_models(args: argparse.Namespace) -> int:
@@ -366,7 +456,7 @@ def _add_data_options(p: argparse.ArgumentParser, many: bool = False) -> None:
             help="interaction files, or directories of them",
         )
     else:
-        g.add_argument("--interactions", type=Path, help="interactions file (required)")
+        g.add_argument("--interactions", type=Path, help="interactions file (required; no default)")
     g.add_argument(
         "--format",
         choices=["auto", "csv", "tsv", "parquet", "movielens"],
@@ -374,12 +464,19 @@ def _add_data_options(p: argparse.ArgumentParser, many: bool = False) -> None:
         help="file format (default: from the name)",
     )
     g.add_argument("--user-column", help="user id column (default: found by name)")
-    g.add_argument("--item-column", help="item id column")
+    g.add_argument("--item-column", help="item id column (default: found by name)")
     g.add_argument("--weight-column", help="weight column (default: found, else 1 per row)")
-    g.add_argument("--timestamp-column", help="timestamp column (Unix seconds or ISO-8601)")
-    g.add_argument("--event-column", help="event type column (needs --event-weights)")
-    g.add_argument("--event-weights", help="weights per event type, e.g. view=1,cart=3,purchase=5")
-    add_models_sync(actions)
+    g.add_argument(
+        "--timestamp-column",
+        help="timestamp column, Unix seconds or ISO-8601 (default: found by name, else none)",
+    )
+    g.add_argument(
+        "--event-column", help="event type column, needs --event-weights (default: none)"
+    )
+    g.add_argument(
+        "--event-weights",
+        help="weights per event type, e.g. view=1,cart=3,purchase=5 (default: none)",
+    )
     g.add_argument("--strict", action="store_true", help="fail on the first malformed row")
     g.add_argument("--min-user-interactions", type=int, default=1, help="drop sparser users")
     g.add_argument("--min-item-interactions", type=int, default=1, help="drop sparser items")
@@ -419,25 +516,68 @@ def _parse_event_weights(text: str | None) -> dict[str, float]:
     return weights
 
 
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--params", type=Path, help="parameters file written by `recsvc tune`")
-    g.add_argument("--algorithm", choices=["als", "bpr"])
-    g.add_argument("--weighting", choices=["none", "binary", "bm25", "tfidf"])
-    g.add_argument("--factors", type=int)
-    g.add_argument("--iterations", type=int)
-    g.add_argument("--regularization", type=float)
-    g.add_argument("--alpha", type=float, help="ALS confidence scaling")
-    g.add_argument("--learning-rate", type=float, help="BPR learning rate")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--threads", type=int, help="CPU threads (0 = every core)")
-    g.add_argument("--seed", type=int, help="random seed (default 42)")
+# Model flags: (flag, argparse keywords, what it is); the destination is the setting's name.
+_MODEL_FLAGS: list[tuple[str, dict[str, Any], str]] = [
+    ("--algorithm", {"choices": ["als", "bpr"]}, "model"),
+    ("--weighting", {"choices": ["none", "binary", "bm25", "tfidf"]}, "weights fed to the model"),
+    (
+        "--weight-transform",
+        {"choices": ["none", "log1p"]},
+        "applied to each summed weight before the weighting (log1p: log(1 + w), for counts)",
+    ),
+    ("--bm25-k1", {"type": float}, "BM25 k1 (with --weighting bm25)"),
+    ("--bm25-b", {"type": float}, "BM25 b (with --weighting bm25)"),
+    ("--factors", {"type": int}, "dimension of the learned factors"),
+    ("--iterations", {"type": int}, "sweeps (ALS) or epochs (BPR)"),
+    ("--regularization", {"type": float}, "L2 regularisation of the factors"),
+    ("--alpha", {"type": float}, "ALS confidence scaling: confidence = alpha x weight"),
+    ("--learning-rate", {"type": float}, "BPR learning rate"),
+]
+
+
+def _add_model_options(p: argparse.ArgumentParser, tuning: bool = False) -> None:
+    """The model flags. Unset, each falls back on --params, then the config (RECSVC_TRAIN__*);
+    in `tune`, a flag pins its parameter and an unset one is searched."""
+    from recsvc.config import TrainSettings
+
+    g = p.add_argument_group(
+        "model",
+        "A flag given pins its parameter; one not given is searched (the config's RECSVC_TRAIN__* "
+        "settings do not pin)."
+        if tuning
+        else "Each flag overrides --params, which overrides the config (RECSVC_TRAIN__*).",
+    )
+    g.add_argument(
+        "--params",
+        type=Path,
+        help="parameters file written by `recsvc tune`"
+        + (" (its parameters are pinned)" if tuning else "")
+        + " (default: none)",
+    )
+    for flag, keywords, text in _MODEL_FLAGS:
+        name = flag[2:].replace("-", "_")
+        default = TrainSettings.model_fields[name].default
+        env = f"RECSVC_TRAIN__{name.upper()}"
+        shown = "searched" if tuning and name != "algorithm" else f"{default}, or {env}"
+        g.add_argument(flag, help=f"{text} (default: {shown})", **keywords)
+    fitting: list[tuple[str, dict[str, Any], str]] = [
+        ("device", {"choices": ["auto", "cpu", "cuda"]}, "where to fit"),
+        ("threads", {"type": int}, "CPU threads (0 = every core)"),
+        ("seed", {"type": int}, "random seed"),
+    ]
+    for name, options, text in fitting:
+        default = TrainSettings.model_fields[name].default
+        g.add_argument(
+            f"--{name}",
+            help=f"{text} (default: {default}, or RECSVC_TRAIN__{name.upper()})",
+            **options,
+        )
 
 
 def _add_split_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("protocol")
-    g.add_argument("--protocol", choices=PROTOCOLS, default="stratified-item")
-    g.add_argument("--k", type=int, default=10, help="cut-off of the metrics (default 10)")
+    g.add_argument("--protocol", choices=PROTOCOLS, default="stratified-item", help="how to split")
+    g.add_argument("--k", type=int, default=10, help="cut-off of the metrics")
     g.add_argument("--ratio", type=float, default=0.75, help="train share for stratified splits")
     g.add_argument("--last-n", type=int, default=1, help="test items per user for leave-last-n")
 
@@ -447,18 +587,8 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     from recsvc.tuning.search import read_params
 
     overrides = read_params(args.params) if args.params else {}
-    for name in (
-        "algorithm",
-        "weighting",
-        "factors",
-        "iterations",
-        "regularization",
-        "alpha",
-        "learning_rate",
-        "device",
-        "threads",
-        "seed",
-    ):
+    names = [flag[2:].replace("-", "_") for flag, _, _ in _MODEL_FLAGS]
+    for name in [*names, "device", "threads", "seed"]:
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
     return overrides

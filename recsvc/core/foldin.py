@@ -18,6 +18,8 @@ import numpy.typing as npt
 import scipy.sparse as sp
 from scipy.linalg import lapack
 
+from recsvc.core.weights import transform_weights
+
 if TYPE_CHECKING:
     from recsvc.core.model import Model
 
@@ -80,9 +82,10 @@ def fold_in_with_model(
     lengths: npt.NDArray[np.int64],
 ) -> npt.NDArray[np.float32]:
     """User vectors from consecutive runs of (distinct item rows, weights), by the model's
-    own rule (see :func:`fold_in_segments`). The weights get the training's weighting where
-    it is per-entry (binary); for bm25/tf-idf, which need corpus statistics, raw weights are an
-    approximation."""
+    own rule (see :func:`fold_in_segments`). The weights get the training's weight transform
+    and its weighting where it is per-entry (binary); for bm25/tf-idf, which need corpus
+    statistics, the (transformed) weights are an approximation."""
+    weights = transform_weights(weights, str(model.info.parameters.get("weight_transform", "none")))
     if model.info.parameters.get("weighting") == "binary":
         weights = np.ones_like(weights)
     yty = model.yty if model.info.algorithm == "als" else None

@@ -212,3 +212,71 @@ def evaluate_with_baselines(
         "baselines": baselines,
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def not_evaluated(
+    split: Split, protocol: Protocol, ratio: float = 0.75, last_n: int = 1
+) -> dict[str, Any]:
+    """Which users and items the split leaves out of the metrics, how many, and why.
+
+    Users without a test interaction are not evaluated; items without one can never be a
+    hit; test items without a training interaction cannot be ranked from what the model
+    learned about them (it learned nothing), so their test interactions are hits only by
+    chance.
+    """
+    train_users = np.diff(split.train.indptr)
+    test_users = np.diff(split.test.indptr)
+    train_items = np.bincount(split.train.indices, minlength=split.train.shape[1])
+    test_items = np.bincount(split.test.indices, minlength=split.test.shape[1])
+    user_total, item_total = train_users + test_users, train_items + test_items
+    users_out = (user_total > 0) & (test_users == 0)
+    items_out = (item_total > 0) & (test_items == 0)
+    unseen = (test_items > 0) & (train_items == 0)
+    largest = _largest_group_kept_whole(ratio)
+    if protocol == "stratified-item":
+        user_reason = (
+            "none of their interactions was drawn into the test part (each item keeps "
+            f"round({ratio} x n) of its n interactions for training)"
+        )
+        item_reason = (
+            f"items with <= {largest} interactions never reach the test part under "
+            f"stratified-item at ratio {ratio} (round({ratio} x n) = n)"
+            if largest
+            else "no test interaction was drawn"
+        )
+    elif protocol == "stratified-user":
+        user_reason = (
+            f"users with <= {largest} interactions keep them all for training "
+            f"(round({ratio} x n) = n)"
+        )
+        item_reason = "no test interaction was drawn for them"
+    else:
+        user_reason = f"users with <= {last_n} interactions keep them all for training"
+        item_reason = f"not among any user's {last_n} latest interactions"
+    return {
+        "users": {
+            "count": int(users_out.sum()),
+            "of": int((user_total > 0).sum()),
+            "reason": user_reason,
+        },
+        "items_never_in_test": {
+            "count": int(items_out.sum()),
+            "of": int((item_total > 0).sum()),
+            "reason": item_reason,
+        },
+        "test_items_not_in_training": {
+            "count": int(unseen.sum()),
+            "test_interactions": int(test_items[unseen].sum()),
+            "reason": "the model learned nothing about them: their test interactions are "
+            "hits only by chance",
+        },
+    }
+
+
+def _largest_group_kept_whole(ratio: float, cap: int = 10_000) -> int:
+    """The largest n for which a stratified split keeps all n members for training
+    (round(ratio x n) = n, as :func:`_first_share_per_group` rounds): 2 at 0.75."""
+    n = 0
+    while n < cap and np.round(ratio * (n + 1)) == n + 1:
+        n += 1
+    return n

@@ -19,6 +19,7 @@ from implicit.nearest_neighbours import bm25_weight, tfidf_weight
 from threadpoolctl import threadpool_limits
 
 from recsvc.config import TrainSettings
+from recsvc.core.weights import transform_weights
 from recsvc.errors import ConfigError
 
 
@@ -47,7 +48,11 @@ def resolve_device(requested: str) -> str:
 
 
 def weight_matrix(matrix: sp.csr_matrix, settings: TrainSettings) -> sp.csr_matrix:
-    """The user-item matrix as the model sees it, per ``settings.weighting``."""
+    """The user-item matrix as the model sees it: ``settings.weight_transform`` on each entry,
+    then ``settings.weighting``."""
+    if settings.weight_transform != "none":
+        matrix = matrix.copy()
+        matrix.data = transform_weights(matrix.data, settings.weight_transform)
     if settings.weighting == "binary":
         weighted = matrix.copy()
         weighted.data = np.ones_like(weighted.data)

@@ -265,7 +265,8 @@ def recipe_of(manifest_parameters: dict[str, Any], train: TrainSettings) -> Trai
 
 def train_parameters(train: TrainSettings) -> dict[str, object]:
     """The parameters that shaped a model, as recorded in its manifest."""
-    keys = ["algorithm", "factors", "iterations", "regularization", "weighting", "seed"]
+    keys = ["algorithm", "factors", "iterations", "regularization", "weighting"]
+    keys += ["weight_transform", "seed"]
     keys += ["alpha"] if train.algorithm == "als" else ["learning_rate"]
     if train.weighting == "bm25":
         keys += ["bm25_k1", "bm25_b"]
