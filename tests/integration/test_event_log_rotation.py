@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,10 +20,13 @@ import pytest
 
 from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
+from recsvc.config import Settings
 from recsvc.core.state import EventType, Interaction
 from recsvc.data.interaction_store import InteractionStore
+from recsvc.store import file_log
 from recsvc.store.file_log import (
     FileEventLog,
+    Segment,
     base_path,
     closed_segments,
     delete_ingested_segments,
@@ -32,7 +36,7 @@ from recsvc.store.file_log import (
     read_events_since,
 )
 from recsvc.testing import running_server, server_env
-from workers.ingest import FileLogIngester
+from workers.ingest import FileLogIngester, build_ingest_round
 
 DAY_MS = 86_400_000
 # Small segments: a line of 10 of these events is ~500 bytes, so about 5 lines each.
@@ -257,3 +261,80 @@ def test_a_server_rotates_its_log_and_replays_across_segments_after_a_kill(
     with running_server(args, env) as second:
         output = "".join(second.output)
         assert re.search(r"replayed 4000 events of 50 users", output), output
+
+
+def test_ingest_beside_a_writer_that_rotates_reads_every_event_once(tmp_path: Path) -> None:
+    """The ingest worker reads while the server appends and rotates (a rotation between its
+    listing of the segments and its open of the active one must not shift its offsets)."""
+    path = tmp_path / "events.jsonl"
+    store = InteractionStore(tmp_path / "store")
+    log = FileEventLog(path, segment_bytes=1_000)  # a rotation every other append
+    total = 600
+    done = threading.Event()
+
+    def write() -> None:
+        try:
+            for start in range(0, total, 5):
+                append(log, batch(start, 5))
+        finally:
+            done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    ingester = FileLogIngester(path, store, batch_size=7, replay_window_ms=DAY_MS)
+    while not done.is_set():
+        ingester.run_once()
+    writer.join()
+    ingester.run_once()
+    assert len(closed_segments(path)) > 20
+    assert ingested(store) == expected(total)
+
+
+def test_the_ingest_worker_deletes_by_the_history_ttl_setting(tmp_path: Path) -> None:
+    """build_ingest_round wires RECSVC_STORE__HISTORY_TTL_SECONDS as the replay window."""
+    path = tmp_path / "events.jsonl"
+    log = FileEventLog(path, segment_bytes=SEGMENT)
+    now = int(time.time() * 1000)
+    fill(log, 0, 100, timestamp_ms=now - 2 * 3_600_000)  # two hours old
+    fill(log, 100, 100, timestamp_ms=now)
+    settings = Settings(
+        model_store=tmp_path / "models",
+        store={"event_log_path": path, "history_ttl_seconds": 3600},
+        workers={"interaction_store": tmp_path / "store"},
+    )
+    assert build_ingest_round(settings)() == 200
+    kept = log_segments(path)
+    assert kept[0].start > 0 and all(s.newest_ms is None or s.newest_ms >= now for s in kept)
+    replayed = [e.event_id for events in read_events_since(path, now - 3_600_000) for e in events]
+    assert replayed == expected(100, start=100)
+
+
+def test_a_rotation_between_listing_and_opening_does_not_shift_offsets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race the reader guards against, made to happen: it lists the segments, the writer
+    rotates and fills the new active segment past the reader's offset, then the reader opens
+    `events.jsonl`. Without the second listing it would read the new segment at the old one's
+    offsets (skipping events)."""
+    path = tmp_path / "events.jsonl"
+    store = InteractionStore(tmp_path / "store")
+    log = FileEventLog(path, segment_bytes=SEGMENT)
+    fill(log, 0, 30)  # 3 lines, ~1,500 bytes: no rotation yet
+    ingester = FileLogIngester(path, store, batch_size=1_000)
+    assert ingester.run_once() == 30
+    fill(log, 30, 10)
+    real_listing = file_log.log_segments
+    writes = [0]
+
+    def listing_then_rotation(active: Path) -> list[Segment]:
+        segments = real_listing(active)
+        if not writes[0]:
+            writes[0] = 1
+            fill(log, 40, 10)  # past segment_bytes: rotates
+            fill(log, 50, 40)  # the new active segment, longer than the reader's offset
+            assert log_segments(path)[-1].size > ingester._checkpoint() - segments[-1].start
+        return segments
+
+    monkeypatch.setattr(file_log, "log_segments", listing_then_rotation)
+    assert ingester.run_once() == 60 and writes[0]
+    assert ingested(store) == expected(90)
