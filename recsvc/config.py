@@ -318,6 +318,11 @@ class TrainSettings(_Section):
     weighting: Literal["none", "binary", "bm25", "tfidf"] = Field(
         "none", description="Weights fed to the model: as read, all 1, BM25 or TF-IDF."
     )
+    weight_transform: Literal["none", "log1p"] = Field(
+        "none",
+        description="Applied to each summed weight before the weighting: log1p = log(1 + w), "
+        "which tames heavy counts such as plays.",
+    )
     bm25_k1: float = Field(100.0, gt=0, description="BM25 k1 (with weighting=bm25).")
     bm25_b: float = Field(0.8, ge=0, le=1, description="BM25 b (with weighting=bm25).")
     learning_rate: float = Field(0.01, gt=0, le=10, description="BPR learning rate.")

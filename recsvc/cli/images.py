@@ -121,7 +121,9 @@ def _run_embed(args: argparse.Namespace) -> int:
 
 def add_image_eval_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("images (instead of --interactions)")
-    g.add_argument("--images", type=Path, help="embedding table from `recsvc embed`")
+    g.add_argument(
+        "--images", type=Path, help="embedding table from `recsvc embed` (default: none)"
+    )
     g.add_argument("--label-column", help="visual agreement label (default: the category)")
     g.add_argument(
         "--attributes",
@@ -137,7 +139,9 @@ def add_image_eval_options(p: argparse.ArgumentParser) -> None:
         help="visual agreement measured for N random items; the visual space learns on the rest",
     )
     g.add_argument(
-        "--catalogue", type=Path, help="the catalogue the table came from (for the cold start)"
+        "--catalogue",
+        type=Path,
+        help="the catalogue the table came from, for the cold start (default: none)",
     )
 
 
