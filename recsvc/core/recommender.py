@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from recsvc.core import similarity
 from recsvc.core.added import AddedItems, NewItem
-from recsvc.core.candidates import CandidateSearch
+from recsvc.core.candidates import CandidateSearch, not_in
 from recsvc.core.foldin import fold_in_histories
 from recsvc.core.model import Model, VisualPart
 from recsvc.core.planner import batches, finish, plan_query
@@ -78,7 +78,7 @@ class Recommender:
                 if not len(plan.blocked):  # nothing to exclude: no isin needed
                     found[n] = labels[row][: plan.pool], scores[row][: plan.pool]
                     continue
-                keep = ~np.isin(labels[row], plan.blocked)
+                keep = not_in(labels[row], plan.blocked)
                 if keep.sum() >= plan.pool or fetch >= self.model.info.num_items:
                     found[n] = labels[row][keep][: plan.pool], scores[row][keep][: plan.pool]
         results: list[Recommendation] = []
