@@ -92,8 +92,8 @@ def seed_redis(url: str, version: str, n_users: int, dim: int) -> None:
         block = rng.normal(size=(min(10_000, n_users - start), dim)).astype(np.float32)
         for offset, vector in enumerate(block):
             pipe.set(
-                vector_key("recsvc", f"u{start + offset}", version),
-                vector_to_bytes(vector),
+                vector_key("recsvc", f"u{start + offset}", version, "float16"),
+                vector_to_bytes(vector, "float16"),
                 ex=86400,
             )
         pipe.execute()

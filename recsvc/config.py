@@ -191,7 +191,9 @@ class StoreSettings(_Section):
         7 * 86400, ge=60, description="TTL of a cached user vector (per model version)."
     )
     vector_encoding: Literal["float32", "float16"] = Field(
-        "float32", description="How Redis stores user vectors; float16 halves their memory."
+        "float16",
+        description="How Redis stores user vectors: float16 halves their memory and leaves "
+        "the top-10 lists as they are (docs/BENCHMARKS.md); float32 stores them exactly.",
     )
     history_ttl_seconds: int = Field(
         30 * 86400, ge=60, description="TTL of a user's recent-interaction history."

@@ -3,7 +3,7 @@
 Keys carry a hash tag so that each user's keys, and all event-log keys, share a Redis Cluster
 slot:
 
-    {prefix}:{u:<user>}:v:<model version>   float32 vector bytes, TTL
+    {prefix}:{u:<user>}:v16:<model version> float16 vector bytes (v: float32), TTL
     {prefix}:{u:<user>}:h / :t              history: item -> weight (hash), item -> time (zset);
                                             field "" of :h is the history's sequence number
     {prefix}:{ev}:stream                    the event stream (XADD)
@@ -140,8 +140,13 @@ def user_key(prefix: str, user_id: str, suffix: str) -> str:
     return f"{prefix}:{{u:{user_id}}}:{suffix}"
 
 
-def vector_key(prefix: str, user_id: str, model_version: str) -> str:
-    return user_key(prefix, user_id, f"v:{model_version}")
+def vector_key(prefix: str, user_id: str, model_version: str, encoding: str = "float16") -> str:
+    """The key of a user's vector for one model version; the encoding is part of the name, so
+    that a change of encoding reads no vector in the other one (they are folded in anew)."""
+    return user_key(prefix, user_id, f"{_VECTOR_KEY_TAGS[encoding]}:{model_version}")
+
+
+_VECTOR_KEY_TAGS = {"float32": "v", "float16": "v16"}
 
 
 def connect(url: str, timeout: float, connect_timeout: float, retries: int = 1) -> redis.Redis:
@@ -173,7 +178,7 @@ class RedisUserStore:
         history_max_items: int,
         history_ttl: int,
         vector_ttl: int,
-        vector_encoding: str = "float32",
+        vector_encoding: str = "float16",
     ) -> None:
         self._redis = client
         self.vector_encoding = vector_encoding
@@ -199,7 +204,10 @@ class RedisUserStore:
         for chunk in _chunks(user_ids):
             keys: list[str] = []
             for user_id in chunk:
-                keys += [vector_key(self._prefix, user_id, model_version), self._key(user_id, "h")]
+                keys += [
+                    vector_key(self._prefix, user_id, model_version, self.vector_encoding),
+                    self._key(user_id, "h"),
+                ]
             calls.append((keys, []))
         replies = await _checked(_run(self._redis, self._get_states, calls), "reading user state")
         flat = [value for reply in replies for value in reply]
@@ -223,7 +231,10 @@ class RedisUserStore:
             keys: list[str] = []
             args: list[Any] = [self.vector_ttl]
             for user_id in chunk:
-                keys += [vector_key(self._prefix, user_id, model_version), self._key(user_id, "h")]
+                keys += [
+                    vector_key(self._prefix, user_id, model_version, self.vector_encoding),
+                    self._key(user_id, "h"),
+                ]
                 args += [
                     vector_to_bytes(vectors[user_id], self.vector_encoding),
                     seqs.get(user_id, ""),

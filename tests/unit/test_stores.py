@@ -17,7 +17,7 @@ from recsvc.store.codec import interactions_to_columns
 from recsvc.store.file_log import FileEventLog, read_columns_from
 from recsvc.store.item_log import FileItemLog, RedisItemLog
 from recsvc.store.memory import InMemoryUserStore
-from recsvc.store.redis_backend import RedisEventLog, RedisUserStore, connect
+from recsvc.store.redis_backend import RedisEventLog, RedisUserStore, connect, vector_key
 
 # (history_max_items, history_ttl, vector_ttl) -> a new, empty store of the backend under test.
 MakeStore = Callable[[int, int, int], UserStateStore]
@@ -188,7 +188,7 @@ async def test_redis_store_keys_carry_ttls_hash_tags_and_stay_small(redis_url: s
     assert await store.ping()
     await store.close()
     keys = sorted(k.decode() for k in raw.keys("rs:*"))
-    assert keys == ["rs:{u:user-1}:h", "rs:{u:user-1}:t", "rs:{u:user-1}:v:v7"]
+    assert keys == ["rs:{u:user-1}:h", "rs:{u:user-1}:t", "rs:{u:user-1}:v16:v7"]
     assert all(0 < raw.ttl(k) <= 600 for k in keys)
 
 
@@ -209,7 +209,8 @@ async def test_redis_memory_per_cached_vector(redis_url: str, encoding: str, bud
     assert state.vector is not None
     np.testing.assert_allclose(state.vector, vector, atol=1e-3)
     await store.close()
-    assert raw.memory_usage("recsvc:{u:u0012345}:v:v20261125-123025-401536") <= budget
+    key = vector_key("recsvc", "u0012345", "v20261125-123025-401536", encoding)
+    assert raw.memory_usage(key) <= budget
 
 
 async def test_redis_down_raises_store_unavailable() -> None:
