@@ -167,6 +167,14 @@ class ServingSettings(_Section):
         description="RecommendBatch entries answered per slice; the event loop serves other "
         "calls between slices.",
     )
+    batch_gather_turns: int = Field(
+        8,
+        ge=0,
+        le=64,
+        description="Turns of the event loop a batch of Recommend calls waits for more calls "
+        "while more keep arriving (0: answer at once); larger batches share one store round "
+        "trip and one index search.",
+    )
 
 
 class StoreSettings(_Section):

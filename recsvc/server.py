@@ -203,6 +203,7 @@ def build_service(
         settings.store.timeout_seconds,
         visual_weight=settings.images.hybrid_visual_weight,
         batch_slice=settings.serving.batch_slice,
+        gather_turns=settings.serving.batch_gather_turns,
     )
 
 

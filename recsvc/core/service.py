@@ -71,6 +71,7 @@ class RecommendationService:
     events : the durable event log
     event_weights : default weight per event type
     store_timeout : longest wait for the store in one request (further bounded by the deadline)
+    gather_turns : turns of the event loop a Recommend batch waits for more calls (MicroBatcher)
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class RecommendationService:
         on_store_status: Callable[[bool], None] | None = None,
         visual_weight: float = 0.5,
         batch_slice: int = 32,
+        gather_turns: int = 0,
     ) -> None:
         self.holder = holder
         self.store = store
@@ -94,7 +96,7 @@ class RecommendationService:
         self.stats = ServiceStats()
         self.on_store_status = on_store_status or (lambda healthy: None)
         self._background: set[asyncio.Task[None]] = set()
-        self._recommend_batcher = MicroBatcher(self._recommend_together)
+        self._recommend_batcher = MicroBatcher(self._recommend_together, gather_turns=gather_turns)
 
     # --------------------------------------------------------------------------- queries
 

@@ -60,3 +60,50 @@ async def test_a_caller_that_gives_up_is_skipped_without_harming_the_others() ->
     with pytest.raises(asyncio.CancelledError):
         await second
     assert handled == [[1], [3]]
+
+
+@pytest.mark.parametrize(("gather_turns", "batches"), [(0, 4), (4, 1)])
+async def test_calls_delivered_over_the_next_turns_join_the_batch(
+    gather_turns: int, batches: int
+) -> None:
+    """Calls that reach the batcher one turn of the event loop after another (as gRPC delivers
+    them under load) join the waiting batch when it gathers; without gathering the first
+    goes alone."""
+    seen: list[list[int]] = []
+
+    async def handle(requests: list[int]) -> list[int | BaseException]:
+        seen.append(requests)
+        await asyncio.sleep(0)
+        return list(requests)
+
+    batcher = MicroBatcher(handle, gather_turns=gather_turns)
+
+    async def later(n: int) -> int:
+        for _ in range(n):
+            await asyncio.sleep(0)  # delivered n turns after the first
+        return await batcher.submit(n)
+
+    assert await asyncio.gather(*(later(n) for n in range(4))) == [0, 1, 2, 3]
+    assert len(seen) == batches
+
+
+async def test_a_lone_call_waits_one_turn_at_most() -> None:
+    turns = 0
+    stop = False
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while not stop:
+            turns += 1
+            await asyncio.sleep(0)
+
+    async def handle(requests: list[int]) -> list[int | BaseException]:
+        return list(requests)
+
+    counter = asyncio.create_task(count_turns())
+    await asyncio.sleep(0)
+    before = turns
+    assert await MicroBatcher(handle, gather_turns=16).submit(5) == 5
+    stop = True
+    await counter
+    assert turns - before <= 3  # start, one turn of gathering, the answer
