@@ -167,6 +167,11 @@ class ServingSettings(_Section):
         description="RecommendBatch entries answered per slice; the event loop serves other "
         "calls between slices.",
     )
+    freeze_heap: bool = Field(
+        True,
+        description="After each model swap, exclude the objects alive (the model) from Python's "
+        "cyclic garbage collection (gc.freeze), so that a full collection does not stall calls.",
+    )
     batch_gather_turns: int = Field(
         8,
         ge=0,

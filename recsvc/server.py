@@ -379,7 +379,8 @@ async def serve(settings: Settings, announce: bool = True) -> None:
     threadpool_limits(limits=SERVING_BLAS_THREADS, user_api="blas")
     log.info("%s", startup_line(settings))
     holder = RecommenderHolder(
-        waiting=f"no model loaded yet: waiting for the first version in {settings.model_store}"
+        waiting=f"no model loaded yet: waiting for the first version in {settings.model_store}",
+        freeze_heap=settings.serving.freeze_heap,
     )
     model_store = ModelStore.from_settings(settings)
     store, events, item_log = build_user_state(settings)

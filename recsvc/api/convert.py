@@ -197,6 +197,14 @@ def add_recommendations(field: Any, results: list[Recommendation]) -> None:
         _add_items(message.items, result.items)
 
 
+def serialized_batch_part(results: list[Recommendation]) -> bytes:
+    """``results`` as the bytes of a RecommendBatchResponse holding them; the bytes of
+    consecutive parts, joined, are the response holding them all."""
+    message = pb.RecommendBatchResponse()
+    add_recommendations(message.responses, results)
+    return message.SerializeToString()
+
+
 def recommendation_from_pb(message: pb.RecommendResponse) -> Recommendation:
     return Recommendation(
         items=_items_from_pb(list(message.items)),

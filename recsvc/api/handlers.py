@@ -138,6 +138,21 @@ def _answering_malformed_stream(behavior: Callable[..., Any]) -> Callable[..., A
     return unary
 
 
+# Methods whose servicer may answer with the response's bytes: a large one is serialized in
+# parts on a worker thread, which would otherwise hold the event loop in one piece.
+PRESERIALIZED_RESPONSES = frozenset({"RecommendBatch"})
+
+
+def passing_bytes_through(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """``serialize``, except that a response already serialized (bytes, made off the event
+    loop by the servicer) goes out as it is."""
+
+    def serialized(response: Any) -> bytes:
+        return response if type(response) is bytes else serialize(response)
+
+    return serialized
+
+
 def guard_handlers(
     service: str,
     handlers: Mapping[str, MethodHandler],
@@ -156,6 +171,8 @@ def guard_handlers(
                 handler.request_deserializer, f"{service}/{name}", warnings
             )
         }
+        if name in PRESERIALIZED_RESPONSES and handler.response_serializer is not None:
+            changes["response_serializer"] = passing_bytes_through(handler.response_serializer)
         if not behind_boundary:
             if handler.unary_unary is not None:
                 changes["unary_unary"] = _answering_malformed(handler.unary_unary)

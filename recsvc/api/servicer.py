@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from recsvc._proto.v1 import recommender_pb2 as pb
@@ -45,10 +47,13 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         context: Context[pb.RecommendBatchRequest, pb.RecommendBatchResponse],
     ) -> pb.RecommendBatchResponse:
         queries = [convert.recommend_query_from_pb(r) for r in request.requests]
-        response = pb.RecommendBatchResponse()
+        # Each slice converted and serialized on a worker thread, the parts joined: repeated
+        # fields concatenate on the wire. Up to 1,000 x 1,000 items would otherwise hold the
+        # event loop for long (api.handlers passes the bytes through).
+        parts: list[bytes] = []
         async for part in self._service.recommend_batch_slices(queries, context.time_remaining()):
-            convert.add_recommendations(response.responses, part)
-        return response
+            parts.append(await asyncio.to_thread(convert.serialized_batch_part, part))
+        return b"".join(parts)  # type: ignore[return-value]
 
     @call_boundary
     async def SimilarItems(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from recsvc.core.recommender import Recommender
 from recsvc.errors import Unavailable
 
@@ -14,8 +16,11 @@ class RecommenderHolder:
         self,
         recommender: Recommender | None = None,
         waiting: str = "no model loaded yet; retry shortly",
+        freeze_heap: bool = False,
     ) -> None:
         self._current = recommender
+        # After each swap, take what is alive (the model above all) out of the cyclic GC.
+        self.freeze_heap = freeze_heap
         # What calls are answered (UNAVAILABLE) until the first model is in.
         self.waiting = waiting
 
@@ -27,7 +32,19 @@ class RecommenderHolder:
 
     def swap(self, recommender: Recommender) -> None:
         self._current = recommender
+        if self.freeze_heap:
+            freeze_heap()
 
     @property
     def loaded(self) -> bool:
         return self._current is not None
+
+
+def freeze_heap() -> None:
+    """Collect, then move every object alive into the permanent generation: a full collection
+    no longer walks the model's millions of references (it held the event loop for hundreds of
+    milliseconds when a large RecommendBatch set it off). Unfrozen first, so that the previous
+    model's cycles, now garbage, are collected."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()

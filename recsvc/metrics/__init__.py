@@ -10,6 +10,7 @@ several worker processes the supervisor serves one endpoint for all of them (.wo
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -42,12 +43,17 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._rpc_children: dict[tuple[str, str], Any] = {}
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
-        self.rpc_seconds.labels(method, code).observe(seconds)
+        # The labelled child per (method, code), kept: labels() costs a lock and a lookup.
+        child = self._rpc_children.get((method, code))
+        if child is None:
+            child = self._rpc_children[method, code] = self.rpc_seconds.labels(method, code)
+        child.observe(seconds)
 
     def watch(self, service: RecommendationService, swaps: Callable[[], tuple[int, int]]) -> None:
         self.registry.register(ServiceCollector(service, swaps))
