@@ -82,13 +82,13 @@ async def run(url: str, n_users: int, rounds: int, dim: int) -> dict[str, Any]:
     async def baseline_vectors(n: int) -> None:
         async with client.pipeline(transaction=False) as pipe:
             for user, vector in vectors.items():
-                pipe.set(vector_key("b", user, "v1", "float32"), vector_to_bytes(vector), ex=600)
+                pipe.set(vector_key("b", user, "float32"), vector_to_bytes(vector), ex=600)
             await pipe.execute()
 
     async def baseline_states(n: int) -> None:
         async with client.pipeline(transaction=False) as pipe:
             for user in users:
-                pipe.get(vector_key("b", user, "v1", "float32"))
+                pipe.get(vector_key("b", user, "float32"))
                 pipe.hgetall(f"b:{{u:{user}}}:h")
             await pipe.execute()
 

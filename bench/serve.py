@@ -1,16 +1,24 @@
-"""Serving benchmark: Recommend over gRPC against the framework's and the engine's limits.
+"""Serving benchmark: recsvc's Recommend against the service a user would hand-roll and the
+framework's limit.
 
-In one run, on this machine:
-  - recsvc serve (Redis mode) with a 100k-item x 64-dim model and 1M users whose vectors are
-    in Redis, under a grpc.aio load generator at several concurrencies;
-  - a bare grpc.aio echo server answering Recommend with a fixed response of the same size
-    (the framework's limit);
-  - RecommendationService called in-process with the same Redis (the engine's limit);
-  - p99 at half of recsvc's saturation rate (open-loop, paced requests);
-  - RecordInteractions latency and the fold-in time per call.
-Prints one JSON line per measurement and a summary line.
+Default (the comparison of issue 16), one run on this machine: one model (100k items x 64
+factors, 20k users), one Redis, and, interleaved round by round at one concurrency:
+  - recsvc serve, one process, Redis mode (the headline row);
+  - recsvc serve, one process, embedded mode (no Redis);
+  - recsvc serve --workers 2, Redis mode;
+  - ../shared/bench/peer.py over the same published version (grpc.aio + redis.asyncio GET +
+    hnswlib, the 100-line service a user would write instead);
+  - a bare grpc.aio echo server answering a fixed response of the same size.
+Per target: median rps, p50/p99, errors, server CPU per call (the process tree's, from
+/proc), recsvc's mean micro-batch; then the ratios to the peer and to the echo server. Calls go
+to the model's own users, which recsvc and the peer both know. `--server-root DIR` runs recsvc
+from another checkout (a git worktree of another commit) to compare commits.
 
-    .venv/bin/python bench/serve.py [--items 100000] [--users 1000000] [--seconds 5]
+    .venv/bin/python bench/serve.py [--rounds 3] [--seconds 8] [--concurrency 32]
+
+`--sweep` runs the older measurement instead: recsvc (Redis mode, 1M users' vectors in Redis)
+and the echo server at several concurrencies, the engine in-process, p99 at half of recsvc's
+saturation, RecordInteractions latency.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,8 +58,7 @@ from recsvc.data.matrix import Interactions, ReadReport  # noqa: E402
 from recsvc.fitting.factors import TrainedFactors  # noqa: E402
 from recsvc.index import IndexBuildParams  # noqa: E402
 from recsvc.metrics import RECOMMEND_BATCHED_CALLS, RECOMMEND_BATCHES  # noqa: E402
-from recsvc.store.codec import vector_to_bytes  # noqa: E402
-from recsvc.store.redis_backend import vector_key  # noqa: E402
+from recsvc.store.redis_backend import tagged_vector, vector_key  # noqa: E402
 from recsvc.testing import free_port, redis_server, running_server, server_env  # noqa: E402
 from recsvc.training.pipeline import build_model  # noqa: E402
 
@@ -92,8 +100,8 @@ def seed_redis(url: str, version: str, n_users: int, dim: int) -> None:
         block = rng.normal(size=(min(10_000, n_users - start), dim)).astype(np.float32)
         for offset, vector in enumerate(block):
             pipe.set(
-                vector_key("recsvc", f"u{start + offset}", version, "float16"),
-                vector_to_bytes(vector, "float16"),
+                vector_key("recsvc", f"u{start + offset}", "float16"),
+                tagged_vector(version, vector, "float16"),
                 ex=86400,
             )
         pipe.execute()
@@ -317,7 +325,7 @@ def echo_server(port: int) -> None:
     asyncio.run(run())
 
 
-def main() -> None:
+def sweep_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--users", type=int, default=1_000_000, help="users with Redis vectors")
@@ -331,12 +339,7 @@ def main() -> None:
     parser.add_argument(
         "--paced", type=float, nargs="*", default=[], help="also measure latency at these rps"
     )
-    parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.echo_server:
-        echo_server(args.echo_server)
-        return
-
+    args = parser.parse_args(argv)
     conditions = {
         "items": args.items,
         "dim": args.dim,
@@ -437,6 +440,177 @@ def main() -> None:
             }
         )
     )
+
+
+# ---------------------------------------------------------------------------- the comparison
+
+PEER = ROOT.parent / "shared" / "bench" / "peer.py"
+COMPARE_USERS = 20_000
+
+
+def start(command: list[str], env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen[str], str]:
+    """Start a server and wait for its 'listening on HOST:PORT' line."""
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("listening on "):
+            return process, line.split()[2]
+    raise RuntimeError(f"{' '.join(command[:4])} did not start")
+
+
+def batch_counts(metrics_port: int) -> tuple[float, float]:
+    """(batches, calls) of the Recommend micro-batcher, from a server's /metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
+    values = dict(
+        line.split(" ", 1)
+        for line in text.decode().splitlines()
+        if line.startswith((RECOMMEND_BATCHES, RECOMMEND_BATCHED_CALLS))
+    )
+    return (
+        float(values.get(f"{RECOMMEND_BATCHES}_total", 0)),
+        float(values.get(f"{RECOMMEND_BATCHED_CALLS}_total", 0)),
+    )
+
+
+async def compare_round(target: str, concurrency: int, seconds: float) -> dict[str, float]:
+    async with connections(target, 4) as stubs:
+        turn = itertools.cycle(stubs)
+
+        async def call() -> None:
+            user = f"m{random.randrange(COMPARE_USERS)}"
+            await next(turn).Recommend(pb.RecommendRequest(user_id=user, k=K), timeout=5)
+
+        await closed_loop(call, 4, 1.0)  # warm up (connections, caches)
+        return await closed_loop(call, concurrency, seconds)
+
+
+def compare_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--server-root", type=Path, default=ROOT)
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        default=["recsvc", "recsvc_embedded", "recsvc_workers2", "peer", "echo"],
+    )
+    args = parser.parse_args(argv)
+    server_root = args.server_root.resolve()
+    targets = [t for t in args.targets if t != "peer" or PEER.exists()]
+    with tempfile.TemporaryDirectory() as tmp, redis_server() as url:
+        store = Path(tmp) / "store"
+        version = make_model_store(store, 100_000, COMPARE_USERS, 64)
+        serve = [sys.executable, "-m", "recsvc", "serve", "--model-store", str(store)]
+
+        def recsvc_env(metrics_port: int, **extra: str) -> dict[str, str]:
+            return server_env(
+                RECSVC_SERVING__MODEL_POLL_SECONDS="0",
+                RECSVC_SERVER__DRAIN_SECONDS="0",
+                RECSVC_SERVER__METRICS_PORT=str(metrics_port),
+                RECSVC_LOG_LEVEL="WARNING",
+                PYTHONPATH=str(server_root),
+                **extra,
+            )
+
+        metrics = {name: free_port() for name in targets if name.startswith("recsvc")}
+        commands = {
+            "recsvc": (
+                [*serve, "--port", "0"],
+                recsvc_env(metrics.get("recsvc", 0), RECSVC_REDIS_URL=url),
+                server_root,
+            ),
+            "recsvc_embedded": (
+                [*serve, "--port", "0"],
+                recsvc_env(
+                    metrics.get("recsvc_embedded", 0),
+                    RECSVC_STORE__EVENT_LOG_PATH=str(Path(tmp) / "events.jsonl"),
+                ),
+                server_root,
+            ),
+            "recsvc_workers2": (
+                [*serve, "--port", str(free_port()), "--workers", "2"],
+                recsvc_env(metrics.get("recsvc_workers2", 0), RECSVC_REDIS_URL=url),
+                server_root,
+            ),
+            "peer": (
+                [sys.executable, str(PEER), str(store / "versions" / version), url[:-1] + "14"],
+                server_env(),
+                ROOT,
+            ),
+            "echo": (
+                [sys.executable, __file__, "--echo-server", str(free_port())],
+                server_env(),
+                ROOT,
+            ),
+        }
+        servers: dict[str, tuple[subprocess.Popen[str], str]] = {}
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+        try:
+            for name in targets:
+                servers[name] = start(*commands[name])
+            for n in range(args.rounds):
+                for name, (process, target) in servers.items():
+                    cpu_before = tree_cpu_seconds([process.pid])
+                    batches_before = batch_counts(metrics[name]) if name in metrics else None
+                    result = asyncio.run(compare_round(target, args.concurrency, args.seconds))
+                    cpu = tree_cpu_seconds([process.pid]) - cpu_before
+                    result["server_cpu_us_per_call"] = round(
+                        cpu / max(result["requests"], 1) * 1e6, 1
+                    )
+                    if batches_before is not None:
+                        after = batch_counts(metrics[name])
+                        made = after[0] - batches_before[0]
+                        result["mean_batch"] = round((after[1] - batches_before[1]) / made, 2)
+                    rounds[name].append(result)
+                    print(json.dumps({"bench": "serve", "round": n, "target": name, **result}))
+        finally:
+            for process, _ in servers.values():
+                process.terminate()
+                process.wait(timeout=30)
+    medians = {
+        name: {
+            key: statistics.median(r[key] for r in results)
+            for key in ("rps", "p50_ms", "p99_ms", "server_cpu_us_per_call", "mean_batch")
+            if key in results[0]
+        }
+        | {"errors": sum(r["errors"] for r in results)}
+        for name, results in rounds.items()
+    }
+
+    def ratio(a: str, b: str) -> float | None:
+        if a in medians and b in medians:
+            return round(medians[a]["rps"] / medians[b]["rps"], 3)
+        return None
+
+    print(
+        json.dumps(
+            {
+                "bench": "serve",
+                "summary": True,
+                "server_root": str(server_root),
+                "concurrency": args.concurrency,
+                "rounds": args.rounds,
+                "seconds": args.seconds,
+                "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+                "medians": medians,
+                "recsvc_to_peer": ratio("recsvc", "peer"),
+                "recsvc_to_echo": ratio("recsvc", "echo"),
+                "embedded_to_peer": ratio("recsvc_embedded", "peer"),
+                "workers2_to_peer": ratio("recsvc_workers2", "peer"),
+            }
+        )
+    )
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if argv[:1] == ["--echo-server"]:
+        echo_server(int(argv[1]))
+    elif argv[:1] == ["--sweep"]:
+        sweep_main(argv[1:])
+    else:
+        compare_main(argv)
 
 
 if __name__ == "__main__":

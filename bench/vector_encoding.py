@@ -119,7 +119,7 @@ async def memory_usage(url: str) -> dict[str, int]:
         await store.put_vectors(version, {"u0012345": vector})
         await store.close()
         out[f"memory_usage_{encoding}"] = int(
-            raw.memory_usage(vector_key("recsvc", "u0012345", version, encoding)) or 0
+            raw.memory_usage(vector_key("recsvc", "u0012345", encoding)) or 0
         )
     return out
 

@@ -201,7 +201,10 @@ class StoreSettings(_Section):
     )
     key_prefix: str = Field("recsvc", min_length=1, max_length=32, description="Redis key prefix.")
     vector_ttl_seconds: int = Field(
-        7 * 86400, ge=60, description="TTL of a cached user vector (per model version)."
+        7 * 86400,
+        ge=60,
+        description="TTL of a user's cached vector (one per user: a new model version's "
+        "replaces it).",
     )
     vector_encoding: Literal["float32", "float16"] = Field(
         "float16",
@@ -221,7 +224,7 @@ class StoreSettings(_Section):
         None, description="Event log file without Redis; unset: events.jsonl in the model store."
     )
     dedupe_ttl_seconds: int = Field(
-        7 * 86400,
+        86400,
         ge=60,
         description="How long an event_id is remembered for idempotency (Redis); a retry later "
         "than that is accepted as new.",

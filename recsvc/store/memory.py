@@ -37,15 +37,16 @@ class InMemoryUserStore:
         # user -> (expires_at, ({item: summed weight}, {item: latest timestamp_ms}, seq))
         self._history: OrderedDict[str, tuple[float, _History]] = OrderedDict()
         self._last_seq = 0
-        # (user, model version) -> (expires_at, vector)
-        self._vectors: OrderedDict[tuple[str, str], tuple[float, npt.NDArray[np.float32]]] = (
+        # user -> (expires_at, (model version, vector)): one vector per user, as in Redis
+        self._vectors: OrderedDict[str, tuple[float, tuple[str, npt.NDArray[np.float32]]]] = (
             OrderedDict()
         )
 
     async def get_state(self, user_id: str, model_version: str) -> UserState:
         now = self._clock()
         history = self._live(self._history, user_id, now)
-        vector = self._live(self._vectors, (user_id, model_version), now)
+        stored = self._live(self._vectors, user_id, now)
+        vector = stored[1] if stored is not None and stored[0] == model_version else None
         if history is None:
             return UserState({}, vector)
         return UserState(dict(history[0]), vector, history[2])
@@ -66,8 +67,8 @@ class InMemoryUserStore:
                 history = self._live(self._history, user_id, now)
                 if history is None or history[2] != history_seqs[user_id]:
                     continue  # folded in from a history that has changed since
-            self._vectors[(user_id, model_version)] = (expires_at, vector.copy())
-            self._vectors.move_to_end((user_id, model_version))
+            self._vectors[user_id] = (expires_at, (model_version, vector.copy()))
+            self._vectors.move_to_end(user_id)
         self._bound(self._vectors)
 
     async def add_histories(

@@ -3,7 +3,8 @@
 Keys carry a hash tag so that each user's keys, and all event-log keys, share a Redis Cluster
 slot:
 
-    {prefix}:{u:<user>}:v16:<model version> float16 vector bytes (v: float32), TTL
+    {prefix}:{u:<user>}:v16                 "<model version>|" + float16 vector bytes, TTL
+                                            (:v32 for float32)
     {prefix}:{u:<user>}:h / :t              history: item -> weight (hash), item -> time (zset);
                                             field "" of :h is the history's sequence number
     {prefix}:{ev}:stream                    the event stream (XADD)
@@ -140,13 +141,30 @@ def user_key(prefix: str, user_id: str, suffix: str) -> str:
     return f"{prefix}:{{u:{user_id}}}:{suffix}"
 
 
-def vector_key(prefix: str, user_id: str, model_version: str, encoding: str = "float16") -> str:
-    """The key of a user's vector for one model version; the encoding is part of the name, so
-    that a change of encoding reads no vector in the other one (they are folded in anew)."""
-    return user_key(prefix, user_id, f"{_VECTOR_KEY_TAGS[encoding]}:{model_version}")
+def vector_key(prefix: str, user_id: str, encoding: str = "float16") -> str:
+    """The key of a user's vector: one per user, whatever the model version (the value names
+    it), so that retraining leaves no keys behind. The encoding is part of the name: a change
+    of encoding reads no vector in the other one (they are folded in anew)."""
+    return user_key(prefix, user_id, _VECTOR_KEY_TAGS[encoding])
 
 
-_VECTOR_KEY_TAGS = {"float32": "v", "float16": "v16"}
+_VECTOR_KEY_TAGS = {"float32": "v32", "float16": "v16"}
+
+
+def tagged_vector(model_version: str, vector: npt.NDArray[np.float32], encoding: str) -> bytes:
+    """A vector as stored: the model version it belongs to, "|", its bytes."""
+    return model_version.encode() + b"|" + vector_to_bytes(vector, encoding)
+
+
+def untagged_vector(
+    stored: bytes, model_version: str, encoding: str
+) -> npt.NDArray[np.float32] | None:
+    """The vector of a stored value when it belongs to ``model_version``, else None (another
+    version's vector, to be folded in anew)."""
+    version, separator, data = stored.partition(b"|")
+    if not separator or version != model_version.encode():
+        return None
+    return vector_from_bytes(data, encoding)
 
 
 def connect(url: str, timeout: float, connect_timeout: float, retries: int = 1) -> redis.Redis:
@@ -205,7 +223,7 @@ class RedisUserStore:
             keys: list[str] = []
             for user_id in chunk:
                 keys += [
-                    vector_key(self._prefix, user_id, model_version, self.vector_encoding),
+                    vector_key(self._prefix, user_id, self.vector_encoding),
                     self._key(user_id, "h"),
                 ]
             calls.append((keys, []))
@@ -214,7 +232,9 @@ class RedisUserStore:
         states: list[UserState] = []
         for vector, flat_history in zip(flat[::2], flat[1::2], strict=True):
             history = _decode_history(flat_history)
-            decoded = vector_from_bytes(vector, self.vector_encoding) if vector else None
+            decoded = (
+                untagged_vector(vector, model_version, self.vector_encoding) if vector else None
+            )
             states.append(UserState(history.items, decoded, history.seq))
         return states
 
@@ -232,11 +252,11 @@ class RedisUserStore:
             args: list[Any] = [self.vector_ttl]
             for user_id in chunk:
                 keys += [
-                    vector_key(self._prefix, user_id, model_version, self.vector_encoding),
+                    vector_key(self._prefix, user_id, self.vector_encoding),
                     self._key(user_id, "h"),
                 ]
                 args += [
-                    vector_to_bytes(vectors[user_id], self.vector_encoding),
+                    tagged_vector(model_version, vectors[user_id], self.vector_encoding),
                     seqs.get(user_id, ""),
                 ]
             calls.append((keys, args))
