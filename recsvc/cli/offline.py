@@ -6,6 +6,7 @@ import argparse
 import functools
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -292,22 +293,31 @@ def add_tune(commands: Any) -> None:
 
 def _run_tune(args: argparse.Namespace) -> int:
     from recsvc.tuning.search import tune
+    from recsvc.tuning.storage import journal_path
 
     settings, _, split, seed = _load_split(args)
-    result = tune(
-        split,
-        settings.train,
-        args.protocol,
-        args.k,
-        args.trials,
-        seed,
-        metric=args.metric,
-        timeout=args.timeout,
-        last_n=args.last_n,
-        pinned=_tune_pins(args, settings.train),
-        out=args.out,
-        progress=not args.no_progress,
-    )
+    try:
+        result = tune(
+            split,
+            settings.train,
+            args.protocol,
+            args.k,
+            args.trials,
+            seed,
+            metric=args.metric,
+            timeout=args.timeout,
+            last_n=args.last_n,
+            pinned=_tune_pins(args, settings.train),
+            out=args.out,
+            progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"recsvc: interrupted; the finished trials are kept in {journal_path(args.out)} "
+            "(the same command resumes them)",
+            file=sys.stderr,
+        )
+        return 130
     if args.json:
         print(json.dumps(result))
     else:

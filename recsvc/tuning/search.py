@@ -41,7 +41,7 @@ METRICS = ("ndcg", "precision", "recall", "map")
 # With no trial completed, this many failures in a row stop the search: the cause is then
 # rarely the parameters (bad data, a broken install), and the first error says what it is.
 FAILURES_BEFORE_GIVING_UP = 10
-STARTUP_TRIALS = 30
+STARTUP_TRIALS = 20
 
 
 class TrialFailed(Exception):
