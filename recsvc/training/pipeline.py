@@ -260,6 +260,7 @@ def recipe_of(manifest_parameters: dict[str, Any], train: TrainSettings) -> Trai
     :func:`train_parameters`), the rest from ``train`` (device, threads)."""
     known = set(TrainSettings.model_fields) - {"device", "threads"}
     update = {key: value for key, value in manifest_parameters.items() if key in known}
+    update.setdefault("weight_transform", "none")  # a manifest from before the setting
     return TrainSettings.model_validate({**train.model_dump(), **update})
 
 

@@ -1,5 +1,5 @@
-"""recsvc tune as a real command: pinned flags, failed trials, resuming after SIGKILL, and the
-defaults in --help of the offline commands."""
+"""recsvc tune as a real command: pinned flags, failed trials, resuming after SIGKILL; what eval
+leaves out; the weight transform in a model's parameters; defaults in --help."""
 
 from __future__ import annotations
 
@@ -139,3 +139,23 @@ def test_help_shows_every_default(name: str) -> None:
         assert "(default: 0.75)" in text and "(default: stratified-item)" in text
     if name == "tune":
         assert "--weighting {none,binary,bm25,tfidf}" in text and "(default: searched)" in text
+
+
+def test_eval_says_what_it_left_out_and_train_records_the_transform(
+    demo_data: DemoData, tmp_path: Path
+) -> None:
+    model = ("--factors", "8", "--iterations", "3", "--weight-transform", "log1p")
+    data = ("--interactions", str(demo_data.interactions))
+    result = run("eval", *data, *model, "--no-baselines", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["params"]["weight_transform"] == "log1p"
+    items = report["not_evaluated"]["items_never_in_test"]
+    assert "<= 2 interactions" in items["reason"] and 0 <= items["count"] <= items["of"]
+    table = run("eval", *data, *model, "--no-baselines")
+    assert "users evaluated:" in table.stdout, table.stderr
+    store = tmp_path / "store"
+    result = run("train", *data, *model, "--out", str(store), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(run("models", "show", "--model-store", str(store)).stdout)
+    assert shown["parameters"]["weight_transform"] == "log1p"  # retraining's recipe keeps it

@@ -102,3 +102,5 @@ def test_the_weight_transform_is_part_of_a_models_recipe() -> None:
     assert recorded["weight_transform"] == "log1p"
     again = recipe_of(recorded, TrainSettings())
     assert (again.weight_transform, again.weighting, again.bm25_k1) == ("log1p", "bm25", 3.0)
+    older = {key: value for key, value in recorded.items() if key != "weight_transform"}
+    assert recipe_of(older, fitted).weight_transform == "none"  # fit before the setting existed
