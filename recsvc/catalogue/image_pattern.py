@@ -71,9 +71,7 @@ class ImagePattern:
     def _field(self, name: str, spec: str, conversion: str | None) -> _Field:
         match = _FIELD_RE.fullmatch(name)
         if match is None:
-            raise self._error(
-                f"unknown field {{{name}}} (fields look like {_EXAMPLES})"
-            )
+            raise self._error(f"unknown field {{{name}}} (fields look like {_EXAMPLES})")
         if conversion is not None:
             raise self._error(f"conversion !{conversion} is not supported")
         if "{" in spec or "}" in spec:
