@@ -80,6 +80,12 @@ class ServerSettings(_Section):
     metrics_host: str | None = Field(
         None, description="Address of the /metrics endpoint; unset: server.host."
     )
+    echo_generated_request_ids: bool = Field(
+        False,
+        description="Also send back (trailing metadata x-request-id) the ids made for calls "
+        "that came without one; a caller's own x-request-id is always echoed. Off: the "
+        "trailer costs about a fifth of Recommend's throughput.",
+    )
     access_log: bool = Field(
         False,
         description="Log one INFO line per Recommender call on logger recsvc.access: method, "

@@ -124,7 +124,9 @@ def create_server(
         interceptors=interceptors,
         maximum_concurrent_rpcs=settings.server.max_concurrent_rpcs,
     )
-    servicer = RecommenderServicer(service, items, metrics)
+    servicer = RecommenderServicer(
+        service, items, metrics, echo_generated_ids=settings.server.echo_generated_request_ids
+    )
     if settings.server.access_log:
         log_calls(servicer, RECOMMENDER_METHODS)
     # Malformed requests are answered INVALID_ARGUMENT, logged at most once per interval.

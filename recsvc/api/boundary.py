@@ -1,7 +1,7 @@
 """The call boundary: what every RPC passes through on its way in and out, in one decorator.
 
-In order: the request id (the caller's ``x-request-id`` or a new one, set for the logs and echoed
-in the trailing metadata), the shutdown gate (recsvc.api.gate: calls arriving at the end of a
+In order: the request id (the caller's ``x-request-id``, echoed in the trailing metadata, or a new
+one for the logs), the shutdown gate (recsvc.api.gate: calls arriving at the end of a
 shutdown are held, then answered UNAVAILABLE), a request that could not be decoded
 (recsvc.api.handlers) answered INVALID_ARGUMENT, the handler, the mapping of errors to status codes
 (recsvc.api.status; nothing escapes as UNKNOWN: a RecsvcError gets its code and message,
@@ -47,7 +47,7 @@ def call_boundary(method: Handler[Request, Response]) -> Handler[Request, Respon
     ) -> Response:
         started = time.perf_counter()
         observe = getattr(getattr(self, "metrics", None), "observe_rpc", None)
-        request_id.set(_request_id(context))
+        request_id.set(_request_id(context, self.echo_generated_ids))
         gate: CallGate = self.gate
         gate.arrived()
         if gate.holding:
@@ -87,9 +87,15 @@ _ID_PREFIX = os.urandom(4).hex()
 _ID_COUNTER = itertools.count()
 
 
-def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """The caller's x-request-id, or a new one; echoed back in the trailing metadata."""
-    given = dict(context.invocation_metadata() or ()).get("x-request-id")
-    value = str(given)[:64] if given else f"{_ID_PREFIX}{next(_ID_COUNTER) % 2**32:08x}"
-    context.set_trailing_metadata((("x-request-id", value),))
+def _request_id(context: grpc.aio.ServicerContext[Any, Any], echo_generated: bool) -> str:
+    """The caller's x-request-id, echoed back in the trailing metadata, or a new one (sent
+    back only when ``echo_generated``: a trailer is a sizeable share of a call's cost)."""
+    for key, given in context.invocation_metadata() or ():
+        if key == "x-request-id" and given:
+            value = str(given)[:64]
+            context.set_trailing_metadata((("x-request-id", value),))
+            return value
+    value = f"{_ID_PREFIX}{next(_ID_COUNTER) % 2**32:08x}"
+    if echo_generated:
+        context.set_trailing_metadata((("x-request-id", value),))
     return value

@@ -22,11 +22,17 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     """gRPC front of :class:`RecommendationService` and :class:`ItemService`."""
 
     def __init__(
-        self, service: RecommendationService, items: ItemService, metrics: Metrics | None = None
+        self,
+        service: RecommendationService,
+        items: ItemService,
+        metrics: Metrics | None = None,
+        echo_generated_ids: bool = False,
     ) -> None:
         self._service = service
         self._items = items
         self.metrics = metrics
+        # Read by call_boundary: whether ids made here go back to the caller too.
+        self.echo_generated_ids = echo_generated_ids
         # Every call passes it (call_boundary); it holds calls at the end of a shutdown.
         self.gate = CallGate()
 

@@ -74,4 +74,5 @@ async def test_the_later_history_wins_a_race_of_two_updates(model: Model, redis_
     await client.aclose()
     assert store.writes == 2 and full is not None
     assert stored is not None
-    np.testing.assert_allclose(stored, full, rtol=1e-5)
+    # Stored as float16 (the default encoding): equal to its rounding.
+    np.testing.assert_allclose(stored, full.astype(np.float16), rtol=1e-3)

@@ -200,6 +200,17 @@ def test_sigterm_turns_not_serving_then_drains_and_exits(model_store: Path) -> N
         assert proc.process.wait(timeout=20) == 0
 
 
+def test_made_request_ids_are_echoed_when_asked(model_store: Path) -> None:
+    env = server_env(
+        RECSVC_SERVER__ECHO_GENERATED_REQUEST_IDS="true", RECSVC_SERVER__DRAIN_SECONDS="0"
+    )
+    args = ["serve", "--model-store", str(model_store), "--port", "0"]
+    with running_server(args, env) as proc, grpc.insecure_channel(proc.target) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        _, call = stub.Recommend.with_call(pb.RecommendRequest(user_id="x", k=1), timeout=5)
+        assert any(key == "x-request-id" and value for key, value in call.trailing_metadata())
+
+
 def test_request_ids_are_echoed_and_json_logs_are_json(model_store: Path) -> None:
     env = server_env(RECSVC_LOG_FORMAT="json", RECSVC_SERVER__DRAIN_SECONDS="0")
     args = ["serve", "--model-store", str(model_store), "--port", "0"]
@@ -212,7 +223,8 @@ def test_request_ids_are_echoed_and_json_logs_are_json(model_store: Path) -> Non
         )
         assert ("x-request-id", "abc-123") in call.trailing_metadata()
         _, call = stub.Recommend.with_call(pb.RecommendRequest(user_id="x", k=1), timeout=5)
-        assert any(key == "x-request-id" and value for key, value in call.trailing_metadata())
+        # An id made here stays in the logs unless echo_generated_request_ids is on.
+        assert not any(key == "x-request-id" for key, _ in call.trailing_metadata() or ())
     lines = [line for line in proc.output if line.startswith("{")]
     assert lines, proc.output
     assert json.loads(lines[0])["level"] in {"INFO", "WARNING"}
