@@ -11,6 +11,7 @@ import io
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -160,6 +161,16 @@ class ProductImages:
 
     def path(self, item_id: str) -> Path:
         return self.directory / f"{item_id}.jpg"
+
+    def copy_nested(self, root: Path, count: int) -> list[str]:
+        """The first ``count`` photos copied to ``root/<first 3 characters of the id>/<id>.jpg``
+        (the layout of large catalogues); their ids."""
+        ids = self.ids[:count]
+        for item_id in ids:
+            folder = root / item_id[:3]
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(self.path(item_id), folder / f"{item_id}.jpg")
+        return ids
 
 
 def product_picture(kind: str, rng: random.Random, size: int = 128) -> Image.Image:

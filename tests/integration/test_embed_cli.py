@@ -4,7 +4,6 @@ layouts, and cold-start attributes from the catalogue's own columns."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,10 +16,7 @@ def _nested_shop(products: ProductImages, root: Path, count: int = 12) -> Path:
     """Photos at ``<first 3 characters of the id>/<id>.jpg``; a catalogue without an image
     column and without any of the fashion data set's columns."""
     lines = ["product_id,department,material,price"]
-    for n, item_id in enumerate(products.ids[:count]):
-        folder = root / item_id[:3]
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copy(products.path(item_id), folder / f"{item_id}.jpg")
+    for n, item_id in enumerate(products.copy_nested(root, count)):
         lines.append(f"{item_id},{products.kinds[item_id]},{['wood', 'steel'][n % 2]},{n}.5")
     catalogue = root / "shop.csv"
     catalogue.write_text("\n".join(lines) + "\n")

@@ -3,7 +3,6 @@ and label columns taken from the catalogue itself."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -64,10 +63,7 @@ def _nested_layout(products: ProductImages, root: Path) -> Path:
     """The products' photos as ``<first 3 characters>/<id>.jpg`` under ``root``, and a catalogue
     without an image column."""
     lines = ["item_id,category"]
-    for item_id in products.ids[:6]:
-        folder = root / item_id[:3]
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copy(products.path(item_id), folder / f"{item_id}.jpg")
+    for item_id in products.copy_nested(root, 6):
         lines.append(f"{item_id},{products.kinds[item_id]}")
     catalogue = root / "catalogue.csv"
     catalogue.write_text("\n".join(lines) + "\n")
