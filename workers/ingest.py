@@ -43,6 +43,7 @@ from recsvc.backends import event_log_path, event_stream, sync_redis
 from recsvc.config import Settings
 from recsvc.data.interaction_store import InteractionStore
 from recsvc.durable import replace_bytes_atomically
+from recsvc.errors import StoreUnavailable
 from recsvc.store.codec import (
     interaction_from_json,
 )
@@ -223,9 +224,19 @@ def build_ingest_round(settings: Settings, event_log: Path | None = None) -> Cal
     store = InteractionStore(w.interaction_store)
     ingest: Callable[[], int]
     if settings.redis_url:
-        ingest = RedisStreamIngester(
-            sync_redis(settings), event_stream(settings), store, w.batch_size
-        ).run_once
+        ingester: RedisStreamIngester | None = None
+
+        def ingest_stream() -> int:
+            # Made in the first round, not before: a Redis still starting is a failed round
+            # (retried), not a failed start.
+            nonlocal ingester
+            if ingester is None:
+                ingester = RedisStreamIngester(
+                    sync_redis(settings), event_stream(settings), store, w.batch_size
+                )
+            return ingester.run_once()
+
+        ingest = ingest_stream
     else:
         ingest = FileLogIngester(
             event_log or event_log_path(settings),
@@ -235,7 +246,12 @@ def build_ingest_round(settings: Settings, event_log: Path | None = None) -> Cal
         ).run_once
 
     def ingest_round() -> int:
-        written = ingest()
+        try:
+            written = ingest()
+        except (redis.RedisError, OSError) as exc:
+            if not settings.redis_url:
+                raise
+            raise StoreUnavailable(f"redis: ingest round failed: {exc}") from exc
         maintain_store(store, w.store_compact_min_parts, w.store_retention_days)
         return written
 

@@ -9,6 +9,8 @@ import signal
 import threading
 from collections.abc import Callable
 
+from recsvc.errors import StoreUnavailable
+
 log = logging.getLogger("recsvc")
 
 Round = Callable[[], object]
@@ -19,8 +21,15 @@ def run_rounds(kind: str, round_once: Round, interval_seconds: float, once: bool
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     while True:
-        result = round_once()
-        log.info("%s round done: %s", kind, result)
-        print(json.dumps({"worker": kind, "result": result}), flush=True)
+        try:
+            result = round_once()
+        except StoreUnavailable as exc:
+            if once:
+                raise  # one line from the command line, exit 2
+            # A store that is down (Redis restarting) is waited out: the next round retries.
+            log.warning("%s round failed, retrying in %.0fs: %s", kind, interval_seconds, exc)
+        else:
+            log.info("%s round done: %s", kind, result)
+            print(json.dumps({"worker": kind, "result": result}), flush=True)
         if once or stop.wait(interval_seconds):
             return 0
