@@ -181,8 +181,7 @@ def key_kind(key: bytes, prefix: str) -> str:
     if rest.startswith("{ev}:"):
         return "stream"
     if rest.startswith("{u:"):
-        suffix = rest.rsplit(":", 2)
-        return "vectors" if len(suffix) == 3 and suffix[1] == "v" else "histories"
+        return "vectors" if rest.rsplit(":", 1)[-1] in ("v16", "v32") else "histories"
     return "items" if rest.startswith("{items}") else "other"
 
 
@@ -368,7 +367,7 @@ def main() -> None:
         "--dedupe-ttl",
         type=int,
         default=120,
-        help="RECSVC_STORE__DEDUPE_TTL_SECONDS: the default 7 days, scaled to the soak's minutes",
+        help="RECSVC_STORE__DEDUPE_TTL_SECONDS: the default one day, scaled to the soak's minutes",
     )
     parser.add_argument(
         "--vector-ttl",
