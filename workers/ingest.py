@@ -43,7 +43,7 @@ from recsvc.backends import event_log_path, event_stream, sync_redis
 from recsvc.config import Settings
 from recsvc.data.interaction_store import InteractionStore
 from recsvc.durable import replace_bytes_atomically
-from recsvc.errors import StoreUnavailable
+from recsvc.errors import ConfigError, StoreUnavailable
 from recsvc.store.codec import (
     interaction_from_json,
 )
@@ -248,6 +248,9 @@ def build_ingest_round(settings: Settings, event_log: Path | None = None) -> Cal
     def ingest_round() -> int:
         try:
             written = ingest()
+        except redis.AuthenticationError as exc:
+            # A wrong password does not heal by waiting: end, so that the pod shows it.
+            raise ConfigError(f"redis: {exc}") from exc
         except (redis.RedisError, OSError) as exc:
             if not settings.redis_url:
                 raise
