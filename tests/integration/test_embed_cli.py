@@ -23,6 +23,7 @@ def _nested_shop(products: ProductImages, root: Path, count: int = 12) -> Path:
     return catalogue
 
 
+@pytest.mark.slow
 def test_bad_image_pattern_is_one_line(tmp_path: Path, products: ProductImages) -> None:
     catalogue = _nested_shop(products, tmp_path / "shop", count=2)
     out = tmp_path / "emb.parquet"

@@ -99,6 +99,7 @@ def test_visual_search_rpcs(stub: pb_grpc.RecommenderStub, products: ProductImag
     assert "limit" in too_big.details()
 
 
+@pytest.mark.slow
 def test_client_and_command_line(
     image_server: ServerProcess, products: ProductImages, tmp_path: Path
 ) -> None:

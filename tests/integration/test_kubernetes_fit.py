@@ -252,6 +252,7 @@ def events(n: int, start: int) -> list[Interaction]:
     ]
 
 
+@pytest.mark.slow
 def test_check_due_decides_as_the_train_worker_does(tmp_path: Path, model_store: Path) -> None:
     models, interactions = tmp_path / "models", tmp_path / "interactions"
     env = {"RECSVC_WORKERS__RETRAIN_MIN_NEW_EVENTS": "20"}

@@ -141,6 +141,7 @@ def test_help_shows_every_default(name: str) -> None:
         assert "--weighting {none,binary,bm25,tfidf}" in text and "(default: searched)" in text
 
 
+@pytest.mark.slow
 def test_eval_says_what_it_left_out_and_train_records_the_transform(
     demo_data: DemoData, tmp_path: Path
 ) -> None:
