@@ -151,20 +151,22 @@ def vector_key(prefix: str, user_id: str, encoding: str = "float16") -> str:
 _VECTOR_KEY_TAGS = {"float32": "v32", "float16": "v16"}
 
 
+def version_tag(model_version: str) -> bytes:
+    """What a stored vector of ``model_version`` starts with."""
+    return model_version.encode() + b"|"
+
+
 def tagged_vector(model_version: str, vector: npt.NDArray[np.float32], encoding: str) -> bytes:
     """A vector as stored: the model version it belongs to, "|", its bytes."""
-    return model_version.encode() + b"|" + vector_to_bytes(vector, encoding)
+    return version_tag(model_version) + vector_to_bytes(vector, encoding)
 
 
-def untagged_vector(
-    stored: bytes, model_version: str, encoding: str
-) -> npt.NDArray[np.float32] | None:
-    """The vector of a stored value when it belongs to ``model_version``, else None (another
-    version's vector, to be folded in anew)."""
-    version, separator, data = stored.partition(b"|")
-    if not separator or version != model_version.encode():
+def untagged_vector(stored: bytes, tag: bytes, encoding: str) -> npt.NDArray[np.float32] | None:
+    """The vector of a stored value when it starts with ``tag`` (:func:`version_tag`), else
+    None (another version's vector, to be folded in anew)."""
+    if not stored.startswith(tag):
         return None
-    return vector_from_bytes(data, encoding)
+    return vector_from_bytes(stored[len(tag) :], encoding)
 
 
 def connect(url: str, timeout: float, connect_timeout: float, retries: int = 1) -> redis.Redis:
@@ -229,12 +231,11 @@ class RedisUserStore:
             calls.append((keys, []))
         replies = await _checked(_run(self._redis, self._get_states, calls), "reading user state")
         flat = [value for reply in replies for value in reply]
+        tag = version_tag(model_version)
         states: list[UserState] = []
         for vector, flat_history in zip(flat[::2], flat[1::2], strict=True):
             history = _decode_history(flat_history)
-            decoded = (
-                untagged_vector(vector, model_version, self.vector_encoding) if vector else None
-            )
+            decoded = untagged_vector(vector, tag, self.vector_encoding) if vector else None
             states.append(UserState(history.items, decoded, history.seq))
         return states
 
