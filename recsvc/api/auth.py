@@ -57,7 +57,10 @@ METHOD_SCOPES: dict[str, Scope] = {
         f"/{_RECOMMENDER}/{name}": Scope.READ
         for name in ("Recommend", "RecommendBatch", "SimilarItems", "SearchByImage", "GetModelInfo")
     },
-    **{f"/{_RECOMMENDER}/{name}": Scope.WRITE for name in ("RecordInteractions", "UpsertItems")},
+    **{
+        f"/{_RECOMMENDER}/{name}": Scope.WRITE
+        for name in ("RecordInteractions", "UpsertItems", "DeleteItems", "ForgetUser")
+    },
     # Reflection, when turned on alongside tokens, describes the API to readers only.
     f"/{reflection.SERVICE_NAME}/ServerReflectionInfo": Scope.READ,
 }

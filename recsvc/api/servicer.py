@@ -110,3 +110,12 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     ) -> pb.UpsertItemsResponse:
         created, updated = await self._items.upsert(convert.raw_items_from_pb(request))
         return pb.UpsertItemsResponse(created=created, updated=updated)
+
+    @call_boundary
+    async def DeleteItems(
+        self,
+        request: pb.DeleteItemsRequest,
+        context: Context[pb.DeleteItemsRequest, pb.DeleteItemsResponse],
+    ) -> pb.DeleteItemsResponse:
+        deleted, not_found = await self._items.delete(list(request.item_ids))
+        return pb.DeleteItemsResponse(deleted=deleted, not_found=not_found)

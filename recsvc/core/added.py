@@ -29,6 +29,7 @@ class NewItem:
     category: str = ""
     attributes: dict[str, str] = field(default_factory=dict)
     embedding: npt.NDArray[np.float32] | None = None
+    deleted: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,18 @@ class AddedItems:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def without(self, ids: list[str]) -> AddedItems:
+        """A new table without the rows of ``ids``."""
+        gone = set(ids)
+        keep = [j for j, item_id in enumerate(self.ids) if item_id not in gone]
+        return AddedItems(
+            ids=tuple(self.ids[j] for j in keep),
+            categories=tuple(self.categories[j] for j in keep),
+            factors=self.factors[keep],
+            visual=self.visual[keep],
+            has_image=self.has_image[keep],
+        )
 
     def with_items(
         self,

@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from recsvc.core.added import AddedItems
+from recsvc.core.catalogue import CATEGORY, Catalogue
 from recsvc.core.model import Model
 from recsvc.core.queries import CategoryFilter, ScoredItem
 from recsvc.index import ItemIndex
@@ -69,26 +70,26 @@ class CandidateSearch:
         return np.asarray(found, dtype=np.int64)
 
     def allowed_mask(
-        self, categories: CategoryFilter, added: AddedItems
+        self,
+        categories: CategoryFilter,
+        catalogue: Catalogue,
+        matching: npt.NDArray[np.bool_] | None = None,
     ) -> npt.NDArray[np.bool_] | None:
-        """Boolean mask (model items, then added items) of what the category filter lets
-        through; None when there is no filter."""
-        if not categories.active:
-            return None
-        codes = self.model.item_categories
-        mask = np.ones(len(codes), dtype=bool)
-        if categories.include:
-            mask &= np.isin(codes, self.model.category_codes(categories.include))
-        if categories.exclude:
-            mask &= ~np.isin(codes, self.model.category_codes(categories.exclude))
-        if len(added):
-            names = np.asarray(added.categories)
-            extra = np.ones(len(names), dtype=bool)
+        """Boolean mask over the catalogue's labels of what may be returned: servable items
+        that the category filter and ``matching`` (a filter expression's mask) let through.
+        None when everything may be returned; ``catalogue.servable`` itself (not a copy) when
+        only hidden items are kept out."""
+        mask = matching
+        if categories.active:
+            column = catalogue.columns[CATEGORY]
+            chosen = np.ones(catalogue.size, dtype=bool)
             if categories.include:
-                extra &= np.isin(names, categories.include)
+                chosen &= np.isin(column.codes, column.codes_of(categories.include))
             if categories.exclude:
-                extra &= ~np.isin(names, categories.exclude)
-            mask = np.concatenate([mask, extra])
+                chosen &= ~np.isin(column.codes, column.codes_of(categories.exclude))
+            mask = chosen if mask is None else mask & chosen
+        if catalogue.servable is not None:
+            mask = catalogue.servable if mask is None else mask & catalogue.servable
         return mask
 
     def search(

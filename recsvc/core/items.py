@@ -46,6 +46,7 @@ class RawItem:
     attributes: dict[str, str] = field(default_factory=dict)
     image_bytes: bytes | None = None
     image_path: str | None = None
+    available: bool | None = None  # None: unchanged (a new item is available)
 
 
 @dataclass(frozen=True)
@@ -115,33 +116,38 @@ class ItemService:
                 dict(item.attributes),
                 backbone,
                 embeddings.get(i, self._previous_embedding(item.item_id, backbone)),
+                available=self._availability(item),
             )
             for i, item in enumerate(raw)
         ]
         # Created or updated is decided before the write: while it is in flight, the log
         # refresh may already read these items back.
         current = self.holder.current()
-        existing = sum(
-            1
-            for item in stored
-            if item.item_id in self.items
-            or item.item_id in current.model.items
-            or item.item_id in current.added.rows
-        )
-        try:
-            await self.item_log.put(stored)
-        except StoreUnavailable as exc:
-            raise Unavailable(f"items: not stored, the item log is unavailable ({exc})") from exc
-        for item in stored:
-            self.items[item.item_id] = item
-        # The model answering now may have been swapped in during the write.
-        current = self.holder.current()
-        current.add_items(self._usable(stored, current))
+        existing = sum(1 for item in stored if self._known(item.item_id, current))
+        await self._store(stored, "items")
         return len(stored) - existing, existing
 
+    async def delete(self, item_ids: list[str]) -> tuple[int, int]:
+        """Delete items (a tombstone in the item log): never served again, and left out of the
+        next training; returns (deleted, not_found). Deleting an unknown id is not an error."""
+        recommender = self.holder.current()
+        check_batch_size(len(item_ids), recommender.limits, "item_ids")
+        for i, item_id in enumerate(item_ids):
+            check_id(item_id, f"item_ids[{i}]")
+        unique = list(dict.fromkeys(item_ids))
+        known = [item_id for item_id in unique if self._known(item_id, recommender)]
+        tombstones = [
+            StoredItem(item_id, "", {}, "", None, available=False, deleted=True)
+            for item_id in known
+        ]
+        if tombstones:
+            await self._store(tombstones, "item_ids")
+        return len(known), len(item_ids) - len(known)
+
     def prepare(self, recommender: Recommender) -> Recommender:
-        """Give a freshly loaded model the logged items it does not know (before the swap)."""
-        recommender.add_items(self._usable(list(self.items.values()), recommender))
+        """Give a freshly loaded model the logged items it does not know, and what the log
+        says about hiding, deleting and attributes of every item (before the swap)."""
+        recommender.add_items(self._usable(list(self.items.values()), recommender), self.items)
         return recommender
 
     async def refresh(self) -> bool:
@@ -172,6 +178,33 @@ class ItemService:
 
     # ------------------------------------------------------------------ helpers
 
+    async def _store(self, stored: list[StoredItem], field_name: str) -> None:
+        """Write ``stored`` to the item log durably, then serve by it."""
+        try:
+            await self.item_log.put(stored)
+        except StoreUnavailable as exc:
+            raise Unavailable(
+                f"{field_name}: not stored, the item log is unavailable ({exc})"
+            ) from exc
+        for item in stored:
+            self.items[item.item_id] = item
+        # The model answering now may have been swapped in during the write.
+        current = self.holder.current()
+        current.add_items(self._usable(stored, current), self.items)
+
+    def _known(self, item_id: str, recommender: Recommender) -> bool:
+        logged = self.items.get(item_id)
+        if logged is not None:
+            return not logged.deleted
+        return item_id in recommender.model.items or item_id in recommender.added.rows
+
+    def _availability(self, item: RawItem) -> bool:
+        """The request's ``available``; unset: unchanged (a new or re-created item is)."""
+        if item.available is not None:
+            return item.available
+        previous = self.items.get(item.item_id)
+        return previous.available if previous is not None and not previous.deleted else True
+
     def _usable(self, items: list[StoredItem], recommender: Recommender) -> list[NewItem]:
         visual = recommender.model.visual
         backbone = visual.backbone if visual is not None else None
@@ -181,6 +214,7 @@ class ItemService:
                 item.category,
                 item.attributes,
                 item.embedding if item.backbone == backbone else None,
+                deleted=item.deleted,
             )
             for item in items
             if item.item_id not in recommender.model.items

@@ -10,6 +10,7 @@ import numpy.typing as npt
 
 from recsvc.core.added import AddedItems
 from recsvc.core.candidates import NO_ROWS, CandidateSearch, Extra
+from recsvc.core.catalogue import Catalogue
 from recsvc.core.foldin import fold_in_with_model
 from recsvc.core.queries import Recommendation, RecommendQuery, Strategy
 from recsvc.core.ranking import mmr
@@ -31,6 +32,13 @@ class Plan:
     extra: Extra | None
     added: AddedItems
     pool: int  # candidates wanted (k, or the pool diversity picks from)
+    filtered: bool = False  # the query itself restricts what may be returned
+
+    @property
+    def batchable(self) -> bool:
+        """Served by the shared graph search: no filter of its own and no added items (hidden
+        items are dropped from its results afterwards)."""
+        return not self.filtered and self.extra is None
 
     @property
     def fetch(self) -> int:
@@ -39,16 +47,22 @@ class Plan:
 
 
 def plan_query(
-    search: CandidateSearch, query: RecommendQuery, state: UserState, added: AddedItems
+    search: CandidateSearch,
+    query: RecommendQuery,
+    state: UserState,
+    catalogue: Catalogue,
+    matching: npt.NDArray[np.bool_] | None = None,
 ) -> Plan | Recommendation:
     """What a query searches for (its vector, what it excludes), or its answer when there
     is nothing to search with (popular items). The query is already validated.
 
     ``state`` is what the store knows beyond the model: interactions since training (excluded
     like the training history) and the user's folded-in vector, which wins over the model's
-    own user factors. ``added`` is the added-items table the query started with.
+    own user factors. ``catalogue`` is the catalogue (and added-items table) the query started
+    with; ``matching`` the mask of its filter expression, if it has one.
     """
     model = search.model
+    added = catalogue.added
     user_row = model.users.row(query.user_id) if query.user_id else None
     recent_rows = search.rows(query.recent_item_ids, added)
     blocked = search.rows(query.exclude_item_ids, added)
@@ -58,7 +72,8 @@ def plan_query(
         parts = [rows for rows in (blocked, seen, history, recent_rows) if len(rows)]
         if parts:  # most queries block nothing: no concatenation then
             blocked = np.concatenate(parts).astype(np.int64, copy=False)
-    allowed = search.allowed_mask(query.categories, added)
+    allowed = search.allowed_mask(query.categories, catalogue, matching)
+    filtered = matching is not None or query.categories.active
 
     if state.vector is not None and state.vector.shape == (model.item_factors.shape[1],):
         vector = state.vector
@@ -79,7 +94,7 @@ def plan_query(
     if query.diversity > 0:
         pool = min(model.info.num_items, max(3 * query.k, query.k + 50))
     extra = (added.factors, None) if len(added) else None
-    return Plan(query, vector, strategy, blocked, allowed, extra, added, pool)
+    return Plan(query, vector, strategy, blocked, allowed, extra, added, pool, filtered)
 
 
 def batches(plans: list[Plan | Recommendation]) -> dict[int, list[tuple[int, Plan]]]:
@@ -88,7 +103,7 @@ def batches(plans: list[Plan | Recommendation]) -> dict[int, list[tuple[int, Pla
     shares one batched search without making the smaller ones fetch much more."""
     groups: dict[int, list[tuple[int, Plan]]] = {}
     for n, planned in enumerate(plans):
-        if isinstance(planned, Plan) and planned.allowed is None and planned.extra is None:
+        if isinstance(planned, Plan) and planned.batchable:
             width = max(32, 1 << (planned.fetch - 1).bit_length())
             if width <= _BATCH_FETCH_MAX:
                 groups.setdefault(width, []).append((n, planned))

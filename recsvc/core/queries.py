@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -58,6 +59,8 @@ class RecommendQuery:
     recent_item_ids: tuple[str, ...] = ()
     categories: CategoryFilter = CategoryFilter()
     diversity: float = 0.0
+    filter: str = ""  # a filter expression on item attributes (recsvc.core.filters)
+    context: Mapping[str, str] = field(default_factory=dict)  # what rules match pins on
 
     def validate(self, limits: Limits, prefix: str = "") -> None:
         """Raise InvalidArgument naming the first bad field (``prefix`` locates it in a batch)."""
@@ -81,6 +84,7 @@ class SimilarQuery:
     k: int
     mode: SimilarityMode = SimilarityMode.COLLABORATIVE
     categories: CategoryFilter = CategoryFilter()
+    filter: str = ""
 
     def validate(self, limits: Limits) -> None:
         check_k(self.k, limits, "k")
@@ -94,6 +98,7 @@ class ImageQuery:
 
     k: int
     categories: CategoryFilter = CategoryFilter()
+    filter: str = ""
 
     def validate(self, limits: Limits) -> None:
         check_k(self.k, limits, "k")
@@ -104,6 +109,7 @@ class ImageQuery:
 class ScoredItem:
     item_id: str
     score: float
+    rule: str = ""  # the business rule that boosted or pinned it
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,15 @@ item-to-item similarity (``recsvc.core.similarity``) and fold-in (``recsvc.core.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import numpy.typing as npt
 
 from recsvc.core import similarity
 from recsvc.core.added import AddedItems, NewItem
 from recsvc.core.candidates import CandidateSearch, not_in
+from recsvc.core.catalogue import ItemRecord, build_catalogue
 from recsvc.core.foldin import fold_in_histories
 from recsvc.core.model import Model, VisualPart
 from recsvc.core.planner import batches, finish, plan_query
@@ -39,8 +42,16 @@ class Recommender:
         self.exact = model.info.num_items <= exact_search_max_items
         self._candidates = CandidateSearch(model, self.exact)
         visual_dim = model.visual.dim if model.visual is not None else 0
-        # Replaced (never mutated) by add_items: a query holds on to the table it started with.
-        self.added = AddedItems.empty(model.item_factors.shape[1], visual_dim)
+        # Replaced (never mutated) by add_items: a query holds on to the catalogue it started
+        # with, and the added-items table in it.
+        self._records: Mapping[str, ItemRecord] = {}
+        self.catalogue = build_catalogue(
+            model, AddedItems.empty(model.item_factors.shape[1], visual_dim), self._records
+        )
+
+    @property
+    def added(self) -> AddedItems:
+        return self.catalogue.added
 
     @property
     def version(self) -> str:
@@ -65,8 +76,9 @@ class Recommender:
             for query in queries:
                 query.validate(self.limits)
         search = self._candidates
+        catalogue = self.catalogue
         plans = [
-            plan_query(search, query, state, self.added)
+            plan_query(search, query, state, catalogue)
             for query, state in zip(queries, states, strict=True)
         ]
         found: dict[int, tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]] = {}
@@ -75,10 +87,12 @@ class Recommender:
             vectors = np.stack([plan.vector for _, plan in group])
             labels, scores = self.model.user_index.search_many(vectors, fetch, self.exact)
             for row, (n, plan) in enumerate(group):
-                if not len(plan.blocked):  # nothing to exclude: no isin needed
+                if not len(plan.blocked) and plan.allowed is None:  # nothing to exclude
                     found[n] = labels[row][: plan.pool], scores[row][: plan.pool]
                     continue
                 keep = not_in(labels[row], plan.blocked)
+                if plan.allowed is not None:  # hidden items only: the plan has no filter
+                    keep &= plan.allowed[labels[row]]
                 if keep.sum() >= plan.pool or fetch >= self.model.info.num_items:
                     found[n] = labels[row][keep][: plan.pool], scores[row][keep][: plan.pool]
         results: list[Recommendation] = []
@@ -97,18 +111,29 @@ class Recommender:
             results.append(finish(search, planned, labels, scores))
         return results
 
-    def add_items(self, items: list[NewItem]) -> tuple[int, int]:
+    def add_items(
+        self, items: list[NewItem], records: Mapping[str, ItemRecord] | None = None
+    ) -> tuple[int, int]:
         """Add or update items; returns (created, updated). A new item enters the collaborative
         search with the projection of its image embedding (no image and no projection: it is
         kept by the caller for the next training but cannot be ranked yet). An item the model
-        already knows is counted as updated; its learned vectors stay."""
+        already knows is counted as updated; its learned vectors stay. A deleted item leaves
+        the added table.
+
+        ``records``: everything the item log holds, by id (hidden, deleted, categories,
+        attributes of any item); the catalogue is rebuilt from it. None: unchanged."""
         model, added = self.model, self.added
         visual = model.visual
         created = updated = 0
         ids: list[str] = []
         categories: list[str] = []
         raws: list[npt.NDArray[np.float32]] = []
+        gone = [item.item_id for item in items if item.deleted and item.item_id in added.rows]
+        if gone:
+            added = added.without(gone)
         for item in items:
+            if item.deleted:
+                continue
             if item.item_id in model.items:
                 updated += 1
                 continue
@@ -122,13 +147,16 @@ class Recommender:
                 raws.append(item.embedding)
         if ids and visual is not None and visual.projection is not None:
             raw = np.stack(raws).astype(np.float32)
-            self.added = added.with_items(
+            added = added.with_items(
                 ids,
                 categories,
                 visual.projection.apply(raw),
                 visual.to_visual_space(raw),
                 np.ones(len(ids), dtype=bool),
             )
+        if added is not self.added or records is not None:
+            self._records = records if records is not None else self._records
+            self.catalogue = build_catalogue(model, added, self._records)
         return created, updated
 
     def fold_in_user(
@@ -150,7 +178,7 @@ class Recommender:
         item factors (collaborative), image embeddings (visual) or a blend of both (hybrid,
         ``visual_weight`` on the visual cosine)."""
         query.validate(self.limits)
-        return similarity.similar_items(self._candidates, query, self.added, visual_weight)
+        return similarity.similar_items(self._candidates, query, self.catalogue, visual_weight)
 
     def search_by_image(
         self, embedding: npt.NDArray[np.float32], query: ImageQuery
@@ -158,7 +186,7 @@ class Recommender:
         """Items whose images are closest to ``embedding``, the raw embedding of a picture made
         by the model's backbone."""
         query.validate(self.limits)
-        return similarity.search_by_image(self._candidates, embedding, query, self.added)
+        return similarity.search_by_image(self._candidates, embedding, query, self.catalogue)
 
     def visual_part(self, field: str) -> VisualPart:
         """The model's image part; FailedPrecondition (naming ``field``) when it has none."""

@@ -7,6 +7,7 @@ import numpy.typing as npt
 
 from recsvc.core.added import AddedItems
 from recsvc.core.candidates import CandidateSearch, as_query
+from recsvc.core.catalogue import Catalogue
 from recsvc.core.model import Model, VisualPart
 from recsvc.core.queries import (
     ImageQuery,
@@ -18,20 +19,25 @@ from recsvc.errors import FailedPrecondition, InvalidArgument, NotFound
 
 
 def similar_items(
-    search: CandidateSearch, query: SimilarQuery, added: AddedItems, visual_weight: float
+    search: CandidateSearch,
+    query: SimilarQuery,
+    catalogue: Catalogue,
+    visual_weight: float,
+    matching: npt.NDArray[np.bool_] | None = None,
 ) -> SimilarItems:
     """Items most similar to ``query.item_id`` (never the item itself), by the query's mode:
     item factors (collaborative), image embeddings (visual) or a blend of both (hybrid,
     ``visual_weight`` on the visual cosine). The query is already validated."""
     model = search.model
+    added = catalogue.added
     if query.mode is not SimilarityMode.COLLABORATIVE:
         visual_part(model, "mode")
     label = search.rows([query.item_id], added)
-    if len(label) == 0:
+    if len(label) == 0 or query.item_id in catalogue.deleted:
         raise NotFound("item_id", f"unknown item {query.item_id!r}")
     row = int(label[0])
     blocked = label
-    allowed = search.allowed_mask(query.categories, added)
+    allowed = search.allowed_mask(query.categories, catalogue, matching)
     n = model.info.num_items
     factors = model.item_factors[row] if row < n else added.factors[row - n]
     if query.mode is SimilarityMode.COLLABORATIVE:
@@ -64,7 +70,8 @@ def search_by_image(
     search: CandidateSearch,
     embedding: npt.NDArray[np.float32],
     query: ImageQuery,
-    added: AddedItems,
+    catalogue: Catalogue,
+    matching: npt.NDArray[np.bool_] | None = None,
 ) -> SimilarItems:
     """Items whose images are closest to ``embedding``, the raw embedding of a picture made
     by the model's backbone. The query is already validated."""
@@ -75,7 +82,8 @@ def search_by_image(
             f"embedding has shape {embedding.shape}, expected ({visual.backbone_dim},)",
         )
     embedding = visual.to_visual_space(embedding[None, :])[0]
-    allowed = search.allowed_mask(query.categories, added)
+    added = catalogue.added
+    allowed = search.allowed_mask(query.categories, catalogue, matching)
     blocked = np.empty(0, dtype=np.int64)
     labels, scores = _search_visual(search, embedding, query.k, blocked, allowed, added)
     return SimilarItems(search.scored(labels, scores, added), search.model.version)

@@ -138,6 +138,12 @@ class StoredItem:
     attributes: dict[str, str]
     backbone: str
     embedding: npt.NDArray[np.float32] | None
+    available: bool = True  # False: hidden from every result, kept for training
+    deleted: bool = False  # a tombstone: never served, dropped from the next training
+
+    @property
+    def servable(self) -> bool:
+        return self.available and not self.deleted
 
 
 class ItemLog(Protocol):

@@ -51,6 +51,8 @@ def item_to_json(item: StoredItem) -> str:
             "attributes": item.attributes,
             "backbone": item.backbone,
             "embedding": embedding,
+            "available": item.available,
+            "deleted": item.deleted,
         },
         separators=(",", ":"),
     )
@@ -69,6 +71,8 @@ def item_from_json(text: str | bytes) -> StoredItem:
         attributes={str(k): str(v) for k, v in dict(data.get("attributes", {})).items()},
         backbone=str(data.get("backbone", "")),
         embedding=embedding,
+        available=bool(data.get("available", True)),
+        deleted=bool(data.get("deleted", False)),
     )
 
 

@@ -512,7 +512,7 @@ def test_every_recommender_method_has_a_scope() -> None:
     for method in service.methods:
         assert f"/{service.full_name}/{method.name}" in METHOD_SCOPES, method.name
     writes = {m.rsplit("/", 1)[1] for m, s in METHOD_SCOPES.items() if s is Scope.WRITE}
-    assert writes == {"RecordInteractions", "UpsertItems"}
+    assert writes == {"RecordInteractions", "UpsertItems", "DeleteItems", "ForgetUser"}
 
 
 @pytest.mark.parametrize(

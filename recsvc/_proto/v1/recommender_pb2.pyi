@@ -29,6 +29,8 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_CART: _ClassVar[EventType]
     EVENT_TYPE_PURCHASE: _ClassVar[EventType]
     EVENT_TYPE_RATING: _ClassVar[EventType]
+    EVENT_TYPE_DISLIKE: _ClassVar[EventType]
+    EVENT_TYPE_IMPRESSION: _ClassVar[EventType]
 STRATEGY_UNSPECIFIED: Strategy
 STRATEGY_PERSONALISED: Strategy
 STRATEGY_SESSION: Strategy
@@ -43,14 +45,18 @@ EVENT_TYPE_CLICK: EventType
 EVENT_TYPE_CART: EventType
 EVENT_TYPE_PURCHASE: EventType
 EVENT_TYPE_RATING: EventType
+EVENT_TYPE_DISLIKE: EventType
+EVENT_TYPE_IMPRESSION: EventType
 
 class ScoredItem(_message.Message):
-    __slots__ = ("item_id", "score")
+    __slots__ = ("item_id", "score", "rule")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     score: float
-    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+    rule: str
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., rule: _Optional[str] = ...) -> None: ...
 
 class CategoryFilter(_message.Message):
     __slots__ = ("include", "exclude")
@@ -61,7 +67,14 @@ class CategoryFilter(_message.Message):
     def __init__(self, include: _Optional[_Iterable[str]] = ..., exclude: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "k", "exclude_seen", "exclude_item_ids", "recent_item_ids", "categories", "diversity")
+    __slots__ = ("user_id", "k", "exclude_seen", "exclude_item_ids", "recent_item_ids", "categories", "diversity", "filter", "context")
+    class ContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_SEEN_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +82,8 @@ class RecommendRequest(_message.Message):
     RECENT_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     DIVERSITY_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     k: int
     exclude_seen: bool
@@ -76,7 +91,9 @@ class RecommendRequest(_message.Message):
     recent_item_ids: _containers.RepeatedScalarFieldContainer[str]
     categories: CategoryFilter
     diversity: float
-    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_seen: _Optional[bool] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., recent_item_ids: _Optional[_Iterable[str]] = ..., categories: _Optional[_Union[CategoryFilter, _Mapping]] = ..., diversity: _Optional[float] = ...) -> None: ...
+    filter: str
+    context: _containers.ScalarMap[str, str]
+    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_seen: _Optional[bool] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., recent_item_ids: _Optional[_Iterable[str]] = ..., categories: _Optional[_Union[CategoryFilter, _Mapping]] = ..., diversity: _Optional[float] = ..., filter: _Optional[str] = ..., context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
     __slots__ = ("items", "model_version", "strategy")
@@ -101,16 +118,18 @@ class RecommendBatchResponse(_message.Message):
     def __init__(self, responses: _Optional[_Iterable[_Union[RecommendResponse, _Mapping]]] = ...) -> None: ...
 
 class SimilarItemsRequest(_message.Message):
-    __slots__ = ("item_id", "k", "mode", "categories")
+    __slots__ = ("item_id", "k", "mode", "categories", "filter")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     k: int
     mode: SimilarityMode
     categories: CategoryFilter
-    def __init__(self, item_id: _Optional[str] = ..., k: _Optional[int] = ..., mode: _Optional[_Union[SimilarityMode, str]] = ..., categories: _Optional[_Union[CategoryFilter, _Mapping]] = ...) -> None: ...
+    filter: str
+    def __init__(self, item_id: _Optional[str] = ..., k: _Optional[int] = ..., mode: _Optional[_Union[SimilarityMode, str]] = ..., categories: _Optional[_Union[CategoryFilter, _Mapping]] = ..., filter: _Optional[str] = ...) -> None: ...
 
 class SimilarItemsResponse(_message.Message):
     __slots__ = ("items", "model_version")
@@ -121,14 +140,16 @@ class SimilarItemsResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class SearchByImageRequest(_message.Message):
-    __slots__ = ("image", "k", "categories")
+    __slots__ = ("image", "k", "categories", "filter")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     k: int
     categories: CategoryFilter
-    def __init__(self, image: _Optional[bytes] = ..., k: _Optional[int] = ..., categories: _Optional[_Union[CategoryFilter, _Mapping]] = ...) -> None: ...
+    filter: str
+    def __init__(self, image: _Optional[bytes] = ..., k: _Optional[int] = ..., categories: _Optional[_Union[CategoryFilter, _Mapping]] = ..., filter: _Optional[str] = ...) -> None: ...
 
 class SearchByImageResponse(_message.Message):
     __slots__ = ("items", "model_version")
@@ -169,7 +190,7 @@ class RecordInteractionsResponse(_message.Message):
     def __init__(self, accepted: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
 
 class Item(_message.Message):
-    __slots__ = ("item_id", "category", "attributes", "image_bytes", "image_path")
+    __slots__ = ("item_id", "category", "attributes", "image_bytes", "image_path", "available")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -182,12 +203,14 @@ class Item(_message.Message):
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     IMAGE_PATH_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     category: str
     attributes: _containers.ScalarMap[str, str]
     image_bytes: bytes
     image_path: str
-    def __init__(self, item_id: _Optional[str] = ..., category: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ..., image_bytes: _Optional[bytes] = ..., image_path: _Optional[str] = ...) -> None: ...
+    available: bool
+    def __init__(self, item_id: _Optional[str] = ..., category: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ..., image_bytes: _Optional[bytes] = ..., image_path: _Optional[str] = ..., available: _Optional[bool] = ...) -> None: ...
 
 class UpsertItemsRequest(_message.Message):
     __slots__ = ("items",)
@@ -203,12 +226,38 @@ class UpsertItemsResponse(_message.Message):
     updated: int
     def __init__(self, created: _Optional[int] = ..., updated: _Optional[int] = ...) -> None: ...
 
+class DeleteItemsRequest(_message.Message):
+    __slots__ = ("item_ids",)
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteItemsResponse(_message.Message):
+    __slots__ = ("deleted", "not_found")
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    NOT_FOUND_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    not_found: int
+    def __init__(self, deleted: _Optional[int] = ..., not_found: _Optional[int] = ...) -> None: ...
+
+class ForgetUserRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class ForgetUserResponse(_message.Message):
+    __slots__ = ("found",)
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    def __init__(self, found: _Optional[bool] = ...) -> None: ...
+
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_version", "algorithm", "num_users", "num_items", "num_interactions", "factors", "image_embedding_dim", "parameters", "created_at_ms", "trained_on", "index_recall_at_10")
+    __slots__ = ("model_version", "algorithm", "num_users", "num_items", "num_interactions", "factors", "image_embedding_dim", "parameters", "created_at_ms", "trained_on", "index_recall_at_10", "rules_version")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +276,7 @@ class ModelInfo(_message.Message):
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     TRAINED_ON_FIELD_NUMBER: _ClassVar[int]
     INDEX_RECALL_AT_10_FIELD_NUMBER: _ClassVar[int]
+    RULES_VERSION_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     algorithm: str
     num_users: int
@@ -238,4 +288,5 @@ class ModelInfo(_message.Message):
     created_at_ms: int
     trained_on: str
     index_recall_at_10: float
-    def __init__(self, model_version: _Optional[str] = ..., algorithm: _Optional[str] = ..., num_users: _Optional[int] = ..., num_items: _Optional[int] = ..., num_interactions: _Optional[int] = ..., factors: _Optional[int] = ..., image_embedding_dim: _Optional[int] = ..., parameters: _Optional[_Mapping[str, str]] = ..., created_at_ms: _Optional[int] = ..., trained_on: _Optional[str] = ..., index_recall_at_10: _Optional[float] = ...) -> None: ...
+    rules_version: str
+    def __init__(self, model_version: _Optional[str] = ..., algorithm: _Optional[str] = ..., num_users: _Optional[int] = ..., num_items: _Optional[int] = ..., num_interactions: _Optional[int] = ..., factors: _Optional[int] = ..., image_embedding_dim: _Optional[int] = ..., parameters: _Optional[_Mapping[str, str]] = ..., created_at_ms: _Optional[int] = ..., trained_on: _Optional[str] = ..., index_recall_at_10: _Optional[float] = ..., rules_version: _Optional[str] = ...) -> None: ...

@@ -65,6 +65,16 @@ class RecommenderStub:
                 request_serializer=recsvc_dot___proto_dot_v1_dot_recommender__pb2.UpsertItemsRequest.SerializeToString,
                 response_deserializer=recsvc_dot___proto_dot_v1_dot_recommender__pb2.UpsertItemsResponse.FromString,
                 _registered_method=True)
+        self.DeleteItems = channel.unary_unary(
+                '/recsvc.v1.Recommender/DeleteItems',
+                request_serializer=recsvc_dot___proto_dot_v1_dot_recommender__pb2.DeleteItemsRequest.SerializeToString,
+                response_deserializer=recsvc_dot___proto_dot_v1_dot_recommender__pb2.DeleteItemsResponse.FromString,
+                _registered_method=True)
+        self.ForgetUser = channel.unary_unary(
+                '/recsvc.v1.Recommender/ForgetUser',
+                request_serializer=recsvc_dot___proto_dot_v1_dot_recommender__pb2.ForgetUserRequest.SerializeToString,
+                response_deserializer=recsvc_dot___proto_dot_v1_dot_recommender__pb2.ForgetUserResponse.FromString,
+                _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/recsvc.v1.Recommender/GetModelInfo',
                 request_serializer=recsvc_dot___proto_dot_v1_dot_recommender__pb2.GetModelInfoRequest.SerializeToString,
@@ -118,6 +128,22 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteItems(self, request, context):
+        """Remove items from the catalogue: never returned again, dropped from the next training.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForgetUser(self, request, context):
+        """Forget a user (right to erasure): their vector, history and idempotency markers are
+        deleted, and their recorded events are removed from the interaction store and never
+        trained on again. Answers once the deletion is durable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetModelInfo(self, request, context):
         """Describe the model that currently answers requests.
         """
@@ -157,6 +183,16 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.UpsertItems,
                     request_deserializer=recsvc_dot___proto_dot_v1_dot_recommender__pb2.UpsertItemsRequest.FromString,
                     response_serializer=recsvc_dot___proto_dot_v1_dot_recommender__pb2.UpsertItemsResponse.SerializeToString,
+            ),
+            'DeleteItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteItems,
+                    request_deserializer=recsvc_dot___proto_dot_v1_dot_recommender__pb2.DeleteItemsRequest.FromString,
+                    response_serializer=recsvc_dot___proto_dot_v1_dot_recommender__pb2.DeleteItemsResponse.SerializeToString,
+            ),
+            'ForgetUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetUser,
+                    request_deserializer=recsvc_dot___proto_dot_v1_dot_recommender__pb2.ForgetUserRequest.FromString,
+                    response_serializer=recsvc_dot___proto_dot_v1_dot_recommender__pb2.ForgetUserResponse.SerializeToString,
             ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
@@ -327,6 +363,60 @@ class Recommender:
             '/recsvc.v1.Recommender/UpsertItems',
             recsvc_dot___proto_dot_v1_dot_recommender__pb2.UpsertItemsRequest.SerializeToString,
             recsvc_dot___proto_dot_v1_dot_recommender__pb2.UpsertItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsvc.v1.Recommender/DeleteItems',
+            recsvc_dot___proto_dot_v1_dot_recommender__pb2.DeleteItemsRequest.SerializeToString,
+            recsvc_dot___proto_dot_v1_dot_recommender__pb2.DeleteItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsvc.v1.Recommender/ForgetUser',
+            recsvc_dot___proto_dot_v1_dot_recommender__pb2.ForgetUserRequest.SerializeToString,
+            recsvc_dot___proto_dot_v1_dot_recommender__pb2.ForgetUserResponse.FromString,
             options,
             channel_credentials,
             insecure,
