@@ -159,6 +159,22 @@ class ServingSettings(_Section):
     model_poll_seconds: float = Field(
         2.0, ge=0, le=3600, description="How often to look for a new model version; 0: never."
     )
+    item_poll_seconds: float = Field(
+        0.1,
+        gt=0,
+        le=60,
+        description="How often a replica looks for other replicas' UpsertItems and DeleteItems "
+        "writes in the item log (one small read each time).",
+    )
+    item_sync_timeout_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="How long UpsertItems and DeleteItems wait for every live replica to apply "
+        "them before answering (so a hidden item is out of every replica's answers when the call "
+        "returns); past it the call answers UNAVAILABLE (the write is kept; a retry is safe). "
+        "0: do not wait.",
+    )
     first_model_poll_seconds: float = Field(
         2.0,
         ge=0.05,

@@ -49,7 +49,7 @@ from recsvc.backends import (
 )
 from recsvc.config import Settings
 from recsvc.core.holder import RecommenderHolder
-from recsvc.core.items import ImageLimits, ItemService
+from recsvc.core.items import CatalogueSync, ImageLimits, ItemService
 from recsvc.core.model import Model
 from recsvc.core.queries import Limits
 from recsvc.core.recommender import Recommender
@@ -226,7 +226,10 @@ def build_item_service(
         max_pending_calls=images.max_pending_calls,
         read_timeout_seconds=images.read_timeout_seconds,
     )
-    return ItemService(holder, item_log, encoder, limits)
+    sync = CatalogueSync(
+        settings.serving.item_poll_seconds, settings.serving.item_sync_timeout_seconds
+    )
+    return ItemService(holder, item_log, encoder, limits, sync)
 
 
 def load_recommender(settings: Settings, version: str | None = None) -> Recommender:
@@ -416,6 +419,7 @@ async def serve(settings: Settings, announce: bool = True) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     background: list[asyncio.Task[None]] = [loop.create_task(store_health.run())]
+    background.append(loop.create_task(items.run()))
     try:
         await items.refresh()
         listening = f"listening on {settings.server.host}:{handle.port}"
@@ -433,7 +437,6 @@ async def serve(settings: Settings, announce: bool = True) -> None:
             holder.swap(await asyncio.to_thread(_first_recommender, settings, items))
         if settings.serving.model_poll_seconds > 0:
             background.append(loop.create_task(watcher.run()))
-            background.append(loop.create_task(items.run(settings.serving.model_poll_seconds)))
         if holder.loaded:
             await set_health(handle, SERVING)
         if announce:

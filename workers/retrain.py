@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from recsvc.artifacts import ModelStore
 from recsvc.backends import upserted_items_reader
@@ -171,7 +172,10 @@ class TrainWorker:
         """The embedding table (None until the embed worker wrote one) plus the items upserted
         while serving, so that the new model keeps them, with their images, in its indexes."""
         table = EmbeddingTable.load(self.images) if self.images and self.images.exists() else None
-        upserted = [item for item in self.upserted() if item.embedding is not None]
+        logged = self.upserted()
+        if table is not None:  # a deleted item does not come back by its catalogue photo
+            table = table.without({item.item_id for item in logged if item.deleted})
+        upserted = [item for item in logged if item.embedding is not None and not item.deleted]
         if table is None and upserted:
             table = EmbeddingTable.empty(upserted[0].backbone, len(upserted[0].embedding))  # type: ignore[arg-type]
         if table is None:
@@ -237,12 +241,21 @@ class TrainWorker:
             items.append(table.column("item_id").combine_chunks())
             weights.append(table.column("weight").to_numpy().astype(np.float32))
             stamps.append(table.column("timestamp_ms").to_numpy() // 1000)
+        user_ids = pa.chunked_array(users, pa.string())
+        item_ids = pa.chunked_array(items, pa.string())
+        weight = np.concatenate(weights) if weights else np.empty(0, np.float32)
+        stamp = np.concatenate(stamps) if stamps else None
+        deleted = [item.item_id for item in self.upserted() if item.deleted]
+        if deleted:
+            # Deleted items leave the model; hidden ones stay in training (only not served).
+            keep = pc.invert(pc.is_in(item_ids, value_set=pa.array(deleted, pa.string())))
+            mask = np.asarray(keep.to_numpy(zero_copy_only=False), dtype=bool)
+            log.info("training without %d deleted items", len(deleted))
+            user_ids, item_ids = user_ids.filter(keep), item_ids.filter(keep)
+            weight = weight[mask]
+            stamp = stamp[mask] if stamp is not None else None
         return interactions_from_arrays(
-            pa.chunked_array(users, pa.string()),
-            pa.chunked_array(items, pa.string()),
-            np.concatenate(weights) if weights else np.empty(0, np.float32),
-            np.concatenate(stamps) if stamps else None,
-            source=str(self.events.root),
+            user_ids, item_ids, weight, stamp, source=str(self.events.root)
         )
 
     def _current_metric(self, data: Interactions, split: Split) -> float | None:

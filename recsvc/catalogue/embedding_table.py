@@ -77,6 +77,19 @@ class EmbeddingTable:
                 leftover.unlink(missing_ok=True)
         replace_atomically(path, lambda temporary: pq.write_table(table, temporary))
 
+    def without(self, item_ids: set[str]) -> EmbeddingTable:
+        """This table without the rows of ``item_ids`` (e.g. items deleted while serving)."""
+        keep = [row for row, item_id in enumerate(self.item_ids) if item_id not in item_ids]
+        if len(keep) == len(self.item_ids):
+            return self
+        return EmbeddingTable(
+            backbone=self.backbone,
+            item_ids=[self.item_ids[r] for r in keep],
+            sha256=[self.sha256[r] for r in keep],
+            categories=[self.categories[r] for r in keep],
+            vectors=self.vectors[keep],
+        )
+
     def with_items(self, items: list[tuple[str, str, npt.NDArray[np.float32]]]) -> EmbeddingTable:
         """This table plus ``(item_id, category, raw embedding)`` rows (replacing the same ids),
         e.g. items upserted while serving; their sha256 is left empty (no image file)."""

@@ -12,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
+import socket
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -50,6 +53,23 @@ class RawItem:
 
 
 @dataclass(frozen=True)
+class CatalogueSync:
+    """How replicas keep to one catalogue (recsvc.config.ServingSettings says why).
+
+    poll_seconds : how often a replica looks for other replicas' item-log writes
+    timeout_seconds : how long a write waits for every live replica to apply it; 0: no wait
+    """
+
+    poll_seconds: float = 0.1
+    timeout_seconds: float = 5.0
+
+    @property
+    def ack_ttl_seconds(self) -> float:
+        """A replica silent for this long is taken for gone (not waited for)."""
+        return max(3.0, 20 * self.poll_seconds)
+
+
+@dataclass(frozen=True)
 class ImageLimits:
     """How much image work the service takes on (recsvc.config.ImageSettings says why)."""
 
@@ -68,13 +88,19 @@ class ItemService:
         item_log: ItemLog,
         encoder: ImageEncoder,
         limits: ImageLimits,
+        sync: CatalogueSync | None = None,
     ) -> None:
         self.holder = holder
         self.item_log = item_log
         self.encoder = encoder
         self.limits = limits
+        self.sync = sync or CatalogueSync()
+        self.replica = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.items: dict[str, StoredItem] = {}
         self._log_version: str | None = None
+        self._acknowledged_at = 0.0
+        # A refresh that read the log before a local write must not replace the items after it.
+        self._log_lock = asyncio.Lock()
         # Image work has threads of its own: a slow upload never waits behind the event loop's
         # default executor (where Recommend searches) nor holds it up, and calls beyond
         # max_pending_calls are refused instead of queued.
@@ -152,25 +178,61 @@ class ItemService:
 
     async def refresh(self) -> bool:
         """Reload the item log when another replica wrote to it; True when it changed. An
-        unavailable log is retried at the next poll (serving goes on without it)."""
+        unavailable log is retried at the next poll (serving goes on without it). The version
+        served by is acknowledged (writers wait for it), once a model answers."""
         try:
-            version = await self.item_log.version()
-            if version == self._log_version:
-                return False
-            items = await self.item_log.read_all()
+            async with self._log_lock:
+                version = await self.item_log.version()
+                changed = version != self._log_version
+                if changed:
+                    self.items = await self.item_log.read_all()
+                    self._log_version = version
+                    if self.holder.loaded:
+                        self.prepare(self.holder.current())
+            await self._acknowledge(version, changed)
         except StoreUnavailable as exc:
             log.warning("item log unavailable, upserted items not refreshed: %s", exc)
             return False
-        self.items, self._log_version = items, version
-        if self.holder.loaded:
-            self.prepare(self.holder.current())
-        return True
+        return changed
 
-    async def run(self, interval: float) -> None:
+    async def run(self, interval: float | None = None) -> None:
         """Poll the item log forever (cancel the task to stop)."""
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.sync.poll_seconds if interval is None else interval)
             await self.refresh()
+
+    async def _acknowledge(self, version: str, changed: bool) -> None:
+        """Tell writers this replica serves by ``version``: at once after a change, otherwise
+        often enough that the acknowledgement stays live."""
+        if not self.holder.loaded:
+            return  # nothing served yet: a replica without a model is not waited for
+        now = time.monotonic()
+        if changed or now - self._acknowledged_at > self.sync.ack_ttl_seconds / 3:
+            await self.item_log.acknowledge(self.replica, version, self.sync.ack_ttl_seconds)
+            self._acknowledged_at = now
+
+    async def _await_replicas(self, version: str, field_name: str) -> None:
+        """Wait until every live replica serves by ``version`` (at most the sync timeout)."""
+        if self.sync.timeout_seconds <= 0:
+            return
+        deadline = time.monotonic() + self.sync.timeout_seconds
+        while True:
+            try:
+                behind = await self.item_log.lagging(version, self.replica)
+            except StoreUnavailable as exc:
+                raise Unavailable(
+                    f"{field_name}: stored, but replicas could not be checked ({exc}); "
+                    "they apply it at their next poll"
+                ) from exc
+            if not behind:
+                return
+            if time.monotonic() >= deadline:
+                raise Unavailable(
+                    f"{field_name}: stored, but {len(behind)} replica(s) did not apply it within "
+                    f"{self.sync.timeout_seconds} s ({', '.join(sorted(behind)[:3])}); they "
+                    "apply it at their next poll, and a retry of this call is safe"
+                )
+            await asyncio.sleep(min(self.sync.poll_seconds / 2, 0.05))
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -179,18 +241,21 @@ class ItemService:
     # ------------------------------------------------------------------ helpers
 
     async def _store(self, stored: list[StoredItem], field_name: str) -> None:
-        """Write ``stored`` to the item log durably, then serve by it."""
-        try:
-            await self.item_log.put(stored)
-        except StoreUnavailable as exc:
-            raise Unavailable(
-                f"{field_name}: not stored, the item log is unavailable ({exc})"
-            ) from exc
-        for item in stored:
-            self.items[item.item_id] = item
-        # The model answering now may have been swapped in during the write.
-        current = self.holder.current()
-        current.add_items(self._usable(stored, current), self.items)
+        """Write ``stored`` to the item log durably, serve by it, and wait until every other
+        live replica does too."""
+        async with self._log_lock:
+            try:
+                version = await self.item_log.put(stored)
+            except StoreUnavailable as exc:
+                raise Unavailable(
+                    f"{field_name}: not stored, the item log is unavailable ({exc})"
+                ) from exc
+            for item in stored:
+                self.items[item.item_id] = item
+            # The model answering now may have been swapped in during the write.
+            current = self.holder.current()
+            current.add_items(self._usable(stored, current), self.items)
+        await self._await_replicas(version, field_name)
 
     def _known(self, item_id: str, recommender: Recommender) -> bool:
         logged = self.items.get(item_id)

@@ -147,10 +147,21 @@ class StoredItem:
 
 
 class ItemLog(Protocol):
-    """Durable record of upserted items, shared by every serving process."""
+    """Durable record of upserted items, shared by every serving process.
 
-    async def put(self, items: list[StoredItem]) -> None:
-        """Store ``items`` durably (replacing earlier records of the same ids)."""
+    Replicas acknowledge the version they serve by; a writer waits until every live replica
+    has caught up with its write, so that an item hidden or deleted is out of every replica's
+    answers when the call returns."""
+
+    async def put(self, items: list[StoredItem]) -> str:
+        """Store ``items`` durably (replacing earlier records of the same ids); return the
+        log's version that includes them."""
+
+    async def acknowledge(self, replica: str, version: str, ttl_seconds: float) -> None:
+        """Record that ``replica`` serves by ``version`` (live for ``ttl_seconds``)."""
+
+    async def lagging(self, version: str, replica: str) -> list[str]:
+        """The live replicas other than ``replica`` that have not acknowledged ``version``."""
 
     async def read_all(self) -> dict[str, StoredItem]:
         """Every stored item, by id."""

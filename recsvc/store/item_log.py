@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ from recsvc.core.state import StoredItem
 from recsvc.durable import append_durably, replace_bytes_atomically
 from recsvc.errors import StoreUnavailable
 from recsvc.store.file_log import drop_partial_tail
-from recsvc.store.names import item_data_key, item_version_key
+from recsvc.store.names import item_acks_key, item_data_key, item_version_key
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,7 @@ class FileItemLog:
         self._ids = set(self.read_path(self.path))
         self._lock = asyncio.Lock()
 
-    async def put(self, items: list[StoredItem]) -> None:
+    async def put(self, items: list[StoredItem]) -> str:
         data = "".join(item_to_json(item) + "\n" for item in items).encode()
         async with self._lock:
             try:
@@ -101,6 +103,13 @@ class FileItemLog:
             self._ids.update(item.item_id for item in items)
             if self._records > self.compact_factor * len(self._ids):
                 await asyncio.to_thread(self._compact)
+            return await self.version()
+
+    async def acknowledge(self, replica: str, version: str, ttl_seconds: float) -> None:
+        return None  # one process serves from a file: there is nobody to wait for
+
+    async def lagging(self, version: str, replica: str) -> list[str]:
+        return []
 
     def _compact(self) -> None:
         """Rewrite the file with the last record of each item. The records are on disk already,
@@ -155,16 +164,46 @@ class RedisItemLog:
         self._redis = client
         self.data_key = item_data_key(prefix)
         self.version_key = item_version_key(prefix)
+        self.acks_key = item_acks_key(prefix)
 
-    async def put(self, items: list[StoredItem]) -> None:
+    async def put(self, items: list[StoredItem]) -> str:
         mapping: dict[Any, Any] = {item.item_id: item_to_json(item) for item in items}
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hset(self.data_key, mapping=mapping)
                 pipe.incr(self.version_key)
-                await pipe.execute()
+                _, version = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis: storing items failed: {exc}") from exc
+        return str(version)
+
+    async def acknowledge(self, replica: str, version: str, ttl_seconds: float) -> None:
+        expires_ms = int((time.time() + ttl_seconds) * 1000)
+        try:
+            await self._redis.hset(self.acks_key, replica, f"{version}:{expires_ms}")
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: acknowledging the item version failed: {exc}") from exc
+
+    async def lagging(self, version: str, replica: str) -> list[str]:
+        try:
+            acks = await self._redis.hgetall(self.acks_key)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(
+                f"redis: reading replica acknowledgements failed: {exc}"
+            ) from exc
+        now_ms = time.time() * 1000
+        behind, expired = [], []
+        for name, value in acks.items():
+            other = _text(name)
+            acked, _, expires = _text(value).partition(":")
+            if not expires.isdigit() or int(expires) < now_ms:
+                expired.append(name)  # a replica that stopped (or crashed) is not waited for
+            elif other != replica and _as_int(acked) < _as_int(version):
+                behind.append(other)
+        if expired:
+            with contextlib.suppress(RedisError, OSError):  # else tidied by the next writer
+                await self._redis.hdel(self.acks_key, *expired)
+        return behind
 
     async def read_all(self) -> dict[str, StoredItem]:
         try:
@@ -190,6 +229,14 @@ class RedisItemLog:
 
     async def close(self) -> None:
         return None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _as_int(text: str) -> int:
+    return int(text) if text.isdigit() else -1
 
 
 def _count_lines(path: Path) -> int:

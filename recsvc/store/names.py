@@ -30,3 +30,8 @@ def item_data_key(prefix: str) -> str:
 def item_version_key(prefix: str) -> str:
     """Counter bumped on every UpsertItems, so that replicas notice a change."""
     return f"{prefix}:{{items}}:version"
+
+
+def item_acks_key(prefix: str) -> str:
+    """The Redis hash of each serving replica's applied item-log version (and its expiry)."""
+    return f"{prefix}:{{items}}:acks"

@@ -264,3 +264,31 @@ def test_train_worker_takes_in_items_upserted_while_serving(
         SimilarQuery("upserted-bag", 5, SimilarityMode.VISUAL)
     )
     assert [products.kinds[i.item_id] for i in similar.items].count("bags") >= 4
+
+
+def test_train_worker_drops_deleted_items_and_keeps_hidden_ones(
+    tmp_path: Path, products: ProductImages, embedding_table: Path, cold_ids: list[str]
+) -> None:
+    warm = [i for i in products.ids if i not in cold_ids]
+    deleted_warm, hidden_warm, deleted_cold = warm[0], warm[1], cold_ids[0]
+    logged = [
+        StoredItem(deleted_warm, "", {}, "", None, available=False, deleted=True),
+        StoredItem(deleted_cold, "", {}, "", None, available=False, deleted=True),
+        StoredItem(hidden_warm, "bags", {}, "efficientnet_lite0", None, available=False),
+    ]
+    worker = TrainWorker(
+        InteractionStore(tmp_path / "events"),
+        ModelStore(tmp_path / "models"),
+        TrainSettings(factors=8, iterations=5, threads=2),
+        SMALL_INDEX,
+        RetrainPolicy.from_settings(TEST_SETTINGS.workers),
+        base_interactions=kind_interactions(products, warm),
+        images=embedding_table,
+        upserted=lambda: logged,
+    )
+    version = worker.run_once(force=True)
+    assert version is not None
+    model = ModelStore(tmp_path / "models").load(version, SEARCH)
+    assert deleted_warm not in model.items and deleted_cold not in model.items
+    assert hidden_warm in model.items
+    assert model.info.statistics["cold_items"] == len(cold_ids) - 1

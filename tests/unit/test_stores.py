@@ -5,7 +5,9 @@ server. What every backend must do runs against each of them (the ``make_store``
 from __future__ import annotations
 
 import sys
+import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -408,3 +410,34 @@ async def test_redis_item_log_is_shared_and_versioned(redis_url: str) -> None:
     await client.aclose()
     assert before != after
     assert items["b"].category == "bags" and items["a"].attributes == {"colour": "red"}
+
+
+@pytest.mark.redis
+async def test_redis_item_log_reports_replicas_behind_a_write(redis_url: str) -> None:
+    client = connect(redis_url, timeout=1.0, connect_timeout=1.0)
+    prefix = f"acks-{uuid.uuid4().hex[:8]}"
+    log = RedisItemLog(client, prefix)
+    first = await log.put([_stored("a")])
+    await log.acknowledge("writer", first, ttl_seconds=30)
+    await log.acknowledge("reader", first, ttl_seconds=30)
+    await log.acknowledge("gone", "0", ttl_seconds=0.001)  # expired at once: not waited for
+    second = await log.put([replace(_stored("a"), available=False)])
+    behind_before = await log.lagging(second, "writer")
+    await log.acknowledge("reader", second, ttl_seconds=30)
+    behind_after = await log.lagging(second, "writer")
+    items = await log.read_all()
+    await client.aclose()
+    assert int(second) > int(first)
+    assert behind_before == ["reader"] and behind_after == []
+    assert items["a"].available is False and items["a"].servable is False
+
+
+async def test_item_log_records_keep_hidden_and_deleted_flags(tmp_path: Path) -> None:
+    log = FileItemLog(tmp_path / "items.jsonl")
+    await log.put([replace(_stored("a"), available=False), replace(_stored("b"), deleted=True)])
+    await log.put([_stored("c")])
+    items = await log.read_all()
+    assert (items["a"].available, items["a"].deleted) == (False, False)
+    assert items["b"].deleted and not items["b"].servable
+    assert items["c"].servable
+    assert await log.lagging(await log.version(), "me") == []  # one process: nobody to wait for
