@@ -20,7 +20,7 @@ A server with TLS and tokens (docs/deploy.md, Security):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -112,7 +112,11 @@ class RecsvcClient:
         exclude_item_ids: Sequence[str] = (),
         recent_item_ids: Sequence[str] = (),
         categories: CategoryFilter | None = None,
+        filter: str = "",
+        context: Mapping[str, str] | None = None,
     ) -> Recommendation:
+        """Top-k items for a user; ``filter``: an expression on item attributes
+        (docs/filters.md); ``context``: facts about the request that rules match on."""
         query = RecommendQuery(
             user_id,
             k,
@@ -120,6 +124,8 @@ class RecsvcClient:
             tuple(exclude_item_ids),
             tuple(recent_item_ids),
             categories or CategoryFilter(),
+            filter=filter,
+            context=dict(context or {}),
         )
         response = self._stub.Recommend(
             convert.recommend_query_to_pb(query), timeout=self.timeout, metadata=self._metadata
@@ -139,16 +145,21 @@ class RecsvcClient:
         k: int = 10,
         mode: SimilarityMode = SimilarityMode.COLLABORATIVE,
         categories: CategoryFilter | None = None,
+        filter: str = "",
     ) -> SimilarItems:
         request = convert.similar_query_to_pb(
-            SimilarQuery(item_id, k, mode, categories or CategoryFilter())
+            SimilarQuery(item_id, k, mode, categories or CategoryFilter(), filter=filter)
         )
         return convert.similar_items_from_pb(
             self._stub.SimilarItems(request, timeout=self.timeout, metadata=self._metadata)
         )
 
     def search_by_image(
-        self, image: bytes, k: int = 10, categories: CategoryFilter | None = None
+        self,
+        image: bytes,
+        k: int = 10,
+        categories: CategoryFilter | None = None,
+        filter: str = "",
     ) -> SimilarItems:
         """Items whose photos look like ``image`` (JPEG, PNG or WebP bytes)."""
         filters = categories or CategoryFilter()
@@ -156,10 +167,12 @@ class RecsvcClient:
             image=image,
             k=k,
             categories=pb.CategoryFilter(include=filters.include, exclude=filters.exclude),
+            filter=filter,
         )
         response = self._stub.SearchByImage(request, timeout=self.timeout, metadata=self._metadata)
         return SimilarItems(
-            [ScoredItem(i.item_id, i.score) for i in response.items], response.model_version
+            [ScoredItem(i.item_id, i.score, i.rule) for i in response.items],
+            response.model_version,
         )
 
     def upsert_items(self, items: Sequence[RawItem]) -> tuple[int, int]:
@@ -173,12 +186,20 @@ class RecsvcClient:
                     attributes=i.attributes,
                     image_bytes=i.image_bytes,
                     image_path=i.image_path,
+                    available=i.available,
                 )
                 for i in items
             ]
         )
         response = self._stub.UpsertItems(request, timeout=self.timeout, metadata=self._metadata)
         return response.created, response.updated
+
+    def delete_items(self, item_ids: Sequence[str]) -> tuple[int, int]:
+        """Delete items (never served again, left out of the next training); returns
+        (deleted, not_found)."""
+        request = pb.DeleteItemsRequest(item_ids=list(item_ids))
+        response = self._stub.DeleteItems(request, timeout=self.timeout, metadata=self._metadata)
+        return response.deleted, response.not_found
 
     def record_interactions(self, interactions: Sequence[RawInteraction]) -> tuple[int, int]:
         """Record interactions; returns (accepted, duplicates)."""

@@ -130,18 +130,32 @@ def add_call(commands: Any) -> None:
         "recommend",
         "top-k items for a user",
         lambda c, a: c.recommend(
-            a.user, a.k, exclude_seen=not a.include_seen, recent_item_ids=a.recent or ()
+            a.user,
+            a.k,
+            exclude_seen=not a.include_seen,
+            recent_item_ids=a.recent or (),
+            filter=a.filter,
+            context=_pairs(a.context, "--context"),
         ),
     )
     rec.add_argument("--user", default="", help="user id (may be empty with --recent)")
     rec.add_argument("-k", type=int, default=10)
     rec.add_argument("--recent", nargs="*", help="recent item ids of an anonymous session")
     rec.add_argument("--include-seen", action="store_true", help="allow items the user has seen")
+    rec.add_argument("--filter", default="", help=_FILTER_HELP)
+    rec.add_argument(
+        "--context",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="facts about the request that rules match on, e.g. segment=vip",
+    )
     sim = call(
         "similar",
         "items similar to an item",
-        lambda c, a: c.similar_items(a.item, a.k, _similarity_mode(a.mode)),
+        lambda c, a: c.similar_items(a.item, a.k, _similarity_mode(a.mode), filter=a.filter),
     )
+    sim.add_argument("--filter", default="", help=_FILTER_HELP)
     sim.add_argument("--item", required=True)
     sim.add_argument("-k", type=int, default=10)
     sim.add_argument(
@@ -150,8 +164,9 @@ def add_call(commands: Any) -> None:
     photo = call(
         "search-image",
         "items that look like a photo",
-        lambda c, a: c.search_by_image(a.image.read_bytes(), a.k),
+        lambda c, a: c.search_by_image(a.image.read_bytes(), a.k, filter=a.filter),
     )
+    photo.add_argument("--filter", default="", help=_FILTER_HELP)
     photo.add_argument("--image", type=Path, required=True, help="JPEG, PNG or WebP file")
     photo.add_argument("-k", type=int, default=10)
     upsert = call(
@@ -160,7 +175,7 @@ def add_call(commands: Any) -> None:
         lambda c, a: dict(
             zip(
                 ("created", "updated"),
-                c.upsert_items([_raw_item(a.item, a.category, a.image)]),
+                c.upsert_items([_raw_item(a)]),
                 strict=True,
             )
         ),
@@ -168,6 +183,24 @@ def add_call(commands: Any) -> None:
     upsert.add_argument("--item", required=True)
     upsert.add_argument("--category", default="")
     upsert.add_argument("--image", type=Path, help="the product photo (sent as bytes)")
+    upsert.add_argument(
+        "--attribute",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="attributes filters can use, e.g. price=19.90 brand=acme (replace the item's)",
+    )
+    shown = upsert.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--hide", action="store_true", help="stop recommending the item (kept for training)"
+    )
+    shown.add_argument("--show", action="store_true", help="recommend the item again")
+    delete = call(
+        "delete",
+        "delete items: never recommended again, left out of the next training",
+        lambda c, a: dict(zip(("deleted", "not_found"), c.delete_items(a.items), strict=True)),
+    )
+    delete.add_argument("--items", nargs="+", required=True, help="item ids")
     rec_events = call(
         "record",
         "record that a user interacted with items",
@@ -216,10 +249,30 @@ def _similarity_mode(name: str) -> Any:
     return SimilarityMode(name)
 
 
-def _raw_item(item_id: str, category: str, image: Path | None) -> Any:
+_FILTER_HELP = 'an expression on item attributes, e.g. \'price < 50 and brand in ("a", "b")\''
+
+
+def _pairs(texts: list[str], option: str) -> dict[str, str]:
+    """KEY=VALUE arguments as a dict; a text without '=' is an argument error."""
+    pairs: dict[str, str] = {}
+    for text in texts:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"recsvc: {option} takes KEY=VALUE, got {text!r}")
+        pairs[key] = value
+    return pairs
+
+
+def _raw_item(args: argparse.Namespace) -> Any:
     from recsvc.core.items import RawItem
 
-    return RawItem(item_id, category, image_bytes=image.read_bytes() if image else None)
+    return RawItem(
+        args.item,
+        args.category,
+        _pairs(args.attribute, "--attribute"),
+        image_bytes=args.image.read_bytes() if args.image else None,
+        available=False if args.hide else True if args.show else None,
+    )
 
 
 def _raw_interaction(user: str, item: str, event: str, n: int) -> Any:

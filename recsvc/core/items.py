@@ -138,8 +138,8 @@ class ItemService:
         stored = [
             StoredItem(
                 item.item_id,
-                item.category,
-                dict(item.attributes),
+                self._category(item),
+                self._attributes(item, i),
                 backbone,
                 embeddings.get(i, self._previous_embedding(item.item_id, backbone)),
                 available=self._availability(item),
@@ -263,12 +263,35 @@ class ItemService:
             return not logged.deleted
         return item_id in recommender.model.items or item_id in recommender.added.rows
 
+    def _previous(self, item_id: str) -> StoredItem | None:
+        previous = self.items.get(item_id)
+        return previous if previous is not None and not previous.deleted else None
+
+    def _category(self, item: RawItem) -> str:
+        """The request's category; empty: unchanged."""
+        previous = self._previous(item.item_id)
+        return item.category or (previous.category if previous is not None else "")
+
+    def _attributes(self, item: RawItem, position: int) -> dict[str, str]:
+        """The item's attributes with the request's merged in (an empty value removes one), so
+        that hiding an item or changing its price does not need every attribute resent."""
+        previous = self._previous(item.item_id)
+        merged = dict(previous.attributes) if previous is not None else {}
+        merged.update(item.attributes)
+        merged = {key: value for key, value in merged.items() if value != ""}
+        if len(merged) > MAX_ATTRIBUTES:
+            raise InvalidArgument(
+                f"items[{position}].attributes",
+                f"the item would have {len(merged)} attributes, at most {MAX_ATTRIBUTES}",
+            )
+        return merged
+
     def _availability(self, item: RawItem) -> bool:
         """The request's ``available``; unset: unchanged (a new or re-created item is)."""
         if item.available is not None:
             return item.available
-        previous = self.items.get(item.item_id)
-        return previous.available if previous is not None and not previous.deleted else True
+        previous = self._previous(item.item_id)
+        return previous.available if previous is not None else True
 
     def _usable(self, items: list[StoredItem], recommender: Recommender) -> list[NewItem]:
         visual = recommender.model.visual

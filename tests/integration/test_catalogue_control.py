@@ -15,6 +15,8 @@ import pytest
 from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
 from recsvc.core.model import Model
+from recsvc.store.item_log import FileItemLog
+from recsvc.store.names import ITEM_LOG_FILE
 from recsvc.testing import free_port, redis_server, running_server, server_env
 
 
@@ -147,3 +149,50 @@ def _delete_and_check(stub: pb_grpc.RecommenderStub, model: Model) -> None:
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND
     assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "item_ids[0]" in (empty.value.details() or "")
+
+
+def test_upserts_merge_attributes_and_keep_what_they_do_not_send(
+    model_store: Path, model: Model, tmp_path: Path
+) -> None:
+    item = model.items.ids[3]
+    with private_server(model_store, tmp_path) as stub:
+        first = stub.UpsertItems(
+            pb.UpsertItemsRequest(
+                items=[pb.Item(item_id=item, category="promo", attributes={"a": "1", "b": "x"})]
+            ),
+            timeout=30,
+        )
+        stub.UpsertItems(
+            pb.UpsertItemsRequest(items=[pb.Item(item_id=item, attributes={"b": "", "c": "2"})]),
+            timeout=30,
+        )
+        stub.UpsertItems(
+            pb.UpsertItemsRequest(items=[pb.Item(item_id=item, available=False)]), timeout=30
+        )
+        hidden = stub.Recommend(
+            pb.RecommendRequest(
+                user_id=model.users.ids[0],
+                k=5,
+                exclude_seen=False,
+                categories=pb.CategoryFilter(include=["promo"]),
+            ),
+            timeout=10,
+        )
+        stub.UpsertItems(
+            pb.UpsertItemsRequest(items=[pb.Item(item_id=item, available=True)]), timeout=30
+        )
+        shown = stub.Recommend(
+            pb.RecommendRequest(
+                user_id=model.users.ids[0],
+                k=5,
+                exclude_seen=False,
+                categories=pb.CategoryFilter(include=["promo"]),
+            ),
+            timeout=10,
+        )
+    logged = FileItemLog.read_path(tmp_path / "store" / ITEM_LOG_FILE)[item]
+    assert (first.created, first.updated) == (0, 1)  # the model knows it
+    assert logged.category == "promo" and logged.attributes == {"a": "1", "c": "2"}
+    assert logged.available
+    assert list(hidden.items) == []
+    assert [i.item_id for i in shown.items] == [item]
