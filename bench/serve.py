@@ -484,6 +484,18 @@ async def compare_round(target: str, concurrency: int, seconds: float) -> dict[s
         return await closed_loop(call, concurrency, seconds)
 
 
+def hide_items(target: str, count: int, n_items: int) -> None:
+    """Hide ``count`` random items of the bench model through the server (once per target: the
+    Redis targets share the item log, the embedded one has its own)."""
+    chosen = random.Random(2).sample(range(n_items), count)
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        for start in range(0, count, 1000):
+            block = chosen[start : start + 1000]
+            items = [pb.Item(item_id=f"i{i}", available=False) for i in block]
+            stub.UpsertItems(pb.UpsertItemsRequest(items=items), timeout=60)
+
+
 def compare_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -494,6 +506,13 @@ def compare_main(argv: list[str]) -> None:
         "--targets",
         nargs="+",
         default=["recsvc", "recsvc_embedded", "recsvc_workers2", "peer", "echo"],
+    )
+    parser.add_argument(
+        "--hide",
+        type=int,
+        default=0,
+        help="items to hide (UpsertItems available=false) in every recsvc target before the "
+        "rounds: the cost of the hidden-item check",
     )
     args = parser.parse_args(argv)
     server_root = args.server_root.resolve()
@@ -549,6 +568,10 @@ def compare_main(argv: list[str]) -> None:
         try:
             for name in targets:
                 servers[name] = start(*commands[name])
+            if args.hide:
+                for name, (_, target) in servers.items():
+                    if name.startswith("recsvc"):
+                        hide_items(target, args.hide, 100_000)
             for n in range(args.rounds):
                 for name, (process, target) in servers.items():
                     cpu_before = tree_cpu_seconds([process.pid])
@@ -594,6 +617,7 @@ def compare_main(argv: list[str]) -> None:
                 "seconds": args.seconds,
                 "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
                 "medians": medians,
+                "hidden_items": args.hide,
                 "recsvc_to_peer": ratio("recsvc", "peer"),
                 "recsvc_to_echo": ratio("recsvc", "echo"),
                 "embedded_to_peer": ratio("recsvc_embedded", "peer"),
