@@ -99,6 +99,7 @@ class ItemService:
         self.items: dict[str, StoredItem] = {}
         self._log_version: str | None = None
         self._acknowledged_at = 0.0
+        self._log_down = False
         # A refresh that read the log before a local write must not replace the items after it.
         self._log_lock = asyncio.Lock()
         # Image work has threads of its own: a slow upload never waits behind the event loop's
@@ -191,8 +192,13 @@ class ItemService:
                         self.prepare(self.holder.current())
             await self._acknowledge(version, changed)
         except StoreUnavailable as exc:
-            log.warning("item log unavailable, upserted items not refreshed: %s", exc)
+            if not self._log_down:  # once per outage: the log is polled several times a second
+                log.warning("item log unavailable, upserted items not refreshed: %s", exc)
+            self._log_down = True
             return False
+        if self._log_down:
+            log.info("item log available again")
+            self._log_down = False
         return changed
 
     async def run(self, interval: float | None = None) -> None:
