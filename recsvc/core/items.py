@@ -186,8 +186,12 @@ class ItemService:
                 version = await self.item_log.version()
                 changed = version != self._log_version
                 if changed:
-                    self.items = await self.item_log.read_all()
-                    self._log_version = version
+                    changes = await self.item_log.read_changes(self._log_version)
+                    if changes.complete:
+                        self.items = changes.items
+                    else:
+                        self.items.update(changes.items)
+                    self._log_version = version = changes.version
                     if self.holder.loaded:
                         self.prepare(self.holder.current())
             await self._acknowledge(version, changed)

@@ -146,6 +146,12 @@ class StoredItem:
         return self.available and not self.deleted
 
 
+class ItemChanges(NamedTuple):
+    items: dict[str, StoredItem]
+    version: str
+    complete: bool
+
+
 class ItemLog(Protocol):
     """Durable record of upserted items, shared by every serving process.
 
@@ -165,6 +171,10 @@ class ItemLog(Protocol):
 
     async def read_all(self) -> dict[str, StoredItem]:
         """Every stored item, by id."""
+
+    async def read_changes(self, since: str | None) -> ItemChanges:
+        """The items stored after version ``since`` (None: every item), and the version that
+        brings the reader to; ``complete`` when the answer is every item (not only changes)."""
 
     async def version(self) -> str:
         """A token that changes whenever an item is stored (to notice other replicas' writes)."""

@@ -22,17 +22,22 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from recsvc.core.state import StoredItem
+from recsvc.core.state import ItemChanges, StoredItem
 from recsvc.durable import append_durably, replace_bytes_atomically
 from recsvc.errors import StoreUnavailable
 from recsvc.store.file_log import drop_partial_tail
-from recsvc.store.names import item_acks_key, item_data_key, item_version_key
+from recsvc.store.names import (
+    item_acks_key,
+    item_changes_key,
+    item_data_key,
+    item_version_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +133,10 @@ class FileItemLog:
     async def read_all(self) -> dict[str, StoredItem]:
         return await asyncio.to_thread(self.read_path, self.path)
 
+    async def read_changes(self, since: str | None) -> ItemChanges:
+        version = await self.version()  # first: a write after it is read again next time
+        return ItemChanges(await self.read_all(), version, complete=True)
+
     @staticmethod
     def read_path(path: Path) -> dict[str, StoredItem]:
         items: dict[str, StoredItem] = {}
@@ -165,17 +174,54 @@ class RedisItemLog:
         self.data_key = item_data_key(prefix)
         self.version_key = item_version_key(prefix)
         self.acks_key = item_acks_key(prefix)
+        self.changes_key = item_changes_key(prefix)
+        self._put = client.register_script(_PUT_SCRIPT)
 
     async def put(self, items: list[StoredItem]) -> str:
-        mapping: dict[Any, Any] = {item.item_id: item_to_json(item) for item in items}
+        flat: list[Any] = []
+        for item in items:
+            flat += [item.item_id, item_to_json(item)]
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self.data_key, mapping=mapping)
-                pipe.incr(self.version_key)
-                _, version = await pipe.execute()
+            version = await self._put(
+                keys=[self.data_key, self.version_key, self.changes_key], args=flat
+            )
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis: storing items failed: {exc}") from exc
         return str(version)
+
+    async def read_changes(self, since: str | None) -> ItemChanges:
+        """Only the items changed since ``since`` (one sorted-set range and one HMGET), so a
+        replica's poll after a write reads that write, not the whole catalogue."""
+        if since is None or not since.isdigit():
+            version = await self.version()  # first: a write after it is read again next time
+            return ItemChanges(await self.read_all(), version, complete=True)
+        try:
+            changed = cast(
+                list[tuple[Any, float]],
+                await self._redis.zrangebyscore(
+                    self.changes_key, f"({since}", "+inf", withscores=True
+                ),
+            )
+            if not changed:
+                # The version moved with no id filed under it: a writer from before the
+                # changes set. Read everything once.
+                return await self.read_changes(None)
+            ids = [item_id for item_id, _ in changed]
+            values = await self._redis.hmget(self.data_key, ids)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: reading changed items failed: {exc}") from exc
+        items = {}
+        for value in values:
+            if value is None:
+                continue
+            try:
+                item = item_from_json(value)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("%s: unreadable item record (%s)", self.data_key, exc)
+                continue
+            items[item.item_id] = item
+        newest = max(int(score) for _, score in changed)
+        return ItemChanges(items, str(newest), complete=False)
 
     async def acknowledge(self, replica: str, version: str, ttl_seconds: float) -> None:
         expires_ms = int((time.time() + ttl_seconds) * 1000)
@@ -229,6 +275,18 @@ class RedisItemLog:
 
     async def close(self) -> None:
         return None
+
+
+# Store the items, bump the version and file each id under it, as one step: a reader that sees
+# an id at version v also sees its record as of v (or newer).
+_PUT_SCRIPT = """
+local version = redis.call('INCR', KEYS[2])
+for i = 1, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[3], version, ARGV[i])
+end
+return version
+"""
 
 
 def _text(value: bytes | str) -> str:

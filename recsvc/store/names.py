@@ -35,3 +35,8 @@ def item_version_key(prefix: str) -> str:
 def item_acks_key(prefix: str) -> str:
     """The Redis hash of each serving replica's applied item-log version (and its expiry)."""
     return f"{prefix}:{{items}}:acks"
+
+
+def item_changes_key(prefix: str) -> str:
+    """The Redis sorted set of item ids by the item-log version that last changed them."""
+    return f"{prefix}:{{items}}:changes"

@@ -441,3 +441,21 @@ async def test_item_log_records_keep_hidden_and_deleted_flags(tmp_path: Path) ->
     assert items["b"].deleted and not items["b"].servable
     assert items["c"].servable
     assert await log.lagging(await log.version(), "me") == []  # one process: nobody to wait for
+
+
+@pytest.mark.redis
+async def test_redis_item_log_reads_only_what_changed(redis_url: str) -> None:
+    client = connect(redis_url, timeout=1.0, connect_timeout=1.0)
+    log = RedisItemLog(client, f"changes-{uuid.uuid4().hex[:8]}")
+    await log.put([_stored("a"), _stored("b")])
+    everything = await log.read_changes(None)
+    await log.put([_stored("b", "moved")])
+    await log.put([_stored("c")])
+    changes = await log.read_changes(everything.version)
+    nothing_new = await log.read_changes(changes.version)
+    await client.aclose()
+    assert everything.complete and sorted(everything.items) == ["a", "b"]
+    assert not changes.complete and sorted(changes.items) == ["b", "c"]
+    assert changes.items["b"].category == "moved"
+    assert int(changes.version) == int(everything.version) + 2
+    assert nothing_new.complete  # version unchanged: asked again, it reads everything once
