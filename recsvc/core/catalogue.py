@@ -134,7 +134,10 @@ def build_catalogue(
         for name, text in record.attributes.items():
             if name == CATEGORY:
                 continue  # the category has its own field
-            texts_by_name.setdefault(name, [None] * size)[label] = text
+            texts = texts_by_name.get(name)
+            if texts is None:
+                texts = texts_by_name[name] = [None] * size
+            texts[label] = text
     for name, texts in texts_by_name.items():
         columns[name] = AttributeColumn.from_texts(texts)
     return Catalogue(added, size, servable, columns, deleted)
