@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from recsvc.config import ServingSettings
 
 MAX_ID_BYTES = 256
+# RecommendRequest.context: entries, and bytes of each key and value (the proto's limit).
+MAX_CONTEXT_ENTRIES = 64
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class RecommendQuery:
         check_id_list(self.exclude_item_ids, limits, f"{prefix}exclude_item_ids")
         check_id_list(self.recent_item_ids, limits, f"{prefix}recent_item_ids")
         check_categories(self.categories, limits, f"{prefix}categories")
+        check_context(self.context, f"{prefix}context")
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,18 @@ def check_id_list(values: tuple[str, ...], limits: Limits, field: str) -> None:
 def check_categories(categories: CategoryFilter, limits: Limits, field: str) -> None:
     check_id_list(categories.include, limits, f"{field}.include")
     check_id_list(categories.exclude, limits, f"{field}.exclude")
+
+
+def check_context(context: Mapping[str, str], field: str) -> None:
+    """At most MAX_CONTEXT_ENTRIES entries, keys and values of at most MAX_ID_BYTES."""
+    if len(context) > MAX_CONTEXT_ENTRIES:
+        raise InvalidArgument(
+            field, f"holds {len(context)} entries, at most {MAX_CONTEXT_ENTRIES} allowed"
+        )
+    for key, value in context.items():
+        check_id(key, f"{field} key")
+        if len(value.encode()) > MAX_ID_BYTES:
+            raise InvalidArgument(f"{field}[{key}]", f"must be at most {MAX_ID_BYTES} bytes")
 
 
 def check_batch_size(size: int, limits: Limits, field: str) -> None:

@@ -27,6 +27,7 @@ from recsvc.core.queries import (
     SimilarItems,
     SimilarQuery,
 )
+from recsvc.core.rules import ActiveRules
 from recsvc.core.state import UserState
 
 
@@ -57,28 +58,38 @@ class Recommender:
     def version(self) -> str:
         return self.model.version
 
-    def recommend(self, query: RecommendQuery, state: UserState | None = None) -> Recommendation:
+    def recommend(
+        self,
+        query: RecommendQuery,
+        state: UserState | None = None,
+        rules: ActiveRules | None = None,
+    ) -> Recommendation:
         """Top-k items for a user, a session, or everyone (popular), per ``query``.
 
         ``state`` is what the store knows beyond the model: interactions since training (they
         are excluded like the training history) and the user's folded-in vector, which wins
-        over the model's own user factors.
+        over the model's own user factors. ``rules``: the business rules in force now.
         """
-        return self.recommend_many([query], [state or UserState()])[0]
+        return self.recommend_many([query], [state or UserState()], rules=rules)[0]
 
     def recommend_many(
-        self, queries: list[RecommendQuery], states: list[UserState], validated: bool = False
+        self,
+        queries: list[RecommendQuery],
+        states: list[UserState],
+        validated: bool = False,
+        rules: ActiveRules | None = None,
     ) -> list[Recommendation]:
         """:meth:`recommend` for many queries. Their graph searches run as one hnswlib call
         (and one exact pass over the head) when they need no filter; the rest one by one.
-        ``validated``: the caller has already checked every query against ``self.limits``."""
+        ``validated``: the caller has already checked every query against ``self.limits``.
+        ``rules``: the business rules in force now (boosts and pins, recsvc.core.rules)."""
         if not validated:
             for query in queries:
                 query.validate(self.limits)
         search = self._candidates
         catalogue = self.catalogue
         plans = [
-            plan_query(search, query, state, catalogue)
+            plan_query(search, query, state, catalogue, rules=rules)
             for query, state in zip(queries, states, strict=True)
         ]
         found: dict[int, tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]] = {}
