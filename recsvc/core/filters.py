@@ -25,6 +25,8 @@ from __future__ import annotations
 import functools
 import math
 import operator
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -439,3 +441,48 @@ def _matches(node: _Node, values: Mapping[str, str]) -> bool:
         return all(_matches(part, values) for part in node.parts)
     assert isinstance(node, Either)
     return any(_matches(part, values) for part in node.parts)
+
+
+# --- masks per catalogue ----------------------------------------------------------------------
+
+MASK_CACHE_BYTES = 32 << 20  # masks kept per Recommender (one byte per catalogue label each)
+
+
+class FilterMasks:
+    """The masks of recent filter texts on the current catalogue, so that repeated filters
+    (the usual case: a few site-wide ones) are evaluated once per catalogue snapshot.
+
+    A catalogue is immutable and a change swaps in a new one: the cache holds the catalogue
+    it belongs to (compared by identity) and starts afresh when another one comes. The masks
+    are read-only; at most ``budget`` bytes of them are kept, least recently used dropped.
+    """
+
+    def __init__(self, budget: int = MASK_CACHE_BYTES) -> None:
+        self.budget = budget
+        self._lock = threading.Lock()
+        self._catalogue: Catalogue | None = None
+        self._masks: OrderedDict[str, Mask] = OrderedDict()
+
+    def mask(self, text: str, catalogue: Catalogue, field: str = "filter") -> Mask | None:
+        """The mask of filter ``text`` on ``catalogue``; None when ``text`` is blank.
+        InvalidArgument (naming ``field``) as :func:`parse_filter` and
+        :meth:`FilterExpression.item_mask` raise it."""
+        expression = parse_filter(text, field)
+        if expression is None:
+            return None
+        with self._lock:
+            if self._catalogue is catalogue and (found := self._masks.get(text)) is not None:
+                self._masks.move_to_end(text)
+                return found
+        mask = expression.item_mask(catalogue, field)
+        mask.flags.writeable = False  # shared by every query with this filter
+        if mask.nbytes > self.budget:
+            return mask
+        with self._lock:
+            if self._catalogue is not catalogue:
+                self._catalogue = catalogue
+                self._masks.clear()
+            self._masks[text] = mask
+            while len(self._masks) * mask.nbytes > self.budget:
+                self._masks.popitem(last=False)
+        return mask

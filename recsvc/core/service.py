@@ -145,7 +145,7 @@ class RecommendationService:
             part = queries[start : start + self.batch_slice]
             left = None if deadline is None else deadline - time.monotonic()
             states = await self._states_for(recommender, [q.user_id for q in part], left)
-            yield await asyncio.to_thread(recommender.recommend_many, part, states, True)
+            yield await asyncio.to_thread(recommender.recommend_many, part, states, True, start)
 
     async def _recommend_together(
         self, requests: list[tuple[RecommendQuery, float | None]]

@@ -19,6 +19,7 @@ from recsvc.core.filters import (
     MAX_FILTER_DEPTH,
     MAX_FILTER_TERMS,
     FilterExpression,
+    FilterMasks,
     parse_filter,
 )
 from recsvc.errors import InvalidArgument
@@ -382,3 +383,25 @@ def _record_reference(term: Term, record: Record) -> bool:
     if op in ("==", "!="):
         return equal(literal) != (op == "!=")
     return ordered(as_number(value) if value is not None else math.nan, op, literal)
+
+
+def test_masks_are_cached_per_catalogue_snapshot_and_read_only() -> None:
+    masks = FilterMasks()
+    first = catalogue_of(RECORDS)
+    mask = masks.mask("price < 50", first)
+    assert mask is not None and not mask.flags.writeable
+    assert masks.mask("price < 50", first) is mask
+    assert masks.mask("", first) is None
+    second = catalogue_of([*RECORDS, {"price": "1"}])  # a change swaps in a new snapshot
+    again = masks.mask("price < 50", second)
+    assert again is not None and again.tolist() == [True, False, False, False, True, True]
+    with pytest.raises(InvalidArgument, match=r"^requests\[4\]\.filter: position 1: "):
+        masks.mask("brand < 1", second, "requests[4].filter")
+
+
+def test_the_mask_cache_keeps_to_its_byte_budget() -> None:
+    catalogue = catalogue_of(RECORDS)
+    masks = FilterMasks(budget=2 * len(RECORDS))  # room for two masks
+    kept = [masks.mask(f"price < {n}", catalogue) for n in range(3)]
+    assert masks.mask("price < 2", catalogue) is kept[2]
+    assert masks.mask("price < 0", catalogue) is not kept[0]  # the oldest was dropped
