@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from recsvc.core.filters import parse_filter
 from recsvc.errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ class RecommendQuery:
         check_id_list(self.recent_item_ids, limits, f"{prefix}recent_item_ids")
         check_categories(self.categories, limits, f"{prefix}categories")
         check_context(self.context, f"{prefix}context")
+        parse_filter(self.filter, f"{prefix}filter")  # syntax only: types need the catalogue
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class SimilarQuery:
         check_k(self.k, limits, "k")
         check_id(self.item_id, "item_id")
         check_categories(self.categories, limits, "categories")
+        parse_filter(self.filter, "filter")
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ class ImageQuery:
     def validate(self, limits: Limits) -> None:
         check_k(self.k, limits, "k")
         check_categories(self.categories, limits, "categories")
+        parse_filter(self.filter, "filter")
 
 
 @dataclass(slots=True)  # not frozen: every Recommend makes k of them (0.35 against 0.96 us)

@@ -161,7 +161,9 @@ class RecommendationService:
             left = None if deadline is None else deadline - time.monotonic()
             states = await self._states_for(recommender, [q.user_id for q in part], left)
             rules = self._active_rules()
-            yield await asyncio.to_thread(recommender.recommend_many, part, states, True, rules)
+            yield await asyncio.to_thread(
+                recommender.recommend_many, part, states, True, start, rules=rules
+            )
 
     async def _recommend_together(
         self, requests: list[tuple[RecommendQuery, float | None]]
@@ -176,10 +178,10 @@ class RecommendationService:
             if self._recommend_batcher.waiting:  # under load: keep taking calls meanwhile
                 return list(
                     await asyncio.to_thread(
-                        recommender.recommend_many, queries, states, True, rules
+                        recommender.recommend_many, queries, states, True, rules=rules
                     )
                 )
-            return list(recommender.recommend_many(queries, states, True, rules))  # quiet: no hop
+            return list(recommender.recommend_many(queries, states, True, rules=rules))  # no hop
         except RecsvcError:  # one query's error must not fail the others: answer each alone
             return [
                 self._recommend_alone(recommender, q, s, rules)
@@ -194,7 +196,7 @@ class RecommendationService:
         rules: ActiveRules | None,
     ) -> Recommendation | BaseException:
         try:
-            return recommender.recommend(query, state, rules)
+            return recommender.recommend(query, state, rules=rules)
         except RecsvcError as exc:
             return exc
 

@@ -473,3 +473,33 @@ def test_a_bad_or_missing_file_at_start_up_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(InvalidRules, match="larger than 1024 bytes"):
         load_rules_file(small, RulesHolder())
     assert load_rules_file(TEST_SETTINGS, RulesHolder()) is None  # no path: no rules
+
+
+def test_a_pin_kept_out_by_the_requests_filter_is_not_placed(
+    recommender: Recommender, model: Model
+) -> None:
+    user = model.users.ids[13]
+    item = unseen_outside(recommender, model, 13, 10)
+    rules = active(document(pin("hero", item, 1)))
+    kept_out = RecommendQuery(user, 10, filter=f'category != "{category_of(model, item)}"')
+    items = recommender.recommend(kept_out, rules=rules).items
+    assert item not in {i.item_id for i in items} and all(i.rule == "" for i in items)
+    let_in = RecommendQuery(user, 10, filter=f'category == "{category_of(model, item)}"')
+    assert recommender.recommend(let_in, rules=rules).items[0].item_id == item
+
+
+def test_a_boost_on_item_attributes_follows_catalogue_changes(model: Model) -> None:
+    recommender = build_recommender(TEST_SETTINGS, model)  # its own: the catalogue changes
+    user = model.users.ids[14]
+    ranked = [i.item_id for i in recommender.recommend(RecommendQuery(user, 30)).items]
+    acme = ranked[20:25]
+    records = {i: StoredItem(i, "", {"brand": "acme", "price": "10"}, "", None) for i in acme}
+    recommender.add_items([], records)
+    rules = active(document(boost("acme", 'brand == "acme" and price < 20', 100.0)))
+    items = recommender.recommend(RecommendQuery(user, 10), rules=rules).items
+    assert [i.item_id for i in items[:5]] == acme  # lifted in their own order
+    assert [i.rule for i in items] == ["acme"] * 5 + [""] * 5
+    # A new catalogue snapshot (the brand changed) is evaluated again.
+    recommender.add_items([], {i: StoredItem(i, "", {"brand": "other"}, "", None) for i in acme})
+    items = recommender.recommend(RecommendQuery(user, 10), rules=rules).items
+    assert [i.item_id for i in items] == ranked[:10]
