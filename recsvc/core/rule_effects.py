@@ -14,9 +14,9 @@ Order, as the planner applies it:
 
 A pinned item is left out (the pin does nothing) when it is not one the query could return:
 unknown to the model and to the added items (or added without a vector), hidden or deleted,
-kept out by the request's categories or filter, listed in exclude_item_ids or
-recent_item_ids, or already seen by the user (with exclude_seen: the training history and
-the interactions since). Each item a rule touched carries the rule's name (``ScoredItem.rule``):
+kept out by the request's categories or filter, listed in exclude_item_ids, or (with
+exclude_seen) already seen by the user (the training history and the interactions since)
+or in recent_item_ids. Each item a rule touched carries the rule's name (``ScoredItem.rule``):
 a pin's, else the first boost (in document order) that changed its score.
 """
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -503,3 +504,13 @@ def test_a_boost_on_item_attributes_follows_catalogue_changes(model: Model) -> N
     recommender.add_items([], {i: StoredItem(i, "", {"brand": "other"}, "", None) for i in acme})
     items = recommender.recommend(RecommendQuery(user, 10), rules=rules).items
     assert [i.item_id for i in items] == ranked[:10]
+
+
+def test_the_examples_in_the_docs_are_valid() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "rules.md").read_text()
+    blocks = re.findall(r"```json\n(.*?)```", text, re.S)
+    assert len(blocks) >= 4
+    full = parse_rules(blocks[0])
+    assert (len(full.boosts), len(full.pins)) == (3, 2)
+    for block in blocks[1:]:
+        assert len(parse_rules(f'{{"version": "1", "rules": [{block}]}}')) == 1
