@@ -506,6 +506,28 @@ class SecuritySettings(_Section):
         return self.reflection == "on"
 
 
+class RulesSettings(_Section):
+    """Business rules: boosts and pins from a versioned JSON file (docs/rules.md)."""
+
+    path: Path | None = Field(
+        None,
+        description="JSON file of boost and pin rules (docs/rules.md); unset: no rules. A bad "
+        "file stops start-up; a bad new version while serving is logged and the rules before "
+        "stay in force.",
+    )
+    reload_seconds: float = Field(
+        2.0,
+        ge=0,
+        le=3600,
+        description="How often the rules file is checked for changes (inode, mtime, size); "
+        "0: read at start-up only.",
+    )
+    max_rules: int = Field(
+        1000, ge=1, le=100_000, description="Most rules the rules file may hold."
+    )
+    max_file_bytes: int = Field(MiB, ge=1024, le=64 * MiB, description="Largest rules file read.")
+
+
 class Settings(BaseSettings):
     """recsvc's settings. Every field can be set by environment variable or config file."""
 
@@ -559,6 +581,7 @@ class Settings(BaseSettings):
     train: TrainSettings = Field(default_factory=TrainSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    rules: RulesSettings = Field(default_factory=RulesSettings)
 
     @classmethod
     def settings_customise_sources(

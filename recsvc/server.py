@@ -39,6 +39,7 @@ from recsvc.api.auth import Scope, TokenAuthInterceptor, TokenFile, server_crede
 from recsvc.api.handlers import WarningLimiter, add_guarded
 from recsvc.api.servicer import RecommenderServicer
 from recsvc.artifacts import ModelStore
+from recsvc.artifacts.rules_file import RulesFile
 from recsvc.artifacts.watcher import ModelWatcher
 from recsvc.backends import (
     build_user_state,
@@ -53,6 +54,7 @@ from recsvc.core.items import CatalogueSync, ImageLimits, ItemService
 from recsvc.core.model import Model
 from recsvc.core.queries import Limits
 from recsvc.core.recommender import Recommender
+from recsvc.core.rules import RulesHolder
 from recsvc.core.service import RecommendationService
 from recsvc.core.state import EventLog, EventType, ItemLog, UserStateStore
 from recsvc.errors import ArtifactError, ConfigError, RecsvcError
@@ -192,9 +194,11 @@ def build_service(
     settings: Settings,
     holder: RecommenderHolder,
     state: tuple[UserStateStore, EventLog] | None = None,
+    rules: RulesHolder | None = None,
 ) -> RecommendationService:
     """The recommendation service, wired from the settings; ``state`` (user store, event log)
-    replaces the backends the settings name (benchmarks and tests bring their own)."""
+    replaces the backends the settings name (benchmarks and tests bring their own); ``rules``
+    holds the business rules in force (None: no rules)."""
     store, events = state or build_user_state(settings)[:2]
     weights = {EventType(name): weight for name, weight in settings.events.model_dump().items()}
     return RecommendationService(
@@ -206,7 +210,22 @@ def build_service(
         visual_weight=settings.images.hybrid_visual_weight,
         batch_slice=settings.serving.batch_slice,
         gather_turns=settings.serving.batch_gather_turns,
+        rules=rules,
     )
+
+
+def load_rules_file(settings: Settings, holder: RulesHolder) -> RulesFile | None:
+    """The rules file the settings name, read into ``holder`` (None when rules.path is
+    unset). A missing or bad file raises InvalidRules (a ConfigError): the server does not
+    start without the rules it was told to apply."""
+    rules = settings.rules
+    if rules.path is None:
+        return None
+    rules_file = RulesFile(
+        rules.path, holder, rules.reload_seconds, rules.max_rules, rules.max_file_bytes
+    )
+    rules_file.load()
+    return rules_file
 
 
 def build_item_service(
@@ -388,8 +407,11 @@ async def serve(settings: Settings, announce: bool = True) -> None:
         freeze_heap=settings.serving.freeze_heap,
     )
     model_store = ModelStore.from_settings(settings)
+    rules = RulesHolder()
+    # Before any backend is opened: a bad rules file ends start-up with one line.
+    rules_file = load_rules_file(settings, rules)
     store, events, item_log = build_user_state(settings)
-    service = build_service(settings, holder, (store, events))
+    service = build_service(settings, holder, (store, events), rules)
     items = build_item_service(settings, holder, item_log)
     metrics = Metrics()
     handle = create_server(settings, service, items, metrics)
@@ -420,6 +442,8 @@ async def serve(settings: Settings, announce: bool = True) -> None:
         loop.add_signal_handler(signum, stop.set)
     background: list[asyncio.Task[None]] = [loop.create_task(store_health.run())]
     background.append(loop.create_task(items.run()))
+    if rules_file is not None and rules_file.reload_seconds > 0:
+        background.append(loop.create_task(rules_file.run()))
     try:
         await items.refresh()
         listening = f"listening on {settings.server.host}:{handle.port}"

@@ -235,7 +235,9 @@ def similar_items_from_pb(message: pb.SimilarItemsResponse) -> SimilarItems:
     return SimilarItems(_items_from_pb(list(message.items)), message.model_version)
 
 
-def model_info_to_pb(info: ModelInfo) -> pb.ModelInfo:
+def model_info_to_pb(info: ModelInfo, rules_version: str = "") -> pb.ModelInfo:
+    """The model's facts, and the version of the business rules in force (not the model's:
+    rules change apart from it)."""
     return pb.ModelInfo(
         model_version=info.version,
         algorithm=info.algorithm,
@@ -248,6 +250,7 @@ def model_info_to_pb(info: ModelInfo) -> pb.ModelInfo:
         created_at_ms=info.created_at_ms,
         trained_on=info.trained_on,
         index_recall_at_10=info.index_recall_at_10,
+        rules_version=rules_version,
     )
 
 

@@ -76,7 +76,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         request: pb.GetModelInfoRequest,
         context: Context[pb.GetModelInfoRequest, pb.ModelInfo],
     ) -> pb.ModelInfo:
-        return convert.model_info_to_pb(self._service.current().model.info)
+        info = self._service.current().model.info
+        return convert.model_info_to_pb(info, self._service.rules_version)
 
     @call_boundary
     async def RecordInteractions(

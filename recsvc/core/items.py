@@ -117,6 +117,7 @@ class ItemService:
         query.validate(recommender.limits)
         self._check_bytes(image, "image")
         visual = recommender.visual_part("image")
+        recommender.filter_mask(query.filter)  # a bad filter fails before the image is embedded
         with self._admitted():
             embedding = await self._embed([image], visual.backbone, ["image"])
         return recommender.search_by_image(embedding[0], query)

@@ -3,17 +3,21 @@ graph search, and how a query's candidates become its answer."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from recsvc.core.added import AddedItems
-from recsvc.core.candidates import NO_ROWS, CandidateSearch, Extra
+from recsvc.core.candidates import NO_ROWS, CandidateSearch, Extra, as_query
 from recsvc.core.catalogue import Catalogue
 from recsvc.core.foldin import fold_in_with_model
-from recsvc.core.queries import Recommendation, RecommendQuery, Strategy
+from recsvc.core.model import Model
+from recsvc.core.queries import Recommendation, RecommendQuery, ScoredItem, Strategy
 from recsvc.core.ranking import mmr
+from recsvc.core.rule_effects import QueryEffects, apply_boosts, boost_pool, place_pins, resolve
+from recsvc.core.rules import ActiveRules
 from recsvc.core.state import UserState
 
 # Larger fetches (long histories to exclude) are searched one by one.
@@ -33,6 +37,7 @@ class Plan:
     added: AddedItems
     pool: int  # candidates wanted (k, or the pool diversity picks from)
     filtered: bool = False  # the query itself restricts what may be returned
+    effects: QueryEffects | None = None  # what the business rules do to its candidates
 
     @property
     def batchable(self) -> bool:
@@ -52,6 +57,7 @@ def plan_query(
     state: UserState,
     catalogue: Catalogue,
     matching: npt.NDArray[np.bool_] | None = None,
+    rules: ActiveRules | None = None,
 ) -> Plan | Recommendation:
     """What a query searches for (its vector, what it excludes), or its answer when there
     is nothing to search with (popular items). The query is already validated.
@@ -59,7 +65,8 @@ def plan_query(
     ``state`` is what the store knows beyond the model: interactions since training (excluded
     like the training history) and the user's folded-in vector, which wins over the model's
     own user factors. ``catalogue`` is the catalogue (and added-items table) the query started
-    with; ``matching`` the mask of its filter expression, if it has one.
+    with; ``matching`` the mask of its filter expression, if it has one; ``rules`` the
+    business rules in force (recsvc.core.rule_effects says how they apply).
     """
     model = search.model
     added = catalogue.added
@@ -74,6 +81,12 @@ def plan_query(
             blocked = np.concatenate(parts).astype(np.int64, copy=False)
     allowed = search.allowed_mask(query.categories, catalogue, matching)
     filtered = matching is not None or query.categories.active
+    effects = None
+    if rules is not None and (for_query := rules.for_query(query.user_id, query.context)):
+        effects = resolve(
+            for_query, catalogue, lambda i: _label(search, i, added), blocked, allowed, query.k
+        )
+    boosted = effects is not None and bool(effects.boosts)
 
     if state.vector is not None and state.vector.shape == (model.item_factors.shape[1],):
         vector = state.vector
@@ -87,14 +100,36 @@ def plan_query(
         vector = fold_in_with_model(model, rows, ones, np.array([len(rows)]))[0]
         strategy = Strategy.SESSION
     else:
-        labels, scores = search.popular(query.k, blocked, allowed)
-        return Recommendation(search.scored(labels, scores, added), model.version, Strategy.POPULAR)
-    # Diversity re-ranks a larger pool of the best candidates.
+        pool = boost_pool(query.k, model.info.num_items) if boosted else query.k
+        labels, scores = search.popular(pool, blocked, allowed)
+        if effects is None:
+            return Recommendation(
+                search.scored(labels, scores, added), model.version, Strategy.POPULAR
+            )
+        items = _ranked(
+            search,
+            query,
+            labels,
+            scores,
+            added,
+            effects,
+            False,
+            lambda label: _popularity(model, label),
+        )
+        return Recommendation(items, model.version, Strategy.POPULAR)
+    # Diversity and boosts re-rank a larger pool of the best candidates.
     pool = query.k
     if query.diversity > 0:
         pool = min(model.info.num_items, max(3 * query.k, query.k + 50))
+    if boosted:
+        pool = max(pool, boost_pool(query.k, model.info.num_items))
     extra = (added.factors, None) if len(added) else None
-    return Plan(query, vector, strategy, blocked, allowed, extra, added, pool, filtered)
+    return Plan(query, vector, strategy, blocked, allowed, extra, added, pool, filtered, effects)
+
+
+def _label(search: CandidateSearch, item_id: str, added: AddedItems) -> int | None:
+    rows = search.rows((item_id,), added)
+    return int(rows[0]) if len(rows) else None
 
 
 def batches(plans: list[Plan | Recommendation]) -> dict[int, list[tuple[int, Plan]]]:
@@ -116,13 +151,77 @@ def finish(
     labels: npt.NDArray[np.int64],
     scores: npt.NDArray[np.float32],
 ) -> Recommendation:
-    """The answer from a plan's candidates: diversified when the query asks for it."""
-    if planned.query.diversity > 0:
-        unit = search.unit_factors(labels, planned.added)
-        picked, scores = mmr(
-            np.arange(len(labels)), scores, unit, planned.query.k, planned.query.diversity
+    """The answer from a plan's candidates: boosted, diversified when the query asks for
+    it, and pinned."""
+    query, added = planned.query, planned.added
+    if planned.effects is None:  # no rules: as before rules existed
+        if query.diversity > 0:
+            unit = search.unit_factors(labels, added)
+            picked, scores = mmr(np.arange(len(labels)), scores, unit, query.k, query.diversity)
+            labels = labels[picked]
+        items = search.scored(labels, scores, added)
+    else:
+        vector = as_query(search.model.user_index, planned.vector)
+        items = _ranked(
+            search,
+            query,
+            labels,
+            scores,
+            added,
+            planned.effects,
+            query.diversity > 0,
+            lambda label: _score(search, vector, label, added),
         )
+    return Recommendation(items, search.model.version, planned.strategy)
+
+
+def _ranked(
+    search: CandidateSearch,
+    query: RecommendQuery,
+    labels: npt.NDArray[np.int64],
+    scores: npt.NDArray[np.float32],
+    added: AddedItems,
+    effects: QueryEffects,
+    diversify: bool,
+    score_of: Callable[[int], float],
+) -> list[ScoredItem]:
+    """The candidates boosted, cut to k (or diversified), pinned: the order of
+    recsvc.core.rule_effects. ``score_of`` is the query's score of a pinned label."""
+    names: list[str] = []
+    if effects.boosts:
+        labels, scores, names = apply_boosts(labels, scores, effects.boosts)
+    if diversify:
+        unit = search.unit_factors(labels, added)
+        picked, scores = mmr(np.arange(len(labels)), scores, unit, query.k, query.diversity)
         labels = labels[picked]
-    return Recommendation(
-        search.scored(labels, scores, planned.added), search.model.version, planned.strategy
-    )
+        names = [names[i] for i in picked.tolist()] if names else names
+    else:
+        labels, scores, names = labels[: query.k], scores[: query.k], names[: query.k]
+    items = search.scored(labels, scores, added)
+    for item, name in zip(items, names, strict=False):
+        if name:
+            item.rule = name
+    if not effects.pins:
+        return items
+
+    def new_item(label: int) -> ScoredItem:
+        one = np.asarray([label], dtype=np.int64)
+        return search.scored(one, np.asarray([score_of(label)], dtype=np.float32), added)[0]
+
+    return place_pins(items, labels.tolist(), effects.pins, query.k, new_item)
+
+
+def _popularity(model: Model, label: int) -> float:
+    """A pinned label's score on the popular path: its popularity (added items have none)."""
+    return float(model.item_popularity[label]) if label < model.info.num_items else 0.0
+
+
+def _score(
+    search: CandidateSearch, query: npt.NDArray[np.float32], label: int, added: AddedItems
+) -> float:
+    """The query's score of one label, as the search scores it (``query`` as the user
+    index takes it); added items by their raw factors, as the search merges them."""
+    index = search.model.user_index
+    n = search.model.info.num_items
+    vector = index.vectors[label] if label < n else added.factors[label - n]
+    return float(vector @ query)

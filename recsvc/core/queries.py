@@ -7,12 +7,15 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from recsvc.core.filters import parse_filter
 from recsvc.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from recsvc.config import ServingSettings
 
 MAX_ID_BYTES = 256
+# RecommendRequest.context: entries, and bytes of each key and value (the proto's limit).
+MAX_CONTEXT_ENTRIES = 64
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ class RecommendQuery:
         check_id_list(self.exclude_item_ids, limits, f"{prefix}exclude_item_ids")
         check_id_list(self.recent_item_ids, limits, f"{prefix}recent_item_ids")
         check_categories(self.categories, limits, f"{prefix}categories")
+        check_context(self.context, f"{prefix}context")
+        parse_filter(self.filter, f"{prefix}filter")  # syntax only: types need the catalogue
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ class SimilarQuery:
         check_k(self.k, limits, "k")
         check_id(self.item_id, "item_id")
         check_categories(self.categories, limits, "categories")
+        parse_filter(self.filter, "filter")
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,7 @@ class ImageQuery:
     def validate(self, limits: Limits) -> None:
         check_k(self.k, limits, "k")
         check_categories(self.categories, limits, "categories")
+        parse_filter(self.filter, "filter")
 
 
 @dataclass(slots=True)  # not frozen: every Recommend makes k of them (0.35 against 0.96 us)
@@ -153,6 +160,18 @@ def check_id_list(values: tuple[str, ...], limits: Limits, field: str) -> None:
 def check_categories(categories: CategoryFilter, limits: Limits, field: str) -> None:
     check_id_list(categories.include, limits, f"{field}.include")
     check_id_list(categories.exclude, limits, f"{field}.exclude")
+
+
+def check_context(context: Mapping[str, str], field: str) -> None:
+    """At most MAX_CONTEXT_ENTRIES entries, keys and values of at most MAX_ID_BYTES."""
+    if len(context) > MAX_CONTEXT_ENTRIES:
+        raise InvalidArgument(
+            field, f"holds {len(context)} entries, at most {MAX_CONTEXT_ENTRIES} allowed"
+        )
+    for key, value in context.items():
+        check_id(key, f"{field} key")
+        if len(value.encode()) > MAX_ID_BYTES:
+            raise InvalidArgument(f"{field}[{key}]", f"must be at most {MAX_ID_BYTES} bytes")
 
 
 def check_batch_size(size: int, limits: Limits, field: str) -> None:

@@ -15,7 +15,8 @@ import numpy.typing as npt
 from recsvc.core import similarity
 from recsvc.core.added import AddedItems, NewItem
 from recsvc.core.candidates import CandidateSearch, not_in
-from recsvc.core.catalogue import ItemRecord, build_catalogue
+from recsvc.core.catalogue import Catalogue, ItemRecord, build_catalogue
+from recsvc.core.filters import FilterMasks
 from recsvc.core.foldin import fold_in_histories
 from recsvc.core.model import Model, VisualPart
 from recsvc.core.planner import batches, finish, plan_query
@@ -27,6 +28,7 @@ from recsvc.core.queries import (
     SimilarItems,
     SimilarQuery,
 )
+from recsvc.core.rules import ActiveRules
 from recsvc.core.state import UserState
 
 
@@ -41,6 +43,7 @@ class Recommender:
         self.limits = limits
         self.exact = model.info.num_items <= exact_search_max_items
         self._candidates = CandidateSearch(model, self.exact)
+        self._filter_masks = FilterMasks()
         visual_dim = model.visual.dim if model.visual is not None else 0
         # Replaced (never mutated) by add_items: a query holds on to the catalogue it started
         # with, and the added-items table in it.
@@ -57,29 +60,52 @@ class Recommender:
     def version(self) -> str:
         return self.model.version
 
-    def recommend(self, query: RecommendQuery, state: UserState | None = None) -> Recommendation:
+    def recommend(
+        self,
+        query: RecommendQuery,
+        state: UserState | None = None,
+        rules: ActiveRules | None = None,
+    ) -> Recommendation:
         """Top-k items for a user, a session, or everyone (popular), per ``query``.
 
         ``state`` is what the store knows beyond the model: interactions since training (they
         are excluded like the training history) and the user's folded-in vector, which wins
-        over the model's own user factors.
+        over the model's own user factors. ``rules``: the business rules in force now.
         """
-        return self.recommend_many([query], [state or UserState()])[0]
+        return self.recommend_many([query], [state or UserState()], rules=rules)[0]
 
     def recommend_many(
-        self, queries: list[RecommendQuery], states: list[UserState], validated: bool = False
+        self,
+        queries: list[RecommendQuery],
+        states: list[UserState],
+        validated: bool = False,
+        first: int | None = None,
+        rules: ActiveRules | None = None,
     ) -> list[Recommendation]:
         """:meth:`recommend` for many queries. Their graph searches run as one hnswlib call
         (and one exact pass over the head) when they need no filter; the rest one by one.
-        ``validated``: the caller has already checked every query against ``self.limits``."""
+        ``validated``: the caller has already checked every query against ``self.limits``.
+        ``first``: the queries are ``requests[first:]`` of a RecommendBatch (errors name
+        ``requests[i].filter``); None: separate calls (errors name ``filter``).
+        ``rules``: the business rules in force now (boosts and pins, recsvc.core.rules)."""
         if not validated:
             for query in queries:
                 query.validate(self.limits)
         search = self._candidates
         catalogue = self.catalogue
+        masks = [
+            self.filter_mask(
+                query.filter,
+                "filter" if first is None else f"requests[{first + n}].filter",
+                catalogue,
+            )
+            if query.filter  # the unfiltered path pays nothing
+            else None
+            for n, query in enumerate(queries)
+        ]
         plans = [
-            plan_query(search, query, state, catalogue)
-            for query, state in zip(queries, states, strict=True)
+            plan_query(search, query, state, catalogue, mask, rules)
+            for query, state, mask in zip(queries, states, masks, strict=True)
         ]
         found: dict[int, tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]] = {}
         for group in batches(plans).values():
@@ -110,6 +136,15 @@ class Recommender:
             )
             results.append(finish(search, planned, labels, scores))
         return results
+
+    def filter_mask(
+        self, text: str, field: str = "filter", catalogue: Catalogue | None = None
+    ) -> npt.NDArray[np.bool_] | None:
+        """Which labels of ``catalogue`` (default: the current one) filter ``text`` lets
+        through, shape (catalogue.size,), read-only; None for no filter. Cached per catalogue
+        snapshot. InvalidArgument naming ``field`` for a bad filter (syntax, or a numeric
+        comparison on an attribute that is not numeric)."""
+        return self._filter_masks.mask(text, catalogue or self.catalogue, field)
 
     def add_items(
         self, items: list[NewItem], records: Mapping[str, ItemRecord] | None = None
@@ -178,7 +213,9 @@ class Recommender:
         item factors (collaborative), image embeddings (visual) or a blend of both (hybrid,
         ``visual_weight`` on the visual cosine)."""
         query.validate(self.limits)
-        return similarity.similar_items(self._candidates, query, self.catalogue, visual_weight)
+        catalogue = self.catalogue
+        matching = self.filter_mask(query.filter, catalogue=catalogue)
+        return similarity.similar_items(self._candidates, query, catalogue, visual_weight, matching)
 
     def search_by_image(
         self, embedding: npt.NDArray[np.float32], query: ImageQuery
@@ -186,7 +223,9 @@ class Recommender:
         """Items whose images are closest to ``embedding``, the raw embedding of a picture made
         by the model's backbone."""
         query.validate(self.limits)
-        return similarity.search_by_image(self._candidates, embedding, query, self.catalogue)
+        catalogue = self.catalogue
+        matching = self.filter_mask(query.filter, catalogue=catalogue)
+        return similarity.search_by_image(self._candidates, embedding, query, catalogue, matching)
 
     def visual_part(self, field: str) -> VisualPart:
         """The model's image part; FailedPrecondition (naming ``field``) when it has none."""

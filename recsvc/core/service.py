@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from recsvc.core.queries import (
     validate_batch,
 )
 from recsvc.core.recommender import Recommender
+from recsvc.core.rules import ActiveRules, RulesHolder
 from recsvc.core.state import (
     AppendResult,
     EventLog,
@@ -72,6 +74,7 @@ class RecommendationService:
     event_weights : default weight per event type
     store_timeout : longest wait for the store in one request (further bounded by the deadline)
     gather_turns : turns of the event loop a Recommend batch waits for more calls (MicroBatcher)
+    rules : the business rules in force (boosts and pins); None: no rules
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class RecommendationService:
         visual_weight: float = 0.5,
         batch_slice: int = 32,
         gather_turns: int = 0,
+        rules: RulesHolder | None = None,
     ) -> None:
         self.holder = holder
         self.store = store
@@ -93,6 +97,7 @@ class RecommendationService:
         self.store_timeout = store_timeout
         self.visual_weight = visual_weight
         self.batch_slice = batch_slice
+        self.rules = rules or RulesHolder()
         self.stats = ServiceStats()
         self.on_store_status = on_store_status or (lambda healthy: None)
         self._background: set[asyncio.Task[None]] = set()
@@ -115,6 +120,16 @@ class RecommendationService:
         query.validate(self.current().limits)
         deadline = None if time_left is None else time.monotonic() + time_left
         return await self._recommend_batcher.submit((query, deadline))
+
+    @property
+    def rules_version(self) -> str:
+        """The version of the business rules in force; empty without rules."""
+        return self.rules.version
+
+    def _active_rules(self) -> ActiveRules | None:
+        """The rules in force now; None (the common case, one check) without rules."""
+        rules = self.rules.current()
+        return None if rules is None else rules.active(datetime.now(UTC))
 
     def recommend_batching(self) -> tuple[int, int]:
         """(batches, calls) answered by the Recommend micro-batcher so far."""
@@ -145,7 +160,10 @@ class RecommendationService:
             part = queries[start : start + self.batch_slice]
             left = None if deadline is None else deadline - time.monotonic()
             states = await self._states_for(recommender, [q.user_id for q in part], left)
-            yield await asyncio.to_thread(recommender.recommend_many, part, states, True)
+            rules = self._active_rules()
+            yield await asyncio.to_thread(
+                recommender.recommend_many, part, states, True, start, rules=rules
+            )
 
     async def _recommend_together(
         self, requests: list[tuple[RecommendQuery, float | None]]
@@ -155,24 +173,30 @@ class RecommendationService:
         deadlines = [deadline for _, deadline in requests if deadline is not None]
         time_left = min(deadlines) - time.monotonic() if deadlines else None
         states = await self._states_for(recommender, [q.user_id for q in queries], time_left)
+        rules = self._active_rules()
         try:
             if self._recommend_batcher.waiting:  # under load: keep taking calls meanwhile
                 return list(
-                    await asyncio.to_thread(recommender.recommend_many, queries, states, True)
+                    await asyncio.to_thread(
+                        recommender.recommend_many, queries, states, True, rules=rules
+                    )
                 )
-            return list(recommender.recommend_many(queries, states, True))  # quiet: no hop
+            return list(recommender.recommend_many(queries, states, True, rules=rules))  # no hop
         except RecsvcError:  # one query's error must not fail the others: answer each alone
             return [
-                self._recommend_alone(recommender, q, s)
+                self._recommend_alone(recommender, q, s, rules)
                 for q, s in zip(queries, states, strict=True)
             ]
 
     @staticmethod
     def _recommend_alone(
-        recommender: Recommender, query: RecommendQuery, state: UserState
+        recommender: Recommender,
+        query: RecommendQuery,
+        state: UserState,
+        rules: ActiveRules | None,
     ) -> Recommendation | BaseException:
         try:
-            return recommender.recommend(query, state)
+            return recommender.recommend(query, state, rules=rules)
         except RecsvcError as exc:
             return exc
 
