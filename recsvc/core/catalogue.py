@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -34,6 +34,9 @@ class ItemRecord(Protocol):
     """What the item log says about one item beyond its vectors (``StoredItem`` is one)."""
 
     @property
+    def item_id(self) -> str: ...
+
+    @property
     def category(self) -> str: ...
 
     @property
@@ -44,6 +47,14 @@ class ItemRecord(Protocol):
 
     @property
     def servable(self) -> bool: ...
+
+
+_NAN = np.full(1, math.nan)
+
+
+def _numbers_of(values: tuple[str, ...]) -> npt.NDArray[np.float64]:
+    """Each value as a number (NaN: not one), then the NaN that MISSING picks."""
+    return np.asarray([_as_number(v) for v in values] + [math.nan], dtype=np.float64)
 
 
 def _as_number(text: str) -> float:
@@ -69,6 +80,8 @@ class AttributeColumn:
     lookup: Mapping[str, int]
     numbers: npt.NDArray[np.float64]
     numeric: bool
+    # Per value, then a trailing NaN that MISSING (-1) picks: the value as a number.
+    value_numbers: npt.NDArray[np.float64] = field(repr=False, default_factory=lambda: _NAN)
 
     @classmethod
     def from_texts(cls, texts: list[str | None]) -> AttributeColumn:
@@ -78,11 +91,46 @@ class AttributeColumn:
             dtype=np.int32,
             count=len(texts),
         )
-        values = tuple(lookup)
-        value_numbers = np.asarray([_as_number(v) for v in values] + [math.nan], dtype=np.float64)
-        numbers = value_numbers[codes]  # MISSING (-1) picks the trailing NaN
-        numeric = bool(values) and not np.isnan(value_numbers[:-1]).any()
-        return cls(codes, values, lookup, numbers, numeric)
+        return cls.from_codes(codes, tuple(lookup), lookup, _numbers_of(tuple(lookup)))
+
+    @classmethod
+    def from_codes(
+        cls,
+        codes: npt.NDArray[np.int32],
+        values: tuple[str, ...],
+        lookup: Mapping[str, int],
+        value_numbers: npt.NDArray[np.float64],
+    ) -> AttributeColumn:
+        """The column of ``codes``; numeric when every value some label has (the empty text
+        aside: no category) reads as a number."""
+        numbers = value_numbers[codes]
+        used = np.zeros(len(values) + 1, dtype=bool)
+        used[codes] = True
+        used[-1] = False  # MISSING
+        empty = lookup.get("")
+        if empty is not None:
+            used[empty] = False
+        numeric = bool(used.any()) and not np.isnan(value_numbers[used]).any()
+        return cls(codes, values, lookup, numbers, numeric, value_numbers)
+
+    def with_texts(self, labels: list[int], texts: list[str | None]) -> AttributeColumn:
+        """A new column: ``labels`` set to ``texts`` (None: no value), the rest as they are."""
+        lookup = self.lookup
+        new = [t for t in dict.fromkeys(texts) if t is not None and t not in lookup]
+        values, value_numbers = self.values, self.value_numbers
+        if new:
+            lookup = {**lookup, **{t: len(self.values) + j for j, t in enumerate(new)}}
+            values = self.values + tuple(new)
+            value_numbers = np.concatenate([value_numbers[:-1], _numbers_of(tuple(new))])
+        codes = self.codes.copy()
+        codes[labels] = [MISSING if t is None else lookup[t] for t in texts]
+        return AttributeColumn.from_codes(codes, values, lookup, value_numbers)
+
+    def extended(self, size: int) -> AttributeColumn:
+        """This column over ``size`` labels, the new ones without a value."""
+        codes = np.full(size, MISSING, dtype=np.int32)
+        codes[: len(self.codes)] = self.codes
+        return AttributeColumn.from_codes(codes, self.values, self.lookup, self.value_numbers)
 
     def texts(self) -> list[str | None]:
         values = self.values
@@ -164,12 +212,60 @@ def _category_column(
         codes[n:] = [lookup[t] for t in extra]
     if overrides:
         codes[[label for label, _ in overrides]] = [lookup[c] for _, c in overrides]
-    value_numbers = np.asarray([_as_number(v) for v in values] + [math.nan], dtype=np.float64)
-    present = value_numbers[:-1][[code for code, v in enumerate(values) if v]]
-    return AttributeColumn(
-        codes,
-        tuple(values),
-        lookup,
-        value_numbers[codes],
-        bool(len(present)) and not np.isnan(present).any(),
+    return AttributeColumn.from_codes(codes, tuple(values), lookup, _numbers_of(tuple(values)))
+
+
+def update_catalogue(
+    catalogue: Catalogue, model: Model, changed: Iterable[ItemRecord]
+) -> Catalogue:
+    """``catalogue`` with what ``changed`` (the latest records of some items) says, for the same
+    model and added-items table: only those items' entries are rewritten, so a hide or a price
+    change costs array copies, not a pass over every record of the log."""
+    n = model.info.num_items
+    added = catalogue.added
+    by_label: list[tuple[int, ItemRecord]] = []
+    deleted = set(catalogue.deleted)
+    for record in changed:
+        if record.deleted:
+            deleted.add(record.item_id)
+        else:
+            deleted.discard(record.item_id)
+        row = model.items.row(record.item_id)
+        if row is None and (added_row := added.rows.get(record.item_id)) is not None:
+            row = n + added_row
+        if row is not None:
+            by_label.append((row, record))
+    if not by_label:
+        return Catalogue(
+            added, catalogue.size, catalogue.servable, catalogue.columns, frozenset(deleted)
+        )
+    labels = [label for label, _ in by_label]
+    servable = (
+        catalogue.servable.copy()
+        if catalogue.servable is not None
+        else np.ones(catalogue.size, dtype=bool)
+    )
+    servable[labels] = [record.servable for _, record in by_label]
+    columns = dict(catalogue.columns)
+    recategorised = [(label, record.category) for label, record in by_label if record.category]
+    if recategorised:
+        columns[CATEGORY] = columns[CATEGORY].with_texts(
+            [label for label, _ in recategorised], [category for _, category in recategorised]
+        )
+    names = {name for _, record in by_label for name in record.attributes} - {CATEGORY}
+    for name in names | (set(columns) - {CATEGORY}):
+        texts = [record.attributes.get(name) for _, record in by_label]
+        column = columns.get(name)
+        if column is None:
+            column = AttributeColumn.from_texts([None] * catalogue.size)
+        elif all(t is None for t in texts) and (column.codes[labels] == MISSING).all():
+            continue  # these items neither had nor have it
+        columns[name] = column.with_texts(labels, texts)
+    servable.flags.writeable = False
+    return Catalogue(
+        added,
+        catalogue.size,
+        None if servable.all() else servable,
+        columns,
+        frozenset(deleted),
     )

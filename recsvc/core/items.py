@@ -172,10 +172,14 @@ class ItemService:
             await self._store(tombstones, "item_ids")
         return len(known), len(item_ids) - len(known)
 
-    def prepare(self, recommender: Recommender) -> Recommender:
+    def prepare(
+        self, recommender: Recommender, changed: list[StoredItem] | None = None
+    ) -> Recommender:
         """Give a freshly loaded model the logged items it does not know, and what the log
-        says about hiding, deleting and attributes of every item (before the swap)."""
-        recommender.add_items(self._usable(list(self.items.values()), recommender), self.items)
+        says about hiding, deleting and attributes of every item (before the swap).
+        ``changed``: only these records are new to ``recommender`` (None: all may be)."""
+        items = list(self.items.values()) if changed is None else changed
+        recommender.add_items(self._usable(items, recommender), self.items, changed)
         return recommender
 
     async def refresh(self) -> bool:
@@ -194,7 +198,8 @@ class ItemService:
                         self.items.update(changes.items)
                     self._log_version = version = changes.version
                     if self.holder.loaded:
-                        self.prepare(self.holder.current())
+                        news = None if changes.complete else list(changes.items.values())
+                        self.prepare(self.holder.current(), news)
             await self._acknowledge(version, changed)
         except StoreUnavailable as exc:
             if not self._log_down:  # once per outage: the log is polled several times a second
@@ -265,7 +270,7 @@ class ItemService:
                 self.items[item.item_id] = item
             # The model answering now may have been swapped in during the write.
             current = self.holder.current()
-            current.add_items(self._usable(stored, current), self.items)
+            current.add_items(self._usable(stored, current), self.items, changed=stored)
         await self._await_replicas(version, field_name)
 
     def _known(self, item_id: str, recommender: Recommender) -> bool:

@@ -7,7 +7,7 @@ item-to-item similarity (``recsvc.core.similarity``) and fold-in (``recsvc.core.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -15,7 +15,7 @@ import numpy.typing as npt
 from recsvc.core import similarity
 from recsvc.core.added import AddedItems, NewItem
 from recsvc.core.candidates import CandidateSearch, not_in
-from recsvc.core.catalogue import Catalogue, ItemRecord, build_catalogue
+from recsvc.core.catalogue import Catalogue, ItemRecord, build_catalogue, update_catalogue
 from recsvc.core.filters import FilterMasks
 from recsvc.core.foldin import fold_in_histories
 from recsvc.core.model import Model, VisualPart
@@ -147,7 +147,10 @@ class Recommender:
         return self._filter_masks.mask(text, catalogue or self.catalogue, field)
 
     def add_items(
-        self, items: list[NewItem], records: Mapping[str, ItemRecord] | None = None
+        self,
+        items: list[NewItem],
+        records: Mapping[str, ItemRecord] | None = None,
+        changed: Iterable[ItemRecord] | None = None,
     ) -> tuple[int, int]:
         """Add or update items; returns (created, updated). A new item enters the collaborative
         search with the projection of its image embedding (no image and no projection: it is
@@ -156,7 +159,9 @@ class Recommender:
         the added table.
 
         ``records``: everything the item log holds, by id (hidden, deleted, categories,
-        attributes of any item); the catalogue is rebuilt from it. None: unchanged."""
+        attributes of any item); the catalogue is rebuilt from it. None: unchanged.
+        ``changed``: the records among them that are new since the last call: when the added
+        table stays as it was, only their catalogue entries are rewritten."""
         model, added = self.model, self.added
         visual = model.visual
         created = updated = 0
@@ -189,9 +194,12 @@ class Recommender:
                 visual.to_visual_space(raw),
                 np.ones(len(ids), dtype=bool),
             )
-        if added is not self.added or records is not None:
-            self._records = records if records is not None else self._records
+        if records is not None:
+            self._records = records
+        if added is not self.added or (records is not None and changed is None):
             self.catalogue = build_catalogue(model, added, self._records)
+        elif changed is not None:
+            self.catalogue = update_catalogue(self.catalogue, model, changed)
         return created, updated
 
     def fold_in_user(

@@ -80,3 +80,34 @@ def test_an_attribute_with_one_non_number_is_text() -> None:
     assert column.codes.tolist() == [0, -1, 1, 2]
     assert np.isnan(column.numbers[[1, 3]]).all() and column.numbers[2] == 2.5
     assert AttributeColumn.from_texts(["3", None, "1e3"]).numeric
+
+
+def test_an_update_of_some_records_gives_the_catalogue_a_full_build_gives(model: Model) -> None:
+    rng = np.random.default_rng(3)
+    ids_ = model.items.ids
+    records = {
+        i: record(i, attributes={"price": str(int(rng.integers(1, 99))), "brand": f"b{n % 4}"})
+        for n, i in enumerate(ids_[:40])
+    }
+    changed = [
+        record(ids_[0], available=False, attributes={"price": "n/a"}),
+        record(ids_[1], deleted=True),
+        record(ids_[2], category="campaign", attributes={"colour": "red"}),
+        record(ids_[50], attributes={"price": "7"}),
+    ]
+    full = build_recommender(TEST_SETTINGS, model)
+    step = build_recommender(TEST_SETTINGS, model)
+    step.add_items([], records)
+    after = {**records, **{r.item_id: r for r in changed}}
+    step.add_items([], after, changed=changed)
+    full.add_items([], after)
+    a, b = step.catalogue, full.catalogue
+    assert a.deleted == b.deleted == frozenset({ids_[1]})
+    assert a.servable is not None and b.servable is not None
+    assert np.array_equal(a.servable, b.servable)
+    assert set(a.columns) == set(b.columns) == {CATEGORY, "price", "brand", "colour"}
+    for name in b.columns:
+        assert a.columns[name].texts() == b.columns[name].texts(), name
+        assert np.array_equal(a.columns[name].numbers, b.columns[name].numbers, equal_nan=True)
+        assert a.columns[name].numeric == b.columns[name].numeric, name
+    assert not a.columns["price"].numeric  # "n/a" made it text
