@@ -82,6 +82,7 @@ class AttributeColumn:
     numeric: bool
     # Per value, then a trailing NaN that MISSING (-1) picks: the value as a number.
     value_numbers: npt.NDArray[np.float64] = field(repr=False, default_factory=lambda: _NAN)
+    blank_is_none: bool = False  # the empty text means no value (the category column)
 
     @classmethod
     def from_texts(cls, texts: list[str | None]) -> AttributeColumn:
@@ -100,18 +101,19 @@ class AttributeColumn:
         values: tuple[str, ...],
         lookup: Mapping[str, int],
         value_numbers: npt.NDArray[np.float64],
+        blank_is_none: bool = False,
     ) -> AttributeColumn:
-        """The column of ``codes``; numeric when every value some label has (the empty text
-        aside: no category) reads as a number."""
+        """The column of ``codes``; numeric when every value some label has (with
+        ``blank_is_none``, the empty text aside) reads as a number."""
         numbers = value_numbers[codes]
         used = np.zeros(len(values) + 1, dtype=bool)
         used[codes] = True
         used[-1] = False  # MISSING
         empty = lookup.get("")
-        if empty is not None:
+        if blank_is_none and empty is not None:
             used[empty] = False
         numeric = bool(used.any()) and not np.isnan(value_numbers[used]).any()
-        return cls(codes, values, lookup, numbers, numeric, value_numbers)
+        return cls(codes, values, lookup, numbers, numeric, value_numbers, blank_is_none)
 
     def with_texts(self, labels: list[int], texts: list[str | None]) -> AttributeColumn:
         """A new column: ``labels`` set to ``texts`` (None: no value), the rest as they are."""
@@ -124,13 +126,7 @@ class AttributeColumn:
             value_numbers = np.concatenate([value_numbers[:-1], _numbers_of(tuple(new))])
         codes = self.codes.copy()
         codes[labels] = [MISSING if t is None else lookup[t] for t in texts]
-        return AttributeColumn.from_codes(codes, values, lookup, value_numbers)
-
-    def extended(self, size: int) -> AttributeColumn:
-        """This column over ``size`` labels, the new ones without a value."""
-        codes = np.full(size, MISSING, dtype=np.int32)
-        codes[: len(self.codes)] = self.codes
-        return AttributeColumn.from_codes(codes, self.values, self.lookup, self.value_numbers)
+        return AttributeColumn.from_codes(codes, values, lookup, value_numbers, self.blank_is_none)
 
     def texts(self) -> list[str | None]:
         values = self.values
@@ -212,7 +208,9 @@ def _category_column(
         codes[n:] = [lookup[t] for t in extra]
     if overrides:
         codes[[label for label, _ in overrides]] = [lookup[c] for _, c in overrides]
-    return AttributeColumn.from_codes(codes, tuple(values), lookup, _numbers_of(tuple(values)))
+    return AttributeColumn.from_codes(
+        codes, tuple(values), lookup, _numbers_of(tuple(values)), blank_is_none=True
+    )
 
 
 def update_catalogue(
