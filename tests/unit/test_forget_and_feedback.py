@@ -14,15 +14,19 @@ import pytest
 
 from recsvc.artifacts import ModelStore
 from recsvc.artifacts.layout import DISLIKES
+from recsvc.core.holder import RecommenderHolder
 from recsvc.core.interactions import RawInteraction, validate_interactions
 from recsvc.core.model import Model
 from recsvc.core.queries import Limits, RecommendQuery, Strategy
 from recsvc.core.recommender import Recommender
+from recsvc.core.service import RecommendationService
 from recsvc.core.state import EventType, Interaction, UserState
 from recsvc.data.event_filters import TOMBSTONE_SLACK_MS, training_events
 from recsvc.data.interaction_store import FORGET_PENDING, InteractionStore
 from recsvc.errors import InvalidArgument
 from recsvc.server import build_recommender
+from recsvc.store.file_log import FileEventLog, read_columns_from
+from recsvc.store.memory import InMemoryUserStore
 from tests.conftest import BUILD, SEARCH, TEST_SETTINGS
 
 FORGOTTEN_AT = 1_800_000_000_000
@@ -179,3 +183,50 @@ def test_dislikes_round_trip_through_the_artefact(model: Model, tmp_path: Path) 
     assert DISLIKES in store.verify(disliking.version).files  # checksummed like the rest
     loaded = store.load_latest(SEARCH)
     assert loaded.dislikes == {"u-1": ("i00001", "i00002"), "stranger": ("i00003",)}
+
+
+# ------------------------------------------------------------------ the service
+
+
+def service_over(recommender: Recommender, tmp_path: Path) -> RecommendationService:
+    weights = {EventType(name): w for name, w in TEST_SETTINGS.events.model_dump().items()}
+    return RecommendationService(
+        RecommenderHolder(recommender),
+        InMemoryUserStore(100, 3600, 3600),
+        FileEventLog(tmp_path / "events.jsonl"),
+        weights,
+        store_timeout=1.0,
+    )
+
+
+async def test_forget_user_logs_the_tombstone_before_it_answers(
+    recommender: Recommender, model: Model, tmp_path: Path
+) -> None:
+    service = service_over(recommender, tmp_path)
+    user = model.users.ids[3]
+    assert await service.forget_user(user) is True  # the model has factors of the user
+    columns, _ = read_columns_from(tmp_path / "events.jsonl", 0, 100)
+    assert columns["user_id"] == [user] and columns["event_type"] == ["forget"]
+    assert (await service.store.get_state(user, model.version)).forgotten
+    assert await service.forget_user("never-seen") is False
+    with pytest.raises(InvalidArgument, match="user_id"):
+        await service.forget_user("")
+
+
+async def test_replay_honours_tombstones_and_skips_impressions(
+    recommender: Recommender, tmp_path: Path
+) -> None:
+    """Embedded mode's start-up: the log replayed in order, so a tombstone forgets what came
+    before it and nothing after; impressions never reach the history."""
+    service = service_over(recommender, tmp_path)
+    events = [
+        event("u", "i1", EventType.VIEW, FORGOTTEN_AT - 2, 1),
+        event("u", "", EventType.FORGET, FORGOTTEN_AT - 1, 2),
+        event("u", "i2", EventType.VIEW, FORGOTTEN_AT, 3),
+        event("u", "i3", EventType.IMPRESSION, FORGOTTEN_AT, 4),
+        event("u", "i4", EventType.DISLIKE, FORGOTTEN_AT, 5),
+    ]
+    assert await service.replay([events[:2], events[2:]]) == (5, 1)
+    state = await service.store.get_state("u", "v")
+    assert state.forgotten and state.history == {"i2": 1.0}
+    assert state.dislikes == frozenset({"i4"})
