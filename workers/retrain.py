@@ -112,6 +112,10 @@ class TrainWorker:
             return False, f"not due: the interaction store {self.events.root} is empty", count
         if self.models.latest_version() is None:
             return True, f"due: no model yet, and the store holds {count} interactions", count
+        if self.events.latest_tombstone_ms() > float(state.get("trained_at", 0)) * 1000:
+            # The current model still holds a forgotten user (served around by the user
+            # store's forgotten mark, which expires): replace it.
+            return True, "due: a ForgetUser was ingested since the last training", count
         if new >= policy.min_new_events:
             return True, f"due: {new} new interactions (at least {policy.min_new_events})", count
         if new > 0 and age >= policy.max_age_seconds:

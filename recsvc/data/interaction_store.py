@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -55,6 +56,8 @@ T = TypeVar("T")
 
 # Tombstones ingested but not yet applied by a compaction (one JSON file each).
 FORGET_PENDING = "_forget_pending"
+# When the last tombstone was ingested (the train worker retrains after it).
+FORGET_LATEST = "_forget_latest.json"
 
 # Parquet metadata key of a merged part: the JSON list of the part names it replaces.
 MERGED_FROM = "recsvc.merged_from"
@@ -146,6 +149,9 @@ class InteractionStore:
             return
         directory = self.root / FORGET_PENDING
         directory.mkdir(parents=True, exist_ok=True)
+        # For the train worker: a ForgetUser since the last training makes training due.
+        stamp = {"ingested_at_ms": int(time.time() * 1000)}
+        replace_bytes_atomically(self.root / FORGET_LATEST, json.dumps(stamp).encode())
         for event_id, user_id, stamp in zip(
             marks.column("event_id").to_pylist(),
             marks.column("user_id").to_pylist(),
@@ -155,6 +161,13 @@ class InteractionStore:
             name = hashlib.sha256(str(event_id).encode()).hexdigest()[:32] + ".json"
             record = {"user_id": user_id, "timestamp_ms": stamp, "event_id": event_id}
             replace_bytes_atomically(directory / name, json.dumps(record).encode())
+
+    def latest_tombstone_ms(self) -> int:
+        """When a part holding a tombstone was last written (Unix ms; 0: never)."""
+        try:
+            return int(json.loads((self.root / FORGET_LATEST).read_text())["ingested_at_ms"])
+        except FileNotFoundError:
+            return 0
 
     def _pending_tombstones(self) -> tuple[pa.Table, list[Path]]:
         """The recorded tombstones not yet applied by a compaction, as

@@ -14,6 +14,7 @@ import pytest
 
 from recsvc.artifacts import ModelStore
 from recsvc.artifacts.layout import DISLIKES
+from recsvc.config import IndexSettings, TrainSettings, WorkerSettings
 from recsvc.core.holder import RecommenderHolder
 from recsvc.core.interactions import RawInteraction, validate_interactions
 from recsvc.core.model import Model
@@ -28,6 +29,7 @@ from recsvc.server import build_recommender
 from recsvc.store.file_log import FileEventLog, read_columns_from
 from recsvc.store.memory import InMemoryUserStore
 from tests.conftest import BUILD, SEARCH, TEST_SETTINGS
+from workers.retrain import RetrainPolicy, TrainWorker
 
 FORGOTTEN_AT = 1_800_000_000_000
 LIMITS = Limits.from_settings(TEST_SETTINGS.serving)
@@ -230,3 +232,21 @@ async def test_replay_honours_tombstones_and_skips_impressions(
     state = await service.store.get_state("u", "v")
     assert state.forgotten and state.history == {"i2": 1.0}
     assert state.dislikes == frozenset({"i4"})
+
+
+def test_an_ingested_forget_user_makes_training_due(model_store: Path, tmp_path: Path) -> None:
+    """The current model holds the forgotten user until a model without them replaces it:
+    a tombstone makes the next round train, however few events came in."""
+    store = InteractionStore(tmp_path / "store")
+    store.write_part([event("b", "i1", EventType.VIEW, FORGOTTEN_AT, 1)], "a", "a")
+    policy = RetrainPolicy.from_settings(
+        WorkerSettings(retrain_min_new_events=1000, retrain_max_age_seconds=86400)
+    )
+    worker = TrainWorker(store, ModelStore(model_store), TrainSettings(), IndexSettings(), policy)
+    worker._save_state(store.count())
+    assert worker.decide()[0] is False
+    store.write_part([event("b", "", EventType.FORGET, FORGOTTEN_AT, 2)], "b", "b")
+    due, reason, _ = worker.decide()
+    assert due and "ForgetUser" in reason
+    worker._save_state(store.count())  # as a training round does
+    assert worker.decide()[0] is False
