@@ -52,6 +52,7 @@ def build_user_state(settings: Settings) -> tuple[UserStateStore, EventLog, Item
             s.history_ttl_seconds,
             s.vector_ttl_seconds,
             s.vector_encoding,
+            s.forgotten_ttl_seconds,
         )
         # The event log has a client of its own: its appends may wait longer than reads of
         # rebuildable state (under load a large append queues behind other scripts).
@@ -64,7 +65,11 @@ def build_user_state(settings: Settings) -> tuple[UserStateStore, EventLog, Item
             RedisItemLog(client, s.key_prefix),
         )
     memory = InMemoryUserStore(
-        s.history_max_items, s.history_ttl_seconds, s.vector_ttl_seconds, s.max_users_in_process
+        s.history_max_items,
+        s.history_ttl_seconds,
+        s.vector_ttl_seconds,
+        s.max_users_in_process,
+        forgotten_ttl=s.forgotten_ttl_seconds,
     )
     events = FileEventLog(
         event_log_path(settings), s.dedupe_max_ids_in_process, s.event_log_segment_bytes

@@ -209,6 +209,14 @@ class RecsvcClient:
         )
         return response.accepted, response.duplicates
 
+    def forget_user(self, user_id: str) -> bool:
+        """Forget a user (ForgetUser): returns whether the server held any state for them.
+        When it returns, the forgetting is durable (docs/privacy.md says what it covers)."""
+        response = self._stub.ForgetUser(
+            pb.ForgetUserRequest(user_id=user_id), timeout=self.timeout, metadata=self._metadata
+        )
+        return bool(response.found)
+
     def model_info(self) -> ModelInfo:
         response = self._stub.GetModelInfo(
             pb.GetModelInfoRequest(), timeout=self.timeout, metadata=self._metadata

@@ -239,6 +239,14 @@ class StoreSettings(_Section):
     history_max_items: int = Field(
         500, ge=1, le=100_000, description="Items kept per user history (newest first)."
     )
+    forgotten_ttl_seconds: int = Field(
+        30 * 86400,
+        ge=3600,
+        description="How long the user store remembers a ForgetUser (its tombstone keeps the "
+        "loaded model's factors and history of the user out of serving): longer than the time "
+        "until a model trained without the user is loaded. Embedded mode also replays it from "
+        "the event log at start-up, within history_ttl_seconds.",
+    )
     max_users_in_process: int = Field(
         1_000_000, ge=1, description="Users kept by the in-process store (least recent dropped)."
     )
@@ -284,6 +292,19 @@ class EventWeights(_Section):
     cart: float = Field(3.0, gt=0, description="Weight of an add-to-cart.")
     purchase: float = Field(5.0, gt=0, description="Weight of a purchase.")
     rating: float = Field(1.0, gt=0, description="Weight of a rating sent without a value.")
+    dislike: float = Field(
+        1.0,
+        gt=0,
+        description="Weight recorded with a dislike; unused for training and fold-in, where a "
+        "dislike counts with zero confidence (the pair is dropped from the positives) and the "
+        "item is never recommended to the user.",
+    )
+    impression: float = Field(
+        1.0,
+        gt=0,
+        description="Weight recorded with an impression (shown, not clicked); unused: "
+        "impressions are stored for evaluation and never count as positives.",
+    )
 
 
 class WorkerSettings(_Section):

@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +31,9 @@ from recsvc.backends import upserted_items_reader
 from recsvc.catalogue.embedding_table import EmbeddingTable
 from recsvc.config import IndexSettings, Settings, TrainSettings, WorkerSettings
 from recsvc.core.state import StoredItem
+from recsvc.data.event_filters import training_events
 from recsvc.data.interaction_files import read_interactions
-from recsvc.data.interaction_store import InteractionStore
+from recsvc.data.interaction_store import IMPORT_EVENT_TYPE, InteractionStore
 from recsvc.data.matrix import Interactions, interactions_from_arrays
 from recsvc.durable import replace_bytes_atomically
 from recsvc.evaluation.holdout import Protocol, Split
@@ -112,6 +113,10 @@ class TrainWorker:
             return False, f"not due: the interaction store {self.events.root} is empty", count
         if self.models.latest_version() is None:
             return True, f"due: no model yet, and the store holds {count} interactions", count
+        if self.events.latest_tombstone_ms() > float(state.get("trained_at", 0)) * 1000:
+            # The current model still holds a forgotten user (served around by the user
+            # store's forgotten mark, which expires): replace it.
+            return True, "due: a ForgetUser was ingested since the last training", count
         if new >= policy.min_new_events:
             return True, f"due: {new} new interactions (at least {policy.min_new_events})", count
         if new > 0 and age >= policy.max_age_seconds:
@@ -216,47 +221,39 @@ class TrainWorker:
         return settings, (initial[0], initial[1])
 
     def _training_data(self) -> Interactions:
-        users: list[pa.Array] = []
-        items: list[pa.Array] = []
-        weights: list[np.ndarray] = []
-        stamps: list[np.ndarray] = []
+        """The store's events (and the deprecated base file's) as training sees them
+        (recsvc.data.event_filters): events of forgotten users, impressions and disliked pairs
+        left out, even before a compaction removed them; the dislikes kept for the model."""
+        tables: list[pa.Table] = []
         if self.base is not None:
             log.warning(
                 "--base is deprecated: load %s into the interaction store once with "
                 "`recsvc import` and drop --base",
                 self.base,
             )
-            base = read_interactions(self.base)
-            coo = base.matrix.tocoo()
-            users.append(pa.array(np.asarray(base.user_ids, dtype=object)[coo.row], pa.string()))
-            items.append(pa.array(np.asarray(base.item_ids, dtype=object)[coo.col], pa.string()))
-            weights.append(coo.data.astype(np.float32))
-            if base.timestamps is not None:
-                stamps.append(base.timestamps.tocoo().data.astype(np.int64))
-            else:
-                stamps.append(np.zeros(len(coo.data), np.int64))
+            tables.append(_base_events(read_interactions(self.base)))
         table = self.events.read()
         if table.num_rows:
-            users.append(table.column("user_id").combine_chunks())
-            items.append(table.column("item_id").combine_chunks())
-            weights.append(table.column("weight").to_numpy().astype(np.float32))
-            stamps.append(table.column("timestamp_ms").to_numpy() // 1000)
-        user_ids = pa.chunked_array(users, pa.string())
-        item_ids = pa.chunked_array(items, pa.string())
-        weight = np.concatenate(weights) if weights else np.empty(0, np.float32)
-        stamp = np.concatenate(stamps) if stamps else None
+            tables.append(table.select(list(_EVENT_COLUMNS)).cast(_EVENT_SCHEMA))
+        combined = pa.concat_tables(tables) if tables else _EVENT_SCHEMA.empty_table()
+        usable = training_events(combined)
+        positives = usable.positives
         deleted = [item.item_id for item in self.upserted() if item.deleted]
         if deleted:
             # Deleted items leave the model; hidden ones stay in training (only not served).
-            keep = pc.invert(pc.is_in(item_ids, value_set=pa.array(deleted, pa.string())))
-            mask = np.asarray(keep.to_numpy(zero_copy_only=False), dtype=bool)
+            gone = pc.is_in(positives.column("item_id"), value_set=pa.array(deleted, pa.string()))
+            positives = positives.filter(pc.invert(gone))
             log.info("training without %d deleted items", len(deleted))
-            user_ids, item_ids = user_ids.filter(keep), item_ids.filter(keep)
-            weight = weight[mask]
-            stamp = stamp[mask] if stamp is not None else None
-        return interactions_from_arrays(
-            user_ids, item_ids, weight, stamp, source=str(self.events.root)
+        interactions = interactions_from_arrays(
+            positives.column("user_id"),
+            positives.column("item_id"),
+            positives.column("weight").to_numpy(zero_copy_only=False).astype(np.float32),
+            positives.column("timestamp_ms").to_numpy(zero_copy_only=False) // 1000,
+            source=str(self.events.root),
         )
+        if usable.dislikes:
+            log.info("training with the dislikes of %d users", len(usable.dislikes))
+        return replace(interactions, dislikes=usable.dislikes)
 
     def _current_metric(self, data: Interactions, split: Split) -> float | None:
         """The current model's holdout ndcg@10: recorded in its manifest on our protocol, or
@@ -286,6 +283,38 @@ class TrainWorker:
         self.events.root.mkdir(parents=True, exist_ok=True)
         content = json.dumps({"events": count, "trained_at": time.time()})
         replace_bytes_atomically(self.events.root / STATE, content.encode())
+
+
+_EVENT_COLUMNS = ("user_id", "item_id", "event_type", "weight", "timestamp_ms")
+_EVENT_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("event_type", pa.string()),
+        ("weight", pa.float32()),
+        ("timestamp_ms", pa.int64()),
+    ]
+)
+
+
+def _base_events(base: Interactions) -> pa.Table:
+    """A history file's pairs as stored events (type ``import``; milliseconds), so that
+    tombstones apply to them as to the store's."""
+    coo = base.matrix.tocoo()
+    if base.timestamps is not None:
+        seconds = base.timestamps.tocoo().data.astype(np.int64)
+    else:
+        seconds = np.zeros(len(coo.data), np.int64)
+    return pa.table(
+        {
+            "user_id": pa.array(np.asarray(base.user_ids, dtype=object)[coo.row], pa.string()),
+            "item_id": pa.array(np.asarray(base.item_ids, dtype=object)[coo.col], pa.string()),
+            "event_type": pa.array([IMPORT_EVENT_TYPE] * len(coo.data), pa.string()),
+            "weight": pa.array(coo.data.astype(np.float32)),
+            "timestamp_ms": pa.array(seconds * 1000),
+        },
+        schema=_EVENT_SCHEMA,
+    )
 
 
 def _aligned(

@@ -110,6 +110,8 @@ _EVENT_FROM_PB = {
     pb.EVENT_TYPE_CART: EventType.CART,
     pb.EVENT_TYPE_PURCHASE: EventType.PURCHASE,
     pb.EVENT_TYPE_RATING: EventType.RATING,
+    pb.EVENT_TYPE_DISLIKE: EventType.DISLIKE,
+    pb.EVENT_TYPE_IMPRESSION: EventType.IMPRESSION,
 }
 _EVENT_TO_PB = {value: key for key, value in _EVENT_FROM_PB.items() if key}
 

@@ -120,3 +120,12 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     ) -> pb.DeleteItemsResponse:
         deleted, not_found = await self._items.delete(list(request.item_ids))
         return pb.DeleteItemsResponse(deleted=deleted, not_found=not_found)
+
+    @call_boundary
+    async def ForgetUser(
+        self,
+        request: pb.ForgetUserRequest,
+        context: Context[pb.ForgetUserRequest, pb.ForgetUserResponse],
+    ) -> pb.ForgetUserResponse:
+        found = await self._service.forget_user(request.user_id, context.time_remaining())
+        return pb.ForgetUserResponse(found=found)

@@ -5,6 +5,7 @@ manifest). ModelStore (recsvc.artifacts.store) decides where and when; this modu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,9 @@ SIMILAR_INDEX = "similar_index.hnsw"
 IMAGE_ROWS = "image_rows.npy"
 IMAGE_EMBEDDINGS = "image_embeddings.npy"
 VISUAL_INDEX = "visual_index.hnsw"
+# Optional (only when a user disliked something): (user_id, item_id) pairs never to recommend.
+# A server from before it ignores the file (no schema change): it serves without the block.
+DISLIKES = "user_dislikes.parquet"
 PROJECTION_FILES = (
     "projection.w1.npy",
     "projection.b1.npy",
@@ -112,12 +116,39 @@ def write_model_files(directory: Path, model: Model) -> list[str]:
     model.user_index.save_hnsw(directory / USER_INDEX)
     model.similar_index.save_hnsw(directory / SIMILAR_INDEX)
     names = [USERS, ITEMS, *arrays, USER_INDEX, SIMILAR_INDEX]
+    if model.dislikes:
+        _write_dislikes(directory / DISLIKES, model.dislikes)
+        names.append(DISLIKES)
     if visual is not None:
         visual.index.save_hnsw(directory / VISUAL_INDEX)
         names.append(VISUAL_INDEX)
     for name in names:
         fsync_path(directory / name)
     return names
+
+
+def _write_dislikes(path: Path, dislikes: Mapping[str, tuple[str, ...]]) -> None:
+    users = [user_id for user_id, items in dislikes.items() for _ in items]
+    items = [item_id for found in dislikes.values() for item_id in found]
+    table = pa.table(
+        {"user_id": pa.array(users, pa.string()), "item_id": pa.array(items, pa.string())}
+    )
+    pq.write_table(table, path)
+
+
+def _read_dislikes(directory: Path, manifest: Manifest) -> dict[str, tuple[str, ...]]:
+    """The model's dislikes (none when the version has no such file)."""
+    if DISLIKES not in manifest.files:
+        return {}
+    table = pq.read_table(directory / DISLIKES)
+    users = table.column("user_id").to_pylist()
+    items = table.column("item_id").to_pylist()
+    if any(not isinstance(v, str) or not v for v in [*users, *items]):
+        raise ValueError(f"{DISLIKES}: ids must be non-empty strings")
+    pairs: dict[str, dict[str, None]] = {}
+    for user_id, item_id in zip(users, items, strict=True):
+        pairs.setdefault(user_id, {})[item_id] = None
+    return {user_id: tuple(found) for user_id, found in pairs.items()}
 
 
 def manifest_for(model: Model, params: IndexBuildParams, files: dict[str, object]) -> Manifest:
@@ -315,6 +346,7 @@ def read_model(directory: Path, manifest: Manifest, params: IndexSearchParams) -
         regularization=manifest.regularization,
         alpha=manifest.alpha,
         visual=_read_visual(directory, manifest, params),
+        dislikes=_read_dislikes(directory, manifest),
     )
 
 

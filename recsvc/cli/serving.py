@@ -111,7 +111,8 @@ def _print_demo_help(settings: Settings) -> None:
 def add_call(commands: Any) -> None:
     p = commands.add_parser(
         "call",
-        help="call a running server (recommend, similar, search-image, upsert, record, info, ...)",
+        help="call a running server (recommend, similar, search-image, upsert, record, "
+        "forget-user, info, ...)",
         description="Call a running recsvc server and print the answer as JSON.",
     )
     calls = p.add_subparsers(title="calls", metavar="CALL", required=True)
@@ -217,8 +218,19 @@ def add_call(commands: Any) -> None:
     rec_events.add_argument("--user", required=True)
     rec_events.add_argument("--items", nargs="+", required=True, help="item ids")
     rec_events.add_argument(
-        "--event", default="view", choices=["view", "click", "cart", "purchase", "rating"]
+        "--event",
+        default="view",
+        choices=["view", "click", "cart", "purchase", "rating", "dislike", "impression"],
+        help="dislike: never recommend the item to the user; impression: shown, not clicked "
+        "(stored for evaluation, never a positive)",
     )
+    forget = call(
+        "forget-user",
+        "forget a user: their vector, history and (at the next compaction and training) their "
+        "events (docs/privacy.md)",
+        lambda c, a: {"found": c.forget_user(a.user)},
+    )
+    forget.add_argument("user", help="the user id to forget")
     call("info", "the model being served", lambda c, a: c.model_info())
     call("health", "the server's health status", lambda c, a: {"status": c.health()})
 

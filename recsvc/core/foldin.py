@@ -10,6 +10,7 @@ For ALS this is the model's own closed-form user update (the same one ``implicit
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from itertools import chain
 from typing import TYPE_CHECKING
 
@@ -25,11 +26,19 @@ if TYPE_CHECKING:
 
 
 def fold_in_histories(
-    model: Model, histories: dict[str, dict[str, float]]
+    model: Model,
+    histories: dict[str, dict[str, float]],
+    dislikes: Mapping[str, Collection[str]] | None = None,
+    forgotten: Collection[str] = (),
 ) -> dict[str, npt.NDArray[np.float32]]:
     """User vectors from each user's training history plus ``histories`` (user -> item ->
     weight of interactions since), solved in one batch; users without any known item are left
     out.
+
+    ``dislikes`` (user -> items disliked since training): those pairs count with zero
+    confidence, i.e. they are dropped from both histories (a dislike is not a positive; the
+    training pipeline drops the pair the same way). ``forgotten``: users whose training
+    history is not used (ForgetUser): only ``histories`` count for them.
 
     The training histories and the new ones are merged for all users at once, by one sparse
     conversion, instead of a merge per user: this runs in every RecordInteractions call
@@ -49,6 +58,8 @@ def fold_in_histories(
     new_positions = np.repeat(np.arange(len(user_ids), dtype=np.int64), sizes)
     found = new_rows >= 0
     user_rows = model.users.rows_or_missing(user_ids)
+    if forgotten:
+        user_rows[[n for n, user_id in enumerate(user_ids) if user_id in forgotten]] = -1
     known = np.flatnonzero(user_rows >= 0)
     training = model.user_items[user_rows[known]]
     # Training rows and new interactions summed per (user, item) by one sparse conversion
@@ -65,6 +76,8 @@ def fold_in_histories(
         dtype=np.float32,
     )
     merged.sum_duplicates()
+    if dislikes:
+        merged = _without_dislikes(model, merged, user_ids, dislikes)
     lengths = np.diff(merged.indptr)
     with_items = np.flatnonzero(lengths)
     if len(with_items) == 0:
@@ -73,6 +86,32 @@ def fold_in_histories(
         model, merged.indices.astype(np.int64), merged.data, lengths[with_items]
     )
     return {user_ids[p]: vectors[n] for n, p in enumerate(with_items)}
+
+
+def _without_dislikes(
+    model: Model,
+    merged: sp.csr_matrix,
+    user_ids: list[str],
+    dislikes: Mapping[str, Collection[str]],
+) -> sp.csr_matrix:
+    """``merged`` (users x items) without the (user, disliked item) entries."""
+    positions: list[int] = []
+    items: list[str] = []
+    for position, user_id in enumerate(user_ids):
+        disliked = dislikes.get(user_id, ())
+        positions += [position] * len(disliked)
+        items += list(disliked)
+    rows = model.items.rows_or_missing(items)
+    found = rows >= 0
+    if not found.any():
+        return merged
+    mask = sp.csr_matrix(
+        (np.ones(int(found.sum()), np.float32), (np.asarray(positions)[found], rows[found])),
+        shape=merged.shape,
+    )
+    kept: sp.csr_matrix = (merged - merged.multiply(mask)).tocsr()
+    kept.eliminate_zeros()
+    return kept
 
 
 def fold_in_with_model(

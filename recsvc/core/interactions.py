@@ -14,7 +14,8 @@ from recsvc.errors import InvalidArgument
 MAX_EVENT_ID_BYTES = 128
 # Timestamps are Unix milliseconds; this rejects seconds passed by mistake and far futures.
 _EARLIEST_MS = 946_684_800_000  # 2000-01-01
-_FUTURE_SLACK_MS = 24 * 3600 * 1000
+# How far in the future a timestamp may lie (clock skew); ForgetUser's tombstones cover it too.
+FUTURE_SLACK_MS = 24 * 3600 * 1000
 
 
 class RawInteraction(NamedTuple):
@@ -41,11 +42,12 @@ def validate_interactions(
     check_batch_size(len(raw), limits, "interactions")
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     valid: list[Interaction] = []
-    latest_ms = now_ms + _FUTURE_SLACK_MS
+    latest_ms = now_ms + FUTURE_SLACK_MS
     for position, item in enumerate(raw):
         user_id, item_id, event_type, weight, timestamp, event_id = item
         if weight is None and event_type is not None:
-            weight = default_weights[event_type]
+            # None for a type without a default (FORGET, the service's own): refused below.
+            weight = default_weights.get(event_type)
         timestamp = timestamp or now_ms
         # One test for the common case (ASCII ids: their length is their size in bytes);
         # the field-by-field checks run only to name what failed, or for non-ASCII ids.
@@ -60,6 +62,7 @@ def validate_interactions(
             and "\x00" not in item_id
             and "\x00" not in event_id
             and event_type is not None
+            and event_type is not EventType.FORGET
             and weight is not None
             and 0 < weight < math.inf
             and _EARLIEST_MS <= timestamp <= latest_ms
@@ -84,7 +87,7 @@ def _check_interaction(
     check_id(item.event_id, f"{field}.event_id")
     if len(item.event_id.encode()) > MAX_EVENT_ID_BYTES:
         raise InvalidArgument(f"{field}.event_id", f"must be at most {MAX_EVENT_ID_BYTES} bytes")
-    if item.event_type is None or weight is None:
+    if item.event_type is None or item.event_type is EventType.FORGET or weight is None:
         raise InvalidArgument(f"{field}.event_type", "unknown event type")
     if not (math.isfinite(weight) and weight > 0):
         raise InvalidArgument(f"{field}.weight", f"must be a positive number, got {weight}")

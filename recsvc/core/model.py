@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
@@ -138,6 +138,9 @@ class Model:
         Cosine index over ``item_factors`` (item -> item).
     visual : VisualPart or None
         Image embeddings, their index and the cold-start projection, when trained with images.
+    dislikes : mapping of user id -> tuple of item ids
+        What each user disliked in the training data (users the model may not know included):
+        never recommended to them.
     """
 
     info: ModelInfo
@@ -154,6 +157,7 @@ class Model:
     regularization: float
     alpha: float
     visual: VisualPart | None = None
+    dislikes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     yty: npt.NDArray[np.float64] = field(init=False)
     popular_order: npt.NDArray[np.int64] = field(init=False)
 

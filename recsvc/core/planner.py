@@ -70,15 +70,20 @@ def plan_query(
     """
     model = search.model
     added = catalogue.added
-    user_row = model.users.row(query.user_id) if query.user_id else None
+    # A forgotten user (ForgetUser) is unknown to this model: neither its factors nor its
+    # training history are used until a model trained without the user is loaded.
+    user_row = model.users.row(query.user_id) if query.user_id and not state.forgotten else None
     recent_rows = search.rows(query.recent_item_ids, added)
     blocked = search.rows(query.exclude_item_ids, added)
+    disliked = _disliked(search, query.user_id, state, catalogue)
     if query.exclude_seen:
         seen = model.seen_items(user_row) if user_row is not None else NO_ROWS
         history = search.rows(state.history, added)
-        parts = [rows for rows in (blocked, seen, history, recent_rows) if len(rows)]
+        parts = [rows for rows in (blocked, seen, history, recent_rows, disliked) if len(rows)]
         if parts:  # most queries block nothing: no concatenation then
             blocked = np.concatenate(parts).astype(np.int64, copy=False)
+    elif len(disliked):  # dislikes are blocked whatever exclude_seen says
+        blocked = np.concatenate([blocked, disliked]).astype(np.int64, copy=False)
     allowed = search.allowed_mask(query.categories, catalogue, matching)
     filtered = matching is not None or query.categories.active
     effects = None
@@ -130,6 +135,17 @@ def plan_query(
 def _label(search: CandidateSearch, item_id: str, added: AddedItems) -> int | None:
     rows = search.rows((item_id,), added)
     return int(rows[0]) if len(rows) else None
+
+
+def _disliked(
+    search: CandidateSearch, user_id: str, state: UserState, catalogue: Catalogue
+) -> npt.NDArray[np.int64]:
+    """Rows of the items the user disliked: in the model's training data (unless the user was
+    forgotten since) and recorded since (the store's history)."""
+    from_model = () if state.forgotten or not user_id else search.model.dislikes.get(user_id, ())
+    if not from_model and not state.dislikes:
+        return NO_ROWS
+    return search.rows([*from_model, *state.dislikes], catalogue.added)
 
 
 def batches(plans: list[Plan | Recommendation]) -> dict[int, list[tuple[int, Plan]]]:

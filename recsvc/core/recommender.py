@@ -7,7 +7,7 @@ item-to-item similarity (``recsvc.core.similarity``) and fold-in (``recsvc.core.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -203,18 +203,31 @@ class Recommender:
         return created, updated
 
     def fold_in_user(
-        self, user_id: str, history: dict[str, float]
+        self,
+        user_id: str,
+        history: dict[str, float],
+        dislikes: Collection[str] = (),
+        forgotten: bool = False,
     ) -> npt.NDArray[np.float32] | None:
         """The user's vector from the training history plus ``history`` (item -> weight of
-        interactions since), by the model's own rule; None when no known item is involved."""
-        return self.fold_in_users({user_id: history}).get(user_id)
+        interactions since), by the model's own rule; None when no known item is involved.
+        ``dislikes`` count with zero confidence; ``forgotten``: the training history is not
+        used (ForgetUser)."""
+        return self.fold_in_users(
+            {user_id: history},
+            {user_id: dislikes} if dislikes else None,
+            (user_id,) if forgotten else (),
+        ).get(user_id)
 
     def fold_in_users(
-        self, histories: dict[str, dict[str, float]]
+        self,
+        histories: dict[str, dict[str, float]],
+        dislikes: Mapping[str, Collection[str]] | None = None,
+        forgotten: Collection[str] = (),
     ) -> dict[str, npt.NDArray[np.float32]]:
         """:meth:`fold_in_user` for many users, solved in one batch (users without any known
         item are left out); see :func:`recsvc.core.foldin.fold_in_histories`."""
-        return fold_in_histories(self.model, histories)
+        return fold_in_histories(self.model, histories, dislikes, forgotten)
 
     def similar_items(self, query: SimilarQuery, visual_weight: float = 0.5) -> SimilarItems:
         """Items most similar to ``query.item_id`` (never the item itself), by the query's mode:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from uuid import uuid4
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +29,7 @@ from recsvc.core.queries import (
     RecommendQuery,
     SimilarItems,
     SimilarQuery,
+    check_id,
     validate_batch,
 )
 from recsvc.core.recommender import Recommender
@@ -234,12 +236,48 @@ class RecommendationService:
         to_apply = [*result.accepted, *result.pending]
         by_user: dict[str, list[Interaction]] = defaultdict(list)
         for event in to_apply:
-            by_user[event.user_id].append(event)
+            if event.event_type is not EventType.IMPRESSION:  # logged for evaluation only
+                by_user[event.user_id].append(event)
         # The users' state gets what the append left of the deadline.
         left = None if deadline is None else deadline - time.monotonic()
-        if await self._update_users(recommender, by_user, left):
+        if not by_user or await self._update_users(recommender, by_user, left):
             await self._confirm([event.event_id for event in to_apply], deadline)
         return result
+
+    async def forget_user(self, user_id: str, time_left: float | None = None) -> bool:
+        """ForgetUser: a tombstone appended durably to the event log (ordered after the user's
+        earlier events: ingest stores it, compaction and training drop those events), then
+        the user's vector and history deleted and the user marked forgotten in the store, so
+        that serving stops using the loaded model's factors and history of the user at once.
+        Returns whether any state was held (store, or the loaded model's factors).
+
+        Idempotent: a repeated call appends another tombstone and finds the same state. Fails
+        (Unavailable, safe to retry) unless both the log and the store took it."""
+        check_id(user_id, "user_id")
+        deadline = None if time_left is None else time.monotonic() + time_left
+        tombstone = Interaction(
+            user_id, "", EventType.FORGET, 0.0, int(time.time() * 1000), f"forget:{uuid4().hex}"
+        )
+        try:
+            async with asyncio.timeout(None if time_left is None else time_left * 0.6):
+                await self.events.append([tombstone])
+        except (StoreUnavailable, TimeoutError) as exc:
+            raise Unavailable(
+                "user_id: not forgotten, the event log did not take the tombstone "
+                f"({str(exc) or 'timed out'}); retrying is safe"
+            ) from exc
+        budget = self.store_timeout if deadline is None else deadline - time.monotonic()
+        try:
+            async with asyncio.timeout(max(0.001, budget)):
+                held = await self.store.forget(user_id)
+        except (StoreUnavailable, TimeoutError) as exc:
+            raise Unavailable(
+                "user_id: the tombstone is logged (the next training forgets the user) but the "
+                f"user store did not answer ({str(exc) or 'timed out'}); retry to stop serving the "
+                "user's state"
+            ) from exc
+        in_model = self.holder.loaded and user_id in self.current().model.users
+        return held or in_model
 
     async def replay(self, batches: Iterable[list[Interaction]]) -> tuple[int, int]:
         """Add logged interactions to the users' histories, as ``record`` does after its
@@ -252,10 +290,17 @@ class RecommendationService:
         for batch in batches:
             by_user: dict[str, list[Interaction]] = defaultdict(list)
             for event in batch:
-                by_user[event.user_id].append(event)
-            await self.store.add_histories(by_user)
+                if event.event_type is EventType.FORGET:  # in log order: forget what came before
+                    if by_user:
+                        await self.store.add_histories(by_user)
+                        by_user = defaultdict(list)
+                    await self.store.forget(event.user_id)
+                elif event.event_type is not EventType.IMPRESSION:
+                    by_user[event.user_id].append(event)
+                users.add(event.user_id)
+            if by_user:
+                await self.store.add_histories(by_user)
             events += len(batch)
-            users.update(by_user)
         return events, len(users)
 
     async def _confirm(self, event_ids: list[str], deadline: float | None) -> None:
@@ -288,7 +333,9 @@ class RecommendationService:
                 histories = await self.store.add_histories(by_user)
                 started = time.perf_counter()
                 vectors = recommender.fold_in_users(
-                    {user_id: history.items for user_id, history in histories.items()}
+                    {user_id: history.items for user_id, history in histories.items()},
+                    {u: history.dislikes for u, history in histories.items() if history.dislikes},
+                    {u for u, history in histories.items() if history.forgotten},
                 )
                 self.stats.observe_fold_in(time.perf_counter() - started, len(vectors))
                 # Conditional on each history's sequence number: a concurrent call that
@@ -329,12 +376,14 @@ class RecommendationService:
         ready: dict[str, UserState] = {}
         for user_id, state in stored.items():
             if state.vector is None and state.history:
-                vector = self._fold_in(recommender, user_id, state.history)
+                vector = self._fold_in(recommender, user_id, state)
                 if vector is not None:
                     self._spawn(
                         self._store_vector(user_id, recommender.version, vector, state.history_seq)
                     )
-                state = UserState(state.history, vector, state.history_seq)
+                state = UserState(
+                    state.history, vector, state.history_seq, state.dislikes, state.forgotten
+                )
             ready[user_id] = state
         states: list[UserState] = []
         for user_id in user_ids:
@@ -346,10 +395,10 @@ class RecommendationService:
         return states
 
     def _fold_in(
-        self, recommender: Recommender, user_id: str, history: dict[str, float]
+        self, recommender: Recommender, user_id: str, state: UserState
     ) -> npt.NDArray[np.float32] | None:
         started = time.perf_counter()
-        vector = recommender.fold_in_user(user_id, history)
+        vector = recommender.fold_in_user(user_id, state.history, state.dislikes, state.forgotten)
         self.stats.observe_fold_in(time.perf_counter() - started)
         return vector
 

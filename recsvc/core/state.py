@@ -6,7 +6,7 @@ constructor (Redis-backed in production, in-process in embedded mode and where t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple, Protocol
@@ -21,6 +21,48 @@ class EventType(StrEnum):
     CART = "cart"
     PURCHASE = "purchase"
     RATING = "rating"
+    # Negative feedback: the item is never recommended to the user again, and the pair counts
+    # with zero confidence in fold-in and training (dropped from the positives).
+    DISLIKE = "dislike"
+    # Shown but not clicked: logged and stored for evaluation, never a positive.
+    IMPRESSION = "impression"
+    # A ForgetUser tombstone (item_id ""): never accepted from callers, written by the
+    # service so that ingest and training forget the user's earlier events.
+    FORGET = "forget"
+
+
+# Event types that count as positives (history, fold-in, training, "seen").
+NOT_POSITIVE = frozenset({EventType.DISLIKE, EventType.IMPRESSION, EventType.FORGET})
+# Event types a caller may record (RecordInteractions, `recsvc call record`).
+RECORDABLE = tuple(kind for kind in EventType if kind is not EventType.FORGET)
+
+# A user's history keeps dislikes beside the positive items, under this prefix: ids never hold
+# NUL (recsvc.core.queries.check_id), so no item id can collide with it.
+DISLIKE_FIELD_PREFIX = "\x00d:"
+# The history field that marks a forgotten user (its value: when, in Unix ms).
+FORGOTTEN_FIELD = "\x00forgotten"
+
+
+def history_field(event: Interaction) -> str:
+    """The history field an event adds to: its item, or the item's dislike marker."""
+    if event.event_type is EventType.DISLIKE:
+        return DISLIKE_FIELD_PREFIX + event.item_id
+    return event.item_id
+
+
+def split_history(fields: Iterable[tuple[str, float]]) -> tuple[dict[str, float], frozenset[str]]:
+    """A stored history's fields as (positive items -> weight, disliked items); a disliked
+    item is left out of the positives (zero confidence)."""
+    items: dict[str, float] = {}
+    dislikes: set[str] = set()
+    for name, weight in fields:
+        if name.startswith(DISLIKE_FIELD_PREFIX):
+            dislikes.add(name[len(DISLIKE_FIELD_PREFIX) :])
+        elif name != FORGOTTEN_FIELD:
+            items[name] = weight
+    for item in dislikes:
+        items.pop(item, None)
+    return items, frozenset(dislikes)
 
 
 class Interaction(NamedTuple):
@@ -57,12 +99,16 @@ class UserState:
     history : item_id -> summed weight of interactions recorded since serving started
         (bounded, with a TTL); vector : the user's folded-in vector for the current model
         version, or None when it must be (re)computed; history_seq : the history's sequence
-        number (see :class:`UserHistory`).
+        number (see :class:`UserHistory`); dislikes : items the user disliked since (never
+        recommended to them); forgotten : ForgetUser was called for the user, so the loaded
+        model's factors and training history of the user must not be used.
     """
 
     history: dict[str, float] = field(default_factory=dict)
     vector: npt.NDArray[np.float32] | None = None
     history_seq: int = 0
+    dislikes: frozenset[str] = frozenset()
+    forgotten: bool = False
 
 
 class UserHistory(NamedTuple):
@@ -72,6 +118,8 @@ class UserHistory(NamedTuple):
 
     items: dict[str, float]
     seq: int
+    dislikes: frozenset[str] = frozenset()
+    forgotten: bool = False
 
 
 class UserStateStore(Protocol):
@@ -104,6 +152,12 @@ class UserStateStore(Protocol):
     ) -> dict[str, UserHistory]:
         """Add each user's interactions to their history, in one round trip where it can;
         return the updated histories."""
+        ...
+
+    async def forget(self, user_id: str) -> bool:
+        """Delete the user's vector and history and mark the user forgotten (a tombstone with
+        its own TTL, kept by later history updates), so that reads report ``forgotten``.
+        Returns whether a vector or history was held."""
         ...
 
     async def ping(self) -> bool: ...

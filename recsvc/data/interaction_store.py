@@ -14,7 +14,14 @@ batch ingested twice after a crash, a file imported twice) is read once.
 Compaction (:meth:`InteractionStore.compact`, run by the ingest worker) merges a partition's
 parts into one ``part-merged-<digest>.parquet`` without repeated event ids, written atomically
 before the parts it replaces are deleted: a crash in between leaves both, which readers read
-once and the next compaction merges. Retention (:meth:`InteractionStore.drop_partitions_before`)
+once and the next compaction merges.
+
+ForgetUser tombstones (event type ``forget``, recsvc.data.event_filters) are kept like any
+event; a part that holds some first records them under ``_forget_pending/`` (before the part
+is written), and the next compaction rewrites every partition holding events they cover
+without those events, whatever its number of parts, then clears the record. The tombstones
+stay: training drops the events they cover even before compaction, and a late event of a
+forgotten user is dropped the same way. Retention (:meth:`InteractionStore.drop_partitions_before`)
 deletes whole ``ingest_date=`` partitions, imported history included. A reader that finds a part
 gone under it lists the parts again (the merged part is in place before its sources go).
 """
@@ -24,8 +31,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -37,6 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recsvc.core.state import Interaction
+from recsvc.data.event_filters import FORGET, forgotten_rows, tombstones, training_events
 from recsvc.data.matrix import Interactions, interactions_from_arrays
 from recsvc.durable import replace_atomically, replace_bytes_atomically
 from recsvc.store.codec import COLUMNS, EventColumns, interactions_to_columns
@@ -44,6 +53,11 @@ from recsvc.store.codec import COLUMNS, EventColumns, interactions_to_columns
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Tombstones ingested but not yet applied by a compaction (one JSON file each).
+FORGET_PENDING = "_forget_pending"
+# When the last tombstone was ingested (the train worker retrains after it).
+FORGET_LATEST = "_forget_latest.json"
 
 # Parquet metadata key of a merged part: the JSON list of the part names it replaces.
 MERGED_FROM = "recsvc.merged_from"
@@ -76,7 +90,9 @@ class InteractionStore:
         return self.write_table(table, f"part-{first}-{last}.parquet")
 
     def write_table(self, table: pa.Table, name: str) -> Path:
-        """Durably write one part named ``name`` under today's ``ingest_date=`` directory."""
+        """Durably write one part named ``name`` under today's ``ingest_date=`` directory (its
+        tombstones recorded for the next compaction first)."""
+        self._record_tombstones(table)
         day = datetime.now(UTC).strftime("%Y-%m-%d")
         directory = self.root / f"ingest_date={day}"
         directory.mkdir(parents=True, exist_ok=True)
@@ -98,28 +114,74 @@ class InteractionStore:
 
     def compact(self, min_parts: int) -> int:
         """Merge each partition holding ``min_parts`` parts or more into one part without
-        repeated event ids; returns the number of parts it replaced. A merged part names its
-        sources in its metadata, so that sources left by a compaction that died while deleting
-        them are deleted by the next one (however few remain)."""
+        repeated event ids, and each partition holding events that a recorded tombstone covers
+        into one part without them; returns the number of parts it replaced. A merged part
+        names its sources in its metadata, so that sources left by a compaction that died
+        while deleting them are deleted by the next one (however few remain)."""
+        marks, pending = self._pending_tombstones()
         replaced = 0
         for directory in sorted(self.root.glob("ingest_date=*")):
             _finish_merges(directory)
             sources = sorted(directory.glob("part-*.parquet"))
-            if len(sources) < min_parts:
+            covered = bool(sources) and marks.num_rows > 0 and _covers(sources, marks)
+            if len(sources) < min_parts and not covered:
                 continue
-            names = [p.name for p in sources]
-            digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
-            merged = directory / f"part-merged-{digest[:16]}.parquet"
-            table = _unique_events(_read_parts(sources)).replace_schema_metadata(
-                {MERGED_FROM: json.dumps(names)}
-            )
-            replace_atomically(merged, partial(pq.write_table, table))
-            _delete_sources(merged, names)
-            log.info(
-                "istore: merged %d parts of %s (%d events)", len(names), directory.name, len(table)
-            )
+            table = _unique_events(_read_parts(sources))
+            if covered:
+                forgotten = forgotten_rows(table, marks)
+                table = table.filter(pa.array(~forgotten))
+                log.info(
+                    "istore: %s: %d events of forgotten users removed",
+                    directory.name,
+                    int(forgotten.sum()),
+                )
+            _merge(directory, sources, table)
             replaced += len(sources)
+        for record in pending:  # every partition is rewritten: the records are done
+            record.unlink(missing_ok=True)
         return replaced
+
+    def _record_tombstones(self, table: pa.Table) -> None:
+        """Record the tombstones of a part about to be written (one small file each, named
+        by event id: writing one twice is harmless)."""
+        marks = table.filter(pc.equal(table.column("event_type"), FORGET))
+        if marks.num_rows == 0:
+            return
+        directory = self.root / FORGET_PENDING
+        directory.mkdir(parents=True, exist_ok=True)
+        # For the train worker: a ForgetUser since the last training makes training due.
+        stamp = {"ingested_at_ms": int(time.time() * 1000)}
+        replace_bytes_atomically(self.root / FORGET_LATEST, json.dumps(stamp).encode())
+        for event_id, user_id, stamp in zip(
+            marks.column("event_id").to_pylist(),
+            marks.column("user_id").to_pylist(),
+            marks.column("timestamp_ms").to_pylist(),
+            strict=True,
+        ):
+            name = hashlib.sha256(str(event_id).encode()).hexdigest()[:32] + ".json"
+            record = {"user_id": user_id, "timestamp_ms": stamp, "event_id": event_id}
+            replace_bytes_atomically(directory / name, json.dumps(record).encode())
+
+    def latest_tombstone_ms(self) -> int:
+        """When a part holding a tombstone was last written (Unix ms; 0: never)."""
+        try:
+            return int(json.loads((self.root / FORGET_LATEST).read_text())["ingested_at_ms"])
+        except FileNotFoundError:
+            return 0
+
+    def _pending_tombstones(self) -> tuple[pa.Table, list[Path]]:
+        """The recorded tombstones not yet applied by a compaction, as
+        :func:`recsvc.data.event_filters.tombstones` (and their record files)."""
+        records = sorted((self.root / FORGET_PENDING).glob("*.json"))
+        rows = [json.loads(path.read_text()) for path in records]
+        table = pa.table(
+            {
+                "user_id": pa.array([row["user_id"] for row in rows], pa.string()),
+                "event_type": pa.array([FORGET] * len(rows), pa.string()),
+                "timestamp_ms": pa.array([row["timestamp_ms"] for row in rows], pa.int64()),
+            }
+        )
+        return tombstones(table), records
 
     def drop_partitions_before(self, day: str) -> list[str]:
         """Delete the ``ingest_date=`` partitions of days before ``day`` (YYYY-MM-DD); returns
@@ -138,8 +200,11 @@ class InteractionStore:
         return dropped
 
     def interactions(self) -> Interactions:
-        table = self.read()
-        return interactions_from_arrays(
+        """What training uses of the store (recsvc.data.event_filters: forgotten users' events,
+        impressions and disliked pairs left out; the dislikes kept aside)."""
+        usable = training_events(self.read())
+        table = usable.positives
+        interactions = interactions_from_arrays(
             table.column("user_id"),
             table.column("item_id"),
             table.column("weight").to_numpy(zero_copy_only=False).astype(np.float32),
@@ -148,6 +213,26 @@ class InteractionStore:
             .astype(np.int64),
             source=str(self.root),
         )
+        return replace(interactions, dislikes=usable.dislikes)
+
+
+def _merge(directory: Path, sources: list[Path], table: pa.Table) -> None:
+    """Replace ``sources`` by one part holding ``table`` (written before they are deleted)."""
+    names = [p.name for p in sources]
+    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
+    merged = directory / f"part-merged-{digest[:16]}.parquet"
+    table = table.replace_schema_metadata({MERGED_FROM: json.dumps(names)})
+    replace_atomically(merged, partial(pq.write_table, table))
+    _delete_sources(merged, names)
+    log.info("istore: merged %d parts of %s (%d events)", len(names), directory.name, len(table))
+
+
+def _covers(parts: list[Path], marks: pa.Table) -> bool:
+    """Whether any event of ``parts`` is covered by a tombstone of ``marks`` (three columns
+    read, not the whole partition)."""
+    columns = ["user_id", "event_type", "timestamp_ms"]
+    table = pa.concat_tables(pq.read_table(p, columns=columns) for p in parts)
+    return bool(forgotten_rows(table, marks).any())
 
 
 def _read_parts(parts: list[Path]) -> pa.Table:

@@ -90,6 +90,8 @@ class Interactions:
     timestamps : csr_matrix int64 with the structure of ``matrix``, or None
         Latest Unix time (seconds) of each pair, when the file has timestamps.
     report : ReadReport
+    dislikes : dict of user id -> tuple of item ids
+        Pairs disliked (not in ``matrix``: zero confidence); the model never recommends them.
     """
 
     user_ids: list[str]
@@ -97,6 +99,7 @@ class Interactions:
     matrix: sp.csr_matrix
     timestamps: sp.csr_matrix | None
     report: ReadReport
+    dislikes: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def num_interactions(self) -> int:

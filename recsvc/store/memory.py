@@ -11,7 +11,13 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from recsvc.core.state import Interaction, UserHistory, UserState
+from recsvc.core.state import (
+    Interaction,
+    UserHistory,
+    UserState,
+    history_field,
+    split_history,
+)
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -28,10 +34,12 @@ class InMemoryUserStore:
         vector_ttl: float,
         max_users: int = 1_000_000,
         clock: Callable[[], float] = time.monotonic,
+        forgotten_ttl: float = 30 * 86400,
     ) -> None:
         self.history_max_items = history_max_items
         self.history_ttl = history_ttl
         self.vector_ttl = vector_ttl
+        self.forgotten_ttl = forgotten_ttl
         self.max_users = max_users
         self._clock = clock
         # user -> (expires_at, ({item: summed weight}, {item: latest timestamp_ms}, seq))
@@ -41,15 +49,19 @@ class InMemoryUserStore:
         self._vectors: OrderedDict[str, tuple[float, tuple[str, npt.NDArray[np.float32]]]] = (
             OrderedDict()
         )
+        # user -> (expires_at, when forgotten in Unix ms): ForgetUser's tombstones
+        self._forgotten: OrderedDict[str, tuple[float, int]] = OrderedDict()
 
     async def get_state(self, user_id: str, model_version: str) -> UserState:
         now = self._clock()
         history = self._live(self._history, user_id, now)
         stored = self._live(self._vectors, user_id, now)
         vector = stored[1] if stored is not None and stored[0] == model_version else None
+        forgotten = bool(self._forgotten) and self._live(self._forgotten, user_id, now) is not None
         if history is None:
-            return UserState({}, vector)
-        return UserState(dict(history[0]), vector, history[2])
+            return UserState({}, vector, forgotten=forgotten)
+        items, dislikes = split_history(history[0].items())
+        return UserState(items, vector, history[2], dislikes, forgotten)
 
     async def get_states(self, user_ids: list[str], model_version: str) -> list[UserState]:
         return [await self.get_state(user_id, model_version) for user_id in user_ids]
@@ -82,12 +94,23 @@ class InMemoryUserStore:
         self._bound(self._history)
         return histories
 
+    async def forget(self, user_id: str) -> bool:
+        now = self._clock()
+        held = self._live(self._history, user_id, now) is not None
+        held |= self._live(self._vectors, user_id, now) is not None
+        self._history.pop(user_id, None)
+        self._vectors.pop(user_id, None)
+        self._forgotten[user_id] = (now + self.forgotten_ttl, int(time.time() * 1000))
+        self._forgotten.move_to_end(user_id)
+        self._bound(self._forgotten)
+        return held
+
     def _add_history(
         self, user_id: str, interactions: list[Interaction], now: float
     ) -> UserHistory:
         weights, latest, _ = self._live(self._history, user_id, now) or ({}, {}, 0)
         for event in interactions:
-            item = event.item_id
+            item = history_field(event)
             weights[item] = weights.get(item, 0.0) + event.weight
             latest[item] = max(latest.get(item, 0), event.timestamp_ms)
         if len(weights) > self.history_max_items:
@@ -99,7 +122,9 @@ class InMemoryUserStore:
         self._last_seq += 1
         self._history[user_id] = (now + self.history_ttl, (weights, latest, self._last_seq))
         self._history.move_to_end(user_id)
-        return UserHistory(dict(weights), self._last_seq)
+        items, dislikes = split_history(weights.items())
+        forgotten = bool(self._forgotten) and self._live(self._forgotten, user_id, now) is not None
+        return UserHistory(items, self._last_seq, dislikes, forgotten)
 
     async def ping(self) -> bool:
         return True

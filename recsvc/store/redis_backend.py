@@ -6,7 +6,9 @@ slot:
     {prefix}:{u:<user>}:v16                 "<model version>|" + float16 vector bytes, TTL
                                             (:v32 for float32)
     {prefix}:{u:<user>}:h / :t              history: item -> weight (hash), item -> time (zset);
-                                            field "" of :h is the history's sequence number
+                                            field "" of :h is the history's sequence number,
+                                            "\\0d:<item>" a dislike, "\\0forgotten" a ForgetUser
+                                            tombstone (store.forgotten_ttl_seconds)
     {prefix}:{ev}:stream                    the event stream (XADD)
     {prefix}:{ev}:id:<event_id>             idempotency marker, TTL: "p" logged, "d" applied
 
@@ -20,6 +22,7 @@ Redis failures become StoreUnavailable.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -31,7 +34,15 @@ from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from recsvc.core.state import AppendResult, Interaction, UserHistory, UserState
+from recsvc.core.state import (
+    FORGOTTEN_FIELD,
+    AppendResult,
+    Interaction,
+    UserHistory,
+    UserState,
+    history_field,
+    split_history,
+)
 from recsvc.errors import OutcomeUnknown, StoreUnavailable
 from recsvc.store.codec import interaction_to_json, vector_from_bytes, vector_to_bytes
 from recsvc.store.names import event_id_key_prefix, event_stream_key
@@ -39,12 +50,13 @@ from recsvc.store.names import event_id_key_prefix, event_stream_key
 T = TypeVar("T")
 
 # Add interactions to the histories of several users (KEYS: weights and times of each user;
-# ARGV: ttl, keep, then per user a count n and n triples item, weight, timestamp), keep only
-# the newest `keep` items of each and advance its sequence number; return each user's history
-# (HGETALL, the sequence number included), in order.
+# ARGV: ttl, keep, the forgotten field, then per user a count n and n triples item, weight,
+# timestamp), keep only the newest `keep` items of each and advance its sequence number; return
+# each user's history (HGETALL, the sequence number included), in order. A forgotten user's
+# history keeps the longer of its TTL and `ttl` (the tombstone must outlive the history).
 _ADD_HISTORIES = """
-local ttl, keep = tonumber(ARGV[1]), tonumber(ARGV[2])
-local at, out = 3, {}
+local ttl, keep, forgotten = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local at, out = 4, {}
 for u = 1, #KEYS, 2 do
   local weights, times = KEYS[u], KEYS[u + 1]
   local n = tonumber(ARGV[at])
@@ -64,7 +76,11 @@ for u = 1, #KEYS, 2 do
     redis.call('ZREMRANGEBYRANK', times, 0, size - keep - 1)
     redis.call('HDEL', weights, unpack(old))
   end
-  redis.call('EXPIRE', weights, ttl)
+  local keep_for = ttl
+  if redis.call('HEXISTS', weights, forgotten) == 1 then
+    keep_for = math.max(ttl, redis.call('TTL', weights))
+  end
+  redis.call('EXPIRE', weights, keep_for)
   redis.call('EXPIRE', times, ttl)
   out[#out + 1] = redis.call('HGETALL', weights)
 end
@@ -95,6 +111,21 @@ for i = 1, #KEYS, 2 do
   out[#out + 1] = redis.call('HGETALL', KEYS[i + 1])
 end
 return out
+"""
+
+# Forget a user (KEYS: both vector keys, history weights, history times; ARGV: ttl, the
+# forgotten field, now in ms): delete them all, then leave a history holding only the tombstone
+# and a sequence number past the old one (a vector folded in from the old history is then never
+# stored). Returns how many of the user's vectors and item histories existed.
+_FORGET = """
+local weights = KEYS[3]
+local held = redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[4])  -- times: a history with items
+local seq = redis.call('HGET', weights, '')
+if seq then seq = tonumber(seq) + 1 else seq = redis.call('TIME')[1] .. '000000' end
+redis.call('DEL', KEYS[1], KEYS[2], weights, KEYS[4])
+redis.call('HSET', weights, ARGV[2], ARGV[3], '', seq)
+redis.call('EXPIRE', weights, ARGV[1])
+return held
 """
 
 # Users per script call: few enough that one call blocks Redis for about a millisecond (other
@@ -199,6 +230,7 @@ class RedisUserStore:
         history_ttl: int,
         vector_ttl: int,
         vector_encoding: str = "float16",
+        forgotten_ttl: int = 30 * 86400,
     ) -> None:
         self._redis = client
         self.vector_encoding = vector_encoding
@@ -206,6 +238,8 @@ class RedisUserStore:
         self.history_max_items = history_max_items
         self.history_ttl = history_ttl
         self.vector_ttl = vector_ttl
+        self.forgotten_ttl = forgotten_ttl
+        self._forget = client.register_script(_FORGET)
         self._add_histories = client.register_script(_ADD_HISTORIES)
         self._set_vectors = client.register_script(_SET_VECTORS)
         self._get_states = client.register_script(_GET_STATES)
@@ -236,7 +270,9 @@ class RedisUserStore:
         for vector, flat_history in zip(flat[::2], flat[1::2], strict=True):
             history = _decode_history(flat_history)
             decoded = untagged_vector(vector, tag, self.vector_encoding) if vector else None
-            states.append(UserState(history.items, decoded, history.seq))
+            states.append(
+                UserState(history.items, decoded, history.seq, history.dislikes, history.forgotten)
+            )
         return states
 
     async def put_vectors(
@@ -270,13 +306,13 @@ class RedisUserStore:
         calls: list[_ScriptCall] = []
         for chunk in _chunks(list(interactions_by_user)):
             keys: list[str] = []
-            args: list[Any] = [self.history_ttl, self.history_max_items]
+            args: list[Any] = [self.history_ttl, self.history_max_items, FORGOTTEN_FIELD]
             for user_id in chunk:
                 interactions = interactions_by_user[user_id]
                 keys += [self._key(user_id, "h"), self._key(user_id, "t")]
                 args.append(len(interactions))
                 for event in interactions:
-                    args += [event.item_id, event.weight, event.timestamp_ms]
+                    args += [history_field(event), event.weight, event.timestamp_ms]
             calls.append((keys, args))
         replies = await _checked(
             _run(self._redis, self._add_histories, calls), "updating user histories"
@@ -286,6 +322,18 @@ class RedisUserStore:
             user_id: _decode_history(flat)
             for user_id, flat in zip(interactions_by_user, flats, strict=True)
         }
+
+    async def forget(self, user_id: str) -> bool:
+        """One script: the user's keys deleted and the tombstone written atomically."""
+        keys = [
+            vector_key(self._prefix, user_id, "float16"),
+            vector_key(self._prefix, user_id, "float32"),
+            self._key(user_id, "h"),
+            self._key(user_id, "t"),
+        ]
+        args: list[Any] = [self.forgotten_ttl, FORGOTTEN_FIELD, int(time.time() * 1000)]
+        held = await _checked(self._forget(keys=keys, args=args), "forgetting a user")
+        return int(held) > 0
 
     async def ping(self) -> bool:
         try:
@@ -366,12 +414,21 @@ async def _run(client: redis.Redis, script: AsyncScript, calls: list[_ScriptCall
 
 def _decode_history(flat: list[Any]) -> UserHistory:
     """A history from a script's HGETALL reply: item, weight, item, weight, ..., with the
-    sequence number under the empty field (item ids are never empty)."""
+    sequence number under the empty field (item ids are never empty), dislikes and the
+    forgotten tombstone under NUL-prefixed fields (recsvc.core.state), rare enough that the
+    common case is one dict insert per item."""
     items: dict[str, float] = {}
     seq = 0
+    marked = False
     for item, value in zip(flat[::2], flat[1::2], strict=True):
         if item == b"" or item == "":
             seq = int(value)
-        else:
-            items[item.decode() if isinstance(item, bytes) else str(item)] = float(value)
-    return UserHistory(items, seq)
+            continue
+        name = item.decode() if isinstance(item, bytes) else str(item)
+        marked = marked or name[0] == "\x00"
+        items[name] = float(value)
+    if not marked:
+        return UserHistory(items, seq)
+    forgotten = FORGOTTEN_FIELD in items
+    positives, dislikes = split_history(items.items())
+    return UserHistory(positives, seq, dislikes, forgotten)

@@ -101,6 +101,7 @@ def build_model(
         regularization=train.regularization,
         alpha=train.alpha,
         visual=visual,
+        dislikes=interactions.dislikes,
     )
 
 

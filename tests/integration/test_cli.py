@@ -31,6 +31,7 @@ SUBCOMMANDS = [
     ["worker", "embed"],
     ["call", "search-image"],
     ["call", "upsert"],
+    ["call", "forget-user"],
 ]
 
 
@@ -39,6 +40,13 @@ def test_every_command_has_help(args: list[str]) -> None:
     result = run(*args, "--help")
     assert result.returncode == 0, result.stderr
     assert "usage: recsvc" in result.stdout
+
+
+def test_call_record_takes_the_negative_feedback_event_types() -> None:
+    result = run("call", "record", "--help")
+    assert "dislike" in result.stdout and "impression" in result.stdout
+    refused = run("call", "record", "--user", "u", "--items", "i", "--event", "forget")
+    assert refused.returncode != 0 and "invalid choice" in refused.stderr
 
 
 def test_train_publishes_a_model(demo_data: DemoData, tmp_path: Path) -> None:

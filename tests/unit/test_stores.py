@@ -152,6 +152,47 @@ async def test_store_keeps_the_vector_of_the_latest_history(make_store: MakeStor
     assert (await store.get_state("x", "v1")).vector is None
 
 
+async def test_forget_deletes_vector_and_history_and_leaves_a_tombstone(
+    make_store: MakeStore,
+) -> None:
+    """ForgetUser's store half: the user's vector and history go, reads say ``forgotten``
+    (so serving ignores the model's factors of the user), a new history after it keeps the
+    mark, and a vector folded in from the old history is never stored."""
+    store = make_store(10, 600, 300)
+    old = (await store.add_histories({"u": [interaction("u", "a", "e1")]}))["u"]
+    await store.put_vectors("v1", {"u": np.ones(4, np.float32)}, {"u": old.seq})
+    await store.add_histories({"w": [interaction("w", "a", "e2")]})
+    assert await store.forget("u") is True
+    state = await store.get_state("u", "v1")
+    assert state.forgotten and state.vector is None and state.history == {}
+    assert not (await store.get_state("w", "v1")).forgotten  # only that user
+    await store.put_vectors("v1", {"u": np.ones(4, np.float32)}, {"u": old.seq})  # in flight
+    assert (await store.get_state("u", "v1")).vector is None
+    again = (await store.add_histories({"u": [interaction("u", "b", "e3")]}))["u"]
+    assert again.forgotten and again.items == {"b": 1.0}
+    assert (await store.get_state("u", "v1")).forgotten
+    # Idempotent: forgetting again finds the new history only, and keeps the mark.
+    assert await store.forget("u") is True
+    assert await store.forget("u") is False
+    assert (await store.get_state("u", "v1")).forgotten
+
+
+async def test_dislikes_are_kept_apart_from_the_positive_history(make_store: MakeStore) -> None:
+    """A dislike is recorded in the history as a dislike, not a positive: the item leaves the
+    positives (zero confidence) and is reported among the user's dislikes."""
+    store = make_store(10, 600, 300)
+    dislike = Interaction("u", "a", EventType.DISLIKE, 1.0, 3, "e3")
+    history = (
+        await store.add_histories(
+            {"u": [interaction("u", "a", "e1"), interaction("u", "b", "e2"), dislike]}
+        )
+    )["u"]
+    assert history.items == {"b": 1.0} and history.dislikes == frozenset({"a"})
+    state = await store.get_state("u", "v1")
+    assert state.history == {"b": 1.0} and state.dislikes == frozenset({"a"})
+    assert not state.forgotten
+
+
 # ------------------------------------------------------------------ the in-process store
 
 
@@ -203,6 +244,23 @@ async def test_redis_store_keys_carry_ttls_hash_tags_and_stay_small(redis_url: s
     keys = sorted(k.decode() for k in raw.keys("rs:*"))
     assert keys == ["rs:{u:user-1}:h", "rs:{u:user-1}:t", "rs:{u:user-1}:v16"]
     assert all(0 < raw.ttl(k) <= 600 for k in keys)
+
+
+@pytest.mark.redis
+async def test_redis_tombstone_keeps_its_own_ttl_and_deletes_every_key(redis_url: str) -> None:
+    """ForgetUser leaves one key, the history holding the tombstone, with the forgotten TTL:
+    a later history update does not shorten it to the history's TTL."""
+    raw = redis.Redis.from_url(redis_url)
+    client = connect(redis_url, timeout=1.0, connect_timeout=1.0)
+    store = RedisUserStore(client, "rs", 10, 600, 300, forgotten_ttl=5000)
+    await store.add_histories({"u": [interaction("u", "a", "e1")]})
+    await store.put_vectors("v1", {"u": np.ones(8, np.float32)})
+    assert await store.forget("u")
+    assert sorted(k.decode() for k in raw.keys("rs:*")) == ["rs:{u:u}:h"]
+    assert 600 < raw.ttl("rs:{u:u}:h") <= 5000
+    await store.add_histories({"u": [interaction("u", "b", "e2")]})
+    assert 600 < raw.ttl("rs:{u:u}:h") <= 5000 and 0 < raw.ttl("rs:{u:u}:t") <= 600
+    await store.close()
 
 
 @pytest.mark.redis
