@@ -251,3 +251,39 @@ def test_bad_upserts_and_searches_name_the_field(stub: pb_grpc.RecommenderStub) 
         pb.SimilarItemsRequest(item_id="nope", k=3, mode=pb.SIMILARITY_MODE_VISUAL),
     )
     assert unknown.code() == grpc.StatusCode.NOT_FOUND and unknown.details().startswith("item_id:")
+
+
+def test_image_searches_keep_to_the_filter(
+    stub: pb_grpc.RecommenderStub, products: ProductImages
+) -> None:
+    """Attributes set by UpsertItems on the model's items (no new image) filter SearchByImage
+    and visual SimilarItems; a bad filter fails naming the field, before any embedding."""
+    price = {item_id: 10 if n % 2 else 100 for n, item_id in enumerate(products.ids)}
+    stub.UpsertItems(
+        pb.UpsertItemsRequest(
+            items=[pb.Item(item_id=i, attributes={"price": str(p)}) for i, p in price.items()]
+        ),
+        timeout=30,
+    )
+    photo = jpeg_bytes(product_picture("bags", random.Random(5)))
+    found = stub.SearchByImage(
+        pb.SearchByImageRequest(image=photo, k=5, filter="price < 50"), timeout=30
+    )
+    assert len(found.items) == 5
+    assert all(price[item.item_id] == 10 for item in found.items)
+    assert kinds_of(found, products).count("bags") >= 4  # still the nearest ones that match
+    similar = stub.SimilarItems(
+        pb.SimilarItemsRequest(
+            item_id=products.ids[1], k=5, mode=pb.SIMILARITY_MODE_VISUAL, filter="price >= 50"
+        ),
+        timeout=10,
+    )
+    assert len(similar.items) == 5
+    assert all(price[item.item_id] == 100 for item in similar.items)
+    for text, message in [
+        ("price <", "filter: position 8: expected a number"),
+        ('price in ("a"', "filter: position 14: expected ')' or ','"),
+    ]:
+        error = error_of(stub.SearchByImage, pb.SearchByImageRequest(image=photo, k=5, filter=text))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details().startswith(message), error.details()
