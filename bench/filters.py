@@ -20,8 +20,6 @@ import json
 import platform
 import sys
 import tempfile
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +32,7 @@ from serve import make_model_store  # noqa: E402
 
 from recsvc.config import load_settings  # noqa: E402
 from recsvc.core.queries import RecommendQuery  # noqa: E402
+from recsvc.core.state import StoredItem  # noqa: E402
 from recsvc.server import load_recommender  # noqa: E402
 
 K = 10
@@ -48,24 +47,18 @@ FILTERS = [
 ]
 
 
-@dataclass(frozen=True)
-class Record:
-    """What the item log says about one item (recsvc.core.catalogue.ItemRecord)."""
-
-    attributes: Mapping[str, str] = field(default_factory=dict)
-    category: str = ""
-    deleted: bool = False
-    servable: bool = True
-
-
-def item_records(item_ids: list[str], seed: int = 5) -> dict[str, Record]:
+def item_records(item_ids: list[str], seed: int = 5) -> dict[str, StoredItem]:
     rng = np.random.default_rng(seed)
     prices = rng.integers(1, 201, len(item_ids))
     brands = rng.integers(0, 20, len(item_ids))
     in_stock = rng.random(len(item_ids)) < 0.8
     return {
-        item_id: Record(
-            {"price": str(int(p)), "brand": f"b{b}", "in_stock": "true" if s else "false"}
+        item_id: StoredItem(
+            item_id,
+            "",
+            {"price": str(int(p)), "brand": f"b{b}", "in_stock": "true" if s else "false"},
+            "",
+            None,
         )
         for item_id, p, b, s in zip(item_ids, prices, brands, in_stock, strict=True)
     }

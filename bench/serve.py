@@ -43,7 +43,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import redis
-import scipy.sparse as sp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -54,12 +53,16 @@ from recsvc.artifacts import ModelStore  # noqa: E402
 from recsvc.config import IndexSettings, TrainSettings, load_settings  # noqa: E402
 from recsvc.core.holder import RecommenderHolder  # noqa: E402
 from recsvc.core.queries import RecommendQuery  # noqa: E402
-from recsvc.data.matrix import Interactions, ReadReport  # noqa: E402
-from recsvc.fitting.factors import TrainedFactors  # noqa: E402
 from recsvc.index import IndexBuildParams  # noqa: E402
 from recsvc.metrics import RECOMMEND_BATCHED_CALLS, RECOMMEND_BATCHES  # noqa: E402
 from recsvc.store.redis_backend import tagged_vector, vector_key  # noqa: E402
-from recsvc.testing import free_port, redis_server, running_server, server_env  # noqa: E402
+from recsvc.testing import (  # noqa: E402
+    clustered_model_data,
+    free_port,
+    redis_server,
+    running_server,
+    server_env,
+)
 from recsvc.training.pipeline import build_model  # noqa: E402
 
 K = 10
@@ -67,24 +70,7 @@ K = 10
 
 def make_model_store(root: Path, n_items: int, n_users: int, dim: int) -> str:
     """A published model with synthetic clustered factors (training is bench/train.py's job)."""
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(50, dim))
-    items = centres[rng.integers(0, 50, n_items)] + 0.5 * rng.normal(size=(n_items, dim))
-    items *= rng.lognormal(sigma=0.7, size=(n_items, 1)) * 0.05
-    users = centres[rng.integers(0, 50, n_users)] + 0.5 * rng.normal(size=(n_users, dim))
-    rows = np.repeat(np.arange(n_users), 20)
-    cols = rng.integers(0, n_items, size=len(rows))
-    history = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), (n_users, n_items))
-    history.sum_duplicates()
-    history.data[:] = 1.0
-    data = Interactions(
-        [f"m{u}" for u in range(n_users)],
-        [f"i{i}" for i in range(n_items)],
-        history,
-        None,
-        ReadReport("synthetic", rows_read=history.nnz),
-    )
-    factors = TrainedFactors(users.astype(np.float32), items.astype(np.float32), "cpu", 0.0)
+    data, factors = clustered_model_data(n_items, n_users, dim, user_prefix="m")
     store = ModelStore(root)
     index = IndexSettings()
     model = build_model(data, factors, TrainSettings(factors=dim), index, store.new_version())

@@ -22,7 +22,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import scipy.sparse as sp
 from PIL import Image, ImageDraw
+
+from recsvc.data.matrix import Interactions, ReadReport
+from recsvc.fitting.factors import TrainedFactors
 
 # The directory that holds the recsvc package: the child processes run from it, so that
 # ``python -m recsvc`` imports this same copy of the code.
@@ -218,3 +223,30 @@ def make_product_images(directory: Path, per_kind: int = 20, seed: int = 7) -> P
     catalogue = directory / "catalogue.csv"
     catalogue.write_text("\n".join(lines) + "\n")
     return ProductImages(directory, catalogue, ids, kinds)
+
+
+def clustered_model_data(
+    n_items: int, n_users: int, dim: int, user_prefix: str = "u"
+) -> tuple[Interactions, TrainedFactors]:
+    """Synthetic training data and factors: items and users around 50 cluster centres, item
+    norms lognormal (as ALS factors' are, which is what makes inner-product graphs lose
+    recall), 20 random history items per user; ids ``i<n>`` and ``<user_prefix><n>``."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(50, dim))
+    items = centres[rng.integers(0, 50, n_items)] + 0.5 * rng.normal(size=(n_items, dim))
+    items *= rng.lognormal(sigma=0.7, size=(n_items, 1)) * 0.05
+    users = centres[rng.integers(0, 50, n_users)] + 0.5 * rng.normal(size=(n_users, dim))
+    rows = np.repeat(np.arange(n_users), 20)
+    cols = rng.integers(0, n_items, size=len(rows))
+    history = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), (n_users, n_items))
+    history.sum_duplicates()
+    history.data[:] = 1.0
+    data = Interactions(
+        [f"{user_prefix}{u}" for u in range(n_users)],
+        [f"i{i}" for i in range(n_items)],
+        history,
+        None,
+        ReadReport("synthetic", rows_read=history.nnz),
+    )
+    factors = TrainedFactors(users.astype(np.float32), items.astype(np.float32), "cpu", 0.0)
+    return data, factors

@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
 
@@ -210,18 +211,8 @@ class RedisItemLog:
             values = await self._redis.hmget(self.data_key, ids)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis: reading changed items failed: {exc}") from exc
-        items = {}
-        for value in values:
-            if value is None:
-                continue
-            try:
-                item = item_from_json(value)
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("%s: unreadable item record (%s)", self.data_key, exc)
-                continue
-            items[item.item_id] = item
         newest = max(int(score) for _, score in changed)
-        return ItemChanges(items, str(newest), complete=False)
+        return ItemChanges(self._parsed(values), str(newest), complete=False)
 
     async def acknowledge(self, replica: str, version: str, ttl_seconds: float) -> None:
         expires_ms = int((time.time() + ttl_seconds) * 1000)
@@ -256,8 +247,15 @@ class RedisItemLog:
             raw = await self._redis.hgetall(self.data_key)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis: reading items failed: {exc}") from exc
+        return self._parsed(raw.values())
+
+    def _parsed(self, values: Iterable[bytes | str | None]) -> dict[str, StoredItem]:
+        """The readable records among ``values``, by id (an unreadable one is logged, a
+        missing one skipped)."""
         items = {}
-        for value in raw.values():
+        for value in values:
+            if value is None:
+                continue
             try:
                 item = item_from_json(value)
             except (ValueError, KeyError, TypeError) as exc:

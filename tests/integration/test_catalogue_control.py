@@ -169,27 +169,17 @@ def test_upserts_merge_attributes_and_keep_what_they_do_not_send(
         stub.UpsertItems(
             pb.UpsertItemsRequest(items=[pb.Item(item_id=item, available=False)]), timeout=30
         )
-        hidden = stub.Recommend(
-            pb.RecommendRequest(
-                user_id=model.users.ids[0],
-                k=5,
-                exclude_seen=False,
-                categories=pb.CategoryFilter(include=["promo"]),
-            ),
-            timeout=10,
+        promoted = pb.RecommendRequest(
+            user_id=model.users.ids[0],
+            k=5,
+            exclude_seen=False,
+            categories=pb.CategoryFilter(include=["promo"]),
         )
+        hidden = stub.Recommend(promoted, timeout=10)
         stub.UpsertItems(
             pb.UpsertItemsRequest(items=[pb.Item(item_id=item, available=True)]), timeout=30
         )
-        shown = stub.Recommend(
-            pb.RecommendRequest(
-                user_id=model.users.ids[0],
-                k=5,
-                exclude_seen=False,
-                categories=pb.CategoryFilter(include=["promo"]),
-            ),
-            timeout=10,
-        )
+        shown = stub.Recommend(promoted, timeout=10)
     logged = FileItemLog.read_path(tmp_path / "store" / ITEM_LOG_FILE)[item]
     assert (first.created, first.updated) == (0, 1)  # the model knows it
     assert logged.category == "promo" and logged.attributes == {"a": "1", "c": "2"}

@@ -3,24 +3,20 @@ k matching items, recall against the exact filtered top-k, errors naming the req
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 from recsvc.artifacts import ModelStore
 from recsvc.config import IndexSettings, TrainSettings
 from recsvc.core.model import Model
 from recsvc.core.queries import RecommendQuery, SimilarQuery
 from recsvc.core.recommender import Recommender
-from recsvc.core.state import UserState
-from recsvc.data.matrix import Interactions, ReadReport
+from recsvc.core.state import StoredItem, UserState
 from recsvc.errors import InvalidArgument
-from recsvc.fitting.factors import TrainedFactors
 from recsvc.server import build_recommender
+from recsvc.testing import clustered_model_data
 from recsvc.training.pipeline import build_model
 from tests.conftest import BUILD, SEARCH
 from tests.unit.test_recommender import SETTINGS
@@ -28,35 +24,10 @@ from tests.unit.test_recommender import SETTINGS
 K = 10
 
 
-@dataclass(frozen=True)
-class Record:
-    attributes: Mapping[str, str] = field(default_factory=dict)
-    category: str = ""
-    deleted: bool = False
-    servable: bool = True
-
-
 def skewed_model(root: Path, n_items: int = 4000, n_users: int = 400, dim: int = 32) -> Model:
     """bench/serve.py's synthetic model, small: clustered factors with lognormal norms, on
     which the inner-product graph alone finds few of a narrow filter's best items."""
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(50, dim))
-    items = centres[rng.integers(0, 50, n_items)] + 0.5 * rng.normal(size=(n_items, dim))
-    items *= rng.lognormal(sigma=0.7, size=(n_items, 1)) * 0.05
-    users = centres[rng.integers(0, 50, n_users)] + 0.5 * rng.normal(size=(n_users, dim))
-    rows = np.repeat(np.arange(n_users), 20)
-    cols = rng.integers(0, n_items, size=len(rows))
-    history = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), (n_users, n_items))
-    history.sum_duplicates()
-    history.data[:] = 1.0
-    data = Interactions(
-        [f"u{u}" for u in range(n_users)],
-        [f"i{i}" for i in range(n_items)],
-        history,
-        None,
-        ReadReport("synthetic", rows_read=history.nnz),
-    )
-    factors = TrainedFactors(users.astype(np.float32), items.astype(np.float32), "cpu", 0.0)
+    data, factors = clustered_model_data(n_items, n_users, dim)
     store = ModelStore(root)
     model = build_model(data, factors, TrainSettings(factors=dim), IndexSettings(), "v1")
     store.publish(model, BUILD)
@@ -75,7 +46,13 @@ def recommender(
     model = recommender.model
     rng = np.random.default_rng(11)
     records = {
-        item_id: Record({"price": str(rng.integers(1, 101)), "brand": f"b{rng.integers(10)}"})
+        item_id: StoredItem(
+            item_id,
+            "",
+            {"price": str(rng.integers(1, 101)), "brand": f"b{rng.integers(10)}"},
+            "",
+            None,
+        )
         for item_id in model.items.ids
     }
     recommender.add_items([], records)

@@ -244,18 +244,7 @@ def test_train_worker_takes_in_items_upserted_while_serving(
         StoredItem("other-backbone", "bags", {}, "resnet50", photo),
         StoredItem("no-photo", "bags", {}, "efficientnet_lite0", None),
     ]
-    warm = [i for i in products.ids if i not in cold_ids]
-    worker = TrainWorker(
-        InteractionStore(tmp_path / "events"),
-        ModelStore(tmp_path / "models"),
-        TrainSettings(factors=8, iterations=5, threads=2),
-        SMALL_INDEX,
-        RetrainPolicy.from_settings(TEST_SETTINGS.workers),
-        base_interactions=kind_interactions(products, warm),
-        images=embedding_table,
-        upserted=lambda: upserted,
-    )
-    version = worker.run_once(force=True)
+    version = _train_with_logged_items(tmp_path, products, embedding_table, cold_ids, upserted)
     assert version is not None
     model = ModelStore(tmp_path / "models").load(version, SEARCH)
     assert "upserted-bag" in model.items and "other-backbone" not in model.items
@@ -276,6 +265,24 @@ def test_train_worker_drops_deleted_items_and_keeps_hidden_ones(
         StoredItem(deleted_cold, "", {}, "", None, available=False, deleted=True),
         StoredItem(hidden_warm, "bags", {}, "efficientnet_lite0", None, available=False),
     ]
+    version = _train_with_logged_items(tmp_path, products, embedding_table, cold_ids, logged)
+    assert version is not None
+    model = ModelStore(tmp_path / "models").load(version, SEARCH)
+    assert deleted_warm not in model.items and deleted_cold not in model.items
+    assert hidden_warm in model.items
+    assert model.info.statistics["cold_items"] == len(cold_ids) - 1
+
+
+def _train_with_logged_items(
+    tmp_path: Path,
+    products: ProductImages,
+    embedding_table: Path,
+    cold_ids: list[str],
+    logged: list[StoredItem],
+) -> str | None:
+    """One forced train-worker round on the warm products' interactions, the embedding table
+    and ``logged`` as the item log; the new version."""
+    warm = [i for i in products.ids if i not in cold_ids]
     worker = TrainWorker(
         InteractionStore(tmp_path / "events"),
         ModelStore(tmp_path / "models"),
@@ -286,9 +293,4 @@ def test_train_worker_drops_deleted_items_and_keeps_hidden_ones(
         images=embedding_table,
         upserted=lambda: logged,
     )
-    version = worker.run_once(force=True)
-    assert version is not None
-    model = ModelStore(tmp_path / "models").load(version, SEARCH)
-    assert deleted_warm not in model.items and deleted_cold not in model.items
-    assert hidden_warm in model.items
-    assert model.info.statistics["cold_items"] == len(cold_ids) - 1
+    return worker.run_once(force=True)
