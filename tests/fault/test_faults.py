@@ -80,6 +80,7 @@ def store_health(target: str) -> int:
 
 
 @pytest.mark.redis
+@pytest.mark.slow
 def test_redis_killed_under_load(model_store: Path, tmp_path: Path) -> None:
     port = free_port()
     env = server_env(
@@ -114,6 +115,7 @@ def clone_version(store: Path, source: str, name: str) -> None:
     (target / "manifest.json").write_text(json.dumps(manifest))
 
 
+@pytest.mark.slow
 def test_twenty_hot_swaps_under_load_fail_no_call(model_store: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
     shutil.copytree(model_store, store)

@@ -230,6 +230,7 @@ def damaged(draw: st.DrawFn, message: st.SearchStrategy[bytes]) -> bytes:
     method=st.sampled_from([SERVICE + name for name in METHODS] + [HEALTH_CHECK]),
     data=st.one_of(st.binary(max_size=200), raw_field_one, st.binary(min_size=1, max_size=8)),
 )
+@pytest.mark.slow
 def test_random_bytes_to_every_rpc(channel: grpc.Channel, method: str, data: bytes) -> None:
     call_raw(channel, method, data)
 

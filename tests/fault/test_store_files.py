@@ -588,6 +588,7 @@ def test_signing_key_from_the_environment_or_a_file(
         signing_key_from(load_settings())
 
 
+@pytest.mark.slow
 def test_serve_and_models_use_with_a_key_refuse_an_unsigned_store(
     model_store: Path, tmp_path: Path
 ) -> None:

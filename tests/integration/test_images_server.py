@@ -253,6 +253,7 @@ def test_bad_upserts_and_searches_name_the_field(stub: pb_grpc.RecommenderStub) 
     assert unknown.code() == grpc.StatusCode.NOT_FOUND and unknown.details().startswith("item_id:")
 
 
+@pytest.mark.slow
 def test_image_searches_keep_to_the_filter(
     stub: pb_grpc.RecommenderStub, products: ProductImages
 ) -> None:

@@ -108,6 +108,7 @@ def test_train_worker_publishes_when_due_and_refuses_a_worse_model(
     assert all(versions) and len(models.list_versions()) == 2
 
 
+@pytest.mark.slow
 def test_end_to_end_record_ingest_train_swap(
     model_store: Path, tmp_path: Path, demo_data_path: Path
 ) -> None:

@@ -30,6 +30,7 @@ def worker_pids(parent: int) -> list[int]:
 
 
 @pytest.mark.redis
+@pytest.mark.slow
 def test_two_workers_share_the_port_and_each_swaps_models(
     model_store: Path, tmp_path: Path
 ) -> None:
