@@ -114,9 +114,11 @@ class RecsvcClient:
         categories: CategoryFilter | None = None,
         filter: str = "",
         context: Mapping[str, str] | None = None,
+        explain: bool = False,
     ) -> Recommendation:
         """Top-k items for a user; ``filter``: an expression on item attributes
-        (docs/filters.md); ``context``: facts about the request that rules match on."""
+        (docs/filters.md); ``context``: facts about the request that rules match on;
+        ``explain``: give each item its reasons (docs/explanations.md)."""
         query = RecommendQuery(
             user_id,
             k,
@@ -126,6 +128,7 @@ class RecsvcClient:
             categories or CategoryFilter(),
             filter=filter,
             context=dict(context or {}),
+            explain=explain,
         )
         response = self._stub.Recommend(
             convert.recommend_query_to_pb(query), timeout=self.timeout, metadata=self._metadata

@@ -55,7 +55,14 @@ _RECOMMENDER = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
 METHOD_SCOPES: dict[str, Scope] = {
     **{
         f"/{_RECOMMENDER}/{name}": Scope.READ
-        for name in ("Recommend", "RecommendBatch", "SimilarItems", "SearchByImage", "GetModelInfo")
+        for name in (
+            "Recommend",
+            "RecommendBatch",
+            "RecommendFromExamples",
+            "SimilarItems",
+            "SearchByImage",
+            "GetModelInfo",
+        )
     },
     **{
         f"/{_RECOMMENDER}/{name}": Scope.WRITE

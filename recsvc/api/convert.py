@@ -14,6 +14,8 @@ from recsvc.core.model import ModelInfo
 from recsvc.core.queries import (
     CategoryFilter,
     ImageQuery,
+    Reason,
+    ReasonKind,
     Recommendation,
     RecommendQuery,
     ScoredItem,
@@ -67,6 +69,11 @@ def recommend_query_from_pb(message: pb.RecommendRequest) -> RecommendQuery:
         diversity=message.diversity,
         filter=message.filter,
         context=dict(message.context) if message.context else {},
+        explain=message.explain,
+        popularity_discount=(
+            message.popularity_discount if message.HasField("popularity_discount") else None
+        ),
+        interests=message.interests,
     )
 
 
@@ -162,6 +169,9 @@ def recommend_query_to_pb(query: RecommendQuery) -> pb.RecommendRequest:
         diversity=query.diversity,
         filter=query.filter,
         context=dict(query.context),
+        explain=query.explain,
+        popularity_discount=query.popularity_discount,
+        interests=query.interests,
     )
 
 
@@ -185,14 +195,48 @@ def _add_items(field: Any, items: list[ScoredItem]) -> None:
     as building the messages first (upb, 10 items: ~12 against ~23 us)."""
     add = field.add
     for item in items:
-        if item.rule:
+        if item.reasons:
+            add(item_id=item.item_id, score=item.score, rule=item.rule, reasons=_reasons(item))
+        elif item.rule:
             add(item_id=item.item_id, score=item.score, rule=item.rule)
         else:
             add(item_id=item.item_id, score=item.score)
 
 
+_REASON_KIND_TO_PB = {
+    ReasonKind.HISTORY_ITEM: pb.Reason.KIND_HISTORY_ITEM,
+    ReasonKind.VISUAL_NEIGHBOUR: pb.Reason.KIND_VISUAL_NEIGHBOUR,
+    ReasonKind.RULE: pb.Reason.KIND_RULE,
+}
+_REASON_KIND_FROM_PB = {value: key for key, value in _REASON_KIND_TO_PB.items()}
+
+
+def _reasons(item: ScoredItem) -> list[pb.Reason]:
+    return [
+        pb.Reason(
+            kind=_REASON_KIND_TO_PB[r.kind],
+            item_id=r.item_id,
+            contribution=r.contribution,
+            rule=r.rule,
+        )
+        for r in item.reasons
+    ]
+
+
 def _items_from_pb(items: list[pb.ScoredItem]) -> list[ScoredItem]:
-    return [ScoredItem(item.item_id, item.score, item.rule) for item in items]
+    return [
+        ScoredItem(
+            item.item_id,
+            item.score,
+            item.rule,
+            tuple(
+                Reason(_REASON_KIND_FROM_PB[r.kind], r.item_id, r.contribution, r.rule)
+                for r in item.reasons
+                if r.kind in _REASON_KIND_FROM_PB
+            ),
+        )
+        for item in items
+    ]
 
 
 def recommendation_to_pb(result: Recommendation) -> pb.RecommendResponse:

@@ -137,6 +137,7 @@ def add_call(commands: Any) -> None:
             recent_item_ids=a.recent or (),
             filter=a.filter,
             context=_pairs(a.context, "--context"),
+            explain=a.explain,
         ),
     )
     rec.add_argument("--user", default="", help="user id (may be empty with --recent)")
@@ -150,6 +151,12 @@ def add_call(commands: Any) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="facts about the request that rules match on, e.g. segment=vip",
+    )
+    rec.add_argument(
+        "--explain",
+        action="store_true",
+        help="give each item its reasons (history items, visual neighbour, rule), printed as "
+        "text instead of JSON (docs/explanations.md)",
     )
     sim = call(
         "similar",
@@ -326,6 +333,11 @@ def _run_call(args: argparse.Namespace, run: Callable[[Any, argparse.Namespace],
         except grpc.RpcError as exc:
             print(f"recsvc: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
+    if getattr(args, "explain", False):
+        from recsvc.cli.explained import format_explained
+
+        print(format_explained(result))
+        return 0
     print(json.dumps(result if isinstance(result, dict) else asdict(result), indent=2))
     return 0
 

@@ -124,13 +124,20 @@ def fold_in_with_model(
     own rule (see :func:`fold_in_segments`). The weights get the training's weight transform
     and its weighting where it is per-entry (binary); for bm25/tf-idf, which need corpus
     statistics, the (transformed) weights are an approximation."""
-    weights = transform_weights(weights, str(model.info.parameters.get("weight_transform", "none")))
-    if model.info.parameters.get("weighting") == "binary":
-        weights = np.ones_like(weights)
+    weights = model_weights(model, weights)
     yty = model.yty if model.info.algorithm == "als" else None
     return fold_in_segments(
         model.item_factors, yty, rows, weights, lengths, model.regularization, model.alpha
     )
+
+
+def model_weights(model: Model, weights: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Interaction weights (float32, shape (n,)) as the model's training saw them: its weight
+    transform, then ones for binary weighting (ALS confidence is ``alpha`` times these)."""
+    weights = transform_weights(weights, str(model.info.parameters.get("weight_transform", "none")))
+    if model.info.parameters.get("weighting") == "binary":
+        weights = np.ones_like(weights)
+    return weights
 
 
 def fold_in_segments(

@@ -12,6 +12,7 @@ import numpy.typing as npt
 from recsvc.core.added import AddedItems
 from recsvc.core.candidates import NO_ROWS, CandidateSearch, Extra, as_query
 from recsvc.core.catalogue import Catalogue
+from recsvc.core.explain import History, explain_items, explain_rules, history_of
 from recsvc.core.foldin import fold_in_with_model
 from recsvc.core.model import Model
 from recsvc.core.queries import Recommendation, RecommendQuery, ScoredItem, Strategy
@@ -38,6 +39,7 @@ class Plan:
     pool: int  # candidates wanted (k, or the pool diversity picks from)
     filtered: bool = False  # the query itself restricts what may be returned
     effects: QueryEffects | None = None  # what the business rules do to its candidates
+    history: History | None = None  # what its vector came from (only when it asks to explain)
 
     @property
     def batchable(self) -> bool:
@@ -121,6 +123,8 @@ def plan_query(
             False,
             lambda label: _popularity(model, label),
         )
+        if query.explain:  # popular items are not personalised: only rules give reasons
+            explain_rules(items)
         return Recommendation(items, model.version, Strategy.POPULAR)
     # Diversity and boosts re-rank a larger pool of the best candidates.
     pool = query.k
@@ -129,7 +133,12 @@ def plan_query(
     if boosted:
         pool = max(pool, boost_pool(query.k, model.info.num_items))
     extra = (added.factors, None) if len(added) else None
-    return Plan(query, vector, strategy, blocked, allowed, extra, added, pool, filtered, effects)
+    explained = None
+    if query.explain:
+        explained = history_of(search, query, state, user_row, vector is state.vector, added)
+    return Plan(
+        query, vector, strategy, blocked, allowed, extra, added, pool, filtered, effects, explained
+    )
 
 
 def _label(search: CandidateSearch, item_id: str, added: AddedItems) -> int | None:
@@ -188,6 +197,8 @@ def finish(
             query.diversity > 0,
             lambda label: _score(search, vector, label, added),
         )
+    if planned.history is not None:  # the query asked to explain (after ranking: final k only)
+        explain_items(search, planned.history, items, added)
     return Recommendation(items, search.model.version, planned.strategy)
 
 

@@ -64,6 +64,9 @@ class RecommendQuery:
     diversity: float = 0.0
     filter: str = ""  # a filter expression on item attributes (recsvc.core.filters)
     context: Mapping[str, str] = field(default_factory=dict)  # what rules match pins on
+    explain: bool = False  # give each item its reasons (ScoredItem.reasons)
+    popularity_discount: float | None = None  # 0..1; None: the server's default
+    interests: int = 0  # interest vectors per user; 0: the server's default
 
     def validate(self, limits: Limits, prefix: str = "") -> None:
         """Raise InvalidArgument naming the first bad field (``prefix`` locates it in a batch)."""
@@ -117,6 +120,23 @@ class ScoredItem:
     item_id: str
     score: float
     rule: str = ""  # the business rule that boosted or pinned it
+    reasons: tuple[Reason, ...] = ()  # why it was recommended (only when asked)
+
+
+class ReasonKind(StrEnum):
+    HISTORY_ITEM = "history_item"
+    VISUAL_NEIGHBOUR = "visual_neighbour"
+    RULE = "rule"
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """One reason an item was recommended (recsvc.v1.Reason says what each kind means)."""
+
+    kind: ReasonKind
+    item_id: str = ""
+    contribution: float = 0.0
+    rule: str = ""
 
 
 @dataclass(frozen=True)

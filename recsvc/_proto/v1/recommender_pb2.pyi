@@ -49,14 +49,38 @@ EVENT_TYPE_DISLIKE: EventType
 EVENT_TYPE_IMPRESSION: EventType
 
 class ScoredItem(_message.Message):
-    __slots__ = ("item_id", "score", "rule")
+    __slots__ = ("item_id", "score", "rule", "reasons")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     RULE_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     score: float
     rule: str
-    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., rule: _Optional[str] = ...) -> None: ...
+    reasons: _containers.RepeatedCompositeFieldContainer[Reason]
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., rule: _Optional[str] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ...) -> None: ...
+
+class Reason(_message.Message):
+    __slots__ = ("kind", "item_id", "contribution", "rule")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[Reason.Kind]
+        KIND_HISTORY_ITEM: _ClassVar[Reason.Kind]
+        KIND_VISUAL_NEIGHBOUR: _ClassVar[Reason.Kind]
+        KIND_RULE: _ClassVar[Reason.Kind]
+    KIND_UNSPECIFIED: Reason.Kind
+    KIND_HISTORY_ITEM: Reason.Kind
+    KIND_VISUAL_NEIGHBOUR: Reason.Kind
+    KIND_RULE: Reason.Kind
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    kind: Reason.Kind
+    item_id: str
+    contribution: float
+    rule: str
+    def __init__(self, kind: _Optional[_Union[Reason.Kind, str]] = ..., item_id: _Optional[str] = ..., contribution: _Optional[float] = ..., rule: _Optional[str] = ...) -> None: ...
 
 class CategoryFilter(_message.Message):
     __slots__ = ("include", "exclude")
@@ -67,7 +91,7 @@ class CategoryFilter(_message.Message):
     def __init__(self, include: _Optional[_Iterable[str]] = ..., exclude: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "k", "exclude_seen", "exclude_item_ids", "recent_item_ids", "categories", "diversity", "filter", "context")
+    __slots__ = ("user_id", "k", "exclude_seen", "exclude_item_ids", "recent_item_ids", "categories", "diversity", "filter", "context", "explain", "popularity_discount", "interests")
     class ContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +108,9 @@ class RecommendRequest(_message.Message):
     DIVERSITY_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    POPULARITY_DISCOUNT_FIELD_NUMBER: _ClassVar[int]
+    INTERESTS_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     k: int
     exclude_seen: bool
@@ -93,7 +120,10 @@ class RecommendRequest(_message.Message):
     diversity: float
     filter: str
     context: _containers.ScalarMap[str, str]
-    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_seen: _Optional[bool] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., recent_item_ids: _Optional[_Iterable[str]] = ..., categories: _Optional[_Union[CategoryFilter, _Mapping]] = ..., diversity: _Optional[float] = ..., filter: _Optional[str] = ..., context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    explain: bool
+    popularity_discount: float
+    interests: int
+    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_seen: _Optional[bool] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., recent_item_ids: _Optional[_Iterable[str]] = ..., categories: _Optional[_Union[CategoryFilter, _Mapping]] = ..., diversity: _Optional[float] = ..., filter: _Optional[str] = ..., context: _Optional[_Mapping[str, str]] = ..., explain: _Optional[bool] = ..., popularity_discount: _Optional[float] = ..., interests: _Optional[int] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
     __slots__ = ("items", "model_version", "strategy")
@@ -132,6 +162,42 @@ class SimilarItemsRequest(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., k: _Optional[int] = ..., mode: _Optional[_Union[SimilarityMode, str]] = ..., categories: _Optional[_Union[CategoryFilter, _Mapping]] = ..., filter: _Optional[str] = ...) -> None: ...
 
 class SimilarItemsResponse(_message.Message):
+    __slots__ = ("items", "model_version")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
+    model_version: str
+    def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class Example(_message.Message):
+    __slots__ = ("item_id", "image", "weight")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    image: bytes
+    weight: float
+    def __init__(self, item_id: _Optional[str] = ..., image: _Optional[bytes] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class RecommendFromExamplesRequest(_message.Message):
+    __slots__ = ("positives", "negatives", "k", "mode", "categories", "filter", "exclude_item_ids")
+    POSITIVES_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVES_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    positives: _containers.RepeatedCompositeFieldContainer[Example]
+    negatives: _containers.RepeatedCompositeFieldContainer[Example]
+    k: int
+    mode: SimilarityMode
+    categories: CategoryFilter
+    filter: str
+    exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, positives: _Optional[_Iterable[_Union[Example, _Mapping]]] = ..., negatives: _Optional[_Iterable[_Union[Example, _Mapping]]] = ..., k: _Optional[int] = ..., mode: _Optional[_Union[SimilarityMode, str]] = ..., categories: _Optional[_Union[CategoryFilter, _Mapping]] = ..., filter: _Optional[str] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RecommendFromExamplesResponse(_message.Message):
     __slots__ = ("items", "model_version")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]

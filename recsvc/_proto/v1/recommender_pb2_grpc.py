@@ -45,6 +45,11 @@ class RecommenderStub:
                 request_serializer=recsvc_dot___proto_dot_v1_dot_recommender__pb2.RecommendBatchRequest.SerializeToString,
                 response_deserializer=recsvc_dot___proto_dot_v1_dot_recommender__pb2.RecommendBatchResponse.FromString,
                 _registered_method=True)
+        self.RecommendFromExamples = channel.unary_unary(
+                '/recsvc.v1.Recommender/RecommendFromExamples',
+                request_serializer=recsvc_dot___proto_dot_v1_dot_recommender__pb2.RecommendFromExamplesRequest.SerializeToString,
+                response_deserializer=recsvc_dot___proto_dot_v1_dot_recommender__pb2.RecommendFromExamplesResponse.FromString,
+                _registered_method=True)
         self.SimilarItems = channel.unary_unary(
                 '/recsvc.v1.Recommender/SimilarItems',
                 request_serializer=recsvc_dot___proto_dot_v1_dot_recommender__pb2.SimilarItemsRequest.SerializeToString,
@@ -95,6 +100,14 @@ class RecommenderServicer:
 
     def RecommendBatch(self, request, context):
         """Recommend for many users in one call; every request is answered in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecommendFromExamples(self, request, context):
+        """Items like the positive examples and unlike the negative ones (item ids or photos), by
+        weighted vector arithmetic in the collaborative space, the visual space, or both.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -163,6 +176,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.RecommendBatch,
                     request_deserializer=recsvc_dot___proto_dot_v1_dot_recommender__pb2.RecommendBatchRequest.FromString,
                     response_serializer=recsvc_dot___proto_dot_v1_dot_recommender__pb2.RecommendBatchResponse.SerializeToString,
+            ),
+            'RecommendFromExamples': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecommendFromExamples,
+                    request_deserializer=recsvc_dot___proto_dot_v1_dot_recommender__pb2.RecommendFromExamplesRequest.FromString,
+                    response_serializer=recsvc_dot___proto_dot_v1_dot_recommender__pb2.RecommendFromExamplesResponse.SerializeToString,
             ),
             'SimilarItems': grpc.unary_unary_rpc_method_handler(
                     servicer.SimilarItems,
@@ -255,6 +273,33 @@ class Recommender:
             '/recsvc.v1.Recommender/RecommendBatch',
             recsvc_dot___proto_dot_v1_dot_recommender__pb2.RecommendBatchRequest.SerializeToString,
             recsvc_dot___proto_dot_v1_dot_recommender__pb2.RecommendBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecommendFromExamples(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsvc.v1.Recommender/RecommendFromExamples',
+            recsvc_dot___proto_dot_v1_dot_recommender__pb2.RecommendFromExamplesRequest.SerializeToString,
+            recsvc_dot___proto_dot_v1_dot_recommender__pb2.RecommendFromExamplesResponse.FromString,
             options,
             channel_credentials,
             insecure,
