@@ -42,6 +42,8 @@ def plot_tradeoff(curve: Sequence[dict[str, Any]], k: int, path: Path) -> None:
     for n, (d, x, y) in enumerate(zip(discounts, tail, ndcg, strict=True)):
         offset = (6, 4) if n % 2 == 0 else (6, -12)  # alternate: close points stay readable
         tradeoff.annotate(f"d={d:g}", (x, y), textcoords="offset points", xytext=offset)
+    if min(tail) > 0 and max(tail) > 4 * min(tail):  # spread the small shares of low discounts
+        tradeoff.set_xscale("log")
     tradeoff.set_xlabel(f"long-tail share@{k}")
     tradeoff.set_ylabel(f"nDCG@{k}")
     tradeoff.set_title("accuracy against long-tail exposure")
