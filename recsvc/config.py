@@ -156,6 +156,14 @@ class ServingSettings(_Section):
         le=1,
         description="Share of items (largest norms) also searched exactly.",
     )
+    popularity_discount: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Popularity discount of Recommend queries that do not set one (0..1; 0: "
+        "rank by score). Re-ranks the best max(3k, k+50) candidates by (1 - d) x score + d x "
+        "unpopularity, both scaled to the pool (docs/bias.md).",
+    )
     model_poll_seconds: float = Field(
         2.0, ge=0, le=3600, description="How often to look for a new model version; 0: never."
     )

@@ -173,9 +173,52 @@ def add_eval(commands: Any) -> None:
     _add_model_options(p)
     p.add_argument("--no-baselines", action="store_true", help="measure the model only")
     p.add_argument("--json", action="store_true", help="print one JSON object (default: a table)")
+    _add_bias_options(p)
     add_image_eval_options(p)
     common_options(p)
     p.set_defaults(run=_run_eval)
+
+
+def _add_bias_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("exposure and popularity bias (docs/bias.md)")
+    g.add_argument(
+        "--popularity-discount",
+        type=_discounts,
+        metavar="D[,D...]",
+        help="also measure the model at these popularity discounts (0..1, comma-separated): "
+        "the accuracy / exposure trade-off curve (default: none; with --plot: "
+        f"{','.join(str(d) for d in DEFAULT_CURVE)})",
+    )
+    g.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE",
+        help="write the trade-off curve as a PNG (needs matplotlib: pip install "
+        "'recsvc[plot]'; default: none)",
+    )
+    g.add_argument(
+        "--item-categories",
+        type=Path,
+        metavar="FILE",
+        help="items' categories for the per-category exposure: a MovieLens u.item (genres) or "
+        "a catalogue with item id and category columns (default: the u.item beside a u.data "
+        "--interactions file, else none)",
+    )
+
+
+DEFAULT_CURVE = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _discounts(text: str) -> tuple[float, ...]:
+    """--popularity-discount: comma-separated values in [0, 1]."""
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    bad = [v for v in values if not 0.0 <= v <= 1.0]  # also rejects NaN
+    if not values or bad:
+        raise argparse.ArgumentTypeError(f"each value must be in [0, 1], got {text!r}")
+    return values
 
 
 def _load_split(args: argparse.Namespace) -> tuple[Settings, Any, Any, int]:
@@ -201,10 +244,19 @@ def _run_eval(args: argparse.Namespace) -> int:
         print(json.dumps(run_image_eval(args, settings)))
         return 0
     settings, data, split, seed = _load_split(args)
+    categories = _item_categories(args, data.item_ids)
+    discounts = args.popularity_discount or (DEFAULT_CURVE if args.plot else ())
+    if args.plot:
+        from recsvc.evaluation.tradeoff_plot import require_matplotlib
+
+        require_matplotlib()  # before the fit: fail fast
     if args.no_baselines:
-        result: dict[str, Any] = {"model": evaluate_model(split, settings.train, args.k)}
+        model = evaluate_model(split, settings.train, args.k, False, categories, discounts)
+        result: dict[str, Any] = {"model": model}
     else:
-        result = evaluate_with_baselines(split, settings.train, args.k, seed)
+        result = evaluate_with_baselines(
+            split, settings.train, args.k, seed, categories=categories, discounts=discounts
+        )
     summary = {
         **{k: v for k, v in result["model"].items() if "@" in k},
         "protocol": args.protocol,
@@ -216,11 +268,36 @@ def _run_eval(args: argparse.Namespace) -> int:
         "params": train_parameters(settings.train),
         **result,
     }
+    if args.plot:
+        from recsvc.evaluation.tradeoff_plot import plot_tradeoff
+
+        plot_tradeoff(result["model"]["popularity_discount"], args.k, args.plot)
+        summary["plot"] = str(args.plot)
     if args.json:
         print(json.dumps(summary))
     else:
         _print_metrics_table(summary, args.k)
+        _print_exposure(summary, args.k)
     return 0
+
+
+def _item_categories(args: argparse.Namespace, item_ids: list[str]) -> list[tuple[str, ...]] | None:
+    """Each item's categories (in the interactions' item order), for the per-category
+    exposure; None when none are known."""
+    from recsvc.catalogue.reader import read_categories
+    from recsvc.data.movielens_items import is_movielens_items, read_genres
+
+    path = args.item_categories
+    if path is None:
+        beside = _interactions_path(args).with_name("u.item")
+        if _interactions_path(args).name != "u.data" or not beside.is_file():
+            return None
+        path = beside
+    if is_movielens_items(path):
+        by_item: dict[str, tuple[str, ...]] = read_genres(path)
+    else:
+        by_item = {item: (name,) for item, name in read_categories(path).items() if name}
+    return [by_item.get(item, ()) for item in item_ids]
 
 
 def _print_metrics_table(summary: dict[str, Any], k: int) -> None:
@@ -242,6 +319,36 @@ def _print_metrics_table(summary: dict[str, Any], k: int) -> None:
             f"test items never seen in training: {unseen['count']} "
             f"({unseen['test_interactions']} test interactions): {unseen['reason']}"
         )
+
+
+def _print_exposure(summary: dict[str, Any], k: int) -> None:
+    """The exposure metrics of each ranking, the trade-off curve and the model's
+    per-category exposure, when measured."""
+    rows = {"model": summary["model"], **summary.get("baselines", {})}
+    names = ["gini", "long_tail_share", "novelty"]
+    print(f"\nexposure at k={k} (long tail: outside the top 20% of items by training popularity)")
+    print(f"{'':12}" + "".join(f"{n + '@' + str(k):>20}" for n in names))
+    for label, metrics in rows.items():
+        print(f"{label:12}" + "".join(f"{metrics[f'{n}@{k}']:>20.4f}" for n in names))
+    curve = summary["model"].get("popularity_discount")
+    if curve:
+        names = ["ndcg", "long_tail_share", "gini", "novelty", "coverage", "mean_popularity"]
+        print("\nmodel by popularity discount (the accuracy / exposure trade-off)")
+        print(f"{'discount':>10}" + "".join(f"{n + '@' + str(k):>20}" for n in names))
+        for point in curve:
+            values = "".join(f"{point[f'{n}@{k}']:>20.4f}" for n in names)
+            print(f"{point['popularity_discount']:>10.2f}" + values)
+    by_category = summary["model"].get(f"category_exposure@{k}")
+    if by_category:
+        print("\nmodel exposure by category (share of slots vs share of the catalogue)")
+        print(f"{'category':20}{'exposure':>12}{'catalogue':>12}{'ratio':>10}")
+        for name, shares in by_category.items():
+            print(
+                f"{name[:20]:20}{shares['exposure']:>12.4f}{shares['catalogue']:>12.4f}"
+                f"{shares['ratio']:>10.2f}"
+            )
+    if "plot" in summary:
+        print(f"\ntrade-off plot written to {summary['plot']}")
 
 
 def add_tune(commands: Any) -> None:

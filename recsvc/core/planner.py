@@ -15,6 +15,7 @@ from recsvc.core.catalogue import Catalogue
 from recsvc.core.explain import History, explain_items, explain_rules, history_of
 from recsvc.core.foldin import fold_in_with_model
 from recsvc.core.model import Model
+from recsvc.core.popularity import candidate_popularity, discount_order, discount_pool
 from recsvc.core.queries import Recommendation, RecommendQuery, ScoredItem, Strategy
 from recsvc.core.ranking import mmr
 from recsvc.core.rule_effects import QueryEffects, apply_boosts, boost_pool, place_pins, resolve
@@ -40,6 +41,7 @@ class Plan:
     filtered: bool = False  # the query itself restricts what may be returned
     effects: QueryEffects | None = None  # what the business rules do to its candidates
     history: History | None = None  # what its vector came from (only when it asks to explain)
+    discount: float = 0.0  # popularity discount (recsvc.core.popularity), resolved
 
     @property
     def batchable(self) -> bool:
@@ -60,6 +62,7 @@ def plan_query(
     catalogue: Catalogue,
     matching: npt.NDArray[np.bool_] | None = None,
     rules: ActiveRules | None = None,
+    discount: float = 0.0,
 ) -> Plan | Recommendation:
     """What a query searches for (its vector, what it excludes), or its answer when there
     is nothing to search with (popular items). The query is already validated.
@@ -68,7 +71,9 @@ def plan_query(
     like the training history) and the user's folded-in vector, which wins over the model's
     own user factors. ``catalogue`` is the catalogue (and added-items table) the query started
     with; ``matching`` the mask of its filter expression, if it has one; ``rules`` the
-    business rules in force (recsvc.core.rule_effects says how they apply).
+    business rules in force (recsvc.core.rule_effects says how they apply); ``discount`` the
+    popularity discount (the query's or the server's default), applied to personalised and
+    session queries (the popular fallback is ranked by popularity, and stays so).
     """
     model = search.model
     added = catalogue.added
@@ -126,18 +131,32 @@ def plan_query(
         if query.explain:  # popular items are not personalised: only rules give reasons
             explain_rules(items)
         return Recommendation(items, model.version, Strategy.POPULAR)
-    # Diversity and boosts re-rank a larger pool of the best candidates.
+    # Diversity, boosts and the popularity discount re-rank a larger pool of the best
+    # candidates.
     pool = query.k
     if query.diversity > 0:
         pool = min(model.info.num_items, max(3 * query.k, query.k + 50))
     if boosted:
         pool = max(pool, boost_pool(query.k, model.info.num_items))
+    if discount > 0:
+        pool = max(pool, discount_pool(query.k, model.info.num_items))
     extra = (added.factors, None) if len(added) else None
     explained = None
     if query.explain:
         explained = history_of(search, query, state, user_row, vector is state.vector, added)
     return Plan(
-        query, vector, strategy, blocked, allowed, extra, added, pool, filtered, effects, explained
+        query,
+        vector,
+        strategy,
+        blocked,
+        allowed,
+        extra,
+        added,
+        pool,
+        filtered,
+        effects,
+        history=explained,
+        discount=discount,
     )
 
 
@@ -176,14 +195,12 @@ def finish(
     labels: npt.NDArray[np.int64],
     scores: npt.NDArray[np.float32],
 ) -> Recommendation:
-    """The answer from a plan's candidates: boosted, diversified when the query asks for
-    it, and pinned."""
+    """The answer from a plan's candidates: boosted, popularity-discounted and diversified
+    when the query asks for it, and pinned."""
     query, added = planned.query, planned.added
     if planned.effects is None:  # no rules: as before rules existed
-        if query.diversity > 0:
-            unit = search.unit_factors(labels, added)
-            picked, scores = mmr(np.arange(len(labels)), scores, unit, query.k, query.diversity)
-            labels = labels[picked]
+        if query.diversity > 0 or planned.discount > 0:
+            labels, scores = _reordered(search, planned, labels, scores)
         items = search.scored(labels, scores, added)
     else:
         vector = as_query(search.model.user_index, planned.vector)
@@ -196,10 +213,43 @@ def finish(
             planned.effects,
             query.diversity > 0,
             lambda label: _score(search, vector, label, added),
+            planned.discount,
         )
     if planned.history is not None:  # the query asked to explain (after ranking: final k only)
         explain_items(search, planned.history, items, added)
     return Recommendation(items, search.model.version, planned.strategy)
+
+
+def _reordered(
+    search: CandidateSearch,
+    planned: Plan,
+    labels: npt.NDArray[np.int64],
+    scores: npt.NDArray[np.float32],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """k of the pool (no rules): popularity-discounted, then diversified, as asked."""
+    query = planned.query
+    relevance = scores
+    if planned.discount > 0:
+        order, relevance = _discounted(search, labels, scores, planned.discount)
+        labels, scores = labels[order], scores[order]
+    if query.diversity > 0:
+        unit = search.unit_factors(labels, planned.added)
+        picked, _ = mmr(np.arange(len(labels)), relevance, unit, query.k, query.diversity)
+        return labels[picked], scores[picked]
+    return labels[: query.k], scores[: query.k]
+
+
+def _discounted(
+    search: CandidateSearch,
+    labels: npt.NDArray[np.int64],
+    scores: npt.NDArray[np.float32],
+    discount: float,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """The candidates' order under the popularity discount, and their discounted values in
+    that order (what diversity then weighs as relevance; the items keep their own scores)."""
+    popularity = candidate_popularity(search.model.item_popularity, labels)
+    order, adjusted = discount_order(scores, popularity, discount)
+    return order, adjusted.astype(np.float32)
 
 
 def _ranked(
@@ -211,16 +261,22 @@ def _ranked(
     effects: QueryEffects,
     diversify: bool,
     score_of: Callable[[int], float],
+    discount: float = 0.0,
 ) -> list[ScoredItem]:
-    """The candidates boosted, cut to k (or diversified), pinned: the order of
-    recsvc.core.rule_effects. ``score_of`` is the query's score of a pinned label."""
+    """The candidates boosted, popularity-discounted, cut to k (or diversified), pinned: the
+    order of recsvc.core.rule_effects. ``score_of`` is the query's score of a pinned label."""
     names: list[str] = []
     if effects.boosts:
         labels, scores, names = apply_boosts(labels, scores, effects.boosts)
+    relevance = scores
+    if discount > 0:  # after boosts: the discount weighs the boosted scores
+        order, relevance = _discounted(search, labels, scores, discount)
+        labels, scores = labels[order], scores[order]
+        names = [names[i] for i in order.tolist()] if names else names
     if diversify:
         unit = search.unit_factors(labels, added)
-        picked, scores = mmr(np.arange(len(labels)), scores, unit, query.k, query.diversity)
-        labels = labels[picked]
+        picked, _ = mmr(np.arange(len(labels)), relevance, unit, query.k, query.diversity)
+        labels, scores = labels[picked], scores[picked]
         names = [names[i] for i in picked.tolist()] if names else names
     else:
         labels, scores, names = labels[: query.k], scores[: query.k], names[: query.k]

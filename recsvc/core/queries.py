@@ -73,6 +73,11 @@ class RecommendQuery:
         check_k(self.k, limits, f"{prefix}k")
         if not 0.0 <= self.diversity <= 1.0:  # also rejects NaN
             raise InvalidArgument(f"{prefix}diversity", f"must be in [0, 1], got {self.diversity}")
+        discount = self.popularity_discount
+        if discount is not None and not 0.0 <= discount <= 1.0:  # also rejects NaN
+            raise InvalidArgument(
+                f"{prefix}popularity_discount", f"must be in [0, 1], got {discount}"
+            )
         if self.user_id:
             check_id(self.user_id, f"{prefix}user_id")
         elif not self.recent_item_ids:

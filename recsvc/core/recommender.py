@@ -38,9 +38,17 @@ class Recommender:
     A new model version means a new Recommender; callers swap the reference atomically.
     """
 
-    def __init__(self, model: Model, limits: Limits, exact_search_max_items: int = 0) -> None:
+    def __init__(
+        self,
+        model: Model,
+        limits: Limits,
+        exact_search_max_items: int = 0,
+        popularity_discount: float = 0.0,
+    ) -> None:
         self.model = model
         self.limits = limits
+        # The discount of queries that do not set one (RecommendQuery.popularity_discount).
+        self.popularity_discount = popularity_discount
         self.exact = model.info.num_items <= exact_search_max_items
         self._candidates = CandidateSearch(model, self.exact)
         self._filter_masks = FilterMasks()
@@ -104,7 +112,7 @@ class Recommender:
             for n, query in enumerate(queries)
         ]
         plans = [
-            plan_query(search, query, state, catalogue, mask, rules)
+            plan_query(search, query, state, catalogue, mask, rules, self._discount(query))
             for query, state, mask in zip(queries, states, masks, strict=True)
         ]
         found: dict[int, tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]] = {}
@@ -136,6 +144,11 @@ class Recommender:
             )
             results.append(finish(search, planned, labels, scores))
         return results
+
+    def _discount(self, query: RecommendQuery) -> float:
+        """The query's popularity discount, or the server's default when it sets none."""
+        given = query.popularity_discount
+        return self.popularity_discount if given is None else given
 
     def filter_mask(
         self, text: str, field: str = "filter", catalogue: Catalogue | None = None

@@ -6,8 +6,10 @@ Order, as the planner applies it:
    boost applies, as for diversity, so that boosted items from further down can move up).
    A score ``s >= 0`` becomes ``s * factor``, a negative one ``s / factor``: a factor above 1
    always moves an item up, below 1 always down. Several boosts that match one item multiply.
-2. The list is cut to k, or diversity (MMR) picks k from the re-scored pool.
-3. **Pins** put their items at their positions (1-based), in order of position; a pinned item
+2. The popularity discount, when the query has one, re-orders the pool (recsvc.core.popularity;
+   boosted scores are what it discounts).
+3. The list is cut to k, or diversity (MMR) picks k from the re-scored pool.
+4. **Pins** put their items at their positions (1-based), in order of position; a pinned item
    already in the list moves there, one that is not enters there and the last item leaves.
    Two pins at one position: the one first in the document gets it, the other goes below it.
    A pin further down than the list is long goes at its end; one beyond k applies not at all.

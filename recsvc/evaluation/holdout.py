@@ -18,13 +18,19 @@ Users without test interactions are not evaluated. Metrics at k, averaged over e
 - MAP (our definition): AP@k = (sum over hits at rank r of precision@r) / min(k, |relevant|);
 - coverage: distinct items recommended to anyone / catalogue size;
 - mean popularity: mean, over all recommended items, of the share of training users who
-  interacted with the item.
+  interacted with the item;
+- exposure (bias): Gini coefficient of item exposure, long-tail share, novelty and, when the
+  items' categories are known, per-category exposure against catalogue share
+  (recsvc.evaluation.exposure).
+
+With a popularity discount, each user's best ``discount_pool(k)`` items are re-ranked by the
+serving rule (recsvc.core.popularity) before the top k are taken, as Recommend does.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,7 +39,9 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from recsvc.config import TrainSettings
+from recsvc.core.popularity import discount_pool, popularity_adjusted
 from recsvc.errors import DataError
+from recsvc.evaluation import exposure as bias
 from recsvc.fitting.factors import fit_factors
 
 Protocol = Literal["stratified-item", "stratified-user", "leave-last-n"]
@@ -122,8 +130,16 @@ def _latest_per_group(
     return latest
 
 
-def ranking_metrics(scorer: Scorer, split: Split, k: int) -> dict[str, float]:
-    """Metrics at ``k`` (see the module docstring) of the ranking that ``scorer`` gives."""
+def ranking_metrics(
+    scorer: Scorer,
+    split: Split,
+    k: int,
+    discount: float = 0.0,
+    categories: Sequence[Sequence[str]] | None = None,
+) -> dict[str, Any]:
+    """Metrics at ``k`` (see the module docstring) of the ranking that ``scorer`` gives,
+    re-ranked by the popularity ``discount`` (0: none). ``categories``: each item's categories
+    (one entry per column of the split), for the per-category exposure."""
     train, test = split.train, split.test
     n_users, n_items = train.shape
     users = np.flatnonzero(np.diff(test.indptr))
@@ -132,16 +148,16 @@ def ranking_metrics(scorer: Scorer, split: Split, k: int) -> dict[str, float]:
     k = min(k, n_items)
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     totals = dict.fromkeys(("precision", "recall", "ndcg", "map", "hit_rate"), 0.0)
-    recommended = np.zeros(n_items, dtype=bool)
-    popularity = np.bincount(train.indices, minlength=n_items) / max(n_users, 1)
+    counts = np.bincount(train.indices, minlength=n_items)
+    popularity = counts / max(n_users, 1)
     popularity_sum = 0.0
+    exposure = np.zeros(n_items, dtype=np.int64)
     for start in range(0, len(users), USER_BATCH):
         batch = users[start : start + USER_BATCH]
         scores = np.array(scorer(batch), dtype=np.float32, copy=True)
         seen = train[batch]
         scores[np.repeat(np.arange(len(batch)), np.diff(seen.indptr)), seen.indices] = -np.inf
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), 1), 1)
+        top = _top(scores, k, counts, discount)
         relevant = test[batch]
         hits = np.asarray(relevant[np.arange(len(batch))[:, None], top].todense()) > 0
         n_relevant = np.diff(relevant.indptr).astype(np.float64)
@@ -155,12 +171,56 @@ def ranking_metrics(scorer: Scorer, split: Split, k: int) -> dict[str, float]:
             ((precision_at * hits).sum(axis=1) / np.minimum(n_relevant, k)).sum()
         )
         totals["hit_rate"] += float((n_hits > 0).sum())
-        recommended[top.ravel()] = True
+        exposure += np.bincount(top.ravel(), minlength=n_items)
         popularity_sum += float(popularity[top].sum())
-    metrics = {f"{name}@{k}": round(value / len(users), 6) for name, value in totals.items()}
-    metrics[f"coverage@{k}"] = round(float(recommended.mean()), 6)
+    metrics: dict[str, Any] = {
+        f"{name}@{k}": round(value / len(users), 6) for name, value in totals.items()
+    }
+    metrics[f"coverage@{k}"] = round(float((exposure > 0).mean()), 6)
     metrics[f"mean_popularity@{k}"] = round(popularity_sum / (len(users) * k), 6)
+    metrics.update(exposure_metrics(exposure, counts, n_users, k, categories))
     metrics["users_evaluated"] = len(users)
+    return metrics
+
+
+def _top(
+    scores: npt.NDArray[np.float32],
+    k: int,
+    counts: npt.NDArray[np.int64],
+    discount: float,
+) -> npt.NDArray[np.int64]:
+    """Each row's top ``k`` items, best first (scores: (users, n_items)): by score, or with
+    a discount, the best ``discount_pool(k)`` by score re-ranked by the serving rule."""
+    n_items = scores.shape[1]
+    pool = discount_pool(k, n_items) if discount > 0 else k
+    top = np.argpartition(-scores, pool - 1, axis=1)[:, :pool] if pool < n_items else None
+    if top is None:
+        top = np.broadcast_to(np.arange(n_items), scores.shape)
+    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), 1), 1)
+    if discount > 0:
+        adjusted = popularity_adjusted(np.take_along_axis(scores, top, 1), counts[top], discount)
+        top = np.take_along_axis(top, np.argsort(-adjusted, axis=1, kind="stable"), 1)
+    return np.ascontiguousarray(top[:, :k])
+
+
+def exposure_metrics(
+    exposure: npt.NDArray[np.int64],
+    counts: npt.NDArray[np.int64],
+    n_users: int,
+    k: int,
+    categories: Sequence[Sequence[str]] | None = None,
+) -> dict[str, Any]:
+    """Gini, long-tail share, novelty (and per-category exposure) at ``k`` of the slots
+    ``exposure`` (per item), against the training popularity ``counts`` of ``n_users``."""
+    metrics: dict[str, Any] = {
+        f"gini@{k}": round(bias.gini(exposure), 6),
+        f"long_tail_share@{k}": round(
+            bias.long_tail_share(exposure, bias.long_tail_mask(counts)), 6
+        ),
+        f"novelty@{k}": round(bias.novelty(exposure, bias.self_information(counts, n_users)), 6),
+    }
+    if categories is not None:
+        metrics[f"category_exposure@{k}"] = bias.category_exposure(exposure, categories)
     return metrics
 
 
@@ -186,27 +246,66 @@ BPR_BASELINE = TrainSettings(
 
 
 def evaluate_model(
-    split: Split, settings: TrainSettings, k: int, progress: bool = False
+    split: Split,
+    settings: TrainSettings,
+    k: int,
+    progress: bool = False,
+    categories: Sequence[Sequence[str]] | None = None,
+    discounts: Sequence[float] = (),
 ) -> dict[str, Any]:
-    """Fit ``settings`` on the training part and measure it on the test part."""
+    """Fit ``settings`` on the training part and measure it on the test part; with
+    ``discounts``, also the trade-off curve (``popularity_discount``: one entry per value)."""
     factors = fit_factors(split.train, settings, progress=progress)
-    metrics = ranking_metrics(factor_scorer(factors.user_factors, factors.item_factors), split, k)
-    return {**metrics, "fit_seconds": round(factors.seconds, 3), "device": factors.device}
+    scorer = factor_scorer(factors.user_factors, factors.item_factors)
+    metrics = ranking_metrics(scorer, split, k, categories=categories)
+    result = {**metrics, "fit_seconds": round(factors.seconds, 3), "device": factors.device}
+    if discounts:
+        result["popularity_discount"] = discount_curve(scorer, split, k, discounts, metrics)
+    return result
+
+
+def discount_curve(
+    scorer: Scorer,
+    split: Split,
+    k: int,
+    discounts: Sequence[float],
+    undiscounted: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The metrics of ``scorer``'s rankings at each popularity discount: the accuracy /
+    exposure trade-off. ``undiscounted``: the metrics at 0, if already measured."""
+    curve = []
+    for discount in discounts:
+        if discount == 0 and undiscounted is not None:
+            metrics = undiscounted
+        else:
+            metrics = ranking_metrics(scorer, split, k, discount=discount)
+        kept = {name: value for name, value in metrics.items() if "category_exposure" not in name}
+        curve.append({"popularity_discount": discount, **kept})
+    return curve
 
 
 def evaluate_with_baselines(
-    split: Split, settings: TrainSettings, k: int, seed: int, progress: bool = False
+    split: Split,
+    settings: TrainSettings,
+    k: int,
+    seed: int,
+    progress: bool = False,
+    categories: Sequence[Sequence[str]] | None = None,
+    discounts: Sequence[float] = (),
 ) -> dict[str, Any]:
-    """The model and, in the same run, popularity, random and (for ALS) BPR."""
+    """The model and, in the same run, popularity, random and (for ALS) BPR; the trade-off
+    curve of ``discounts`` for the model only."""
     started = time.perf_counter()
-    model = evaluate_model(split, settings, k, progress)
+    model = evaluate_model(split, settings, k, progress, categories, discounts)
     baselines: dict[str, Any] = {
-        "popularity": ranking_metrics(popularity_scorer(split.train), split, k),
-        "random": ranking_metrics(random_scorer(split.train.shape[1], seed), split, k),
+        "popularity": ranking_metrics(popularity_scorer(split.train), split, k, 0.0, categories),
+        "random": ranking_metrics(
+            random_scorer(split.train.shape[1], seed), split, k, 0.0, categories
+        ),
     }
     if settings.algorithm == "als":
         bpr = BPR_BASELINE.model_copy(update={"seed": settings.seed, "device": settings.device})
-        baselines["bpr"] = evaluate_model(split, bpr, k)
+        baselines["bpr"] = evaluate_model(split, bpr, k, categories=categories)
     return {
         "model": model,
         "baselines": baselines,
