@@ -323,7 +323,9 @@ def _signed(settings: Settings) -> bool:
 def build_recommender(settings: Settings, model: Model) -> Recommender:
     """A Recommender over ``model``, limited and searched as the settings say."""
     serving = settings.serving
-    return Recommender(model, Limits.from_settings(serving), serving.exact_search_max_items)
+    return Recommender(
+        model, Limits.from_settings(serving), serving.exact_search_max_items, serving.interests
+    )
 
 
 async def stop_server(handle: ServerHandle, grace: float) -> None:

@@ -173,9 +173,35 @@ def add_eval(commands: Any) -> None:
     _add_model_options(p)
     p.add_argument("--no-baselines", action="store_true", help="measure the model only")
     p.add_argument("--json", action="store_true", help="print one JSON object (default: a table)")
+    _add_interest_options(p)
     add_image_eval_options(p)
     common_options(p)
     p.set_defaults(run=_run_eval)
+
+
+def _add_interest_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("users with several tastes (docs/interests.md)")
+    g.add_argument(
+        "--interests",
+        type=int,
+        nargs="+",
+        metavar="M",
+        help="instead of the baselines: the lists of up to M interest vectors per user, for "
+        "each M given (1: the single vector), with intra-list diversity and, with --genres, "
+        "genre coverage (default: not measured)",
+    )
+    g.add_argument(
+        "--interest-vector",
+        choices=["fold-in", "mean"],
+        default="fold-in",
+        help="an interest's vector: the fold-in of its items (what serving does) or their mean "
+        "item factor",
+    )
+    g.add_argument(
+        "--genres",
+        type=Path,
+        help="MovieLens u.item file: the items' genres, for genre coverage (default: none)",
+    )
 
 
 def _load_split(args: argparse.Namespace) -> tuple[Settings, Any, Any, int]:
@@ -201,6 +227,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         print(json.dumps(run_image_eval(args, settings)))
         return 0
     settings, data, split, seed = _load_split(args)
+    if args.interests:
+        return _run_interest_eval(args, settings, data, split)
     if args.no_baselines:
         result: dict[str, Any] = {"model": evaluate_model(split, settings.train, args.k)}
     else:
@@ -220,6 +248,35 @@ def _run_eval(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         _print_metrics_table(summary, args.k)
+    return 0
+
+
+def _run_interest_eval(args: argparse.Namespace, settings: Settings, data: Any, split: Any) -> int:
+    from recsvc.core.queries import MAX_INTERESTS
+    from recsvc.data.movielens_genres import read_movielens_genres
+    from recsvc.evaluation.interests import evaluate_interests
+
+    if any(not 1 <= m <= MAX_INTERESTS for m in args.interests):
+        raise ConfigError(f"--interests: each M must be in [1, {MAX_INTERESTS}]")
+    genres = None
+    if args.genres is not None:
+        genres = read_movielens_genres(args.genres, data.item_ids)[1]
+    result = evaluate_interests(
+        split, settings.train, args.k, args.interests, genres, args.interest_vector
+    )
+    result = {"protocol": args.protocol, "data": data.statistics(), **result}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    names = ["ndcg", "precision", "recall", "coverage", "intra_list_diversity"]
+    if genres is not None:
+        names += ["genres_per_list", "genre_coverage"]
+    k = args.k
+    print(f"protocol {args.protocol}, k={k}, interest vector {args.interest_vector}")
+    print(f"{'M':>3}" + "".join(f"{n + '@' + str(k):>26}" for n in names) + f"{'users split':>14}")
+    for m, metrics in result["interests"].items():
+        row = "".join(f"{metrics[f'{n}@{k}']:>26.4f}" for n in names)
+        print(f"{m:>3}{row}{metrics['users_split']:>14}")
     return 0
 
 
