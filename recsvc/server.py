@@ -328,6 +328,7 @@ def build_recommender(settings: Settings, model: Model) -> Recommender:
         Limits.from_settings(serving),
         serving.exact_search_max_items,
         popularity_discount=serving.popularity_discount,
+        interests=serving.interests,
     )
 
 

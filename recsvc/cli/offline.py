@@ -174,6 +174,7 @@ def add_eval(commands: Any) -> None:
     p.add_argument("--no-baselines", action="store_true", help="measure the model only")
     p.add_argument("--json", action="store_true", help="print one JSON object (default: a table)")
     _add_bias_options(p)
+    _add_interest_options(p)
     add_image_eval_options(p)
     common_options(p)
     p.set_defaults(run=_run_eval)
@@ -221,6 +222,26 @@ def _discounts(text: str) -> tuple[float, ...]:
     return values
 
 
+def _add_interest_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("users with several tastes (docs/interests.md)")
+    g.add_argument(
+        "--interests",
+        type=int,
+        nargs="+",
+        metavar="M",
+        help="instead of the baselines: the lists of up to M interest vectors per user, for "
+        "each M given (1: the single vector), with intra-list diversity and, when categories are "
+        "known (--item-categories), category coverage (default: not measured)",
+    )
+    g.add_argument(
+        "--interest-vector",
+        choices=["fold-in", "mean"],
+        default="fold-in",
+        help="an interest's vector: the fold-in of its items (what serving does) or their mean "
+        "item factor",
+    )
+
+
 def _load_split(args: argparse.Namespace) -> tuple[Settings, Any, Any, int]:
     """eval and tune: settings, the interactions, their split by the protocol, and its seed."""
     from recsvc.data.interaction_files import read_interactions
@@ -250,6 +271,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         from recsvc.evaluation.tradeoff_plot import require_matplotlib
 
         require_matplotlib()  # before the fit: fail fast
+    if args.interests:
+        return _run_interest_eval(args, settings, data, split, categories)
     if args.no_baselines:
         model = evaluate_model(split, settings.train, args.k, False, categories, discounts)
         result: dict[str, Any] = {"model": model}
@@ -298,6 +321,38 @@ def _item_categories(args: argparse.Namespace, item_ids: list[str]) -> list[tupl
     else:
         by_item = {item: (name,) for item, name in read_categories(path).items() if name}
     return [by_item.get(item, ()) for item in item_ids]
+
+
+def _run_interest_eval(
+    args: argparse.Namespace,
+    settings: Settings,
+    data: Any,
+    split: Any,
+    categories: list[tuple[str, ...]] | None,
+) -> int:
+    from recsvc.core.queries import MAX_INTERESTS
+    from recsvc.evaluation.interests import category_matrix, evaluate_interests
+
+    if any(not 1 <= m <= MAX_INTERESTS for m in args.interests):
+        raise ConfigError(f"--interests: each M must be in [1, {MAX_INTERESTS}]")
+    genres = category_matrix(categories) if categories is not None else None
+    result = evaluate_interests(
+        split, settings.train, args.k, args.interests, genres, args.interest_vector
+    )
+    result = {"protocol": args.protocol, "data": data.statistics(), **result}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    names = ["ndcg", "precision", "recall", "coverage", "intra_list_diversity"]
+    if genres is not None:
+        names += ["genres_per_list", "genre_coverage"]
+    k = args.k
+    print(f"protocol {args.protocol}, k={k}, interest vector {args.interest_vector}")
+    print(f"{'M':>3}" + "".join(f"{n + '@' + str(k):>26}" for n in names) + f"{'users split':>14}")
+    for m, metrics in result["interests"].items():
+        row = "".join(f"{metrics[f'{n}@{k}']:>26.4f}" for n in names)
+        print(f"{m:>3}{row}{metrics['users_split']:>14}")
+    return 0
 
 
 def _print_metrics_table(summary: dict[str, Any], k: int) -> None:

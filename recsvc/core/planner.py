@@ -14,6 +14,7 @@ from recsvc.core.candidates import NO_ROWS, CandidateSearch, Extra, as_query
 from recsvc.core.catalogue import Catalogue
 from recsvc.core.explain import History, explain_items, explain_rules, history_of
 from recsvc.core.foldin import fold_in_with_model
+from recsvc.core.interests import Interests, find_interests, history_rows, merge_interests
 from recsvc.core.model import Model
 from recsvc.core.popularity import candidate_popularity, discount_order, discount_pool
 from recsvc.core.queries import Recommendation, RecommendQuery, ScoredItem, Strategy
@@ -42,12 +43,13 @@ class Plan:
     effects: QueryEffects | None = None  # what the business rules do to its candidates
     history: History | None = None  # what its vector came from (only when it asks to explain)
     discount: float = 0.0  # popularity discount (recsvc.core.popularity), resolved
+    interests: Interests | None = None  # several interest vectors (recsvc.core.interests)
 
     @property
     def batchable(self) -> bool:
-        """Served by the shared graph search: no filter of its own and no added items (hidden
-        items are dropped from its results afterwards)."""
-        return not self.filtered and self.extra is None
+        """Served by the shared graph search: no filter of its own, no added items (hidden
+        items are dropped from its results afterwards) and one vector."""
+        return not self.filtered and self.extra is None and self.interests is None
 
     @property
     def fetch(self) -> int:
@@ -63,6 +65,7 @@ def plan_query(
     matching: npt.NDArray[np.bool_] | None = None,
     rules: ActiveRules | None = None,
     discount: float = 0.0,
+    default_interests: int = 1,
 ) -> Plan | Recommendation:
     """What a query searches for (its vector, what it excludes), or its answer when there
     is nothing to search with (popular items). The query is already validated.
@@ -73,7 +76,8 @@ def plan_query(
     with; ``matching`` the mask of its filter expression, if it has one; ``rules`` the
     business rules in force (recsvc.core.rule_effects says how they apply); ``discount`` the
     popularity discount (the query's or the server's default), applied to personalised and
-    session queries (the popular fallback is ranked by popularity, and stays so).
+    session queries (the popular fallback is ranked by popularity, and stays so);
+    ``default_interests`` the interest vectors of a query that leaves ``interests`` at 0.
     """
     model = search.model
     added = catalogue.added
@@ -144,6 +148,9 @@ def plan_query(
     explained = None
     if query.explain:
         explained = history_of(search, query, state, user_row, vector is state.vector, added)
+    interests = None
+    if (wanted := query.interests or default_interests) > 1:  # one vector: nothing more
+        interests = _interests(model, strategy, user_row, recent_rows, state, wanted)
     return Plan(
         query,
         vector,
@@ -157,7 +164,46 @@ def plan_query(
         effects,
         history=explained,
         discount=discount,
+        interests=interests,
     )
+
+
+def _interests(
+    model: Model,
+    strategy: Strategy,
+    user_row: int | None,
+    recent_rows: npt.NDArray[np.int64],
+    state: UserState,
+    wanted: int,
+) -> Interests | None:
+    """Up to ``wanted`` interest vectors: of the session's items, or of the user's history
+    (training and since); None when it holds one interest only."""
+    if strategy is Strategy.SESSION:
+        rows = np.unique(recent_rows[recent_rows < model.info.num_items])
+        weights = np.ones(len(rows), dtype=np.float32)
+    else:
+        rows, weights = history_rows(model, user_row, state.history, state.dislikes)
+    return find_interests(model, rows, weights, wanted)
+
+
+def search_interests(
+    search: CandidateSearch, planned: Plan
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """The candidates of a plan with several interests: each interest vector searched with the
+    plan's exclusions and filters, the lists merged by recsvc.core.interests.merge_interests."""
+    assert planned.interests is not None
+    lists = [
+        search.search(
+            search.model.user_index,
+            vector,
+            planned.pool,
+            planned.blocked,
+            planned.allowed,
+            extra=planned.extra,
+        )
+        for vector in planned.interests.vectors
+    ]
+    return merge_interests(lists, planned.interests.shares, planned.pool)
 
 
 def _label(search: CandidateSearch, item_id: str, added: AddedItems) -> int | None:

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 MAX_ID_BYTES = 256
 # RecommendRequest.context: entries, and bytes of each key and value (the proto's limit).
 MAX_CONTEXT_ENTRIES = 64
+# RecommendRequest.interests: the most interest vectors a user is split into (each one is a
+# search; recsvc.core.interests). RECSVC_SERVING__INTERESTS has the same bound.
+MAX_INTERESTS = 8
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,11 @@ class RecommendQuery:
         check_categories(self.categories, limits, f"{prefix}categories")
         check_context(self.context, f"{prefix}context")
         parse_filter(self.filter, f"{prefix}filter")  # syntax only: types need the catalogue
+        if not 0 <= self.interests <= MAX_INTERESTS:
+            raise InvalidArgument(
+                f"{prefix}interests",
+                f"must be in [0, {MAX_INTERESTS}] (0: the server's default), got {self.interests}",
+            )
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from recsvc.core.catalogue import Catalogue, ItemRecord, build_catalogue, update
 from recsvc.core.filters import FilterMasks
 from recsvc.core.foldin import fold_in_histories
 from recsvc.core.model import Model, VisualPart
-from recsvc.core.planner import batches, finish, plan_query
+from recsvc.core.planner import batches, finish, plan_query, search_interests
 from recsvc.core.queries import (
     ImageQuery,
     Limits,
@@ -44,11 +44,13 @@ class Recommender:
         limits: Limits,
         exact_search_max_items: int = 0,
         popularity_discount: float = 0.0,
+        interests: int = 1,
     ) -> None:
         self.model = model
         self.limits = limits
         # The discount of queries that do not set one (RecommendQuery.popularity_discount).
         self.popularity_discount = popularity_discount
+        self.interests = interests  # interest vectors of a query that leaves them at 0
         self.exact = model.info.num_items <= exact_search_max_items
         self._candidates = CandidateSearch(model, self.exact)
         self._filter_masks = FilterMasks()
@@ -112,7 +114,9 @@ class Recommender:
             for n, query in enumerate(queries)
         ]
         plans = [
-            plan_query(search, query, state, catalogue, mask, rules, self._discount(query))
+            plan_query(
+                search, query, state, catalogue, mask, rules, self._discount(query), self.interests
+            )
             for query, state, mask in zip(queries, states, masks, strict=True)
         ]
         found: dict[int, tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]] = {}
@@ -134,13 +138,17 @@ class Recommender:
             if isinstance(planned, Recommendation):
                 results.append(planned)
                 continue
-            labels, scores = found.get(n) or search.search(
-                self.model.user_index,
-                planned.vector,
-                planned.pool,
-                planned.blocked,
-                planned.allowed,
-                extra=planned.extra,
+            labels, scores = found.get(n) or (
+                search.search(
+                    self.model.user_index,
+                    planned.vector,
+                    planned.pool,
+                    planned.blocked,
+                    planned.allowed,
+                    extra=planned.extra,
+                )
+                if planned.interests is None
+                else search_interests(search, planned)  # several interest vectors
             )
             results.append(finish(search, planned, labels, scores))
         return results
