@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
 from recsvc.config import ServingSettings
+from recsvc.core.added import NewItem
 from recsvc.core.examples import MAX_EXAMPLES, Example, ExamplesQuery, combine
 from recsvc.core.model import Model
 from recsvc.core.queries import CategoryFilter, Limits, SimilarityMode, SimilarQuery
 from recsvc.core.recommender import Recommender
 from recsvc.errors import FailedPrecondition, InvalidArgument, NotFound, RecsvcError
 from recsvc.server import build_recommender
+from recsvc.testing import ProductImages, product_picture
+from recsvc.vision.embedder import ImageEmbedder
 from tests.conftest import TEST_SETTINGS
 
 SETTINGS = TEST_SETTINGS.model_copy(
@@ -229,3 +234,54 @@ def test_examples_that_cancel_out_are_refused(recommender: Recommender, model: M
     cancelled = failure(recommender, ExamplesQuery((Example(known),), (Example(known),)))
     assert isinstance(cancelled, InvalidArgument)
     assert str(cancelled).startswith("negatives: the examples cancel out")
+
+
+# ------------------------------------------------------------------ photos and added items
+
+
+def test_added_items_and_photos_are_examples(
+    image_model: Model, products: ProductImages, embedder: ImageEmbedder
+) -> None:
+    recommender = build_recommender(SETTINGS, image_model)
+    rng = random.Random(41)
+    new_bag = embedder.embed_images([product_picture("bags", rng)])[0]
+    recommender.add_items([NewItem("new-bag", "bags", {}, new_bag)])
+    shoe_photo = embedder.embed_images([product_picture("shoes", rng)])[0]
+    photo = {"positives[1].image": shoe_photo}
+    for mode in SimilarityMode:
+        query = ExamplesQuery(
+            (Example("new-bag"), Example(image=b"shoe")), (Example(products.ids[0]),), 10, mode
+        )
+        recommender.check_examples(query)
+        found = [i.item_id for i in recommender.recommend_from_examples(query, photo).items]
+        assert "new-bag" not in found and products.ids[0] not in found
+        kinds = {products.kinds.get(i, "new") for i in found}
+        assert kinds <= {"bags", "shoes"}, (mode, kinds)
+
+
+def test_a_model_without_a_projection_takes_photos_in_the_visual_space(
+    image_model: Model, products: ProductImages, embedder: ImageEmbedder
+) -> None:
+    assert image_model.visual is not None
+    unprojected = replace(image_model, visual=replace(image_model.visual, projection=None))
+    recommender = build_recommender(SETTINGS, unprojected)
+    shoe = embedder.embed_images([product_picture("shoes", random.Random(43))])[0]
+    query = ExamplesQuery((Example(image=b"shoe"),), k=5)
+    with pytest.raises(FailedPrecondition, match=r"^positives\[0\]\.image: .*projection"):
+        recommender.check_examples(query)
+    for mode in (SimilarityMode.VISUAL, SimilarityMode.HYBRID):
+        found = recommender.recommend_from_examples(
+            replace(query, mode=mode), {"positives[0].image": shoe}
+        )
+        assert [products.kinds[i.item_id] for i in found.items] == ["shoes"] * 5, mode
+
+
+def test_an_item_kept_only_for_training_is_not_an_example(
+    image_model: Model, products: ProductImages
+) -> None:
+    recommender = build_recommender(SETTINGS, image_model)
+    recommender.add_items([NewItem("no-photo", "bags")])  # no vector: kept, not ranked
+    query = ExamplesQuery((Example(products.ids[0]),), (Example("no-photo"),), 5)
+    for mode in SimilarityMode:
+        with pytest.raises(NotFound, match=r"^negatives\[0\]\.item_id: unknown item"):
+            recommender.check_examples(replace(query, mode=mode))
