@@ -30,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
 from recsvc.api import convert
+from recsvc.core.examples import Example, ExamplesQuery
 from recsvc.core.interactions import RawInteraction
 from recsvc.core.items import RawItem
 from recsvc.core.model import ModelInfo
@@ -48,6 +49,7 @@ from recsvc.core.state import EventType
 __all__ = [
     "CategoryFilter",
     "EventType",
+    "Example",
     "ModelInfo",
     "RawInteraction",
     "RecommendQuery",
@@ -178,6 +180,37 @@ class RecsvcClient:
             response.model_version,
         )
 
+    def recommend_from_examples(
+        self,
+        positives: Sequence[str | bytes | Example],
+        negatives: Sequence[str | bytes | Example] = (),
+        k: int = 10,
+        mode: SimilarityMode = SimilarityMode.COLLABORATIVE,
+        *,
+        categories: CategoryFilter | None = None,
+        filter: str = "",
+        exclude_item_ids: Sequence[str] = (),
+    ) -> SimilarItems:
+        """Items like ``positives`` and unlike ``negatives`` (docs/examples.md): each an item
+        id, a photo's bytes (JPEG, PNG or WebP), or an :class:`Example` to give a weight.
+        The example items themselves are never returned."""
+        query = ExamplesQuery(
+            tuple(_example(e) for e in positives),
+            tuple(_example(e) for e in negatives),
+            k,
+            mode,
+            categories or CategoryFilter(),
+            filter,
+            tuple(exclude_item_ids),
+        )
+        response = self._stub.RecommendFromExamples(
+            convert.examples_query_to_pb(query), timeout=self.timeout, metadata=self._metadata
+        )
+        return SimilarItems(
+            [ScoredItem(i.item_id, i.score, i.rule) for i in response.items],
+            response.model_version,
+        )
+
     def upsert_items(self, items: Sequence[RawItem]) -> tuple[int, int]:
         """Add or update items (with an image: recommendable at once); returns (created,
         updated)."""
@@ -248,3 +281,12 @@ class RecsvcClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _example(example: str | bytes | Example) -> Example:
+    """An item id or a photo's bytes as an Example of weight 1."""
+    if isinstance(example, Example):
+        return example
+    if isinstance(example, bytes):
+        return Example(image=example)
+    return Example(item_id=example)

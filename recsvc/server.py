@@ -248,7 +248,9 @@ def build_item_service(
     sync = CatalogueSync(
         settings.serving.item_poll_seconds, settings.serving.item_sync_timeout_seconds
     )
-    return ItemService(holder, item_log, encoder, limits, sync)
+    return ItemService(
+        holder, item_log, encoder, limits, sync, visual_weight=images.hybrid_visual_weight
+    )
 
 
 def load_recommender(settings: Settings, version: str | None = None) -> Recommender:

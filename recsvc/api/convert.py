@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from recsvc._proto.v1 import recommender_pb2 as pb
+from recsvc.core.examples import Example, ExamplesQuery
 from recsvc.core.interactions import RawInteraction
 from recsvc.core.items import RawItem
 from recsvc.core.model import ModelInfo
@@ -77,14 +78,18 @@ def recommend_query_from_pb(message: pb.RecommendRequest) -> RecommendQuery:
     )
 
 
-def similar_query_from_pb(message: pb.SimilarItemsRequest) -> SimilarQuery:
-    mode = _MODE_FROM_PB.get(message.mode)
+def _mode_from_pb(value: pb.SimilarityMode) -> SimilarityMode:
+    mode = _MODE_FROM_PB.get(value)
     if mode is None:
-        raise InvalidArgument("mode", f"unknown similarity mode {message.mode}")
+        raise InvalidArgument("mode", f"unknown similarity mode {value}")
+    return mode
+
+
+def similar_query_from_pb(message: pb.SimilarItemsRequest) -> SimilarQuery:
     return SimilarQuery(
         item_id=message.item_id,
         k=message.k,
-        mode=mode,
+        mode=_mode_from_pb(message.mode),
         categories=categories_from_pb(message.categories),
         filter=message.filter,
     )
@@ -93,6 +98,23 @@ def similar_query_from_pb(message: pb.SimilarItemsRequest) -> SimilarQuery:
 def image_query_from_pb(message: pb.SearchByImageRequest) -> tuple[bytes, ImageQuery]:
     return message.image, ImageQuery(
         k=message.k, categories=categories_from_pb(message.categories), filter=message.filter
+    )
+
+
+def _example_from_pb(message: pb.Example) -> Example:
+    image = message.image if message.WhichOneof("example") == "image" else None
+    return Example(item_id=message.item_id, image=image, weight=message.weight)
+
+
+def examples_query_from_pb(message: pb.RecommendFromExamplesRequest) -> ExamplesQuery:
+    return ExamplesQuery(
+        positives=tuple(_example_from_pb(e) for e in message.positives),
+        negatives=tuple(_example_from_pb(e) for e in message.negatives),
+        k=message.k,
+        mode=_mode_from_pb(message.mode),
+        categories=categories_from_pb(message.categories),
+        filter=message.filter,
+        exclude_item_ids=tuple(message.exclude_item_ids),
     )
 
 
@@ -172,6 +194,26 @@ def recommend_query_to_pb(query: RecommendQuery) -> pb.RecommendRequest:
         explain=query.explain,
         popularity_discount=query.popularity_discount,
         interests=query.interests,
+    )
+
+
+def _example_to_pb(example: Example) -> pb.Example:
+    if example.image is not None:
+        return pb.Example(image=example.image, weight=example.weight)
+    return pb.Example(item_id=example.item_id, weight=example.weight)
+
+
+def examples_query_to_pb(query: ExamplesQuery) -> pb.RecommendFromExamplesRequest:
+    return pb.RecommendFromExamplesRequest(
+        positives=[_example_to_pb(e) for e in query.positives],
+        negatives=[_example_to_pb(e) for e in query.negatives],
+        k=query.k,
+        mode=_MODE_TO_PB[query.mode],
+        categories=pb.CategoryFilter(
+            include=list(query.categories.include), exclude=list(query.categories.exclude)
+        ),
+        filter=query.filter,
+        exclude_item_ids=list(query.exclude_item_ids),
     )
 
 

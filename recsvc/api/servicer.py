@@ -104,6 +104,18 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         )
 
     @call_boundary
+    async def RecommendFromExamples(
+        self,
+        request: pb.RecommendFromExamplesRequest,
+        context: Context[pb.RecommendFromExamplesRequest, pb.RecommendFromExamplesResponse],
+    ) -> pb.RecommendFromExamplesResponse:
+        query = convert.examples_query_from_pb(request)
+        result = await self._items.recommend_from_examples(query)
+        return pb.RecommendFromExamplesResponse(
+            items=convert.similar_items_to_pb(result).items, model_version=result.model_version
+        )
+
+    @call_boundary
     async def UpsertItems(
         self,
         request: pb.UpsertItemsRequest,

@@ -111,8 +111,8 @@ def _print_demo_help(settings: Settings) -> None:
 def add_call(commands: Any) -> None:
     p = commands.add_parser(
         "call",
-        help="call a running server (recommend, similar, search-image, upsert, record, "
-        "forget-user, info, ...)",
+        help="call a running server (recommend, similar, search-image, examples, upsert, "
+        "record, forget-user, info, ...)",
         description="Call a running recsvc server and print the answer as JSON.",
     )
     calls = p.add_subparsers(title="calls", metavar="CALL", required=True)
@@ -177,6 +177,32 @@ def add_call(commands: Any) -> None:
     photo.add_argument("--filter", default="", help=_FILTER_HELP)
     photo.add_argument("--image", type=Path, required=True, help="JPEG, PNG or WebP file")
     photo.add_argument("-k", type=int, default=10)
+    by_example = call(
+        "examples",
+        "items like the positive examples and unlike the negative ones (item ids or photos)",
+        lambda c, a: c.recommend_from_examples(
+            [*(a.positive or ()), *(path.read_bytes() for path in a.positive_image or ())],
+            [*(a.negative or ()), *(path.read_bytes() for path in a.negative_image or ())],
+            a.k,
+            _similarity_mode(a.mode),
+            filter=a.filter,
+            exclude_item_ids=a.exclude or (),
+        ),
+    )
+    by_example.add_argument("--positive", nargs="+", metavar="ID", help="items to move towards")
+    by_example.add_argument("--negative", nargs="+", metavar="ID", help="items to move away from")
+    by_example.add_argument(
+        "--positive-image", nargs="+", type=Path, metavar="FILE", help="photos to move towards"
+    )
+    by_example.add_argument(
+        "--negative-image", nargs="+", type=Path, metavar="FILE", help="photos to move away from"
+    )
+    by_example.add_argument("-k", type=int, default=10)
+    by_example.add_argument(
+        "--mode", default="collaborative", choices=["collaborative", "visual", "hybrid"]
+    )
+    by_example.add_argument("--filter", default="", help=_FILTER_HELP)
+    by_example.add_argument("--exclude", nargs="+", metavar="ID", help="items not to return")
     upsert = call(
         "upsert",
         "add or update an item (with a photo: recommendable at once)",

@@ -1,4 +1,5 @@
-"""ItemService: SearchByImage and UpsertItems, and keeping upserted items across model swaps.
+"""ItemService: SearchByImage, RecommendFromExamples and UpsertItems, and keeping upserted
+items across model swaps.
 
 Upserted items are validated as a whole (a bad one rejects the call, naming it, before
 anything changes), their images embedded in a worker thread, stored durably in the item log,
@@ -25,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from recsvc.core.added import NewItem
+from recsvc.core.examples import ExamplesQuery
 from recsvc.core.holder import RecommenderHolder
 from recsvc.core.queries import ImageQuery, SimilarItems, check_batch_size, check_id
 from recsvc.core.recommender import Recommender
@@ -89,8 +91,10 @@ class ItemService:
         encoder: ImageEncoder,
         limits: ImageLimits,
         sync: CatalogueSync | None = None,
+        visual_weight: float = 0.5,
     ) -> None:
         self.holder = holder
+        self.visual_weight = visual_weight  # the visual share of HYBRID RecommendFromExamples
         self.item_log = item_log
         self.encoder = encoder
         self.limits = limits
@@ -121,6 +125,24 @@ class ItemService:
         with self._admitted():
             embedding = await self._embed([image], visual.backbone, ["image"])
         return recommender.search_by_image(embedding[0], query)
+
+    async def recommend_from_examples(self, query: ExamplesQuery) -> SimilarItems:
+        """RecommendFromExamples (recsvc.core.examples): everything that can be refused is
+        checked before the photos are embedded, in the image pool as SearchByImage's are;
+        the search runs on the model the call started with."""
+        recommender = self.holder.current()
+        recommender.check_examples(query)
+        images = query.images()
+        for field_name, data in images:
+            self._check_bytes(data, field_name)
+        embedded: dict[str, npt.NDArray[np.float32]] = {}
+        if images:
+            visual = recommender.visual_part(images[0][0])
+            fields = [field_name for field_name, _ in images]
+            with self._admitted():
+                found = await self._embed([data for _, data in images], visual.backbone, fields)
+            embedded = dict(zip(fields, found, strict=True))
+        return recommender.recommend_from_examples(query, embedded, self.visual_weight)
 
     # ------------------------------------------------------------------ upserts
 

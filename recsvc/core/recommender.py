@@ -12,7 +12,7 @@ from collections.abc import Collection, Iterable, Mapping
 import numpy as np
 import numpy.typing as npt
 
-from recsvc.core import similarity
+from recsvc.core import examples, similarity
 from recsvc.core.added import AddedItems, NewItem
 from recsvc.core.candidates import CandidateSearch, not_in
 from recsvc.core.catalogue import Catalogue, ItemRecord, build_catalogue, update_catalogue
@@ -268,6 +268,30 @@ class Recommender:
         catalogue = self.catalogue
         matching = self.filter_mask(query.filter, catalogue=catalogue)
         return similarity.search_by_image(self._candidates, embedding, query, catalogue, matching)
+
+    def check_examples(self, query: examples.ExamplesQuery) -> None:
+        """What RecommendFromExamples can check before the photos are embedded: the query,
+        its filter, the example items, and that the model has the spaces the mode needs."""
+        query.validate(self.limits)
+        catalogue = self.catalogue
+        self.filter_mask(query.filter, catalogue=catalogue)
+        examples.check_examples(self._candidates, query, catalogue)
+
+    def recommend_from_examples(
+        self,
+        query: examples.ExamplesQuery,
+        images: Mapping[str, npt.NDArray[np.float32]],
+        visual_weight: float = 0.5,
+    ) -> SimilarItems:
+        """Items like the positive examples and unlike the negative ones (recsvc.core.examples
+        says how); ``images``: the raw backbone embedding of each photo in the query, by field
+        name (``positives[0].image``)."""
+        query.validate(self.limits)
+        catalogue = self.catalogue
+        matching = self.filter_mask(query.filter, catalogue=catalogue)
+        return examples.recommend_from_examples(
+            self._candidates, query, catalogue, images, visual_weight, matching
+        )
 
     def visual_part(self, field: str) -> VisualPart:
         """The model's image part; FailedPrecondition (naming ``field``) when it has none."""

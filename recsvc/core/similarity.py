@@ -58,9 +58,9 @@ def similar_items(
         visual_weight = 0.0  # hybrid without an image: collaborative only
     if query.mode is SimilarityMode.VISUAL:
         assert embedding is not None
-        labels, scores = _search_visual(search, embedding, query.k, blocked, allowed, added)
+        labels, scores = search_visual(search, embedding, query.k, blocked, allowed, added)
         return SimilarItems(search.scored(labels, scores, added), model.version)
-    labels, scores = _hybrid(
+    labels, scores = hybrid_search(
         search, factors, embedding, query.k, blocked, allowed, visual_weight, added
     )
     return SimilarItems(search.scored(labels, scores, added), model.version)
@@ -85,7 +85,7 @@ def search_by_image(
     added = catalogue.added
     allowed = search.allowed_mask(query.categories, catalogue, matching)
     blocked = np.empty(0, dtype=np.int64)
-    labels, scores = _search_visual(search, embedding, query.k, blocked, allowed, added)
+    labels, scores = search_visual(search, embedding, query.k, blocked, allowed, added)
     return SimilarItems(search.scored(labels, scores, added), search.model.version)
 
 
@@ -99,7 +99,7 @@ def visual_part(model: Model, field: str) -> VisualPart:
     return model.visual
 
 
-def _search_visual(
+def search_visual(
     search: CandidateSearch,
     embedding: npt.NDArray[np.float32],
     k: int,
@@ -107,6 +107,8 @@ def _search_visual(
     allowed: npt.NDArray[np.bool_] | None,
     added: AddedItems,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """Top-k by cosine with ``embedding`` (a unit vector of the visual space) over the
+    visual index and the added items' photos."""
     visual = visual_part(search.model, "mode")
     extra = (added.visual, added.has_image) if len(added) else None
     return search.search(
@@ -114,7 +116,7 @@ def _search_visual(
     )
 
 
-def _hybrid(
+def hybrid_search(
     search: CandidateSearch,
     factors: npt.NDArray[np.float32],
     embedding: npt.NDArray[np.float32] | None,
@@ -131,7 +133,7 @@ def _hybrid(
     extra = (added.unit_factors, None) if len(added) else None
     candidates, _ = search.search(model.similar_index, factors, pool, blocked, allowed, extra=extra)
     if embedding is not None:
-        visual_labels, _ = _search_visual(search, embedding, pool, blocked, allowed, added)
+        visual_labels, _ = search_visual(search, embedding, pool, blocked, allowed, added)
         candidates = np.union1d(candidates, visual_labels)
     query = as_query(model.similar_index, factors)
     scores = (1 - visual_weight) * (search.unit_factors(candidates, added) @ query)

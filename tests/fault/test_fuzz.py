@@ -29,6 +29,7 @@ SERVICE = "/recsvc.v1.Recommender/"
 METHODS = (
     "Recommend",
     "RecommendBatch",
+    "RecommendFromExamples",
     "SimilarItems",
     "SearchByImage",
     "RecordInteractions",
@@ -149,6 +150,11 @@ item = st.one_of(
     st.builds(pb.Item, item_id=ids, category=ids, image_path=paths),
     st.builds(pb.Item, item_id=ids, attributes=st.dictionaries(ids, ids, max_size=3), category=ids),
 )
+example = st.one_of(
+    st.builds(pb.Example, item_id=ids, weight=floats),
+    st.builds(pb.Example, image=images, weight=floats),
+    st.just(pb.Example()),
+)
 interaction = st.builds(
     pb.Interaction,
     user_id=ids,
@@ -176,6 +182,15 @@ MESSAGES: dict[str, st.SearchStrategy[bytes]] = {
     for name, strategy in {
         "Recommend": recommend,
         "RecommendBatch": batch_of(batch_entry),
+        "RecommendFromExamples": st.builds(
+            pb.RecommendFromExamplesRequest,
+            positives=st.lists(example, max_size=3),
+            negatives=st.lists(example, max_size=2),
+            k=int32s,
+            mode=enums,
+            categories=categories,
+            exclude_item_ids=repeated(ids),
+        ),
         "SimilarItems": st.builds(
             pb.SimilarItemsRequest, item_id=ids, k=int32s, mode=enums, categories=categories
         ),
