@@ -168,6 +168,7 @@ def test_damaged_versions_are_rejected_under_load(model_store: Path, tmp_path: P
     assert load.versions == {original}
 
 
+@pytest.mark.slow
 def test_sigterm_under_load_fails_only_with_unavailable_after_readiness_flips(
     model_store: Path,
 ) -> None:

@@ -518,6 +518,7 @@ def test_serve_on_a_bad_projection_exits_with_one_line(
     assert len(errors) == 1 and "projection.w1.npy: shape" in errors[0], done.stderr
 
 
+@pytest.mark.slow
 def test_models_use_refuses_what_the_server_would_refuse(model_store: Path, tmp_path: Path) -> None:
     """Checksums alone pass this version (`models verify` says ok); the full load does not."""
     store = copy_store(model_store, tmp_path)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from recsvc.data.demo import DemoData
 from tests.helpers import run_recsvc as run
 
 SMALL = ("--factors", "8", "--iterations", "3", "--no-baselines")
 
 
+@pytest.mark.slow
 def test_eval_prints_the_tradeoff_curve_and_writes_its_plot(
     demo_data: DemoData, tmp_path: Path
 ) -> None:

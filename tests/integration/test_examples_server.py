@@ -28,6 +28,9 @@ from recsvc.testing import (
 )
 from tests.helpers import run_recsvc
 
+# A server on the product-photo model and nine calls of it: ~35 s, for the full suite.
+pytestmark = pytest.mark.slow
+
 MODES = [pb.SIMILARITY_MODE_COLLABORATIVE, pb.SIMILARITY_MODE_VISUAL, pb.SIMILARITY_MODE_HYBRID]
 
 

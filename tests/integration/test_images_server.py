@@ -76,6 +76,7 @@ def kinds_of(response: object, products: ProductImages) -> list[str]:
     return [products.kinds.get(i.item_id, i.item_id) for i in response.items]  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_visual_search_rpcs(stub: pb_grpc.RecommenderStub, products: ProductImages) -> None:
     info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
     assert info.image_embedding_dim > 0

@@ -264,6 +264,7 @@ def test_redis_outage_degrades_and_recovers(model_store: Path, model: Model) -> 
 
 
 @pytest.mark.fault
+@pytest.mark.slow
 def test_hot_swap_and_rejection_of_a_corrupted_version(
     model_store: Path, tmp_path: Path, demo_data_path: Path
 ) -> None:
