@@ -11,7 +11,7 @@ from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc.core.examples import Example, ExamplesQuery
 from recsvc.core.interactions import RawInteraction
 from recsvc.core.items import RawItem
-from recsvc.core.model import ModelInfo
+from recsvc.core.model import IndexFacts, ModelInfo
 from recsvc.core.queries import (
     CategoryFilter,
     ImageQuery,
@@ -339,7 +339,23 @@ def model_info_to_pb(info: ModelInfo, rules_version: str = "") -> pb.ModelInfo:
         trained_on=info.trained_on,
         index_recall_at_10=info.index_recall_at_10,
         rules_version=rules_version,
+        engine=info.engine,
+        user_index=_index_info_to_pb(info.user_index),
+        similar_index=_index_info_to_pb(info.similar_index) if info.similar_index else None,
     )
+
+
+def _index_info_to_pb(facts: IndexFacts) -> pb.IndexInfo:
+    return pb.IndexInfo(
+        m=facts.m,
+        ef_construction=facts.ef_construction,
+        ef_search=facts.ef_search,
+        recall_at_10=facts.recall_at_10,
+    )
+
+
+def _index_facts_from_pb(message: pb.IndexInfo) -> IndexFacts:
+    return IndexFacts(message.m, message.ef_construction, message.ef_search, message.recall_at_10)
 
 
 def model_info_from_pb(message: pb.ModelInfo) -> ModelInfo:
@@ -354,5 +370,14 @@ def model_info_from_pb(message: pb.ModelInfo) -> ModelInfo:
         created_at_ms=message.created_at_ms,
         trained_on=message.trained_on,
         index_recall_at_10=message.index_recall_at_10,
+        index_ef_search=message.user_index.ef_search,
+        index_m=message.user_index.m,
+        index_ef_construction=message.user_index.ef_construction,
+        similar_index=(
+            _index_facts_from_pb(message.similar_index)
+            if message.HasField("similar_index")
+            else None
+        ),
+        engine=message.engine,
         image_embedding_dim=message.image_embedding_dim,
     )

@@ -23,7 +23,7 @@ from recsvc.artifacts.manifest import (
     IndexEntry,
     Manifest,
 )
-from recsvc.core.model import NO_CATEGORY, IdMap, Model, ModelInfo, VisualPart
+from recsvc.core.model import NO_CATEGORY, IdMap, IndexFacts, Model, ModelInfo, VisualPart
 from recsvc.core.projection import Projection, VisualAdapter
 from recsvc.durable import fsync_path
 from recsvc.index import IndexBuildParams, IndexSearchParams, ItemIndex
@@ -159,6 +159,7 @@ def manifest_for(model: Model, params: IndexBuildParams, files: dict[str, object
             "model_version": info.version,
             "created_at_ms": info.created_at_ms,
             "algorithm": info.algorithm,
+            "engine": info.engine,
             "trained_on": info.trained_on,
             "parameters": info.parameters,
             "regularization": model.regularization,
@@ -170,14 +171,26 @@ def manifest_for(model: Model, params: IndexBuildParams, files: dict[str, object
             "data": info.statistics,
             "metrics": info.metrics,
             "index": IndexEntry(
-                m=params.m,
-                ef_construction=params.ef_construction,
+                m=info.index_m or params.m,
+                ef_construction=info.index_ef_construction or params.ef_construction,
                 recall_at_10=info.index_recall_at_10,
                 ef_search=info.index_ef_search,
             ),
+            "similar_index": _index_entry(info.similar_index),
             "images": _images_entry(model),
             "files": files,
         }
+    )
+
+
+def _index_entry(facts: IndexFacts | None) -> IndexEntry | None:
+    if facts is None:
+        return None
+    return IndexEntry(
+        m=facts.m,
+        ef_construction=facts.ef_construction,
+        recall_at_10=facts.recall_at_10,
+        ef_search=facts.ef_search,
     )
 
 
@@ -282,6 +295,12 @@ def _check_history(indptr: npt.NDArray[Any], indices: npt.NDArray[Any], num_item
         raise ValueError("interaction history: an item column is out of range")
 
 
+def _index_facts(entry: IndexEntry | None) -> IndexFacts | None:
+    if entry is None:
+        return None
+    return IndexFacts(entry.m, entry.ef_construction, entry.ef_search, entry.recall_at_10)
+
+
 def read_model(directory: Path, manifest: Manifest, params: IndexSearchParams) -> Model:
     users = pq.read_table(directory / USERS).column("user_id").to_pylist()
     items = pq.read_table(directory / ITEMS)
@@ -323,6 +342,10 @@ def read_model(directory: Path, manifest: Manifest, params: IndexSearchParams) -
         trained_on=manifest.trained_on,
         index_recall_at_10=manifest.index.recall_at_10,
         index_ef_search=manifest.index.ef_search,
+        index_m=manifest.index.m,
+        index_ef_construction=manifest.index.ef_construction,
+        similar_index=_index_facts(manifest.similar_index),
+        engine=manifest.engine,
         image_embedding_dim=manifest.images.dim if manifest.images else 0,
         statistics=dict(manifest.data),
         metrics=dict(manifest.metrics),

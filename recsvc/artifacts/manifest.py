@@ -60,6 +60,7 @@ class Manifest(BaseModel):
     model_version: str
     created_at_ms: int
     algorithm: str
+    engine: str = Field("implicit", description="Training engine: implicit or spark.")
     trained_on: str
     parameters: dict[str, Any]
     regularization: float
@@ -69,6 +70,9 @@ class Manifest(BaseModel):
     num_interactions: int = Field(ge=0)
     factors: int = Field(ge=1)
     index: IndexEntry
+    similar_index: IndexEntry | None = Field(
+        None, description="The item->item (cosine) index; None in models that did not record it."
+    )
     data: dict[str, Any] = Field(default_factory=dict, description="Training data statistics.")
     metrics: dict[str, Any] = Field(default_factory=dict, description="Offline evaluation.")
     images: ImagesEntry | None = None

@@ -77,8 +77,14 @@ def _run_train(args: argparse.Namespace) -> int:
                 "users": model.info.num_users,
                 "items": model.info.num_items,
                 "interactions": model.info.num_interactions,
+                "engine": model.info.engine,
                 "trained_on": model.info.trained_on,
                 "index_recall_at_10": round(model.info.index_recall_at_10, 4),
+                "similar_index_recall_at_10": (
+                    round(model.info.similar_index.recall_at_10, 4)
+                    if model.info.similar_index
+                    else None
+                ),
             }
         )
     )

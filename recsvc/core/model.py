@@ -49,6 +49,17 @@ class IdMap:
 
 
 @dataclass(frozen=True)
+class IndexFacts:
+    """How one HNSW index was built and is searched, and its recall@10 against exact search
+    (measured at ``ef_search`` when it was built)."""
+
+    m: int
+    ef_construction: int
+    ef_search: int
+    recall_at_10: float
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What GetModelInfo reports."""
 
@@ -66,6 +77,16 @@ class ModelInfo:
     image_embedding_dim: int = 0
     statistics: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    engine: str = "implicit"  # the training engine: "implicit" or "spark"
+    index_m: int = 0  # how the user->item graph was built (0: unknown)
+    index_ef_construction: int = 0
+    similar_index: IndexFacts | None = None  # None: a model that did not record it
+
+    @property
+    def user_index(self) -> IndexFacts:
+        return IndexFacts(
+            self.index_m, self.index_ef_construction, self.index_ef_search, self.index_recall_at_10
+        )
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,8 @@ def build_model(
         trained_on=factors.device,
         index_recall_at_10=recall,
         index_ef_search=ef_search,
+        index_m=params.user_graph.m,
+        index_ef_construction=params.user_graph.ef_construction,
         statistics=statistics,
         metrics=metrics or {},
     )

@@ -96,6 +96,10 @@ def test_batch_and_model_info(stub: pb_grpc.RecommenderStub, model: Model) -> No
     assert (info.num_users, info.num_items) == (model.info.num_users, model.info.num_items)
     assert info.factors == 32 and info.parameters["iterations"] == "10"
     assert info.index_recall_at_10 > 0.9
+    assert info.engine == "implicit"
+    assert info.user_index.m == model.info.index_m > 0
+    assert info.user_index.ef_search == model.info.index_ef_search > 0
+    assert info.user_index.recall_at_10 == pytest.approx(info.index_recall_at_10)
 
 
 def test_similar_items(stub: pb_grpc.RecommenderStub, model: Model) -> None:

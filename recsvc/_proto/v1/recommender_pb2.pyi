@@ -323,7 +323,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_version", "algorithm", "num_users", "num_items", "num_interactions", "factors", "image_embedding_dim", "parameters", "created_at_ms", "trained_on", "index_recall_at_10", "rules_version")
+    __slots__ = ("model_version", "algorithm", "num_users", "num_items", "num_interactions", "factors", "image_embedding_dim", "parameters", "created_at_ms", "trained_on", "index_recall_at_10", "rules_version", "engine", "user_index", "similar_index")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -343,6 +343,9 @@ class ModelInfo(_message.Message):
     TRAINED_ON_FIELD_NUMBER: _ClassVar[int]
     INDEX_RECALL_AT_10_FIELD_NUMBER: _ClassVar[int]
     RULES_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    USER_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SIMILAR_INDEX_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     algorithm: str
     num_users: int
@@ -355,4 +358,19 @@ class ModelInfo(_message.Message):
     trained_on: str
     index_recall_at_10: float
     rules_version: str
-    def __init__(self, model_version: _Optional[str] = ..., algorithm: _Optional[str] = ..., num_users: _Optional[int] = ..., num_items: _Optional[int] = ..., num_interactions: _Optional[int] = ..., factors: _Optional[int] = ..., image_embedding_dim: _Optional[int] = ..., parameters: _Optional[_Mapping[str, str]] = ..., created_at_ms: _Optional[int] = ..., trained_on: _Optional[str] = ..., index_recall_at_10: _Optional[float] = ..., rules_version: _Optional[str] = ...) -> None: ...
+    engine: str
+    user_index: IndexInfo
+    similar_index: IndexInfo
+    def __init__(self, model_version: _Optional[str] = ..., algorithm: _Optional[str] = ..., num_users: _Optional[int] = ..., num_items: _Optional[int] = ..., num_interactions: _Optional[int] = ..., factors: _Optional[int] = ..., image_embedding_dim: _Optional[int] = ..., parameters: _Optional[_Mapping[str, str]] = ..., created_at_ms: _Optional[int] = ..., trained_on: _Optional[str] = ..., index_recall_at_10: _Optional[float] = ..., rules_version: _Optional[str] = ..., engine: _Optional[str] = ..., user_index: _Optional[_Union[IndexInfo, _Mapping]] = ..., similar_index: _Optional[_Union[IndexInfo, _Mapping]] = ...) -> None: ...
+
+class IndexInfo(_message.Message):
+    __slots__ = ("m", "ef_construction", "ef_search", "recall_at_10")
+    M_FIELD_NUMBER: _ClassVar[int]
+    EF_CONSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    RECALL_AT_10_FIELD_NUMBER: _ClassVar[int]
+    m: int
+    ef_construction: int
+    ef_search: int
+    recall_at_10: float
+    def __init__(self, m: _Optional[int] = ..., ef_construction: _Optional[int] = ..., ef_search: _Optional[int] = ..., recall_at_10: _Optional[float] = ...) -> None: ...
