@@ -4,6 +4,7 @@ server. What every backend must do runs against each of them (the ``make_store``
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -478,7 +479,8 @@ async def test_redis_item_log_reports_replicas_behind_a_write(redis_url: str) ->
     first = await log.put([_stored("a")])
     await log.acknowledge("writer", first, ttl_seconds=30)
     await log.acknowledge("reader", first, ttl_seconds=30)
-    await log.acknowledge("gone", "0", ttl_seconds=0.001)  # expired at once: not waited for
+    await log.acknowledge("gone", "0", ttl_seconds=0.001)  # expires at once: not waited for
+    await asyncio.sleep(0.05)  # past its expiry even where the next calls take under 1 ms
     second = await log.put([replace(_stored("a"), available=False)])
     behind_before = await log.lagging(second, "writer")
     await log.acknowledge("reader", second, ttl_seconds=30)
