@@ -1,5 +1,5 @@
 """The ``recsvc`` command line: train, embed, serve, demo, call, eval, tune, models, worker,
-config."""
+config, report."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from recsvc.cli.images import add_embed
 from recsvc.cli.offline import add_eval, add_import, add_models, add_train, add_tune
+from recsvc.cli.report import add_report
 from recsvc.cli.serving import add_call, add_config, add_demo, add_serve
 from recsvc.cli.worker_commands import add_worker
 from recsvc.errors import RecsvcError
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_call(commands)
     add_eval(commands)
     add_tune(commands)
+    add_report(commands)
     add_models(commands)
     add_worker(commands)
     add_config(commands)

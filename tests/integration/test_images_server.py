@@ -33,6 +33,9 @@ from recsvc.training.pipeline import train_from_files
 from tests.conftest import SMALL_INDEX
 from tests.helpers import kind_interactions, run_recsvc
 
+# Each test starts a server over an image model: several seconds apiece.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def store_copy(tmp_path: Path, image_model_store: Path) -> Path:

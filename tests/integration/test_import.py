@@ -67,6 +67,7 @@ def test_an_interrupted_import_resumes_where_it_stopped(
     assert store.read().num_rows == done.events == store.count()
 
 
+@pytest.mark.slow
 def test_a_store_filled_only_by_import_trains_a_first_model(
     tmp_path: Path, demo_data_path: Path
 ) -> None:

@@ -169,6 +169,7 @@ def test_bpr_model_trains_and_serves_sessions(demo_data: DemoData, tmp_path: Pat
     assert result_session.strategy is Strategy.SESSION and len(result_session.items) == 5
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not ML100K.exists(), reason="../shared/data/ml-100k is not present")
 def test_ml100k_reference_protocol_beats_the_baselines() -> None:
     result = run(

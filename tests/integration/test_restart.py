@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 
 from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
@@ -45,6 +46,7 @@ def ids(response: pb.RecommendResponse) -> list[str]:
     return [item.item_id for item in response.items]
 
 
+@pytest.mark.slow
 def test_a_killed_embedded_server_restarts_with_its_users_histories(
     model_store: Path, model: Model, tmp_path: Path
 ) -> None:

@@ -189,6 +189,7 @@ def test_python_client(server: ServerProcess, model: Model) -> None:
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.slow
 def test_sigterm_turns_not_serving_then_drains_and_exits(model_store: Path) -> None:
     env = server_env(RECSVC_SERVER__DRAIN_SECONDS="1.5", RECSVC_SERVER__GRACE_SECONDS="1")
     with running_server(["serve", "--model-store", str(model_store), "--port", "0"], env) as proc:

@@ -120,6 +120,7 @@ def test_embedding_table_rejects_other_files(tmp_path: Path) -> None:
         EmbeddingTable.load(path)
 
 
+@pytest.mark.slow
 def test_projection_learns_a_linear_map() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 32)).astype(np.float32)
@@ -231,6 +232,7 @@ def test_search_by_image_and_added_items(
         build_recommender(TEST_SETTINGS, image_model).similar_items(SimilarQuery("new-shirt", 5))
 
 
+@pytest.mark.slow
 def test_train_worker_takes_in_items_upserted_while_serving(
     tmp_path: Path,
     products: ProductImages,
@@ -255,6 +257,7 @@ def test_train_worker_takes_in_items_upserted_while_serving(
     assert [products.kinds[i.item_id] for i in similar.items].count("bags") >= 4
 
 
+@pytest.mark.slow
 def test_train_worker_drops_deleted_items_and_keeps_hidden_ones(
     tmp_path: Path, products: ProductImages, embedding_table: Path, cold_ids: list[str]
 ) -> None:

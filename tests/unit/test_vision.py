@@ -98,6 +98,7 @@ def test_torchvision_backbone_from_a_local_weights_file(tmp_path: Path) -> None:
         load_backbone("resnet18", garbage)
 
 
+@pytest.mark.slow
 def test_embeddings_are_unit_vectors_and_group_similar_products(embedder: ImageEmbedder) -> None:
     rng = random.Random(1)
     kinds = ["shirts", "shoes"] * 4
