@@ -12,9 +12,15 @@ from typing import Any
 
 from recsvc.cli.common import PROTOCOLS, DefaultsHelpFormatter, common_options, settings_from
 from recsvc.cli.images import add_image_eval_options, run_image_eval
-from recsvc.cli.models_commands import add_models_sync
+from recsvc.cli.models_commands import (
+    add_models_history,
+    add_models_promote,
+    add_models_sync,
+    add_who_and_why,
+    promote,
+)
 from recsvc.config import Settings
-from recsvc.errors import ConfigError, RecsvcError
+from recsvc.errors import ConfigError
 
 log = logging.getLogger("recsvc")
 
@@ -553,11 +559,14 @@ def add_models(commands: Any) -> None:
             sub.add_argument("version", nargs="?", help="a version name")
         if name == "use":
             sub.add_argument("version", help="a version name (it must load as serving loads it)")
+            add_who_and_why(sub, reason_required=False)
         if name == "gc":
             sub.add_argument("--keep", type=int, default=3, help="newest versions kept (default 3)")
         common_options(sub)
         sub.set_defaults(run=_run_models, action=name)
     add_models_sync(actions)
+    add_models_promote(actions)
+    add_models_history(actions)
 
 
 def _run_models(args: argparse.Namespace) -> int:
@@ -596,18 +605,7 @@ def _run_models(args: argparse.Namespace) -> int:
                 print(f"FAILED  {version}: {exc}")
         return 1 if failed else 0
     if args.action == "use":
-        from recsvc.server import load_recommender
-
-        # The whole load a server would do (checksums, signature, array shapes, index files),
-        # so that LATEST never names a version that replicas would refuse or crash-loop on.
-        try:
-            load_recommender(settings, args.version)
-        except RecsvcError:
-            raise
-        except Exception as exc:
-            raise ArtifactError(f"model {args.version}: {type(exc).__name__}: {exc}") from exc
-        store.point_latest_to(args.version)
-        print(f"LATEST -> {args.version}")
+        promote(settings, args.version, args.by, args.reason)
         return 0
     if args.keep < 1:
         raise ArtifactError("--keep must be at least 1")

@@ -126,7 +126,10 @@ def test_models_list_verify_gc(demo_data: DemoData, tmp_path: Path) -> None:
     assert len(listed) == 3 and listed[-1].startswith("*")
     assert run("models", "verify", "--model-store", str(store)).returncode == 0
     oldest, middle = listed[0].split()[0], listed[1].split()[0]
-    rollback = run("models", "use", "--model-store", str(store), middle)
+    newest = listed[2].split()[1]
+    rollback = run(
+        "models", "use", "--model-store", str(store), middle, "--by", "ana", "--reason", "bad CTR"
+    )
     assert rollback.returncode == 0 and (store / "LATEST").read_text().strip() == middle
     damaged = store / "versions" / oldest / "item_factors.npy"
     damaged.write_bytes(damaged.read_bytes()[:-8])
@@ -134,10 +137,32 @@ def test_models_list_verify_gc(demo_data: DemoData, tmp_path: Path) -> None:
     assert verify.returncode == 1 and f"FAILED  {oldest}" in verify.stdout
     refused = run("models", "use", "--model-store", str(store), oldest)
     assert refused.returncode == 2 and "item_factors.npy" in refused.stderr
+    experiments = tmp_path / "experiments.json"
+    arms = [{"name": "control", "weight": 50}, {"name": "new", "weight": 50}]
+    arms[1]["model_version"] = oldest
+    experiments.write_text(json.dumps({"version": "1", "experiments": [
+        {"name": "ranker", "arms": arms}]}))  # fmt: skip
+    promote = ["models", "promote", "--model-store", str(store), "--experiments", str(experiments)]
+    refused = run(*promote, "--arm", "new", "--reason", "won")  # the damaged version
+    assert refused.returncode == 2 and "item_factors.npy" in refused.stderr
+    arms[1]["model_version"] = newest
+    experiments.write_text(json.dumps({"version": "1", "experiments": [
+        {"name": "ranker", "arms": arms}]}))  # fmt: skip
+    assert "has arms control, new" in run(*promote, "--arm", "x", "--reason", "r").stderr
+    assert "current model" in run(*promote, "--arm", "control", "--reason", "r").stderr
+    promoted = run(*promote, "--arm", "new", "--reason", "CTR +20%, p=0.001", "--by", "bo")
+    assert promoted.returncode == 0 and (store / "LATEST").read_text().strip() == newest
+    history = run("models", "history", "--model-store", str(store), "--json").stdout.splitlines()
+    entries = [json.loads(line) for line in history]  # refused switches are not recorded
+    assert [(e["version"], e["previous"], e["by"]) for e in entries] == [
+        (middle, newest, "ana"),
+        (newest, middle, "bo"),
+    ]
+    assert entries[0]["reason"] == "bad CTR" and entries[1]["arm"] == "new"
     gc = run("models", "gc", "--model-store", str(store), "--keep", "1")
-    # --keep 1 keeps the newest and LATEST (rolled back to the middle one).
-    assert gc.returncode == 0 and gc.stdout.count("removed") == 1
-    assert len(run("models", "list", "--model-store", str(store)).stdout.splitlines()) == 2
+    # --keep 1 keeps the newest, which is LATEST again: the other two go.
+    assert gc.returncode == 0 and gc.stdout.count("removed") == 2
+    assert len(run("models", "list", "--model-store", str(store)).stdout.splitlines()) == 1
 
 
 def test_bpr_model_trains_and_serves_sessions(demo_data: DemoData, tmp_path: Path) -> None:
