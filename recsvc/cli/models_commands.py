@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from recsvc.cli.common import common_options, settings_from
+from recsvc.cli.common import common_options, namespace_option, settings_from
 
 log = logging.getLogger("recsvc")
 
@@ -32,6 +32,7 @@ def add_models_sync(actions: Any) -> None:
     sub.add_argument(
         "--keep", type=int, default=2, help="versions kept in --dest, LATEST included (default 2)"
     )
+    namespace_option(sub)
     common_options(sub)
     sub.set_defaults(run=_run_sync)
 

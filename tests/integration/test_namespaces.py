@@ -5,6 +5,7 @@ serving its own version."""
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
 from recsvc.artifacts import ModelStore
 from recsvc.data.demo import DemoData, generate_demo_data
 from recsvc.store.names import event_stream_key
-from recsvc.testing import ServerProcess, running_server, server_env
+from recsvc.testing import ServerProcess, recsvc_command, running_server, server_env
 from recsvc.training.pipeline import train_from_files
 from tests.conftest import SMALL_INDEX, SMALL_TRAIN
 
@@ -224,3 +225,42 @@ def test_a_swap_in_one_namespace_leaves_the_other_serving(
     assert answers > 0
     assert info(stub, "news").model_version == latest != news_before.model_version
     assert info(stub, "shop").model_version == shop_before.model_version
+
+
+def test_the_command_line_addresses_one_namespace(
+    server: ServerProcess, stub: pb_grpc.RecommenderStub, stores: Path, redis_server_url: str
+) -> None:
+    env = server_env(
+        RECSVC_REDIS_URL=redis_server_url,
+        RECSVC_NAMESPACES=json.dumps({"shop": {}, "news": {}}),
+        RECSVC_DEFAULT_NAMESPACE="shop",
+    )
+    news_latest = ModelStore(stores / "news").latest_version()
+    assert news_latest is not None
+    listed = subprocess.run(
+        recsvc_command("models", "list", "--model-store", str(stores), "--namespace", "news"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert f"* {news_latest}" in listed.stdout.splitlines()[-1]
+    called = subprocess.run(
+        recsvc_command("call", "info", "--target", server.target, "--namespace", "news"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert json.loads(called.stdout)["version"] == info(stub, "news").model_version
+    unknown = subprocess.run(
+        recsvc_command("models", "list", "--model-store", str(stores), "--namespace", "nope"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert unknown.returncode == 2
+    assert "namespace: no namespace 'nope'" in unknown.stderr
