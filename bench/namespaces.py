@@ -98,7 +98,6 @@ async def measure(target: str, store_b: ModelStore, versions: list[str], args) -
         for kind in kinds[: 2 * args.rounds]:
             stop = asyncio.Event()
             flipper = None
-            swapped_before = await b_version()
             if kind == "swap":
                 flipper = asyncio.create_task(flip_b(store_b, versions, args.swap_every, stop))
             result = await closed_loop(call, args.concurrency, args.seconds)
@@ -106,7 +105,7 @@ async def measure(target: str, store_b: ModelStore, versions: list[str], args) -
             flips = await flipper if flipper else 0
             # Let the last flip land before the next round (a quiet round must be quiet).
             await asyncio.sleep(args.swap_every + 1.0)
-            result.update(kind=kind, flips=flips, b_changed=swapped_before != await b_version())
+            result.update(kind=kind, flips=flips, b_version=await b_version())
             rounds.append(result)
             print(json.dumps(result), file=sys.stderr, flush=True)
         return {"rounds": rounds}
