@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -45,6 +46,8 @@ from recsvc.core.queries import (
     Strategy,
 )
 from recsvc.core.state import EventType
+
+_Request = TypeVar("_Request", bound=Any)
 
 __all__ = [
     "CategoryFilter",
@@ -77,11 +80,14 @@ class RecsvcClient:
         tls_key_file: Path | None = None,
         tls_server_name: str | None = None,
         token: str | None = None,
+        namespace: str = "",
     ) -> None:
         """TLS is on with ``tls`` or any ``tls_*`` argument: the server is verified against
         ``tls_ca_file`` (default: the system's CAs) under its name in ``target`` or
-        ``tls_server_name``; ``token`` goes with every call as ``authorization: Bearer``."""
+        ``tls_server_name``; ``token`` goes with every call as ``authorization: Bearer``;
+        every call addresses ``namespace`` (empty: the server's default one)."""
         self.timeout = timeout
+        self.namespace = namespace
         options: list[tuple[str, int | str]] = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -133,7 +139,9 @@ class RecsvcClient:
             explain=explain,
         )
         response = self._stub.Recommend(
-            convert.recommend_query_to_pb(query), timeout=self.timeout, metadata=self._metadata
+            self._in_namespace(convert.recommend_query_to_pb(query)),
+            timeout=self.timeout,
+            metadata=self._metadata,
         )
         return convert.recommendation_from_pb(response)
 
@@ -141,7 +149,9 @@ class RecsvcClient:
         request = pb.RecommendBatchRequest(
             requests=[convert.recommend_query_to_pb(q) for q in queries]
         )
-        response = self._stub.RecommendBatch(request, timeout=self.timeout, metadata=self._metadata)
+        response = self._stub.RecommendBatch(
+            self._in_namespace(request), timeout=self.timeout, metadata=self._metadata
+        )
         return [convert.recommendation_from_pb(r) for r in response.responses]
 
     def similar_items(
@@ -156,7 +166,9 @@ class RecsvcClient:
             SimilarQuery(item_id, k, mode, categories or CategoryFilter(), filter=filter)
         )
         return convert.similar_items_from_pb(
-            self._stub.SimilarItems(request, timeout=self.timeout, metadata=self._metadata)
+            self._stub.SimilarItems(
+                self._in_namespace(request), timeout=self.timeout, metadata=self._metadata
+            )
         )
 
     def search_by_image(
@@ -174,7 +186,9 @@ class RecsvcClient:
             categories=pb.CategoryFilter(include=filters.include, exclude=filters.exclude),
             filter=filter,
         )
-        response = self._stub.SearchByImage(request, timeout=self.timeout, metadata=self._metadata)
+        response = self._stub.SearchByImage(
+            self._in_namespace(request), timeout=self.timeout, metadata=self._metadata
+        )
         return SimilarItems(
             [ScoredItem(i.item_id, i.score, i.rule) for i in response.items],
             response.model_version,
@@ -204,7 +218,9 @@ class RecsvcClient:
             tuple(exclude_item_ids),
         )
         response = self._stub.RecommendFromExamples(
-            convert.examples_query_to_pb(query), timeout=self.timeout, metadata=self._metadata
+            self._in_namespace(convert.examples_query_to_pb(query)),
+            timeout=self.timeout,
+            metadata=self._metadata,
         )
         return SimilarItems(
             [ScoredItem(i.item_id, i.score, i.rule) for i in response.items],
@@ -227,21 +243,25 @@ class RecsvcClient:
                 for i in items
             ]
         )
-        response = self._stub.UpsertItems(request, timeout=self.timeout, metadata=self._metadata)
+        response = self._stub.UpsertItems(
+            self._in_namespace(request), timeout=self.timeout, metadata=self._metadata
+        )
         return response.created, response.updated
 
     def delete_items(self, item_ids: Sequence[str]) -> tuple[int, int]:
         """Delete items (never served again, left out of the next training); returns
         (deleted, not_found)."""
         request = pb.DeleteItemsRequest(item_ids=list(item_ids))
-        response = self._stub.DeleteItems(request, timeout=self.timeout, metadata=self._metadata)
+        response = self._stub.DeleteItems(
+            self._in_namespace(request), timeout=self.timeout, metadata=self._metadata
+        )
         return response.deleted, response.not_found
 
     def record_interactions(self, interactions: Sequence[RawInteraction]) -> tuple[int, int]:
         """Record interactions; returns (accepted, duplicates)."""
         request = convert.interactions_to_pb(list(interactions))
         response = self._stub.RecordInteractions(
-            request, timeout=self.timeout, metadata=self._metadata
+            self._in_namespace(request), timeout=self.timeout, metadata=self._metadata
         )
         return response.accepted, response.duplicates
 
@@ -249,13 +269,17 @@ class RecsvcClient:
         """Forget a user (ForgetUser): returns whether the server held any state for them.
         When it returns, the forgetting is durable (docs/privacy.md says what it covers)."""
         response = self._stub.ForgetUser(
-            pb.ForgetUserRequest(user_id=user_id), timeout=self.timeout, metadata=self._metadata
+            pb.ForgetUserRequest(user_id=user_id, namespace=self.namespace),
+            timeout=self.timeout,
+            metadata=self._metadata,
         )
         return bool(response.found)
 
     def model_info(self) -> ModelInfo:
         response = self._stub.GetModelInfo(
-            pb.GetModelInfoRequest(), timeout=self.timeout, metadata=self._metadata
+            pb.GetModelInfoRequest(namespace=self.namespace),
+            timeout=self.timeout,
+            metadata=self._metadata,
         )
         return convert.model_info_from_pb(response)
 
@@ -267,6 +291,10 @@ class RecsvcClient:
             metadata=self._metadata,
         )
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    def _in_namespace(self, request: _Request) -> _Request:
+        request.namespace = self.namespace
+        return request
 
     def close(self) -> None:
         self._channel.close()

@@ -31,6 +31,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from recsvc.core.namespaces import DEFAULT_NAMESPACE, NAME_PATTERN, NAME_RULE
 from recsvc.errors import ConfigError
 from recsvc.index.params import DEFAULT_EXACT_HEAD_SHARE
 from recsvc.vision import DEFAULT_BACKBONE
@@ -566,6 +567,34 @@ class RulesSettings(_Section):
     max_file_bytes: int = Field(MiB, ge=1024, le=64 * MiB, description="Largest rules file read.")
 
 
+# The sections a namespace may override (RECSVC_NAMESPACES); the others (server, security,
+# images, log, redis_url) belong to the process and are shared by every namespace.
+NAMESPACE_SECTIONS = ("store", "serving", "events", "rules", "workers", "train", "index")
+
+
+class NamespaceSettings(_Section):
+    """One namespace's overrides of the deployment's settings (docs/deploy.md, Namespaces)."""
+
+    model_store: Path | None = Field(
+        None, description="Model store of the namespace; unset: MODEL_STORE/NAME."
+    )
+    store: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Overrides of store.* (key_prefix unset: STORE__KEY_PREFIX:NAME; "
+        "event_log_path, when the deployment sets one: its directory/NAME/its file name).",
+    )
+    serving: dict[str, Any] = Field(default_factory=dict, description="Overrides of serving.*.")
+    events: dict[str, Any] = Field(default_factory=dict, description="Overrides of events.*.")
+    rules: dict[str, Any] = Field(default_factory=dict, description="Overrides of rules.*.")
+    workers: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Overrides of workers.* (interaction_store unset: "
+        "WORKERS__INTERACTION_STORE/NAME).",
+    )
+    train: dict[str, Any] = Field(default_factory=dict, description="Overrides of train.*.")
+    index: dict[str, Any] = Field(default_factory=dict, description="Overrides of index.*.")
+
+
 class Settings(BaseSettings):
     """recsvc's settings. Every field can be set by environment variable or config file."""
 
@@ -620,6 +649,88 @@ class Settings(BaseSettings):
     images: ImageSettings = Field(default_factory=ImageSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     rules: RulesSettings = Field(default_factory=RulesSettings)
+    namespaces: dict[str, NamespaceSettings] = Field(
+        default_factory=dict,
+        description="Namespaces (tenants) served side by side, as a JSON object: name "
+        "([a-z0-9-]{1,63}) -> overrides of model_store and of the store, serving, events, "
+        "rules, workers, train and index sections. Paths and the Redis key prefix a namespace "
+        "does not set get its name appended. Empty: one namespace, DEFAULT_NAMESPACE, with the "
+        "settings as they are.",
+    )
+    default_namespace: str | None = Field(
+        None,
+        description="The namespace of requests that name none; unset: the only one there is "
+        '("default" when NAMESPACES is empty). Required with two or more namespaces.',
+    )
+
+    @model_validator(mode="after")
+    def _namespaces_apart(self) -> Settings:
+        for name in self.namespaces:
+            if NAME_PATTERN.fullmatch(name) is None:
+                raise ValueError(f"namespaces: {name[:80]!r} is not a namespace name ({NAME_RULE})")
+        default = self.default_namespace
+        if default is not None and NAME_PATTERN.fullmatch(default) is None:
+            raise ValueError(f"default_namespace: {default[:80]!r} is not a name ({NAME_RULE})")
+        if self.namespaces:
+            if default is None and len(self.namespaces) > 1:
+                raise ValueError(
+                    f"default_namespace: required with several namespaces "
+                    f"({', '.join(sorted(self.namespaces))})"
+                )
+            if default is not None and default not in self.namespaces:
+                raise ValueError(
+                    f"default_namespace: {default!r} is not among the namespaces "
+                    f"({', '.join(sorted(self.namespaces))})"
+                )
+            _check_namespaces_apart({n: self.for_namespace(n) for n in self.namespaces})
+        return self
+
+    def namespace_names(self) -> list[str]:
+        """Every namespace served, the default one first."""
+        default = self.default_namespace_name
+        return [default, *sorted(n for n in self.namespaces if n != default)]
+
+    @property
+    def default_namespace_name(self) -> str:
+        if self.default_namespace is not None:
+            return self.default_namespace
+        return next(iter(self.namespaces)) if self.namespaces else DEFAULT_NAMESPACE
+
+    def for_namespace(self, name: str | None = None) -> Settings:
+        """The effective settings of namespace ``name`` (None or "": the default one): these
+        settings with its overrides applied, naming that namespace alone. Unknown: ConfigError."""
+        name = name or self.default_namespace_name
+        if not self.namespaces:
+            if name != self.default_namespace_name:
+                raise ConfigError(
+                    f"namespace: no namespace {name!r} (served: {self.default_namespace_name})"
+                )
+            return self
+        overrides = self.namespaces.get(name)
+        if overrides is None:
+            served = ", ".join(sorted(self.namespaces))
+            raise ConfigError(f"namespace: no namespace {name!r} (served: {served})")
+        update: dict[str, Any] = {
+            "model_store": overrides.model_store or self.model_store / name,
+            "namespaces": {},
+            "default_namespace": name,
+        }
+        derived: dict[str, dict[str, Any]] = {
+            "store": {"key_prefix": f"{self.store.key_prefix}:{name}"},
+            "workers": {"interaction_store": self.workers.interaction_store / name},
+        }
+        if self.store.event_log_path is not None:
+            path = self.store.event_log_path
+            derived["store"]["event_log_path"] = path.parent / name / path.name
+        for section in NAMESPACE_SECTIONS:
+            current: BaseModel = getattr(self, section)
+            values = {**current.model_dump(), **derived.get(section, {})}
+            values.update(getattr(overrides, section))
+            try:
+                update[section] = type(current).model_validate(values)
+            except ValidationError as exc:
+                raise ValueError(f"namespaces.{name}.{section}: {_one_line(exc)}") from exc
+        return self.model_copy(update=update)
 
     @classmethod
     def settings_customise_sources(
@@ -632,6 +743,29 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Overrides beat the environment, the environment beats the config file.
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def _check_namespaces_apart(namespaces: Mapping[str, Settings]) -> None:
+    """Refuse two namespaces sharing a model store, key prefix, event log or interaction
+    store: their models, users or events would mix (a leak between tenants)."""
+    seen: dict[tuple[str, str], str] = {}
+    for name, settings in namespaces.items():
+        places = {
+            "model_store": str(settings.model_store.resolve()),
+            "store.key_prefix": settings.store.key_prefix,
+            "store.event_log_path": str((settings.store.event_log_path or Path()).resolve())
+            if settings.store.event_log_path
+            else "",
+            "workers.interaction_store": str(settings.workers.interaction_store.resolve()),
+        }
+        for what, place in places.items():
+            if not place:
+                continue
+            other = seen.setdefault((what, place), name)
+            if other != name:
+                raise ValueError(
+                    f"namespaces.{name}.{what}: {place!r} is also namespace {other!r}'s"
+                )
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
@@ -737,7 +871,8 @@ def settings_table() -> str:
                 rows.append(f"| `{env}` | `{sub_field.default}` | {sub_field.description} |")
         else:
             env = _env_name(name, field.validation_alias)
-            rows.append(f"| `{env}` | `{field.default}` | {field.description} |")
+            default = field.get_default(call_default_factory=True)
+            rows.append(f"| `{env}` | `{default}` | {field.description} |")
     return "\n".join(rows)
 
 

@@ -22,7 +22,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,7 +37,7 @@ from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
 from recsvc.api.access_log import log_calls
 from recsvc.api.auth import Scope, TokenAuthInterceptor, TokenFile, server_credentials
 from recsvc.api.handlers import WarningLimiter, add_guarded
-from recsvc.api.servicer import RecommenderServicer
+from recsvc.api.servicer import RecommenderServicer, Served
 from recsvc.artifacts import ModelStore
 from recsvc.artifacts.rules_file import RulesFile
 from recsvc.artifacts.watcher import ModelWatcher
@@ -52,6 +52,7 @@ from recsvc.config import Settings
 from recsvc.core.holder import RecommenderHolder
 from recsvc.core.items import CatalogueSync, ImageLimits, ItemService
 from recsvc.core.model import Model
+from recsvc.core.namespaces import DEFAULT_NAMESPACE
 from recsvc.core.queries import Limits
 from recsvc.core.recommender import Recommender
 from recsvc.core.rules import RulesHolder
@@ -91,6 +92,8 @@ def create_server(
     service: RecommendationService,
     items: ItemService,
     metrics: Metrics | None = None,
+    namespaces: Mapping[str, Served] | None = None,
+    default_namespace: str = DEFAULT_NAMESPACE,
 ) -> ServerHandle:
     """A grpc.aio server with the Recommender, health and (unless turned off) reflection
     services, bound to ``settings.server.host:port`` (port 0 picks a free one), with TLS and
@@ -126,8 +129,14 @@ def create_server(
         interceptors=interceptors,
         maximum_concurrent_rpcs=settings.server.max_concurrent_rpcs,
     )
+    # ``service`` and ``items`` answer the default namespace; ``namespaces`` all of them.
     servicer = RecommenderServicer(
-        service, items, metrics, echo_generated_ids=settings.server.echo_generated_request_ids
+        service,
+        items,
+        metrics,
+        echo_generated_ids=settings.server.echo_generated_request_ids,
+        namespaces=namespaces,
+        default_namespace=default_namespace,
     )
     if settings.server.access_log:
         log_calls(servicer, RECOMMENDER_METHODS)
@@ -405,33 +414,106 @@ GIL_SWITCH_INTERVAL_SECONDS = 0.0005
 SERVING_BLAS_THREADS = 1
 
 
+@dataclass
+class NamespaceServing:
+    """Everything that answers one namespace: its model (holder, hot-swapped by its own
+    watcher), user state store, event log, item log and rules, wired from its settings."""
+
+    name: str
+    settings: Settings
+    holder: RecommenderHolder
+    model_store: ModelStore
+    rules_file: RulesFile | None
+    store: UserStateStore
+    events: EventLog
+    item_log: ItemLog
+    service: RecommendationService
+    items: ItemService
+    watcher: ModelWatcher
+
+    @classmethod
+    def build(cls, name: str, settings: Settings) -> NamespaceServing:
+        """Wire namespace ``name`` from its effective settings (Settings.for_namespace). A bad
+        rules file raises before any backend is opened."""
+        holder = RecommenderHolder(
+            waiting=f"no model loaded yet: waiting for the first version in {settings.model_store}",
+            freeze_heap=settings.serving.freeze_heap,
+        )
+        rules = RulesHolder()
+        rules_file = load_rules_file(settings, rules)
+        store, events, item_log = build_user_state(settings)
+        service = build_service(settings, holder, (store, events), rules)
+        items = build_item_service(settings, holder, item_log)
+        model_store = ModelStore.from_settings(settings)
+        watcher = ModelWatcher(
+            model_store,
+            holder,
+            lambda version: items.prepare(load_recommender(settings, version)),
+            settings.serving.model_poll_seconds,
+        )
+        return cls(
+            name, settings, holder, model_store, rules_file, store, events, item_log, service,
+            items, watcher,
+        )  # fmt: skip
+
+    @property
+    def served(self) -> Served:
+        return Served(self.name, self.service, self.items)
+
+    def background(self, loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[None]]:
+        """The namespace's own loops: item-log sync, rules reload (the model watcher starts
+        once the first model is in)."""
+        tasks = [loop.create_task(self.items.run())]
+        if self.rules_file is not None and self.rules_file.reload_seconds > 0:
+            tasks.append(loop.create_task(self.rules_file.run()))
+        return tasks
+
+    async def watch_models(self, stop: asyncio.Event) -> None:
+        """Wait for the first model if there is none yet, then watch for new versions."""
+        serving = self.settings.serving
+        await _wait_for_first_model(self.watcher, stop, serving.first_model_poll_seconds)
+        if serving.model_poll_seconds > 0 and not stop.is_set():
+            await self.watcher.run()
+
+    async def close(self) -> None:
+        await self.store.close()
+        await self.events.close()
+        await self.item_log.close()
+        self.items.close()
+
+
 async def serve(settings: Settings, announce: bool = True) -> None:
-    """Run the server until SIGTERM or SIGINT, then drain and stop."""
+    """Run the server until SIGTERM or SIGINT, then drain and stop. Every namespace the
+    settings name is served (recsvc.core.namespaces); its models are watched apart."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
     threadpool_limits(limits=SERVING_BLAS_THREADS, user_api="blas")
-    log.info("%s", startup_line(settings))
-    holder = RecommenderHolder(
-        waiting=f"no model loaded yet: waiting for the first version in {settings.model_store}",
-        freeze_heap=settings.serving.freeze_heap,
-    )
-    model_store = ModelStore.from_settings(settings)
-    rules = RulesHolder()
+    names = settings.namespace_names()
+    for name in names:
+        line = startup_line(settings.for_namespace(name))
+        log.info("%s", line if len(names) == 1 else f"namespace {name}: {line}")
     # Before any backend is opened: a bad rules file ends start-up with one line.
-    rules_file = load_rules_file(settings, rules)
-    store, events, item_log = build_user_state(settings)
-    service = build_service(settings, holder, (store, events), rules)
-    items = build_item_service(settings, holder, item_log)
+    units: dict[str, NamespaceServing] = {}
+    try:
+        for name in names:
+            units[name] = NamespaceServing.build(name, settings.for_namespace(name))
+    except BaseException:
+        for unit in units.values():
+            await unit.close()
+        raise
+    first = units[names[0]]  # the default namespace: readiness follows its model
     metrics = Metrics()
-    handle = create_server(settings, service, items, metrics)
-    store_health = StoreHealth(handle, store)
-    service.on_store_status = store_health.report
-    watcher = ModelWatcher(
-        model_store,
-        holder,
-        lambda version: items.prepare(load_recommender(settings, version)),
-        settings.serving.model_poll_seconds,
+    handle = create_server(
+        settings,
+        first.service,
+        first.items,
+        metrics,
+        namespaces={name: unit.served for name, unit in units.items()},
+        default_namespace=first.name,
     )
-    metrics.watch(service, lambda: (watcher.swaps, watcher.failures))
+    store_health = StoreHealth(handle, first.store)
+    for unit in units.values():
+        unit.service.on_store_status = store_health.report
+    metrics.watch(first.service, lambda: (first.watcher.swaps, first.watcher.failures))
     gate = handle.servicer.gate
     metrics.watch_calls(SERVICE_NAME, RECOMMENDER_METHODS, lambda: gate.active)
     if settings.server.metrics_port:
@@ -439,7 +521,8 @@ async def serve(settings: Settings, announce: bool = True) -> None:
         metrics.serve(settings.server.metrics_port, metrics_host)
     # Embedded mode's users' histories, back from the event log before the port opens, so no
     # call sees a half-replayed store (it needs no model: vectors are folded in when asked).
-    await replay_event_log(settings, service)
+    for unit in units.values():
+        await replay_event_log(unit.settings, unit.service)
     await set_health(handle, NOT_SERVING)
     await handle.server.start()
     if handle.probes is not None:
@@ -449,27 +532,35 @@ async def serve(settings: Settings, announce: bool = True) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     background: list[asyncio.Task[None]] = [loop.create_task(store_health.run())]
-    background.append(loop.create_task(items.run()))
-    if rules_file is not None and rules_file.reload_seconds > 0:
-        background.append(loop.create_task(rules_file.run()))
+    for unit in units.values():
+        background += unit.background(loop)
     try:
-        await items.refresh()
+        for unit in units.values():
+            await unit.items.refresh()
         listening = f"listening on {settings.server.host}:{handle.port}"
-        if model_store.latest_version() is None:
+        for unit in units.values():
+            if unit.model_store.latest_version() is not None:
+                loaded = await asyncio.to_thread(_first_recommender, unit.settings, unit.items)
+                unit.holder.swap(loaded)
+            elif unit is not first:
+                log.warning("namespace %s: %s", unit.name, unit.holder.waiting)
+        for unit in units.values():
+            if unit is not first:
+                background.append(loop.create_task(unit.watch_models(stop)))
+        if not first.holder.loaded:
             # Not an error: a pod may start before the first training run has published.
-            log.warning("%s", holder.waiting)
+            log.warning("%s", first.holder.waiting)
             # Alive but not ready: liveness ("") passes so no probe restarts the pod while
             # it waits; readiness (the Recommender service) stays NOT_SERVING.
             await handle.health.set("", SERVING)
             if announce:
-                print(f"{listening} (not serving: {holder.waiting})", flush=True)
-            await _wait_for_first_model(watcher, stop, settings.serving.first_model_poll_seconds)
+                print(f"{listening} (not serving: {first.holder.waiting})", flush=True)
+            interval = first.settings.serving.first_model_poll_seconds
+            await _wait_for_first_model(first.watcher, stop, interval)
             announce = False
-        else:
-            holder.swap(await asyncio.to_thread(_first_recommender, settings, items))
-        if settings.serving.model_poll_seconds > 0:
-            background.append(loop.create_task(watcher.run()))
-        if holder.loaded:
+        if first.settings.serving.model_poll_seconds > 0:
+            background.append(loop.create_task(first.watcher.run()))
+        if first.holder.loaded:
             await set_health(handle, SERVING)
         if announce:
             print(listening, flush=True)
@@ -484,8 +575,6 @@ async def serve(settings: Settings, announce: bool = True) -> None:
         for task in background:
             task.cancel()
         await stop_server(handle, settings.server.grace_seconds)
-        await store.close()
-        await events.close()
-        await item_log.close()
-        items.close()
+        for unit in units.values():
+            await unit.close()
         log.info("stopped")

@@ -323,9 +323,11 @@ def similar_items_from_pb(message: pb.SimilarItemsResponse) -> SimilarItems:
     return SimilarItems(_items_from_pb(list(message.items)), message.model_version)
 
 
-def model_info_to_pb(info: ModelInfo, rules_version: str = "") -> pb.ModelInfo:
-    """The model's facts, and the version of the business rules in force (not the model's:
-    rules change apart from it)."""
+def model_info_to_pb(
+    info: ModelInfo, rules_version: str = "", namespace: str = "", memory_bytes: int = 0
+) -> pb.ModelInfo:
+    """The model's facts, the version of the business rules in force (not the model's:
+    rules change apart from it), the namespace it serves and the memory it holds."""
     return pb.ModelInfo(
         model_version=info.version,
         algorithm=info.algorithm,
@@ -342,6 +344,8 @@ def model_info_to_pb(info: ModelInfo, rules_version: str = "") -> pb.ModelInfo:
         engine=info.engine,
         user_index=_index_info_to_pb(info.user_index),
         similar_index=_index_info_to_pb(info.similar_index) if info.similar_index else None,
+        namespace=namespace,
+        memory_bytes=memory_bytes,
     )
 
 

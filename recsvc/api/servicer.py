@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import grpc
 
@@ -12,14 +14,27 @@ from recsvc.api import convert
 from recsvc.api.boundary import call_boundary
 from recsvc.api.gate import CallGate
 from recsvc.core.items import ItemService
+from recsvc.core.memory import model_memory_bytes
+from recsvc.core.namespaces import DEFAULT_NAMESPACE, NamespaceTable
 from recsvc.core.service import RecommendationService
+from recsvc.errors import InvalidArgument
 from recsvc.metrics import Metrics
 
 Context = grpc.aio.ServicerContext
 
 
+@dataclass(frozen=True)
+class Served:
+    """What answers one namespace's calls."""
+
+    namespace: str
+    service: RecommendationService
+    items: ItemService
+
+
 class RecommenderServicer(pb_grpc.RecommenderServicer):
-    """gRPC front of :class:`RecommendationService` and :class:`ItemService`."""
+    """gRPC front of :class:`RecommendationService` and :class:`ItemService`, one pair per
+    namespace, picked by each request's ``namespace`` (empty: the default one)."""
 
     def __init__(
         self,
@@ -27,14 +42,32 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         items: ItemService,
         metrics: Metrics | None = None,
         echo_generated_ids: bool = False,
+        namespaces: Mapping[str, Served] | None = None,
+        default_namespace: str = DEFAULT_NAMESPACE,
     ) -> None:
-        self._service = service
-        self._items = items
+        """``service`` and ``items`` answer ``default_namespace``; ``namespaces`` adds the
+        others (or all of them, the default one included)."""
+        units = {default_namespace: Served(default_namespace, service, items)}
+        units.update(namespaces or {})
+        self.namespaces = NamespaceTable(units, default_namespace)
         self.metrics = metrics
         # Read by call_boundary: whether ids made here go back to the caller too.
         self.echo_generated_ids = echo_generated_ids
         # Every call passes it (call_boundary); it holds calls at the end of a shutdown.
         self.gate = CallGate()
+
+    def _check_batch_namespaces(self, batch: pb.RecommendBatchRequest, unit: Served) -> None:
+        """A batch is answered in its own namespace: a request in it naming another is
+        refused rather than answered from the wrong catalogue."""
+        for i, request in enumerate(batch.requests):
+            if (
+                request.namespace
+                and self.namespaces.pick(request.namespace, f"requests[{i}].namespace") is not unit
+            ):
+                raise InvalidArgument(
+                    f"requests[{i}].namespace",
+                    f"{request.namespace[:80]!r} is not the batch's namespace (leave it empty)",
+                )
 
     @call_boundary
     async def Recommend(
@@ -42,8 +75,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         request: pb.RecommendRequest,
         context: Context[pb.RecommendRequest, pb.RecommendResponse],
     ) -> pb.RecommendResponse:
+        unit = self.namespaces.pick(request.namespace)
         query = convert.recommend_query_from_pb(request)
-        result = await self._service.recommend(query, context.time_remaining())
+        result = await unit.service.recommend(query, context.time_remaining())
         return convert.recommendation_to_pb(result)
 
     @call_boundary
@@ -52,12 +86,14 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         request: pb.RecommendBatchRequest,
         context: Context[pb.RecommendBatchRequest, pb.RecommendBatchResponse],
     ) -> pb.RecommendBatchResponse:
+        unit = self.namespaces.pick(request.namespace)
+        self._check_batch_namespaces(request, unit)
         queries = [convert.recommend_query_from_pb(r) for r in request.requests]
         # Each slice converted and serialized on a worker thread, the parts joined: repeated
         # fields concatenate on the wire. Up to 1,000 x 1,000 items would otherwise hold the
         # event loop for long (api.handlers passes the bytes through).
         parts: list[bytes] = []
-        async for part in self._service.recommend_batch_slices(queries, context.time_remaining()):
+        async for part in unit.service.recommend_batch_slices(queries, context.time_remaining()):
             parts.append(await asyncio.to_thread(convert.serialized_batch_part, part))
         return b"".join(parts)  # type: ignore[return-value]
 
@@ -67,8 +103,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         request: pb.SimilarItemsRequest,
         context: Context[pb.SimilarItemsRequest, pb.SimilarItemsResponse],
     ) -> pb.SimilarItemsResponse:
+        unit = self.namespaces.pick(request.namespace)
         query = convert.similar_query_from_pb(request)
-        return convert.similar_items_to_pb(await self._service.similar_items(query))
+        return convert.similar_items_to_pb(await unit.service.similar_items(query))
 
     @call_boundary
     async def GetModelInfo(
@@ -76,8 +113,11 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         request: pb.GetModelInfoRequest,
         context: Context[pb.GetModelInfoRequest, pb.ModelInfo],
     ) -> pb.ModelInfo:
-        info = self._service.current().model.info
-        return convert.model_info_to_pb(info, self._service.rules_version)
+        unit = self.namespaces.pick(request.namespace)
+        model = unit.service.current().model
+        return convert.model_info_to_pb(
+            model.info, unit.service.rules_version, unit.namespace, model_memory_bytes(model)
+        )
 
     @call_boundary
     async def RecordInteractions(
@@ -85,8 +125,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         request: pb.RecordInteractionsRequest,
         context: Context[pb.RecordInteractionsRequest, pb.RecordInteractionsResponse],
     ) -> pb.RecordInteractionsResponse:
+        unit = self.namespaces.pick(request.namespace)
         raw = convert.interactions_from_pb(request)
-        result = await self._service.record(raw, context.time_remaining())
+        result = await unit.service.record(raw, context.time_remaining())
         return pb.RecordInteractionsResponse(
             accepted=len(result.accepted), duplicates=result.duplicates
         )
@@ -97,8 +138,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         request: pb.SearchByImageRequest,
         context: Context[pb.SearchByImageRequest, pb.SearchByImageResponse],
     ) -> pb.SearchByImageResponse:
+        unit = self.namespaces.pick(request.namespace)
         image, query = convert.image_query_from_pb(request)
-        result = await self._items.search_by_image(image, query)
+        result = await unit.items.search_by_image(image, query)
         return pb.SearchByImageResponse(
             items=convert.similar_items_to_pb(result).items, model_version=result.model_version
         )
@@ -109,8 +151,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         request: pb.RecommendFromExamplesRequest,
         context: Context[pb.RecommendFromExamplesRequest, pb.RecommendFromExamplesResponse],
     ) -> pb.RecommendFromExamplesResponse:
+        unit = self.namespaces.pick(request.namespace)
         query = convert.examples_query_from_pb(request)
-        result = await self._items.recommend_from_examples(query)
+        result = await unit.items.recommend_from_examples(query)
         return pb.RecommendFromExamplesResponse(
             items=convert.similar_items_to_pb(result).items, model_version=result.model_version
         )
@@ -121,7 +164,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         request: pb.UpsertItemsRequest,
         context: Context[pb.UpsertItemsRequest, pb.UpsertItemsResponse],
     ) -> pb.UpsertItemsResponse:
-        created, updated = await self._items.upsert(convert.raw_items_from_pb(request))
+        unit = self.namespaces.pick(request.namespace)
+        created, updated = await unit.items.upsert(convert.raw_items_from_pb(request))
         return pb.UpsertItemsResponse(created=created, updated=updated)
 
     @call_boundary
@@ -130,7 +174,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         request: pb.DeleteItemsRequest,
         context: Context[pb.DeleteItemsRequest, pb.DeleteItemsResponse],
     ) -> pb.DeleteItemsResponse:
-        deleted, not_found = await self._items.delete(list(request.item_ids))
+        unit = self.namespaces.pick(request.namespace)
+        deleted, not_found = await unit.items.delete(list(request.item_ids))
         return pb.DeleteItemsResponse(deleted=deleted, not_found=not_found)
 
     @call_boundary
@@ -139,5 +184,6 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         request: pb.ForgetUserRequest,
         context: Context[pb.ForgetUserRequest, pb.ForgetUserResponse],
     ) -> pb.ForgetUserResponse:
-        found = await self._service.forget_user(request.user_id, context.time_remaining())
+        unit = self.namespaces.pick(request.namespace)
+        found = await unit.service.forget_user(request.user_id, context.time_remaining())
         return pb.ForgetUserResponse(found=found)

@@ -37,7 +37,21 @@ def common_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def namespace_option(parser: argparse.ArgumentParser) -> None:
+    """--namespace, for the commands that address one namespace's stores."""
+    parser.add_argument(
+        "--namespace",
+        help="the namespace (RECSVC_NAMESPACES) whose stores to use; --model-store and "
+        "--interaction-store then name the deployment's, under which the namespace's lie "
+        "(default: RECSVC_DEFAULT_NAMESPACE, or the only one)",
+    )
+
+
 def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
+    """The settings the command line says; for a command with --namespace, that namespace's
+    effective settings (Settings.for_namespace)."""
     settings = load_settings(args.config, log_level=args.log_level, **overrides)
     setup_logging(settings.log_level, json_lines=settings.log_format == "json")
+    if hasattr(args, "namespace"):
+        settings = settings.for_namespace(args.namespace)
     return settings

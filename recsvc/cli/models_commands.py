@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from recsvc.cli.common import common_options, settings_from
+from recsvc.cli.common import common_options, namespace_option, settings_from
 from recsvc.config import Settings
 
 log = logging.getLogger("recsvc")
@@ -35,6 +35,7 @@ def add_models_sync(actions: Any) -> None:
     sub.add_argument(
         "--keep", type=int, default=2, help="versions kept in --dest, LATEST included (default 2)"
     )
+    namespace_option(sub)
     common_options(sub)
     sub.set_defaults(run=_run_sync)
 
@@ -94,6 +95,7 @@ def add_models_promote(actions: Any) -> None:
     )
     sub.add_argument("--arm", required=True, help="the arm whose model version is promoted")
     add_who_and_why(sub, reason_required=True)
+    namespace_option(sub)
     common_options(sub)
     sub.set_defaults(run=_run_promote)
 
@@ -103,6 +105,7 @@ def add_models_history(actions: Any) -> None:
     sub = actions.add_parser("history", help=text, description=text)
     sub.add_argument("--model-store", type=Path, help="model store directory")
     sub.add_argument("--json", action="store_true", help="one JSON object per line")
+    namespace_option(sub)
     common_options(sub)
     sub.set_defaults(run=_run_history)
 

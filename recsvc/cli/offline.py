@@ -10,7 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from recsvc.cli.common import PROTOCOLS, DefaultsHelpFormatter, common_options, settings_from
+from recsvc.cli.common import (
+    PROTOCOLS,
+    DefaultsHelpFormatter,
+    common_options,
+    namespace_option,
+    settings_from,
+)
 from recsvc.cli.images import add_image_eval_options, run_image_eval
 from recsvc.cli.models_commands import (
     add_models_history,
@@ -55,6 +61,7 @@ def add_train(commands: Any) -> None:
     _add_data_options(p)
     _add_model_options(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    namespace_option(p)
     common_options(p)
     p.set_defaults(run=_run_train)
 
@@ -116,6 +123,7 @@ def add_import(commands: Any) -> None:
         help="interaction store directory (default: RECSVC_WORKERS__INTERACTION_STORE)",
     )
     _add_data_options(p, many=True)
+    namespace_option(p)
     common_options(p)
     p.set_defaults(run=_run_import)
 
@@ -562,6 +570,7 @@ def add_models(commands: Any) -> None:
             add_who_and_why(sub, reason_required=False)
         if name == "gc":
             sub.add_argument("--keep", type=int, default=3, help="newest versions kept (default 3)")
+        namespace_option(sub)
         common_options(sub)
         sub.set_defaults(run=_run_models, action=name)
     add_models_sync(actions)

@@ -123,6 +123,9 @@ def add_call(commands: Any) -> None:
         sub: argparse.ArgumentParser = calls.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of the server")
         sub.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds")
+        sub.add_argument(
+            "--namespace", default="", help="namespace to call (default: the server's default)"
+        )
         _add_security_options(sub)
         sub.set_defaults(run=lambda args: _run_call(args, run))
         return sub
@@ -349,6 +352,7 @@ def _run_call(args: argparse.Namespace, run: Callable[[Any, argparse.Namespace],
             tls_key_file=args.tls_key,
             tls_server_name=args.tls_server_name,
             token=_token(args),
+            namespace=args.namespace,
         )
     except OSError as exc:
         print(f"recsvc: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)

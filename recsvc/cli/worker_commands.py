@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from recsvc.cli.common import common_options, settings_from
+from recsvc.cli.common import common_options, namespace_option, settings_from
 from recsvc.cli.images import add_catalogue_options, read_catalogue_from
 
 # `worker train --check-due` when training is not due: distinct from 1 (failure) and 2 (usage or
@@ -63,6 +63,7 @@ def add_worker(commands: Any) -> None:
         else:
             add_catalogue_options(sub)
             sub.add_argument("--out", type=Path, required=True, help="embedding table")
+        namespace_option(sub)
         common_options(sub)
         sub.set_defaults(run=_run_worker, kind=name)
 

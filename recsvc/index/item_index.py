@@ -34,6 +34,11 @@ FloatMatrix = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
 
+# Per element, besides the graph: the upper-level pointer, level and lock, and the
+# label -> id hash map entry (libstdc++ unordered_map node plus bucket).
+_HNSW_BOOKKEEPING_BYTES = 8 + 4 + 40 + 48
+
+
 class ItemIndex:
     """Top-k search over a fixed set of item vectors (rows of ``vectors``; labels = row numbers).
 
@@ -65,6 +70,19 @@ class ItemIndex:
             norms = np.einsum("ij,ij->i", self.vectors, self.vectors)
             self.head = np.argsort(-norms, kind="stable")[:count].astype(np.int64)
         self.head_vectors = self.vectors[self.head]
+
+    def memory_bytes(self) -> int:
+        """Bytes this index holds: its vectors, the exact head, and the HNSW graph (estimated
+        from hnswlib's layout: each element's level-0 links, vector and label, its share of
+        the upper levels, and the label map)."""
+        arrays = self.vectors.nbytes + self.head.nbytes + self.head_vectors.nbytes
+        if self.hnsw is None:
+            return int(arrays)
+        n, m, dim = self.hnsw.get_current_count(), self.hnsw.M, self.hnsw.dim
+        level0 = (2 * m + 1) * 4 + dim * 4 + 8  # links of 2M neighbours + count, data, label
+        upper = (m + 1) * 4 / max(m - 1, 1)  # levels above 0: expected 1/(M-1) per element
+        per_element = level0 + upper + _HNSW_BOOKKEEPING_BYTES
+        return int(arrays + n * per_element)
 
     @property
     def size(self) -> int:

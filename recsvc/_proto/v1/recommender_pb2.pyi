@@ -91,7 +91,7 @@ class CategoryFilter(_message.Message):
     def __init__(self, include: _Optional[_Iterable[str]] = ..., exclude: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "k", "exclude_seen", "exclude_item_ids", "recent_item_ids", "categories", "diversity", "filter", "context", "explain", "popularity_discount", "interests")
+    __slots__ = ("user_id", "k", "exclude_seen", "exclude_item_ids", "recent_item_ids", "categories", "diversity", "filter", "context", "explain", "popularity_discount", "interests", "namespace")
     class ContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +111,7 @@ class RecommendRequest(_message.Message):
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     POPULARITY_DISCOUNT_FIELD_NUMBER: _ClassVar[int]
     INTERESTS_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     k: int
     exclude_seen: bool
@@ -123,7 +124,8 @@ class RecommendRequest(_message.Message):
     explain: bool
     popularity_discount: float
     interests: int
-    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_seen: _Optional[bool] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., recent_item_ids: _Optional[_Iterable[str]] = ..., categories: _Optional[_Union[CategoryFilter, _Mapping]] = ..., diversity: _Optional[float] = ..., filter: _Optional[str] = ..., context: _Optional[_Mapping[str, str]] = ..., explain: _Optional[bool] = ..., popularity_discount: _Optional[float] = ..., interests: _Optional[int] = ...) -> None: ...
+    namespace: str
+    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_seen: _Optional[bool] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., recent_item_ids: _Optional[_Iterable[str]] = ..., categories: _Optional[_Union[CategoryFilter, _Mapping]] = ..., diversity: _Optional[float] = ..., filter: _Optional[str] = ..., context: _Optional[_Mapping[str, str]] = ..., explain: _Optional[bool] = ..., popularity_discount: _Optional[float] = ..., interests: _Optional[int] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
     __slots__ = ("items", "model_version", "strategy")
@@ -136,10 +138,12 @@ class RecommendResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ...) -> None: ...
 
 class RecommendBatchRequest(_message.Message):
-    __slots__ = ("requests",)
+    __slots__ = ("requests", "namespace")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     requests: _containers.RepeatedCompositeFieldContainer[RecommendRequest]
-    def __init__(self, requests: _Optional[_Iterable[_Union[RecommendRequest, _Mapping]]] = ...) -> None: ...
+    namespace: str
+    def __init__(self, requests: _Optional[_Iterable[_Union[RecommendRequest, _Mapping]]] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class RecommendBatchResponse(_message.Message):
     __slots__ = ("responses",)
@@ -148,18 +152,20 @@ class RecommendBatchResponse(_message.Message):
     def __init__(self, responses: _Optional[_Iterable[_Union[RecommendResponse, _Mapping]]] = ...) -> None: ...
 
 class SimilarItemsRequest(_message.Message):
-    __slots__ = ("item_id", "k", "mode", "categories", "filter")
+    __slots__ = ("item_id", "k", "mode", "categories", "filter", "namespace")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     k: int
     mode: SimilarityMode
     categories: CategoryFilter
     filter: str
-    def __init__(self, item_id: _Optional[str] = ..., k: _Optional[int] = ..., mode: _Optional[_Union[SimilarityMode, str]] = ..., categories: _Optional[_Union[CategoryFilter, _Mapping]] = ..., filter: _Optional[str] = ...) -> None: ...
+    namespace: str
+    def __init__(self, item_id: _Optional[str] = ..., k: _Optional[int] = ..., mode: _Optional[_Union[SimilarityMode, str]] = ..., categories: _Optional[_Union[CategoryFilter, _Mapping]] = ..., filter: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class SimilarItemsResponse(_message.Message):
     __slots__ = ("items", "model_version")
@@ -180,7 +186,7 @@ class Example(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., image: _Optional[bytes] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class RecommendFromExamplesRequest(_message.Message):
-    __slots__ = ("positives", "negatives", "k", "mode", "categories", "filter", "exclude_item_ids")
+    __slots__ = ("positives", "negatives", "k", "mode", "categories", "filter", "exclude_item_ids", "namespace")
     POSITIVES_FIELD_NUMBER: _ClassVar[int]
     NEGATIVES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -188,6 +194,7 @@ class RecommendFromExamplesRequest(_message.Message):
     CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     positives: _containers.RepeatedCompositeFieldContainer[Example]
     negatives: _containers.RepeatedCompositeFieldContainer[Example]
     k: int
@@ -195,7 +202,8 @@ class RecommendFromExamplesRequest(_message.Message):
     categories: CategoryFilter
     filter: str
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, positives: _Optional[_Iterable[_Union[Example, _Mapping]]] = ..., negatives: _Optional[_Iterable[_Union[Example, _Mapping]]] = ..., k: _Optional[int] = ..., mode: _Optional[_Union[SimilarityMode, str]] = ..., categories: _Optional[_Union[CategoryFilter, _Mapping]] = ..., filter: _Optional[str] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    namespace: str
+    def __init__(self, positives: _Optional[_Iterable[_Union[Example, _Mapping]]] = ..., negatives: _Optional[_Iterable[_Union[Example, _Mapping]]] = ..., k: _Optional[int] = ..., mode: _Optional[_Union[SimilarityMode, str]] = ..., categories: _Optional[_Union[CategoryFilter, _Mapping]] = ..., filter: _Optional[str] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class RecommendFromExamplesResponse(_message.Message):
     __slots__ = ("items", "model_version")
@@ -206,16 +214,18 @@ class RecommendFromExamplesResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class SearchByImageRequest(_message.Message):
-    __slots__ = ("image", "k", "categories", "filter")
+    __slots__ = ("image", "k", "categories", "filter", "namespace")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     k: int
     categories: CategoryFilter
     filter: str
-    def __init__(self, image: _Optional[bytes] = ..., k: _Optional[int] = ..., categories: _Optional[_Union[CategoryFilter, _Mapping]] = ..., filter: _Optional[str] = ...) -> None: ...
+    namespace: str
+    def __init__(self, image: _Optional[bytes] = ..., k: _Optional[int] = ..., categories: _Optional[_Union[CategoryFilter, _Mapping]] = ..., filter: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class SearchByImageResponse(_message.Message):
     __slots__ = ("items", "model_version")
@@ -242,10 +252,12 @@ class Interaction(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., weight: _Optional[float] = ..., timestamp_ms: _Optional[int] = ..., event_id: _Optional[str] = ...) -> None: ...
 
 class RecordInteractionsRequest(_message.Message):
-    __slots__ = ("interactions",)
+    __slots__ = ("interactions", "namespace")
     INTERACTIONS_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     interactions: _containers.RepeatedCompositeFieldContainer[Interaction]
-    def __init__(self, interactions: _Optional[_Iterable[_Union[Interaction, _Mapping]]] = ...) -> None: ...
+    namespace: str
+    def __init__(self, interactions: _Optional[_Iterable[_Union[Interaction, _Mapping]]] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class RecordInteractionsResponse(_message.Message):
     __slots__ = ("accepted", "duplicates")
@@ -279,10 +291,12 @@ class Item(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., category: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ..., image_bytes: _Optional[bytes] = ..., image_path: _Optional[str] = ..., available: _Optional[bool] = ...) -> None: ...
 
 class UpsertItemsRequest(_message.Message):
-    __slots__ = ("items",)
+    __slots__ = ("items", "namespace")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[Item]
-    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ...) -> None: ...
+    namespace: str
+    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class UpsertItemsResponse(_message.Message):
     __slots__ = ("created", "updated")
@@ -293,10 +307,12 @@ class UpsertItemsResponse(_message.Message):
     def __init__(self, created: _Optional[int] = ..., updated: _Optional[int] = ...) -> None: ...
 
 class DeleteItemsRequest(_message.Message):
-    __slots__ = ("item_ids",)
+    __slots__ = ("item_ids", "namespace")
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     item_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    namespace: str
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class DeleteItemsResponse(_message.Message):
     __slots__ = ("deleted", "not_found")
@@ -307,10 +323,12 @@ class DeleteItemsResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ..., not_found: _Optional[int] = ...) -> None: ...
 
 class ForgetUserRequest(_message.Message):
-    __slots__ = ("user_id",)
+    __slots__ = ("user_id", "namespace")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
-    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+    namespace: str
+    def __init__(self, user_id: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class ForgetUserResponse(_message.Message):
     __slots__ = ("found",)
@@ -319,11 +337,13 @@ class ForgetUserResponse(_message.Message):
     def __init__(self, found: _Optional[bool] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("namespace",)
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    def __init__(self, namespace: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_version", "algorithm", "num_users", "num_items", "num_interactions", "factors", "image_embedding_dim", "parameters", "created_at_ms", "trained_on", "index_recall_at_10", "rules_version", "engine", "user_index", "similar_index")
+    __slots__ = ("model_version", "algorithm", "num_users", "num_items", "num_interactions", "factors", "image_embedding_dim", "parameters", "created_at_ms", "trained_on", "index_recall_at_10", "rules_version", "engine", "user_index", "similar_index", "namespace", "memory_bytes")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -346,6 +366,8 @@ class ModelInfo(_message.Message):
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     USER_INDEX_FIELD_NUMBER: _ClassVar[int]
     SIMILAR_INDEX_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     algorithm: str
     num_users: int
@@ -361,7 +383,9 @@ class ModelInfo(_message.Message):
     engine: str
     user_index: IndexInfo
     similar_index: IndexInfo
-    def __init__(self, model_version: _Optional[str] = ..., algorithm: _Optional[str] = ..., num_users: _Optional[int] = ..., num_items: _Optional[int] = ..., num_interactions: _Optional[int] = ..., factors: _Optional[int] = ..., image_embedding_dim: _Optional[int] = ..., parameters: _Optional[_Mapping[str, str]] = ..., created_at_ms: _Optional[int] = ..., trained_on: _Optional[str] = ..., index_recall_at_10: _Optional[float] = ..., rules_version: _Optional[str] = ..., engine: _Optional[str] = ..., user_index: _Optional[_Union[IndexInfo, _Mapping]] = ..., similar_index: _Optional[_Union[IndexInfo, _Mapping]] = ...) -> None: ...
+    namespace: str
+    memory_bytes: int
+    def __init__(self, model_version: _Optional[str] = ..., algorithm: _Optional[str] = ..., num_users: _Optional[int] = ..., num_items: _Optional[int] = ..., num_interactions: _Optional[int] = ..., factors: _Optional[int] = ..., image_embedding_dim: _Optional[int] = ..., parameters: _Optional[_Mapping[str, str]] = ..., created_at_ms: _Optional[int] = ..., trained_on: _Optional[str] = ..., index_recall_at_10: _Optional[float] = ..., rules_version: _Optional[str] = ..., engine: _Optional[str] = ..., user_index: _Optional[_Union[IndexInfo, _Mapping]] = ..., similar_index: _Optional[_Union[IndexInfo, _Mapping]] = ..., namespace: _Optional[str] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
 
 class IndexInfo(_message.Message):
     __slots__ = ("m", "ef_construction", "ef_search", "recall_at_10")

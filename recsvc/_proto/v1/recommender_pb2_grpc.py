@@ -158,7 +158,7 @@ class RecommenderServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetModelInfo(self, request, context):
-        """Describe the model that currently answers requests.
+        """Describe the model that currently answers requests (in the request's namespace).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
