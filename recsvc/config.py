@@ -145,8 +145,13 @@ class ServingSettings(_Section):
         description="HNSW ef of user->item queries; unset: the ef training chose for each "
         "model (the smallest reaching recall@10 >= 0.98, the recall GetModelInfo reports).",
     )
-    similar_ef_search: int = Field(
-        512, ge=1, le=100_000, description="HNSW ef of item->item (SimilarItems) queries."
+    similar_ef_search: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="HNSW ef of item->item (SimilarItems) queries; unset: the ef training "
+        "chose for each model (the smallest of 64..2048 reaching recall@10 >= 0.95), 512 for "
+        "a model that recorded none. Also the ef of the visual (image) index (unset: 512).",
     )
     search_threads: int = Field(
         1, ge=1, le=256, description="Threads hnswlib may use for one query."
@@ -381,8 +386,19 @@ class IndexSettings(_Section):
     ef_construction: int = Field(
         200, ge=8, le=10_000, description="HNSW ef while building the user->item index."
     )
-    similar_ef_construction: int = Field(
-        100, ge=8, le=10_000, description="HNSW ef while building the item->item (cosine) index."
+    similar_m: int | None = Field(
+        None,
+        ge=2,
+        le=128,
+        description="HNSW M of the item->item (cosine) index; unset: by catalogue size, 16 "
+        "below 100,000 items and 32 from there (recall holds at millions of items).",
+    )
+    similar_ef_construction: int | None = Field(
+        None,
+        ge=8,
+        le=10_000,
+        description="HNSW ef while building the item->item (cosine) index; unset: by "
+        "catalogue size, 100 below 100,000 items and 200 from there.",
     )
     recall_sample: int = Field(
         200, ge=0, le=100_000, description="Queries used to measure recall@10 against exact search."

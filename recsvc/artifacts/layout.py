@@ -242,7 +242,7 @@ def _read_visual(
         backbone_dim=images.backbone_dim,
         rows=rows,
         embeddings=embeddings,
-        index=_load_index(embeddings, "cosine", directory / VISUAL_INDEX, params.similar),
+        index=_load_index(embeddings, "cosine", directory / VISUAL_INDEX, params.visual),
         projection=projection,
         adapter=adapter,
         n_items=manifest.num_items,
@@ -364,7 +364,10 @@ def read_model(directory: Path, manifest: Manifest, params: IndexSearchParams) -
             item_factors, "ip", directory / USER_INDEX, params.user(manifest.index.ef_search)
         ),
         similar_index=_load_index(
-            item_factors, "cosine", directory / SIMILAR_INDEX, params.similar
+            item_factors,
+            "cosine",
+            directory / SIMILAR_INDEX,
+            params.similar(manifest.similar_index.ef_search if manifest.similar_index else 0),
         ),
         regularization=manifest.regularization,
         alpha=manifest.alpha,

@@ -11,6 +11,9 @@ from recsvc.index.item_index import (
 from recsvc.index.params import (
     DEFAULT_EF_SEARCH,
     DEFAULT_EXACT_HEAD_SHARE,
+    DEFAULT_SIMILAR_EF_SEARCH,
+    SIMILAR_EF_LADDER,
+    SIMILAR_RECALL_TARGET,
     GraphParams,
     IndexBuildParams,
     IndexSearchParams,
@@ -20,6 +23,9 @@ from recsvc.index.params import (
 __all__ = [
     "DEFAULT_EF_SEARCH",
     "DEFAULT_EXACT_HEAD_SHARE",
+    "DEFAULT_SIMILAR_EF_SEARCH",
+    "SIMILAR_EF_LADDER",
+    "SIMILAR_RECALL_TARGET",
     "GraphParams",
     "IndexBuildParams",
     "IndexSearchParams",

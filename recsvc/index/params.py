@@ -17,6 +17,17 @@ DEFAULT_EF_SEARCH = 64
 # search, on a sample of users, reaches RECALL_TARGET (docs/BENCHMARKS.md, "Index recall").
 EF_LADDER = (16, 32, 64, 128, 256, 512)
 RECALL_TARGET = 0.98
+# The item->item (cosine) graph: its query ef is chosen the same way, on a longer ladder and to
+# a lower target (no exact head here: the graph alone must find the neighbours).
+SIMILAR_EF_LADDER = (64, 128, 256, 512, 1024, 2048)
+SIMILAR_RECALL_TARGET = 0.95
+# What an item->item graph is searched at when its model recorded no ef (and the visual one).
+DEFAULT_SIMILAR_EF_SEARCH = 512
+# From this many items the item->item graph is built denser: at M 16 / ef_construction 100 its
+# recall@10 falls to 0.77 on 100k items and 0.55 on 500k (docs/BENCHMARKS.md, issue 17).
+LARGE_CATALOGUE_ITEMS = 100_000
+SIMILAR_GRAPH_SMALL = (16, 100)  # (M, ef_construction) below LARGE_CATALOGUE_ITEMS
+SIMILAR_GRAPH_LARGE = (32, 200)
 # Share of items (largest norms) searched exactly beside the graph, served and measured.
 DEFAULT_EXACT_HEAD_SHARE = 0.02
 
@@ -29,7 +40,9 @@ class BuildSettings(Protocol):
     @property
     def ef_construction(self) -> int: ...
     @property
-    def similar_ef_construction(self) -> int: ...
+    def similar_m(self) -> int | None: ...
+    @property
+    def similar_ef_construction(self) -> int | None: ...
     @property
     def seed(self) -> int: ...
 
@@ -40,7 +53,7 @@ class SearchSettings(Protocol):
     @property
     def hnsw_ef_search(self) -> int | None: ...
     @property
-    def similar_ef_search(self) -> int: ...
+    def similar_ef_search(self) -> int | None: ...
     @property
     def search_threads(self) -> int: ...
     @property
@@ -70,11 +83,13 @@ class SearchParams:
 @dataclass(frozen=True)
 class IndexBuildParams:
     """How training builds a model's graphs: the user->item graph and the item->item one
-    (cosine vectors make an easier graph, so it may take a smaller ef_construction)."""
+    (cosine vectors make an easier graph, so small catalogues take a smaller ef_construction).
+    ``similar_m`` / ``similar_ef_construction`` None: chosen by catalogue size."""
 
     m: int
     ef_construction: int
-    similar_ef_construction: int
+    similar_m: int | None
+    similar_ef_construction: int | None
     seed: int
     threads: int
 
@@ -84,6 +99,7 @@ class IndexBuildParams:
         return cls(
             m=index.m,
             ef_construction=index.ef_construction,
+            similar_m=index.similar_m,
             similar_ef_construction=index.similar_ef_construction,
             seed=index.seed,
             threads=threads or os.cpu_count() or 1,
@@ -93,9 +109,18 @@ class IndexBuildParams:
     def user_graph(self) -> GraphParams:
         return GraphParams(self.m, self.ef_construction, self.seed, self.threads)
 
-    @property
-    def similar_graph(self) -> GraphParams:
-        return GraphParams(self.m, self.similar_ef_construction, self.seed, self.threads)
+    def similar_graph(self, n_items: int) -> GraphParams:
+        """The item->item graph of a catalogue of ``n_items``: what the settings say, else
+        denser from LARGE_CATALOGUE_ITEMS items on."""
+        m, ef_construction = (
+            SIMILAR_GRAPH_LARGE if n_items >= LARGE_CATALOGUE_ITEMS else SIMILAR_GRAPH_SMALL
+        )
+        return GraphParams(
+            self.similar_m or m,
+            self.similar_ef_construction or ef_construction,
+            self.seed,
+            self.threads,
+        )
 
     @property
     def trial_search(self) -> SearchParams:
@@ -110,8 +135,8 @@ class IndexBuildParams:
 
 @dataclass(frozen=True)
 class IndexSearchParams:
-    """How a served model's indexes are searched. ``user_ef`` 0: the ef its training chose
-    (recorded in the manifest)."""
+    """How a served model's indexes are searched. ``user_ef`` / ``similar_ef`` 0: the ef its
+    training chose (recorded in the manifest)."""
 
     user_ef: int
     similar_ef: int
@@ -122,7 +147,7 @@ class IndexSearchParams:
     def from_settings(cls, serving: SearchSettings) -> IndexSearchParams:
         return cls(
             user_ef=serving.hnsw_ef_search or 0,
-            similar_ef=serving.similar_ef_search,
+            similar_ef=serving.similar_ef_search or 0,
             threads=serving.search_threads,
             exact_head_share=serving.exact_head_share,
         )
@@ -133,7 +158,13 @@ class IndexSearchParams:
         ef = self.user_ef or trained_ef or DEFAULT_EF_SEARCH
         return SearchParams(ef, self.threads, self.exact_head_share)
 
+    def similar(self, trained_ef: int | None) -> SearchParams:
+        """Search parameters of the item->item index of a model trained to ``trained_ef``
+        (0 or None: a model published before the item->item ef was tuned)."""
+        ef = self.similar_ef or trained_ef or DEFAULT_SIMILAR_EF_SEARCH
+        return SearchParams(ef, self.threads, self.exact_head_share)
+
     @property
-    def similar(self) -> SearchParams:
-        """Search parameters of the item->item and visual indexes."""
-        return SearchParams(self.similar_ef, self.threads, self.exact_head_share)
+    def visual(self) -> SearchParams:
+        """Search parameters of the visual (image) index."""
+        return self.similar(None)

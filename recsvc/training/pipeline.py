@@ -15,7 +15,7 @@ from recsvc.artifacts import ModelStore
 from recsvc.catalogue.embedding_table import EmbeddingTable
 from recsvc.catalogue.reader import read_categories
 from recsvc.config import IndexSettings, TrainSettings
-from recsvc.core.model import NO_CATEGORY, IdMap, Model, ModelInfo, VisualPart
+from recsvc.core.model import NO_CATEGORY, IdMap, IndexFacts, Model, ModelInfo, VisualPart
 from recsvc.core.projection import Projection
 from recsvc.data.interaction_files import read_interactions
 from recsvc.data.matrix import Interactions, ReadOptions
@@ -27,7 +27,15 @@ from recsvc.evaluation.holdout import (
 )
 from recsvc.fitting.factors import TrainedFactors, fit_factors
 from recsvc.fitting.visual_space import fit_visual_adapter
-from recsvc.index import DEFAULT_EF_SEARCH, IndexBuildParams, ItemIndex, tune_ef
+from recsvc.index import (
+    DEFAULT_EF_SEARCH,
+    DEFAULT_SIMILAR_EF_SEARCH,
+    SIMILAR_EF_LADDER,
+    SIMILAR_RECALL_TARGET,
+    IndexBuildParams,
+    ItemIndex,
+    tune_ef,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +70,14 @@ def build_model(
         image_categories = dict(zip(images.item_ids, images.categories, strict=True))
         categories = {**{i: c for i, c in image_categories.items() if c}, **(categories or {})}
     user_index = ItemIndex.build(factors.item_factors, "ip", params.user_graph, params.trial_search)
-    # Normalised vectors make an easy graph: a smaller build effort keeps its recall
-    # (bench/train.py measures it).
+    # Normalised vectors make an easier graph: small catalogues keep their recall with a smaller
+    # build effort, large ones need a denser graph (docs/BENCHMARKS.md, issue 17).
+    similar_graph = params.similar_graph(len(factors.item_factors))
     similar_index = ItemIndex.build(
-        factors.item_factors, "cosine", params.similar_graph, params.trial_search
+        factors.item_factors, "cosine", similar_graph, params.trial_search
     )
     ef_search, recall = _tune_search(user_index, factors.user_factors, index)
+    similar_ef, similar_recall = _tune_similar_search(similar_index, index)
     item_categories, names = _category_codes(interactions.item_ids, categories or {})
     matrix = interactions.matrix
     popularity = np.bincount(matrix.indices, minlength=matrix.shape[1]).astype(np.float32)
@@ -85,6 +95,9 @@ def build_model(
         index_ef_search=ef_search,
         index_m=params.user_graph.m,
         index_ef_construction=params.user_graph.ef_construction,
+        similar_index=IndexFacts(
+            similar_graph.m, similar_graph.ef_construction, similar_ef, similar_recall
+        ),
         statistics=statistics,
         metrics=metrics or {},
     )
@@ -290,6 +303,26 @@ def _tune_search(
     )
     ef, recall = tune_ef(user_index, user_factors[sample])
     log.info("index recall@10 against exact search: %.4f at ef %d", recall, ef)
+    return ef, recall
+
+
+def _tune_similar_search(similar_index: ItemIndex, index: IndexSettings) -> tuple[int, float]:
+    """The ef to serve item->item queries at and its recall@10 against exact cosine search,
+    with a sample of the items as queries (recall_sample; 0: not measured, the default ef
+    and recall 1.0 are recorded). An item is its own nearest neighbour and counts as one of
+    the ten, as in bench/train.py's figures."""
+    size = similar_index.size
+    if index.recall_sample == 0 or size == 0:
+        return DEFAULT_SIMILAR_EF_SEARCH, 1.0
+    rng = np.random.default_rng(index.seed + 1)
+    sample = rng.choice(size, size=min(index.recall_sample, size), replace=False)
+    ef, recall = tune_ef(
+        similar_index,
+        similar_index.vectors[sample],
+        ladder=SIMILAR_EF_LADDER,
+        target=SIMILAR_RECALL_TARGET,
+    )
+    log.info("item->item index recall@10 against exact search: %.4f at ef %d", recall, ef)
     return ef, recall
 
 

@@ -100,6 +100,10 @@ def test_batch_and_model_info(stub: pb_grpc.RecommenderStub, model: Model) -> No
     assert info.user_index.m == model.info.index_m > 0
     assert info.user_index.ef_search == model.info.index_ef_search > 0
     assert info.user_index.recall_at_10 == pytest.approx(info.index_recall_at_10)
+    assert model.info.similar_index is not None
+    assert info.similar_index.m == model.info.similar_index.m > 0
+    assert info.similar_index.ef_search == model.info.similar_index.ef_search > 0
+    assert info.similar_index.recall_at_10 == pytest.approx(model.info.similar_index.recall_at_10)
 
 
 def test_similar_items(stub: pb_grpc.RecommenderStub, model: Model) -> None:
