@@ -168,6 +168,9 @@ def _efficientnet_lite(name: str, weights: Path | None) -> nn.Module:
     network = EfficientNet.from_name(name.replace("_", "-"))
     path = weights
     _load_weights(network, path, ignore=lambda key: key.startswith("_fc."))
+    # The classifier is not used (features end before it) and its weights are not loaded:
+    # randomly initialised, it would give every process another weights digest.
+    network._fc = nn.Identity()
     return _LiteTrunk(network)
 
 

@@ -17,6 +17,7 @@ from recsvc.catalogue.reader import Catalogue, read_catalogue
 from recsvc.catalogue.shards import Shard, parse_shard, resolve_shard, shard_of
 from recsvc.errors import ConfigError, DataError
 from recsvc.testing import ProductImages
+from recsvc.vision.backbones import load_backbone
 from recsvc.vision.embedder import ImageEmbedder
 
 # The session's whole table (tests/conftest.py) is embedded with these options but batch 32.
@@ -219,6 +220,9 @@ def test_a_table_from_other_weights_is_embedded_again(
     assert embed_catalogue(two, embedder, out, SMALL).embedded == 2
     table = EmbeddingTable.load(out)
     assert table.weights_sha256 == embedder.weights_sha256 != ""
+    # Another load of the same weights (as in another shard's process) has the same digest:
+    # nothing randomly initialised (the unused classifier) is part of it.
+    assert load_backbone().weights_sha256 == embedder.weights_sha256
     replace(table, weights_sha256="0" * 64).save(out)
     assert embed_catalogue(two, embedder, out, SMALL).embedded == 2
     replace(table, weights_sha256="").save(out)  # from before weights were recorded: kept
