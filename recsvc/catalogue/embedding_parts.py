@@ -201,20 +201,28 @@ def _merge(tables: dict[Shard, EmbeddingTable], out: Path) -> EmbeddingTable:
                 f"{_describe(first)}; embed every shard again with the same catalogue, "
                 "backbone and weights"
             )
-    parts = list(tables.values())
-    rows = np.concatenate([t.catalogue_rows for t in parts if t.catalogue_rows is not None])
-    order = np.argsort(rows, kind="stable")
-    if len(np.unique(rows)) != len(rows):
+    # (every part has its rows: _load_part checked)
+    parts = [(t, t.catalogue_rows) for t in tables.values() if t.catalogue_rows is not None]
+    rows = np.concatenate([part_rows for _, part_rows in parts])
+    ordered = np.sort(rows)
+    if np.any(ordered[1:] == ordered[:-1]):
         raise DataError(f"parts of {out} overlap (an item is in two parts); embed them again")
-    item_ids = [i for t in parts for i in t.item_ids]
-    sha256 = [h for t in parts for h in t.sha256]
-    categories = [c for t in parts for c in t.categories]
-    vectors = np.concatenate([t.vectors for t in parts]).astype(np.float32)
+    # Each part's rows go straight to their place: the parts and the result in memory, no more.
+    count = len(rows)
+    item_ids, sha256, categories = [""] * count, [""] * count, [""] * count
+    vectors = np.empty((count, first.dim), dtype=np.float32)
+    for table, part_rows in parts:
+        places = np.searchsorted(ordered, part_rows)
+        vectors[places] = table.vectors
+        for place, item_id, digest, category in zip(
+            places.tolist(), table.item_ids, table.sha256, table.categories, strict=True
+        ):
+            item_ids[place], sha256[place], categories[place] = item_id, digest, category
     return EmbeddingTable(
         backbone=first.backbone,
-        item_ids=[item_ids[r] for r in order],
-        sha256=[sha256[r] for r in order],
-        categories=[categories[r] for r in order],
-        vectors=np.ascontiguousarray(vectors[order]),
+        item_ids=item_ids,
+        sha256=sha256,
+        categories=categories,
+        vectors=vectors,
         weights_sha256=first.weights_sha256,
     )
