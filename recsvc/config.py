@@ -473,6 +473,21 @@ class ImageSettings(_Section):
         le=1_000_000_000,
         description="Largest image (width x height) decoded: the decompression-bomb guard.",
     )
+    shard_count: int = Field(
+        1,
+        ge=1,
+        le=10_000,
+        description="`recsvc embed` embeds one of this many shards of the catalogue (by a "
+        "hash of the item id) into OUT.part-I-of-N, for `recsvc embed-merge`; 1: the whole "
+        "catalogue into OUT.",
+    )
+    shard_index: int | None = Field(
+        None,
+        ge=0,
+        lt=10_000,
+        description="Which shard (0 to shard_count - 1) `recsvc embed` embeds; unset: "
+        "JOB_COMPLETION_INDEX (set in the pods of a Kubernetes Indexed Job).",
+    )
     path_root: Path | None = Field(
         None,
         description="Directory UpsertItems may read image_path from; unset: image_path refused.",

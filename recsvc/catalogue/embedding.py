@@ -8,6 +8,8 @@ atomically (temporary file, fsync, rename), so an interruption never leaves a to
 Bad images (corrupt, truncated, bombs, missing files) are skipped and reported; a run where no
 image could be read writes nothing, and :meth:`EmbedReport.problem` says when the share of
 failures is over the limit the caller allows (``recsvc embed`` then exits non-zero).
+With a :class:`~recsvc.catalogue.shards.Shard`, only that shard's items are embedded, into its
+own part (recsvc.catalogue.embedding_parts), which ``recsvc embed-merge`` joins with the others.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from recsvc.catalogue.embedding_parts import part_info, table_path
 from recsvc.catalogue.embedding_table import EmbeddingTable
 from recsvc.catalogue.reader import Catalogue, CatalogueItem
+from recsvc.catalogue.shards import Shard
 from recsvc.config import ImageSettings
 from recsvc.vision import ImageError, decode_image
 from recsvc.vision.decode import DEFAULT_MAX_PIXELS
@@ -178,17 +182,29 @@ def embed_catalogue(
     out: Path,
     options: EmbedOptions | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    shard: Shard | None = None,
 ) -> EmbedReport:
-    """Embed every catalogue item's image into the table at ``out`` (created or resumed)."""
+    """Embed every catalogue item's image into the table at ``out`` (created or resumed).
+
+    ``shard``: embed only its items, into its part next to ``out`` (resumed from that part, or,
+    when there is none yet, from ``out``: a merged table or a single run's).
+    """
     options = options or EmbedOptions()
     started = time.perf_counter()
     report = EmbedReport()
-    previous = _previous(out, embedder)
+    target = table_path(out, shard)
+    previous = _previous(target if target.exists() or shard is None else out, embedder)
     known = dict(zip(previous.item_ids, previous.sha256, strict=True))
     previous_rows = {item_id: row for row, item_id in enumerate(previous.item_ids)}
 
-    with_image = [item for item in catalogue.items if item.image is not None]
-    report.without_image = len(catalogue.items) - len(with_image)
+    mine = [
+        (row, item)
+        for row, item in enumerate(catalogue.items)
+        if shard is None or shard.owns(item.item_id)
+    ]
+    with_image = [item for _, item in mine if item.image is not None]
+    rows = [row for row, item in mine if item.image is not None]
+    report.without_image = len(mine) - len(with_image)
     done: dict[str, tuple[str, npt.NDArray[np.float32]]] = {}
     dataset = _ImageDataset(with_image, known, embedder.preprocess, options)
     loader = DataLoader(
@@ -199,13 +215,23 @@ def embed_catalogue(
         persistent_workers=False,
     )
 
-    def checkpoint() -> None:
-        if done:  # nothing read yet (e.g. every path wrong): leave the file as it was
-            _merge(previous, previous_rows, with_image, done, embedder).save(out)
+    catalogue_ids = [item.item_id for item in catalogue.items] if shard else []
+
+    def checkpoint(complete: bool = False) -> None:
+        # Nothing read yet (e.g. every path wrong): leave the file as it was. A shard with no
+        # image to embed still writes its (empty) part, so that the merge finds every part.
+        if done or (complete and shard is not None and not with_image):
+            table = _merge(previous, previous_rows, with_image, rows, done, embedder)
+            if shard is None:
+                table = replace(table, catalogue_rows=None)
+            else:
+                table = replace(table, part_info=part_info(shard, catalogue_ids, complete))
+            table.save(target)
 
     bar = tqdm(
         total=len(with_image), desc="embed", unit="img", disable=not options.progress, leave=False
     )
+    finished = False
     try:
         for batch_number, batch in enumerate(loader, start=1):
             ready = [
@@ -219,7 +245,9 @@ def embed_catalogue(
                     report.reused += 1
                     done[item_id] = (digest, previous.vectors[previous_rows[item_id]])
             if ready:
-                vectors = embedder.embed_tensors(torch.stack([t for _, _, t in ready]))
+                vectors = embedder.embed_tensors(
+                    torch.stack([t for _, _, t in ready]), pad_to=options.batch_size
+                )
                 for (position, digest, _), vector in zip(ready, vectors, strict=True):
                     done[with_image[position].item_id] = (digest, vector)
                 report.embedded += len(ready)
@@ -229,9 +257,11 @@ def embed_catalogue(
             if should_stop():
                 report.interrupted = True
                 break
+        else:
+            finished = True
     finally:
         bar.close()
-        checkpoint()  # also on Ctrl-C: what was embedded so far is kept for the next run
+        checkpoint(complete=finished)  # also on Ctrl-C: what was done is kept for the next run
         report.seconds = time.perf_counter() - started
     log.info("embed: %s", {k: v for k, v in report.as_dict().items() if k != "failures"})
     return report
@@ -250,6 +280,12 @@ def _previous(out: Path, embedder: ImageEmbedder) -> EmbeddingTable:
             embedder.name,
         )
         return EmbeddingTable.empty(embedder.name, embedder.dim)
+    # A table from before weights were recorded has none: its vectors are kept (as before).
+    if previous.weights_sha256 and previous.weights_sha256 != embedder.weights_sha256:
+        log.warning(
+            "%s was made with other %s weights; re-embedding everything", out, embedder.name
+        )
+        return EmbeddingTable.empty(embedder.name, embedder.dim)
     return previous
 
 
@@ -257,25 +293,37 @@ def _merge(
     previous: EmbeddingTable,
     previous_rows: dict[str, int],
     items: list[CatalogueItem],
+    rows: list[int],
     done: dict[str, tuple[str, npt.NDArray[np.float32]]],
     embedder: ImageEmbedder,
 ) -> EmbeddingTable:
     """The table to write: this run's results, plus earlier results for items not reached yet
-    (in catalogue order; items no longer in the catalogue are dropped)."""
+    (in catalogue order, ``rows`` being each item's row in it; items no longer in the
+    catalogue are dropped)."""
+    kept_rows: list[int] = []
     ids: list[str] = []
     hashes: list[str] = []
     categories: list[str] = []
     vectors: list[npt.NDArray[np.float32]] = []
-    for item in items:
+    for item, row in zip(items, rows, strict=True):
         if item.item_id in done:
             digest, vector = done[item.item_id]
-        elif (row := previous_rows.get(item.item_id)) is not None:
-            digest, vector = previous.sha256[row], previous.vectors[row]
+        elif (earlier := previous_rows.get(item.item_id)) is not None:
+            digest, vector = previous.sha256[earlier], previous.vectors[earlier]
         else:
             continue
+        kept_rows.append(row)
         ids.append(item.item_id)
         hashes.append(digest)
         categories.append(item.category)
         vectors.append(vector)
     matrix = np.stack(vectors) if vectors else np.empty((0, embedder.dim), np.float32)
-    return EmbeddingTable(embedder.name, ids, hashes, categories, matrix.astype(np.float32))
+    return EmbeddingTable(
+        embedder.name,
+        ids,
+        hashes,
+        categories,
+        matrix.astype(np.float32),
+        weights_sha256=embedder.weights_sha256,
+        catalogue_rows=np.array(kept_rows, dtype=np.int64),
+    )

@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from recsvc.cli.images import add_embed
+from recsvc.cli.images import add_embed, add_embed_merge
 from recsvc.cli.offline import add_eval, add_import, add_models, add_train, add_tune
 from recsvc.cli.report import add_report
 from recsvc.cli.serving import add_call, add_config, add_demo, add_serve
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(commands)
     add_import(commands)
     add_embed(commands)
+    add_embed_merge(commands)
     add_serve(commands)
     add_demo(commands)
     add_call(commands)

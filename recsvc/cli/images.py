@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -13,7 +14,7 @@ from typing import Any
 from recsvc.catalogue.image_pattern import PATTERN_HELP
 from recsvc.cli.common import common_options, settings_from
 from recsvc.config import Settings
-from recsvc.errors import DataError
+from recsvc.errors import ConfigError, DataError
 
 
 def add_embed(commands: Any) -> None:
@@ -43,9 +44,61 @@ def add_embed(commands: Any) -> None:
         help="exit 1 when more than this share of the images tried failed (0-1; default: "
         "RECSVC_IMAGES__MAX_FAILURE_SHARE, 0.05)",
     )
+    p.add_argument(
+        "--shard",
+        type=_shard_argument,
+        metavar="I/N",
+        help="embed only shard I of N (0 <= I < N; items assigned by a hash of their id) into "
+        "OUT.part-I-of-N, for `recsvc embed-merge` (default: RECSVC_IMAGES__SHARD_COUNT and "
+        "RECSVC_IMAGES__SHARD_INDEX or JOB_COMPLETION_INDEX; none: the whole catalogue)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     common_options(p)
     p.set_defaults(run=_run_embed)
+
+
+def add_embed_merge(commands: Any) -> None:
+    p = commands.add_parser(
+        "embed-merge",
+        help="merge the parts of a sharded `recsvc embed` into one embedding table",
+        description="Check that the N parts OUT.part-I-of-N written by `recsvc embed --shard "
+        "I/N` are all there, complete, and made from the same catalogue with the same backbone "
+        "and weights, then write OUT: the same table (same ids, order and vectors) as one run "
+        "over the whole catalogue. The parts are kept: the next sharded run resumes from them.",
+        epilog="Exit status: 0 written; 1 a part is missing, incomplete, unreadable or does "
+        "not agree with the others (named on stderr; nothing written); 2 bad input.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="the embedding table to write")
+    p.add_argument(
+        "--parts",
+        type=int,
+        help="how many shards the run had (default: RECSVC_IMAGES__SHARD_COUNT)",
+    )
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="merge the parts that are there, complete or not, and name the others (their "
+        "items are left out)",
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to this long for every part to be there and complete (e.g. a merge Job "
+        "started with the shards)",
+    )
+    common_options(p)
+    p.set_defaults(run=_run_embed_merge)
+
+
+def _shard_argument(text: str) -> Any:
+    from recsvc.catalogue.shards import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def add_catalogue_options(p: argparse.ArgumentParser) -> None:
@@ -75,6 +128,8 @@ def read_catalogue_from(args: argparse.Namespace) -> Any:
 
 def _run_embed(args: argparse.Namespace) -> int:
     from recsvc.catalogue.embedding import embed_catalogue, embed_options
+    from recsvc.catalogue.embedding_parts import table_path
+    from recsvc.catalogue.shards import resolve_shard
     from recsvc.vision.embedder import ImageEmbedder
 
     settings = settings_from(
@@ -88,6 +143,8 @@ def _run_embed(args: argparse.Namespace) -> int:
             "max_failure_share": args.max_failure_share,
         },
     )
+    images = settings.images
+    shard = args.shard or resolve_shard(images.shard_count, images.shard_index, os.environ)
     catalogue = read_catalogue_from(args)
     embedder = ImageEmbedder.from_settings(settings.images)
     stop = threading.Event()
@@ -98,11 +155,13 @@ def _run_embed(args: argparse.Namespace) -> int:
         args.out,
         embed_options(settings.images, progress=not args.no_progress),
         should_stop=stop.is_set,
+        shard=shard,
     )
     print(
         json.dumps(
             {
-                "out": str(args.out),
+                "out": str(table_path(args.out, shard)),
+                "shard": str(shard) if shard else None,
                 "backbone": embedder.name,
                 "device": str(embedder.device),
                 "catalogue_rows_skipped": catalogue.rows_skipped,
@@ -116,6 +175,24 @@ def _run_embed(args: argparse.Namespace) -> int:
     if problem:
         print(f"recsvc: error: embed: {problem}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _run_embed_merge(args: argparse.Namespace) -> int:
+    from recsvc.catalogue.embedding_parts import merge_parts
+
+    settings = settings_from(args)
+    parts = args.parts if args.parts is not None else settings.images.shard_count
+    if parts < 1:
+        raise ConfigError(f"--parts {parts}: at least one part is needed")
+    if args.wait < 0:
+        raise ConfigError(f"--wait {args.wait:g}: a number of seconds >= 0 is needed")
+    try:
+        report = merge_parts(args.out, parts, args.allow_missing, args.wait)
+    except DataError as exc:
+        print(f"recsvc: error: embed-merge: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"out": str(args.out), **report.as_dict()}))
     return 0
 
 

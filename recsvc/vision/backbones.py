@@ -11,6 +11,7 @@ run time, and weights are read with ``weights_only=True`` (no unpickling of code
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,7 +51,11 @@ _LITE = {
 
 @dataclass(frozen=True)
 class Backbone:
-    """A feature extractor: ``trunk`` maps (B, 3, H, W) normalised images to (B, dim, h, w)."""
+    """A feature extractor: ``trunk`` maps (B, 3, H, W) normalised images to (B, dim, h, w).
+
+    ``weights_sha256`` is :func:`weights_digest` of the trunk: embedding tables record it, so
+    that vectors from different weights (a retrained or another file) are never mixed.
+    """
 
     name: str
     trunk: nn.Module
@@ -58,6 +63,7 @@ class Backbone:
     input_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    weights_sha256: str = ""
 
 
 def available_backbones() -> list[str]:
@@ -91,7 +97,24 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: Path | None = None) -> 
     trunk.eval()
     with torch.inference_mode():
         dim = int(trunk(torch.zeros(1, 3, 64, 64)).shape[1])
-    return Backbone(name=name, trunk=trunk, dim=dim, input_size=input_size)
+    return Backbone(
+        name=name,
+        trunk=trunk,
+        dim=dim,
+        input_size=input_size,
+        weights_sha256=weights_digest(trunk),
+    )
+
+
+def weights_digest(module: nn.Module) -> str:
+    """sha256 of a module's parameters and buffers: names, dtypes, shapes and values, in
+    name order (the same weights give the same digest on every machine and device)."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        values = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{key}:{values.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(values.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -145,6 +168,9 @@ def _efficientnet_lite(name: str, weights: Path | None) -> nn.Module:
     network = EfficientNet.from_name(name.replace("_", "-"))
     path = weights
     _load_weights(network, path, ignore=lambda key: key.startswith("_fc."))
+    # The classifier is not used (features end before it) and its weights are not loaded:
+    # randomly initialised, it would give every process another weights digest.
+    network._fc = nn.Identity()
     return _LiteTrunk(network)
 
 

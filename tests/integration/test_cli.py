@@ -17,6 +17,7 @@ SUBCOMMANDS = [
     [],
     ["train"],
     ["embed"],
+    ["embed-merge"],
     ["eval"],
     ["serve"],
     ["demo"],

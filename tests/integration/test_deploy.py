@@ -23,11 +23,13 @@ from urllib.parse import quote
 
 import grpc
 import kubernetes_validate
+import numpy as np
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsvc.artifacts import ModelStore
+from recsvc.catalogue.embedding_table import EmbeddingTable
 from recsvc.client import RecsvcClient
 from recsvc.core.state import EventType, Interaction
 from recsvc.data.interaction_store import InteractionStore
@@ -36,7 +38,13 @@ from tests.helpers import ROOT
 from tests.integration.test_security import make_pki
 
 K8S = ROOT / "deploy" / "k8s"
-RENDERED = ["overlays/dev", "overlays/prod", "jobs", "overlays/managed-redis"]
+RENDERED = [
+    "overlays/dev",
+    "overlays/prod",
+    "jobs",
+    "overlays/managed-redis",
+    "jobs/embed-sharded",
+]
 MANAGED = K8S / "overlays" / "managed-redis"
 # What the managed-redis overlay's deploy pipeline writes there (not in git).
 MANAGED_URL = "rediss://default:{password}@{host}:{port}/0?ssl_ca_certs=/etc/recsvc/redis-ca/ca.crt"
@@ -264,6 +272,38 @@ def test_training_runs_on_a_gpu_only_when_due(manifests: dict[str, list[dict[str
         spec = pod_spec(find(manifests["jobs"], "Job", job))
         assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert spec["containers"][0]["image"].startswith("ghcr.io/recsvc/recsvc-cuda:")
+
+
+@needs_kubectl
+def test_sharded_embedding_runs_one_shard_per_gpu_and_merges_on_a_cpu(
+    manifests: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = manifests["jobs/embed-sharded"]
+    shards = find(docs, "Job", "recsvc-embed-shards")
+    merge = find(docs, "Job", "recsvc-embed-merge")
+    assert shards["spec"]["completionMode"] == "Indexed"
+    count = shards["spec"]["completions"]
+    assert count > 1 and 1 <= shards["spec"]["parallelism"] <= count
+    embed = pod_spec(shards)["containers"][0]
+    assert embed["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert embed["image"].startswith("ghcr.io/recsvc/recsvc-cuda:")
+    assert any(t["key"] == "nvidia.com/gpu" for t in pod_spec(shards)["tolerations"])
+    container = pod_spec(merge)["containers"][0]
+    assert "nvidia.com/gpu" not in container["resources"]["limits"]
+    assert container["image"].startswith("ghcr.io/recsvc/recsvc:")
+    # Both agree on N and on the table; neither needs Redis.
+    for doc in (shards, merge):
+        env = {e["name"]: e["value"] for e in pod_spec(doc)["containers"][0]["env"]}
+        assert env["RECSVC_IMAGES__SHARD_COUNT"] == str(count)
+        args = pod_spec(doc)["containers"][0]["args"]
+        assert args[args.index("--out") + 1] == "/data/embeddings.parquet"
+        assert not any("secretRef" in s for s in pod_spec(doc)["containers"][0]["envFrom"])
+    assert container["args"][0] == "embed-merge" and "--wait" in container["args"]
+    # The lead decides whether `kubectl apply -k deploy/k8s/jobs` starts them too.
+    assert not {d["metadata"]["name"] for d in manifests["jobs"]} & {
+        "recsvc-embed-shards",
+        "recsvc-embed-merge",
+    }
 
 
 FAKE_KUBECTL = """#!/bin/sh
@@ -666,6 +706,43 @@ def test_worker_and_job_commands_run(
     assert first_round["worker"] == "ingest"
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0
+
+
+@needs_kubectl
+@pytest.mark.slow
+def test_sharded_embed_jobs_commands_make_the_single_runs_table(
+    tmp_path: Path,
+    manifests: dict[str, list[dict[str, Any]]],
+    products: ProductImages,
+    embedding_table: Path,
+) -> None:
+    """The merge Job's exact command started first (it waits), then each pod of the Indexed
+    Job with its JOB_COMPLETION_INDEX, as Kubernetes runs them."""
+    cluster = Cluster(tmp_path, None, manifests["overlays/dev"] + manifests["jobs/embed-sharded"])
+    shutil.copytree(products.directory, cluster.mounts["/data"] / "catalogue")
+    shards = find(cluster.manifests, "Job", "recsvc-embed-shards")
+    command, env = cluster.process(find(cluster.manifests, "Job", "recsvc-embed-merge"))
+    merge = subprocess.Popen(
+        command, env=env, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        command, env = cluster.process(shards)
+        env["RECSVC_IMAGES__LOADER_WORKERS"] = "0"
+        for index in range(shards["spec"]["completions"]):
+            env["JOB_COMPLETION_INDEX"] = str(index)
+            done = subprocess.run(
+                command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+            )
+            assert done.returncode == 0, done.stderr
+        out, errors = merge.communicate(timeout=120)
+    finally:
+        merge.kill()
+    assert merge.returncode == 0, errors
+    assert json.loads(out.splitlines()[-1])["items"] == len(products.ids)
+    table = EmbeddingTable.load(cluster.mounts["/data"] / "embeddings.parquet")
+    single = EmbeddingTable.load(embedding_table)
+    assert table.item_ids == single.item_ids
+    assert np.array_equal(table.vectors, single.vectors)
 
 
 @contextmanager

@@ -4,11 +4,14 @@ layouts, and cold-start attributes from the catalogue's own columns."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from recsvc.testing import ProductImages
+from recsvc.catalogue.embedding_table import EmbeddingTable
+from recsvc.testing import ProductImages, recsvc_command, server_env
 from tests.helpers import run_recsvc as run
 
 
@@ -88,3 +91,31 @@ def test_eval_takes_cold_start_attributes_from_the_catalogue(
     # The table's category, then the text columns with few values (price is a number).
     assert result["cold_start"]["attributes"] == ["category", "department", "material"]
     assert "no image column" not in detected.stderr
+
+
+@pytest.mark.slow
+def test_sharded_embed_and_merge_as_an_indexed_job_runs_them(
+    tmp_path: Path, products: ProductImages, embedding_table: Path
+) -> None:
+    out = tmp_path / "emb.parquet"
+    embed = ["embed", "--catalogue", str(products.catalogue), "--out", str(out), "--no-progress"]
+    embed += ["--loader-workers", "0"]
+    assert run(*embed, "--shard", "2/2").returncode == 2  # numbered from 0
+    first = run(*embed, "--shard", "0/2")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["out"] == f"{out}.part-0-of-2"
+    # The other shard as a pod of an Indexed Job gets it: the count set, the index from k8s.
+    env = server_env(RECSVC_IMAGES__SHARD_COUNT="2", JOB_COMPLETION_INDEX="1")
+    second = subprocess.run(recsvc_command(*embed), env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["shard"] == "1/2"
+    assert not out.exists()
+
+    missing = run("embed-merge", "--parts", "3", "--out", str(out))
+    assert missing.returncode == 1 and "emb.parquet.part-2-of-3: missing" in missing.stderr
+    merged = run("embed-merge", "--parts", "2", "--out", str(out))
+    assert merged.returncode == 0, merged.stderr
+    assert json.loads(merged.stdout)["items"] == len(products.ids)
+    table, single = EmbeddingTable.load(out), EmbeddingTable.load(embedding_table)
+    assert table.item_ids == single.item_ids
+    assert np.array_equal(table.vectors, single.vectors)
