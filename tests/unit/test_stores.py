@@ -318,7 +318,7 @@ async def test_event_log_hands_back_unconfirmed_events_until_confirmed(
     retry = await event_log.append([*events, interaction("u", "c", "3")])
     assert [e.event_id for e in retry.accepted] == ["3"]
     assert [e.event_id for e in retry.pending] == ["1", "2"] and retry.duplicates == 2
-    await event_log.confirm(["1", "2", "3"])
+    await event_log.confirm([*events, interaction("u", "c", "3")])
     await event_log.confirm([])
     again = await event_log.append([*events, interaction("u", "c", "3")])
     assert (again.accepted, again.pending, again.duplicates) == ([], [], 3)
