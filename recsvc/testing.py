@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +145,122 @@ def redis_server(port: int | None = None) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@dataclass
+class RedisCluster:
+    """A private Redis Cluster: its URL (``redis+cluster://``) and each node's process."""
+
+    url: str
+    nodes: dict[int, subprocess.Popen[bytes]]  # by port
+
+    def kill(self, port: int) -> None:
+        """SIGKILL the node on ``port`` (a crash: no failover handshake)."""
+        self.nodes[port].kill()
+        self.nodes[port].wait(timeout=10)
+
+
+def _redis_cli(port: int, *args: str, timeout: float = 30) -> str:
+    done = subprocess.run(
+        ["redis-cli", "-p", str(port), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+    return done.stdout
+
+
+@contextmanager
+def redis_cluster(directory: Path, masters: int = 3, replicas: int = 1) -> Iterator[RedisCluster]:
+    """A real Redis Cluster of ``masters`` masters with ``replicas`` replicas each, on free
+    local ports (nothing persisted; node timeout 1 s, so that a replica takes over a killed
+    master within a few seconds); waits until every node reports ``cluster_state:ok``."""
+    ports: list[int] = []
+    while len(ports) < masters * (1 + replicas):
+        port = _free_cluster_port()
+        if port not in ports:
+            ports.append(port)
+    nodes: dict[int, subprocess.Popen[bytes]] = {}
+    try:
+        for port in ports:
+            node_dir = directory / str(port)
+            node_dir.mkdir(parents=True, exist_ok=True)
+            nodes[port] = subprocess.Popen(
+                [
+                    "redis-server",
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    f"nodes-{port}.conf",
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--dir",
+                    str(node_dir),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        for port in ports:
+            _wait_for(lambda p=port: _redis_cli(p, "ping").strip() == "PONG", "redis-server")
+        _redis_cli(
+            ports[0],
+            "--cluster",
+            "create",
+            *(f"127.0.0.1:{port}" for port in ports),
+            "--cluster-replicas",
+            str(replicas),
+            "--cluster-yes",
+            timeout=60,
+        )
+        for port in ports:
+            _wait_for(
+                lambda p=port: "cluster_state:ok" in _redis_cli(p, "cluster", "info"),
+                "cluster_state:ok",
+            )
+        yield RedisCluster("redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports), nodes)
+    finally:
+        for process in nodes.values():
+            process.terminate()
+        for process in nodes.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too, so at most 55535."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20_000, 55_000)
+        try:
+            with socket.socket() as first, socket.socket() as bus:
+                first.bind(("127.0.0.1", port))
+                bus.bind(("127.0.0.1", port + 10_000))
+        except OSError:
+            continue
+        return port
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except (subprocess.SubprocessError, OSError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not reached in {timeout:.0f} s")
 
 
 # -- synthetic product photos ---------------------------------------------------------------

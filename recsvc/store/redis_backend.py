@@ -456,7 +456,12 @@ async def _run(client: AsyncClient, script: AsyncScript, calls: list[_ScriptCall
         return []
     async with client.pipeline(transaction=False) as pipe:
         for keys, args in calls:
-            await script(keys=keys, args=args, client=pipe)  # type: ignore[arg-type]  # buffered
+            if isinstance(client, redis.RedisCluster):
+                # redis-py blocks pipe.evalsha on a cluster; the command itself is routed by
+                # its first key like any other.
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            else:
+                await script(keys=keys, args=args, client=pipe)  # type: ignore[arg-type]
         replies: list[Any] = await pipe.execute(raise_on_error=False)
     for number, reply in enumerate(replies):
         if isinstance(reply, NoScriptError):
