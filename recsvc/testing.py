@@ -175,7 +175,8 @@ def _redis_cli(port: int, *args: str, timeout: float = 30) -> str:
 def redis_cluster(directory: Path, masters: int = 3, replicas: int = 1) -> Iterator[RedisCluster]:
     """A real Redis Cluster of ``masters`` masters with ``replicas`` replicas each, on free
     local ports (nothing persisted; node timeout 1 s, so that a replica takes over a killed
-    master within a few seconds); waits until every node reports ``cluster_state:ok``."""
+    master within a few seconds); waits until every node reports ``cluster_state:ok`` and
+    every replica is in sync with its master. Each node logs to ``directory/<port>/redis.log``."""
     ports: list[int] = []
     while len(ports) < masters * (1 + replicas):
         port = _free_cluster_port()
@@ -201,10 +202,15 @@ def redis_cluster(directory: Path, masters: int = 3, replicas: int = 1) -> Itera
                     "1000",
                     "--dir",
                     str(node_dir),
+                    "--logfile",
+                    str(node_dir / "redis.log"),
                     "--save",
                     "",
                     "--appendonly",
                     "no",
+                    # A replica syncs at once (default: after 5 s), so it can take over.
+                    "--repl-diskless-sync-delay",
+                    "0",
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -225,6 +231,14 @@ def redis_cluster(directory: Path, masters: int = 3, replicas: int = 1) -> Itera
             _wait_for(
                 lambda p=port: "cluster_state:ok" in _redis_cli(p, "cluster", "info"),
                 "cluster_state:ok",
+            )
+        for port in ports:  # a replica that never synced cannot take over its master
+            _wait_for(
+                lambda p=port: (
+                    "role:master" in (info := _redis_cli(p, "info", "replication"))
+                    or "master_link_status:up" in info
+                ),
+                "replicas in sync",
             )
         yield RedisCluster("redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports), nodes)
     finally:

@@ -468,6 +468,14 @@ async def _run(client: AsyncClient, script: AsyncScript, calls: list[_ScriptCall
             keys, args = calls[number]
             replies[number] = await script(keys=keys, args=args)
         elif isinstance(reply, Exception):
+            if isinstance(client, redis.RedisCluster) and isinstance(
+                reply, redis.RedisCluster.ERRORS_ALLOW_RETRY
+            ):
+                # A node failed: unlike a single command, a pipeline that does not raise
+                # leaves the client's slot map as it was (the failed master's, forever).
+                # Closing makes the next call read the topology afresh (after a failover,
+                # the promoted replica's).
+                await client.aclose()
             raise reply
     return replies
 
