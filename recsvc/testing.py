@@ -215,8 +215,7 @@ def redis_cluster(directory: Path, masters: int = 3, replicas: int = 1) -> Itera
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-        for port in ports:
-            _wait_for(lambda p=port: _redis_cli(p, "ping").strip() == "PONG", "redis-server")
+        _wait_for(ports, _answers, "redis-server")
         _redis_cli(
             ports[0],
             "--cluster",
@@ -227,19 +226,8 @@ def redis_cluster(directory: Path, masters: int = 3, replicas: int = 1) -> Itera
             "--cluster-yes",
             timeout=60,
         )
-        for port in ports:
-            _wait_for(
-                lambda p=port: "cluster_state:ok" in _redis_cli(p, "cluster", "info"),
-                "cluster_state:ok",
-            )
-        for port in ports:  # a replica that never synced cannot take over its master
-            _wait_for(
-                lambda p=port: (
-                    "role:master" in (info := _redis_cli(p, "info", "replication"))
-                    or "master_link_status:up" in info
-                ),
-                "replicas in sync",
-            )
+        _wait_for(ports, _cluster_ok, "cluster_state:ok")
+        _wait_for(ports, _replica_in_sync, "replicas in sync")  # else it cannot take over
         yield RedisCluster("redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports), nodes)
     finally:
         for process in nodes.values():
@@ -265,16 +253,34 @@ def _free_cluster_port() -> int:
         return port
 
 
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+def _answers(port: int) -> bool:
+    return _redis_cli(port, "ping").strip() == "PONG"
+
+
+def _cluster_ok(port: int) -> bool:
+    return "cluster_state:ok" in _redis_cli(port, "cluster", "info")
+
+
+def _replica_in_sync(port: int) -> bool:
+    info = _redis_cli(port, "info", "replication")
+    return "role:master" in info or "master_link_status:up" in info
+
+
+def _wait_for(
+    ports: list[int], condition: Callable[[int], bool], what: str, timeout: float = 30
+) -> None:
+    """Wait until ``condition`` holds on every port."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except (subprocess.SubprocessError, OSError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not reached in {timeout:.0f} s")
+    for port in ports:
+        while True:
+            try:
+                if condition(port):
+                    break
+            except (subprocess.SubprocessError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: not reached on port {port} in {timeout:.0f} s")
+            time.sleep(0.1)
 
 
 # -- synthetic product photos ---------------------------------------------------------------
