@@ -35,6 +35,18 @@ AsyncClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
 SyncClient = redis.Redis | redis.RedisCluster
 
 
+class _AsyncCluster(redis.asyncio.RedisCluster):
+    """redis-py's asyncio cluster client, made to learn the slot map before it routes a
+    command: redis-py 8.1 picks a command's node before it initialises (until then it does
+    not know that the command has keys), so commands issued at once on a fresh client could
+    go to wrong nodes, and the redirections re-initialised the client under one another's
+    connections ("Connection closed by server" and an AttributeError inside its connect)."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        await self.initialize()  # returns at once when initialised
+        return await super().execute_command(*args, **kwargs)
+
+
 def is_cluster_url(url: str) -> bool:
     """Whether ``url`` names a Redis Cluster (``redis+cluster://``, ``rediss+cluster://``)."""
     return url.startswith(CLUSTER_SCHEMES)
@@ -88,7 +100,7 @@ def async_client(
     }
     if is_cluster_url(url):
         nodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in cluster_nodes(url)]
-        return redis.asyncio.RedisCluster(startup_nodes=nodes, **common, **_cluster_options(url))
+        return _AsyncCluster(startup_nodes=nodes, **common, **_cluster_options(url))
     return redis.asyncio.Redis.from_url(url, **common)
 
 
