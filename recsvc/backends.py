@@ -19,7 +19,7 @@ from recsvc.core.state import EventLog, ItemLog, StoredItem, UserStateStore
 from recsvc.store.file_log import FileEventLog, read_events_since
 from recsvc.store.item_log import FileItemLog, read_items_from_file, read_items_from_redis
 from recsvc.store.memory import InMemoryUserStore
-from recsvc.store.names import EVENT_LOG_FILE, ITEM_LOG_FILE, event_stream_key
+from recsvc.store.names import EVENT_LOG_FILE, ITEM_LOG_FILE, EventPartitions
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def build_user_state(settings: Settings) -> tuple[UserStateStore, EventLog, Item
         )
         return (
             store,
-            RedisEventLog(log_client, s.key_prefix, s.dedupe_ttl_seconds),
+            RedisEventLog(log_client, s.key_prefix, s.dedupe_ttl_seconds, s.event_partitions),
             RedisItemLog(client, s.key_prefix),
         )
     memory = InMemoryUserStore(
@@ -105,16 +105,26 @@ async def replay_event_log(settings: Settings, service: RecommendationService) -
 
 
 def sync_redis(settings: Settings) -> Any:
-    """A blocking Redis client for the workers (``redis_url`` must be set)."""
-    import redis
+    """A blocking Redis client (one server or a cluster) for the workers (``redis_url`` must
+    be set)."""
+    from recsvc.store.clients import sync_client
 
     assert settings.redis_url, "sync_redis needs RECSVC_REDIS_URL"
-    return redis.Redis.from_url(settings.redis_url)
+    return sync_client(settings.redis_url)
+
+
+def event_partitions(settings: Settings) -> EventPartitions:
+    """The Redis Streams the server appends recorded interactions to."""
+    return EventPartitions(settings.store.key_prefix, settings.store.event_partitions)
 
 
 def event_stream(settings: Settings) -> str:
-    """The Redis Stream key the server appends recorded interactions to."""
-    return event_stream_key(settings.store.key_prefix)
+    """The Redis Stream key the server appends recorded interactions to, or with several
+    partitions a description of them (for the start-up line)."""
+    partitions = event_partitions(settings)
+    if partitions.count == 1:
+        return partitions.stream_key(0)
+    return f"{partitions.stream_key(0)} and {partitions.count - 1} more partitions"
 
 
 def upserted_items_reader(settings: Settings) -> Callable[[], list[StoredItem]]:

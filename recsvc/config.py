@@ -40,7 +40,7 @@ ENV_PREFIX = "RECSVC_"
 CONFIG_FILE_ENV = "RECSVC_CONFIG_FILE"
 # Variables of the test suite (RECSVC_TEST_REDIS_URL, ...), not settings: never refused.
 TEST_ENV_PREFIX = "RECSVC_TEST_"
-REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 MiB = 1024 * 1024
 
 
@@ -275,6 +275,15 @@ class StoreSettings(_Section):
     )
     event_log_path: Path | None = Field(
         None, description="Event log file without Redis; unset: events.jsonl in the model store."
+    )
+    event_partitions: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Redis Streams the event log is split into, by crc32(user_id) % N, so "
+        "that appends spread over a Redis Cluster's shards (one stream is one shard's core); "
+        "1: the single stream of old. A change loses nothing: the ingest worker drains every "
+        "count that servers have written with. Retries across a change are not deduplicated.",
     )
     dedupe_ttl_seconds: int = Field(
         86400,
@@ -659,7 +668,10 @@ class Settings(BaseSettings):
         "text", description="Log lines as text, or one JSON object each (with request ids)."
     )
     redis_url: str | None = Field(
-        None, description="Redis for user vectors and events; unset: in-process (embedded mode)."
+        None,
+        description="Redis for user vectors and events; unset: in-process (embedded mode). "
+        "A Redis Cluster: redis+cluster://[user:password@]host:port[,host:port...] "
+        "(rediss+cluster:// with TLS; any of its nodes, database 0).",
     )
 
     @field_validator("redis_url")
@@ -667,7 +679,10 @@ class Settings(BaseSettings):
     def _redis_url_scheme(cls, url: str | None) -> str | None:
         # redis-py reads "127.0.0.1:6379" as a scheme-less URL and fails deep in a traceback.
         if url is not None and not url.startswith(REDIS_URL_SCHEMES):
-            raise ValueError(f"{_redact_url(url)!r} must start with redis://, rediss:// or unix://")
+            raise ValueError(
+                f"{_redact_url(url)!r} must start with redis://, rediss://, unix:// or "
+                "redis+cluster:// (rediss+cluster:// with TLS)"
+            )
         return url
 
     server: ServerSettings = Field(default_factory=ServerSettings)

@@ -306,11 +306,13 @@ def startup_line(settings: Settings) -> str:
     the main limits. Never a secret: a Redis URL is shown without its user and password."""
     if settings.redis_url:
         url = urlsplit(settings.redis_url)
-        if url.scheme == "unix":
+        if url.scheme.endswith("+cluster"):
+            where = f"redis cluster {url.netloc.rpartition('@')[2]}"
+        elif url.scheme == "unix":
             where = f"redis unix:{url.path}"
         else:
             where = f"redis {url.hostname}:{url.port or 6379}/{url.path.lstrip('/') or 0}"
-        store = f"{where}{' (TLS)' if url.scheme == 'rediss' else ''}"
+        store = f"{where}{' (TLS)' if url.scheme.startswith('rediss') else ''}"
         events = f"stream {event_stream(settings)}"
         item_log = f"hash {item_data_key(settings.store.key_prefix)}"
     else:

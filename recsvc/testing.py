@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +145,142 @@ def redis_server(port: int | None = None) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@dataclass
+class RedisCluster:
+    """A private Redis Cluster: its URL (``redis+cluster://``) and each node's process."""
+
+    url: str
+    nodes: dict[int, subprocess.Popen[bytes]]  # by port
+
+    def kill(self, port: int) -> None:
+        """SIGKILL the node on ``port`` (a crash: no failover handshake)."""
+        self.nodes[port].kill()
+        self.nodes[port].wait(timeout=10)
+
+
+def _redis_cli(port: int, *args: str, timeout: float = 30) -> str:
+    done = subprocess.run(
+        ["redis-cli", "-p", str(port), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+    return done.stdout
+
+
+@contextmanager
+def redis_cluster(directory: Path, masters: int = 3, replicas: int = 1) -> Iterator[RedisCluster]:
+    """A real Redis Cluster of ``masters`` masters with ``replicas`` replicas each, on free
+    local ports (nothing persisted; node timeout 1 s, so that a replica takes over a killed
+    master within a few seconds); waits until every node reports ``cluster_state:ok`` and
+    every replica is in sync with its master. Each node logs to ``directory/<port>/redis.log``."""
+    ports: list[int] = []
+    while len(ports) < masters * (1 + replicas):
+        port = _free_cluster_port()
+        if port not in ports:
+            ports.append(port)
+    nodes: dict[int, subprocess.Popen[bytes]] = {}
+    try:
+        for port in ports:
+            node_dir = directory / str(port)
+            node_dir.mkdir(parents=True, exist_ok=True)
+            nodes[port] = subprocess.Popen(
+                [
+                    "redis-server",
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    f"nodes-{port}.conf",
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--dir",
+                    str(node_dir),
+                    "--logfile",
+                    str(node_dir / "redis.log"),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    # A replica syncs at once (default: after 5 s), so it can take over.
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        _wait_for(ports, _answers, "redis-server")
+        _redis_cli(
+            ports[0],
+            "--cluster",
+            "create",
+            *(f"127.0.0.1:{port}" for port in ports),
+            "--cluster-replicas",
+            str(replicas),
+            "--cluster-yes",
+            timeout=60,
+        )
+        _wait_for(ports, _cluster_ok, "cluster_state:ok")
+        _wait_for(ports, _replica_in_sync, "replicas in sync")  # else it cannot take over
+        yield RedisCluster("redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports), nodes)
+    finally:
+        for process in nodes.values():
+            process.terminate()
+        for process in nodes.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too, so at most 55535."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20_000, 55_000)
+        try:
+            with socket.socket() as first, socket.socket() as bus:
+                first.bind(("127.0.0.1", port))
+                bus.bind(("127.0.0.1", port + 10_000))
+        except OSError:
+            continue
+        return port
+
+
+def _answers(port: int) -> bool:
+    return _redis_cli(port, "ping").strip() == "PONG"
+
+
+def _cluster_ok(port: int) -> bool:
+    return "cluster_state:ok" in _redis_cli(port, "cluster", "info")
+
+
+def _replica_in_sync(port: int) -> bool:
+    info = _redis_cli(port, "info", "replication")
+    return "role:master" in info or "master_link_status:up" in info
+
+
+def _wait_for(
+    ports: list[int], condition: Callable[[int], bool], what: str, timeout: float = 30
+) -> None:
+    """Wait until ``condition`` holds on every port."""
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        while True:
+            try:
+                if condition(port):
+                    break
+            except (subprocess.SubprocessError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: not reached on port {port} in {timeout:.0f} s")
+            time.sleep(0.1)
 
 
 # -- synthetic product photos ---------------------------------------------------------------

@@ -15,10 +15,12 @@ from recsvc.config import IndexSettings, ServingSettings, Settings, TrainSetting
 from recsvc.core.model import Model
 from recsvc.data.demo import DemoData, generate_demo_data
 from recsvc.index import IndexBuildParams, IndexSearchParams
+from recsvc.store.clients import sync_client
 from recsvc.testing import (
     ProductImages,
     ServerProcess,
     make_product_images,
+    redis_cluster,
     redis_server,
     running_server,
     server_env,
@@ -61,6 +63,22 @@ def redis_url(redis_server_url: str) -> str:
     with redis.Redis.from_url(redis_server_url) as client:
         client.flushdb()
     return redis_server_url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private 3-master, 3-replica Redis Cluster for the session (started by the first test
+    that asks for it, ~3 s); its ``redis+cluster://`` URL."""
+    with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster.url
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster_server_url: str) -> str:
+    """The URL of an empty Redis Cluster (every master flushed before the test)."""
+    with sync_client(redis_cluster_server_url) as client:
+        client.flushall()
+    return redis_cluster_server_url
 
 
 @pytest.fixture(scope="session")

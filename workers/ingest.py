@@ -18,7 +18,13 @@ lie wholly before its checkpoint and whose newest event is older than the start-
 window (``history_ttl_seconds``); the checkpoint is saved before, so a crash in between leaves
 a segment that the next round deletes.
 
-After each round the Redis Stream is trimmed (XTRIM MINID) up to the first entry that some
+With ``store.event_partitions`` N > 1 the log is N streams (recsvc.store.names.EventPartitions);
+the worker reads every stream of every partition count listed in ``{prefix}:{ev}:layouts`` (and
+of its own count and of the single stream, whatever the set says), each with the one consumer
+group, whose delivery position and pending entries are that stream's checkpoint. The parts of
+partition p of N are named ``part-n<N>p<p>_<first>-<last>``: ids of two streams may coincide.
+
+After each round each Redis Stream is trimmed (XTRIM MINID) up to the first entry that some
 consumer group still needs: the oldest pending entry, or the first one not yet delivered. The
 stream then holds only unacknowledged events, and a consumer that crashed between reading and
 acknowledging loses nothing: its pending entries stay until they are reclaimed and acknowledged.
@@ -39,16 +45,17 @@ from typing import Any
 
 import redis
 
-from recsvc.backends import event_log_path, event_stream, sync_redis
+from recsvc.backends import event_log_path, event_partitions, sync_redis
 from recsvc.config import Settings
 from recsvc.data.interaction_store import InteractionStore
 from recsvc.durable import replace_bytes_atomically
 from recsvc.errors import ConfigError, StoreUnavailable
+from recsvc.store.clients import REDIS_ERRORS
 from recsvc.store.codec import (
     interaction_from_json,
 )
 from recsvc.store.file_log import delete_ingested_segments, read_columns_from
-from recsvc.store.names import INGEST_GROUP
+from recsvc.store.names import INGEST_GROUP, EventPartitions, event_layouts_key
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +141,11 @@ class RedisStreamIngester:
         batch_size: int,
         consumer: str | None = None,
         reclaim_after_ms: int = 30_000,
+        label: str = "",
     ) -> None:
         self.redis = client
         self.stream = stream
+        self.label = label  # names this stream's parts apart from other partitions' ones
         self.store = store
         self.batch_size = batch_size
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
@@ -152,7 +161,10 @@ class RedisStreamIngester:
         for entries in self._batches():
             events = [interaction_from_json(fields[b"event"]) for _, fields in entries]
             ids = [entry_id.decode() for entry_id, _ in entries]
-            self.store.write_part(events, ids[0].replace("-", "_"), ids[-1].replace("-", "_"))
+            first = ids[0].replace("-", "_")
+            if self.label:
+                first = f"{self.label}_{first}"
+            self.store.write_part(events, first, ids[-1].replace("-", "_"))
             self.redis.xack(self.stream, GROUP, *ids)
             written += len(events)
         trimmed = trim_acknowledged(self.redis, self.stream)
@@ -184,6 +196,65 @@ class RedisStreamIngester:
             if not response or not response[0][1]:
                 return
             yield response[0][1]
+
+
+class PartitionedStreamIngester:
+    """Ingests every partition stream of the event log (one RedisStreamIngester each, one
+    consumer group, one checkpoint per stream): those of ``partitions`` and of every partition
+    count recorded in the layouts set, so that events written before a change of the count
+    are drained too."""
+
+    def __init__(
+        self,
+        client: redis.Redis | redis.RedisCluster,
+        partitions: EventPartitions,
+        store: InteractionStore,
+        batch_size: int,
+        consumer: str | None = None,
+        reclaim_after_ms: int = 30_000,
+    ) -> None:
+        self.redis = client
+        self.partitions = partitions
+        self.store = store
+        self.batch_size = batch_size
+        self.consumer = consumer
+        self.reclaim_after_ms = reclaim_after_ms
+        self._ingesters: dict[str, RedisStreamIngester] = {}
+
+    def run_once(self) -> int:
+        written = 0
+        for layout in partition_layouts(self.redis, self.partitions):
+            for partition in range(layout.count):
+                written += self._ingester(layout, partition).run_once()
+        return written
+
+    def _ingester(self, layout: EventPartitions, partition: int) -> RedisStreamIngester:
+        stream = layout.stream_key(partition)
+        if stream not in self._ingesters:
+            self._ingesters[stream] = RedisStreamIngester(
+                self.redis,  # type: ignore[arg-type]  # the commands used are single-key
+                stream,
+                self.store,
+                self.batch_size,
+                self.consumer,
+                self.reclaim_after_ms,
+                label=layout.label(partition),
+            )
+        return self._ingesters[stream]
+
+
+def partition_layouts(client: Any, partitions: EventPartitions) -> list[EventPartitions]:
+    """Every partition count the event log may hold events under: the single stream, this
+    process's count and those the servers recorded; fewest first."""
+    recorded: Any = client.smembers(event_layouts_key(partitions.prefix))
+    counts = {1, partitions.count} | {int(count) for count in recorded}
+    return [EventPartitions(partitions.prefix, count) for count in sorted(counts)]
+
+
+def logged_stream_keys(client: Any, prefix: str, partitions: int = 1) -> list[str]:
+    """The key of every stream that may hold logged events (for tests and tools)."""
+    layouts = partition_layouts(client, EventPartitions(prefix, partitions))
+    return [key for layout in layouts for key in layout.stream_keys()]
 
 
 def trim_acknowledged(client: redis.Redis, stream: str) -> int:
@@ -224,15 +295,15 @@ def build_ingest_round(settings: Settings, event_log: Path | None = None) -> Cal
     store = InteractionStore(w.interaction_store)
     ingest: Callable[[], int]
     if settings.redis_url:
-        ingester: RedisStreamIngester | None = None
+        ingester: PartitionedStreamIngester | None = None
 
         def ingest_stream() -> int:
             # Made in the first round, not before: a Redis still starting is a failed round
             # (retried), not a failed start.
             nonlocal ingester
             if ingester is None:
-                ingester = RedisStreamIngester(
-                    sync_redis(settings), event_stream(settings), store, w.batch_size
+                ingester = PartitionedStreamIngester(
+                    sync_redis(settings), event_partitions(settings), store, w.batch_size
                 )
             return ingester.run_once()
 
@@ -251,7 +322,7 @@ def build_ingest_round(settings: Settings, event_log: Path | None = None) -> Cal
         except redis.AuthenticationError as exc:
             # A wrong password does not heal by waiting: end, so that the pod shows it.
             raise ConfigError(f"redis: {exc}") from exc
-        except (redis.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             if not settings.redis_url:
                 raise
             raise StoreUnavailable(f"redis: ingest round failed: {exc}") from exc

@@ -241,7 +241,7 @@ class RecommendationService:
         # The users' state gets what the append left of the deadline.
         left = None if deadline is None else deadline - time.monotonic()
         if not by_user or await self._update_users(recommender, by_user, left):
-            await self._confirm([event.event_id for event in to_apply], deadline)
+            await self._confirm(to_apply, deadline)
         return result
 
     async def forget_user(self, user_id: str, time_left: float | None = None) -> bool:
@@ -303,17 +303,17 @@ class RecommendationService:
             events += len(batch)
         return events, len(users)
 
-    async def _confirm(self, event_ids: list[str], deadline: float | None) -> None:
+    async def _confirm(self, events: list[Interaction], deadline: float | None) -> None:
         """Tell the log these events are applied. Best effort: the events are recorded and
         applied either way; unconfirmed, a later retry of them would apply them again."""
-        if not event_ids:
+        if not events:
             return
         budget = self.store_timeout if deadline is None else deadline - time.monotonic()
         try:
             async with asyncio.timeout(max(0.001, budget)):
-                await self.events.confirm(event_ids)
+                await self.events.confirm(events)
         except (StoreUnavailable, TimeoutError) as exc:
-            log.warning("%d events: applied but not confirmed (%s)", len(event_ids), exc)
+            log.warning("%d events: applied but not confirmed (%s)", len(events), exc)
 
     async def _update_users(
         self,

@@ -174,7 +174,7 @@ class EventLog(Protocol):
         OutcomeUnknown when the append may have happened all the same)."""
         ...
 
-    async def confirm(self, event_ids: list[str]) -> None:
+    async def confirm(self, events: list[Interaction]) -> None:
         """Mark these logged events as applied to the users' state, so that a retry of them
         is a plain duplicate instead of coming back as ``pending``. Raises StoreUnavailable."""
         ...

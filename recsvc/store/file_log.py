@@ -217,8 +217,8 @@ class FileEventLog:
             log.warning("event log %s: new segment not created yet (%s)", self.path, exc)
         log.info("event log: closed segment %s", closed.name)
 
-    async def confirm(self, event_ids: list[str]) -> None:
-        self._ids.confirm(event_ids)
+    async def confirm(self, events: list[Interaction]) -> None:
+        self._ids.confirm(event.event_id for event in events)
 
     async def close(self) -> None:
         if self._writes:

@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-import redis.asyncio as redis
-from redis.exceptions import RedisError
 
 from recsvc.core.state import ItemChanges, StoredItem
 from recsvc.durable import append_durably, replace_bytes_atomically
 from recsvc.errors import StoreUnavailable
+from recsvc.store.clients import REDIS_ERRORS, AsyncClient
 from recsvc.store.file_log import drop_partial_tail
 from recsvc.store.names import (
     item_acks_key,
@@ -168,9 +167,10 @@ class FileItemLog:
 
 
 class RedisItemLog:
-    """ItemLog in a Redis hash (hash-tagged keys, one slot in Redis Cluster)."""
+    """ItemLog in a Redis hash (hash-tagged keys, one slot in Redis Cluster: its script's keys
+    and the item set live on one shard)."""
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: AsyncClient, prefix: str) -> None:
         self._redis = client
         self.data_key = item_data_key(prefix)
         self.version_key = item_version_key(prefix)
@@ -186,7 +186,7 @@ class RedisItemLog:
             version = await self._put(
                 keys=[self.data_key, self.version_key, self.changes_key], args=flat
             )
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(f"redis: storing items failed: {exc}") from exc
         return str(version)
 
@@ -209,7 +209,7 @@ class RedisItemLog:
                 return await self.read_changes(None)
             ids = [item_id for item_id, _ in changed]
             values = await self._redis.hmget(self.data_key, ids)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(f"redis: reading changed items failed: {exc}") from exc
         newest = max(int(score) for _, score in changed)
         return ItemChanges(self._parsed(values), str(newest), complete=False)
@@ -218,13 +218,13 @@ class RedisItemLog:
         expires_ms = int((time.time() + ttl_seconds) * 1000)
         try:
             await self._redis.hset(self.acks_key, replica, f"{version}:{expires_ms}")
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(f"redis: acknowledging the item version failed: {exc}") from exc
 
     async def lagging(self, version: str, replica: str) -> list[str]:
         try:
             acks = await self._redis.hgetall(self.acks_key)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(
                 f"redis: reading replica acknowledgements failed: {exc}"
             ) from exc
@@ -238,14 +238,14 @@ class RedisItemLog:
             elif other != replica and _as_int(acked) < _as_int(version):
                 behind.append(other)
         if expired:
-            with contextlib.suppress(RedisError, OSError):  # else tidied by the next writer
+            with contextlib.suppress(*REDIS_ERRORS):  # else tidied by the next writer
                 await self._redis.hdel(self.acks_key, *expired)
         return behind
 
     async def read_all(self) -> dict[str, StoredItem]:
         try:
             raw = await self._redis.hgetall(self.data_key)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(f"redis: reading items failed: {exc}") from exc
         return self._parsed(raw.values())
 
@@ -267,7 +267,7 @@ class RedisItemLog:
     async def version(self) -> str:
         try:
             value = await self._redis.get(self.version_key)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(f"redis: reading the item version failed: {exc}") from exc
         return value.decode() if isinstance(value, bytes) else str(value or "0")
 
@@ -307,7 +307,7 @@ def read_items_from_redis(client: Any, prefix: str) -> list[StoredItem]:
     items: list[StoredItem] = []
     try:
         values = client.hgetall(item_data_key(prefix)).values()
-    except (RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         log.warning("item log unavailable; training without the upserted items: %s", exc)
         return items
     for value in values:

@@ -12,9 +12,13 @@ slot:
     {prefix}:{ev}:stream                    the event stream (XADD)
     {prefix}:{ev}:id:<event_id>             idempotency marker, TTL: "p" logged, "d" applied
 
+With partitioned event logs (store.event_partitions > 1, recsvc.store.names) the stream and
+markers of partition p of N carry a hash tag of their own, ``{ev:N:p:<salt>}``.
+
 RecordInteractions updates many users at once with scripts that each take USERS_PER_SCRIPT
-users' keys: fine on one Redis server (the client here); a Redis Cluster client would need
-the users of one script grouped by slot (or one user per script, which the key layout allows).
+users' keys. On one Redis server any users share a script; on a Redis Cluster the keys of one
+script must lie in one slot, so there the users are grouped by slot (mostly one user per
+script, in one non-transactional pipeline that the cluster client splits by node).
 
 Sockets have timeouts; callers bound each call by the request's deadline (asyncio.timeout);
 Redis failures become StoreUnavailable.
@@ -29,10 +33,9 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 import redis.asyncio as redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.crc import key_slot
+from redis.exceptions import NoScriptError
 
 from recsvc.core.state import (
     FORGOTTEN_FIELD,
@@ -44,8 +47,9 @@ from recsvc.core.state import (
     split_history,
 )
 from recsvc.errors import OutcomeUnknown, StoreUnavailable
+from recsvc.store.clients import REDIS_ERRORS, AsyncClient, async_client
 from recsvc.store.codec import interaction_to_json, vector_from_bytes, vector_to_bytes
-from recsvc.store.names import event_id_key_prefix, event_stream_key
+from recsvc.store.names import EventPartitions, event_layouts_key
 
 T = TypeVar("T")
 
@@ -200,22 +204,15 @@ def untagged_vector(stored: bytes, tag: bytes, encoding: str) -> npt.NDArray[np.
     return vector_from_bytes(stored[len(tag) :], encoding)
 
 
-def connect(url: str, timeout: float, connect_timeout: float, retries: int = 1) -> redis.Redis:
-    """A client with bounded socket timeouts and ``retries`` quick retries of a failed command
-    (the caller's deadline bounds them all); reconnection is automatic on the next call."""
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=connect_timeout,
-        health_check_interval=5,
-        retry=Retry(ExponentialBackoff(cap=0.01, base=0.001), retries),
-    )
+def connect(url: str, timeout: float, connect_timeout: float, retries: int = 1) -> AsyncClient:
+    """A client of one Redis server or of a Redis Cluster (recsvc.store.clients)."""
+    return async_client(url, timeout, connect_timeout, retries)
 
 
 async def _checked(call: Awaitable[T], what: str) -> T:
     try:
         return await call
-    except (RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         raise StoreUnavailable(f"redis: {what} failed: {exc or type(exc).__name__}") from exc
 
 
@@ -224,7 +221,7 @@ class RedisUserStore:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: AsyncClient,
         prefix: str,
         history_max_items: int,
         history_ttl: int,
@@ -233,6 +230,8 @@ class RedisUserStore:
         forgotten_ttl: int = 30 * 86400,
     ) -> None:
         self._redis = client
+        # On a cluster one script's users must share a slot (grouped by _chunks).
+        self._by_slot = isinstance(client, redis.RedisCluster)
         self.vector_encoding = vector_encoding
         self._prefix = prefix
         self.history_max_items = history_max_items
@@ -255,7 +254,8 @@ class RedisUserStore:
         one command for a whole Recommend micro-batch, as redis-py's cost per command was
         about a third of the engine's time."""
         calls: list[_ScriptCall] = []
-        for chunk in _chunks(user_ids):
+        chunks = self._chunks(user_ids)
+        for chunk in chunks:
             keys: list[str] = []
             for user_id in chunk:
                 keys += [
@@ -266,14 +266,15 @@ class RedisUserStore:
         replies = await _checked(_run(self._redis, self._get_states, calls), "reading user state")
         flat = [value for reply in replies for value in reply]
         tag = version_tag(model_version)
-        states: list[UserState] = []
-        for vector, flat_history in zip(flat[::2], flat[1::2], strict=True):
+        states: dict[str, UserState] = {}
+        ordered = [user_id for chunk in chunks for user_id in chunk]
+        for user_id, vector, flat_history in zip(ordered, flat[::2], flat[1::2], strict=True):
             history = _decode_history(flat_history)
             decoded = untagged_vector(vector, tag, self.vector_encoding) if vector else None
-            states.append(
-                UserState(history.items, decoded, history.seq, history.dislikes, history.forgotten)
+            states[user_id] = UserState(
+                history.items, decoded, history.seq, history.dislikes, history.forgotten
             )
-        return states
+        return [states[user_id] for user_id in user_ids]
 
     async def put_vectors(
         self,
@@ -284,7 +285,7 @@ class RedisUserStore:
         """A few users per script call (USERS_PER_SCRIPT)."""
         seqs = history_seqs or {}
         calls: list[_ScriptCall] = []
-        for chunk in _chunks(list(vectors)):
+        for chunk in self._chunks(list(vectors)):
             keys: list[str] = []
             args: list[Any] = [self.vector_ttl]
             for user_id in chunk:
@@ -304,7 +305,8 @@ class RedisUserStore:
     ) -> dict[str, UserHistory]:
         """A few users per script call (USERS_PER_SCRIPT)."""
         calls: list[_ScriptCall] = []
-        for chunk in _chunks(list(interactions_by_user)):
+        chunks = self._chunks(list(interactions_by_user))
+        for chunk in chunks:
             keys: list[str] = []
             args: list[Any] = [self.history_ttl, self.history_max_items, FORGOTTEN_FIELD]
             for user_id in chunk:
@@ -318,10 +320,21 @@ class RedisUserStore:
             _run(self._redis, self._add_histories, calls), "updating user histories"
         )
         flats = [flat for reply in replies for flat in reply]
+        ordered = [user_id for chunk in chunks for user_id in chunk]
         return {
-            user_id: _decode_history(flat)
-            for user_id, flat in zip(interactions_by_user, flats, strict=True)
+            user_id: _decode_history(flat) for user_id, flat in zip(ordered, flats, strict=True)
         }
+
+    def _chunks(self, user_ids: list[str]) -> list[list[str]]:
+        """``user_ids`` in groups of up to USERS_PER_SCRIPT, one script call each: in order on
+        one server; on a cluster grouped by the slot of their keys first."""
+        if not self._by_slot:
+            return list(_chunks(user_ids))
+        by_slot: dict[int, list[str]] = {}
+        for user_id in user_ids:
+            slot = key_slot(self._key(user_id, "h").encode())
+            by_slot.setdefault(slot, []).append(user_id)
+        return [chunk for group in by_slot.values() for chunk in _chunks(group)]
 
     async def forget(self, user_id: str) -> bool:
         """One script: the user's keys deleted and the tombstone written atomically."""
@@ -357,33 +370,65 @@ class RedisEventLog:
     stream gets each event once, and the events an earlier call logged without confirming the
     users' state come back as ``pending`` to be applied."""
 
-    def __init__(self, client: redis.Redis, prefix: str, dedupe_ttl: int) -> None:
+    def __init__(
+        self, client: AsyncClient, prefix: str, dedupe_ttl: int, partitions: int = 1
+    ) -> None:
         self._redis = client
-        self.stream_key = event_stream_key(prefix)
-        self._id_prefix = event_id_key_prefix(prefix)
+        self.partitions = EventPartitions(prefix, partitions)
+        self.stream_key = self.partitions.stream_key(0)  # the only one when partitions == 1
+        self._layouts_key = event_layouts_key(prefix)
+        self._layout_recorded = False
         self.dedupe_ttl = dedupe_ttl
         self._append = client.register_script(_APPEND_EVENTS)
         self._confirm = client.register_script(_CONFIRM_EVENTS)
 
     async def append(self, interactions: list[Interaction]) -> AppendResult:
-        args: list[Any] = [self.dedupe_ttl]
-        for event in interactions:
-            args += [event.event_id, interaction_to_json(event)]
+        """One script call per partition that the events fall in (in one pipeline when
+        several): each checks and writes the markers and the stream of one slot."""
+        positions = self._by_partition(interactions)
+        calls: list[_ScriptCall] = []
+        for partition, numbers in positions.items():
+            args: list[Any] = [self.dedupe_ttl]
+            for number in numbers:
+                event = interactions[number]
+                args += [event.event_id, interaction_to_json(event)]
+            keys = [
+                self.partitions.stream_key(partition),
+                self.partitions.marker_prefix(partition),
+            ]
+            calls.append((keys, args))
         try:
-            fresh, pending = await self._append(keys=[self.stream_key, self._id_prefix], args=args)
-        except (RedisError, OSError) as exc:
+            if not self._layout_recorded:
+                # Before the first event: the ingest worker then knows where to look.
+                await self._redis.sadd(self._layouts_key, self.partitions.count)
+                self._layout_recorded = True
+            replies = await _run(self._redis, self._append, calls)
+        except REDIS_ERRORS as exc:
             raise OutcomeUnknown(
                 f"redis: appending events: no answer ({exc or type(exc).__name__})"
             ) from exc
-        accepted = [interactions[int(p) - 1] for p in fresh]
-        resumed = [interactions[int(p) - 1] for p in pending]
+        fresh: list[int] = []
+        pending: list[int] = []
+        for numbers, (fresh_here, pending_here) in zip(positions.values(), replies, strict=True):
+            fresh += [numbers[int(p) - 1] for p in fresh_here]
+            pending += [numbers[int(p) - 1] for p in pending_here]
+        accepted = [interactions[number] for number in sorted(fresh)]
+        resumed = [interactions[number] for number in sorted(pending)]
         return AppendResult(accepted, len(interactions) - len(accepted), resumed)
 
-    async def confirm(self, event_ids: list[str]) -> None:
-        if event_ids:
-            await _checked(
-                self._confirm(keys=[self._id_prefix], args=event_ids), "confirming events"
-            )
+    async def confirm(self, events: list[Interaction]) -> None:
+        calls: list[_ScriptCall] = [
+            ([self.partitions.marker_prefix(partition)], [events[n].event_id for n in numbers])
+            for partition, numbers in self._by_partition(events).items()
+        ]
+        await _checked(_run(self._redis, self._confirm, calls), "confirming events")
+
+    def _by_partition(self, events: list[Interaction]) -> dict[int, list[int]]:
+        """The positions in ``events`` of each partition's events, in order."""
+        positions: dict[int, list[int]] = {}
+        for number, event in enumerate(events):
+            positions.setdefault(self.partitions.of_user(event.user_id), []).append(number)
+        return positions
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -397,10 +442,13 @@ def _chunks(user_ids: list[str]) -> Iterator[list[str]]:
 _ScriptCall = tuple[list[str], list[Any]]
 
 
-async def _run(client: redis.Redis, script: AsyncScript, calls: list[_ScriptCall]) -> list[Any]:
+async def _run(client: AsyncClient, script: AsyncScript, calls: list[_ScriptCall]) -> list[Any]:
     """The replies of ``script`` run once per (keys, args). One call goes straight out
-    (EVALSHA, reloaded on NOSCRIPT); several go in one pipeline, which first checks that the
-    script is loaded (one round trip more)."""
+    (EVALSHA, reloaded on NOSCRIPT); several go in one non-transactional pipeline. One
+    server's pipeline first checks that the script is loaded (one round trip more); a
+    cluster's does not, so a call that met a node without it (new, or a promoted replica:
+    script caches are not replicated) answers NOSCRIPT and runs again alone, which loads it.
+    Only those run again: the others have run, and a history update must not run twice."""
     if len(calls) == 1:
         keys, args = calls[0]
         return [await script(keys=keys, args=args)]
@@ -408,8 +456,28 @@ async def _run(client: redis.Redis, script: AsyncScript, calls: list[_ScriptCall
         return []
     async with client.pipeline(transaction=False) as pipe:
         for keys, args in calls:
-            await script(keys=keys, args=args, client=pipe)  # buffered until execute
-        return await pipe.execute()  # type: ignore[no-any-return]
+            if isinstance(client, redis.RedisCluster):
+                # redis-py blocks pipe.evalsha on a cluster; the command itself is routed by
+                # its first key like any other.
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            else:
+                await script(keys=keys, args=args, client=pipe)  # type: ignore[arg-type]
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+    for number, reply in enumerate(replies):
+        if isinstance(reply, NoScriptError):
+            keys, args = calls[number]
+            replies[number] = await script(keys=keys, args=args)
+        elif isinstance(reply, Exception):
+            if isinstance(client, redis.RedisCluster) and isinstance(
+                reply, redis.RedisCluster.ERRORS_ALLOW_RETRY
+            ):
+                # A node failed: unlike a single command, a pipeline that does not raise
+                # leaves the client's slot map as it was (the failed master's, forever).
+                # Closing makes the next call read the topology afresh (after a failover,
+                # the promoted replica's).
+                await client.aclose()
+            raise reply
+    return replies
 
 
 def _decode_history(flat: list[Any]) -> UserHistory:

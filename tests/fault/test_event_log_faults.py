@@ -322,7 +322,7 @@ async def test_cancelled_append_then_retry_logs_each_event_once(
     result = await retry
     assert (result.accepted, result.duplicates) == ([], 3)
     assert ids_of(result.pending) == ids_of(events)  # still to be applied to the users' state
-    await log.confirm(ids_of(events))
+    await log.confirm(events)
     third = await log.append(events)
     assert (third.accepted, third.pending) == ([], [])
     await log.close()

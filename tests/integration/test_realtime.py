@@ -13,14 +13,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsvc._proto.v1 import recommender_pb2 as pb
 from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
 from recsvc.core.model import Model
+from recsvc.store.clients import sync_client
 from recsvc.store.file_log import read_columns_from
 from recsvc.testing import free_port, recsvc_command, redis_server, running_server, server_env
+from workers.ingest import logged_stream_keys
 
 NOW_MS = int(time.time() * 1000)
 
@@ -41,7 +42,15 @@ def event(user: str, item: str, n: str, kind: int = pb.EVENT_TYPE_PURCHASE) -> p
     )
 
 
-@pytest.fixture(scope="module", params=["embedded", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    scope="module",
+    params=[
+        "embedded",
+        pytest.param("redis", marks=pytest.mark.redis),
+        # A 3-master Redis Cluster, the event log in 3 partitions (one per master).
+        pytest.param("cluster", marks=[pytest.mark.redis, pytest.mark.slow]),
+    ],
+)
 def live(
     request: pytest.FixtureRequest, model_store: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, str, Path | None]]:
@@ -60,7 +69,7 @@ def live(
             ["serve", "--model-store", str(store), "--port", "0"], server_env(**env)
         ) as proc:
             yield "embedded", proc.target, log_path
-    else:
+    elif request.param == "redis":
         with (
             redis_server() as url,
             running_server(
@@ -68,6 +77,15 @@ def live(
                 server_env(RECSVC_REDIS_URL=url, **env),
             ) as proc,
         ):
+            yield url, proc.target, None
+    else:
+        url = request.getfixturevalue("redis_cluster_server_url")
+        with sync_client(url) as client:
+            client.flushall()
+        with running_server(
+            ["serve", "--model-store", str(store), "--port", "0"],
+            server_env(RECSVC_REDIS_URL=url, RECSVC_STORE__EVENT_PARTITIONS="3", **env),
+        ) as proc:
             yield url, proc.target, None
 
 
@@ -158,8 +176,12 @@ def test_recorded_events_are_in_the_durable_log(
             for event_id, item_id in zip(logged["event_id"], logged["item_id"], strict=True)
         ]
     else:
-        client = redis.Redis.from_url(mode)
-        lines = [json.loads(fields[b"event"]) for _, fields in client.xrange("recsvc:{ev}:stream")]
+        client = sync_client(mode)
+        lines = [
+            json.loads(fields[b"event"])
+            for stream in logged_stream_keys(client, "recsvc")
+            for _, fields in client.xrange(stream)
+        ]
     assert {"event_id": "log-user-" + item + "-d", "item_id": item}.items() <= next(
         e for e in lines if e["event_id"] == f"log-user-{item}-d"
     ).items()

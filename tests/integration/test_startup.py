@@ -157,8 +157,9 @@ def test_a_redis_url_without_a_scheme_is_one_line(command: list[str], tmp_path: 
     done = run_cli(*command, RECSVC_MODEL_STORE=str(tmp_path), RECSVC_REDIS_URL="127.0.0.1:6379")
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
-    assert "redis_url: '127.0.0.1:6379' must start with redis://, rediss:// or unix://" in (
-        done.stderr
+    assert (
+        "redis_url: '127.0.0.1:6379' must start with redis://, rediss://, unix:// or redis+cluster://"
+        in (done.stderr)
     )
 
 

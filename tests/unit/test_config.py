@@ -120,7 +120,13 @@ def test_every_documented_variable_and_the_test_ones_are_known() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["redis://127.0.0.1:6379/0", "rediss://u:p@host:6380", "unix:///run/redis.sock"]
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "rediss://u:p@host:6380",
+        "unix:///run/redis.sock",
+        "redis+cluster://10.0.0.1:7000,10.0.0.2:7000",
+    ],
 )
 def test_redis_urls_with_a_scheme_are_accepted(url: str) -> None:
     assert load_settings(redis_url=url).redis_url == url
@@ -131,4 +137,5 @@ def test_a_redis_url_without_a_scheme_is_one_line_without_its_password() -> None
         load_settings(redis_url="user:secret@127.0.0.1:6379")
     message = str(caught.value)
     assert "\n" not in message and "secret" not in message
-    assert "redis_url:" in message and "must start with redis://, rediss:// or unix://" in message
+    assert "redis_url:" in message
+    assert "must start with redis://, rediss://, unix:// or redis+cluster://" in message

@@ -32,10 +32,18 @@ def interaction(
     return Interaction(user, item, EventType.VIEW, weight, ts, event_id)
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+# A Redis Cluster (3 masters, 3 replicas; started once per session, ~3 s).
+ON_CLUSTER = pytest.param("cluster", marks=[pytest.mark.redis, pytest.mark.slow])
+URL_FIXTURES = {"redis": "redis_url", "cluster": "redis_cluster_url"}
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis), ON_CLUSTER])
 async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[MakeStore]:
-    """Makes user-state stores of one backend: in-process, or Redis (an empty database)."""
-    url: str | None = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    """Makes user-state stores of one backend: in-process, Redis (an empty database) or a
+    Redis Cluster."""
+    url: str | None = None
+    if request.param in URL_FIXTURES:
+        url = request.getfixturevalue(URL_FIXTURES[request.param])
     made: list[UserStateStore] = []
 
     def make(history_max_items: int, history_ttl: int, vector_ttl: int) -> UserStateStore:
@@ -53,15 +61,25 @@ async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[MakeStore]
         await store.close()
 
 
-@pytest.fixture(params=["file", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "file",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis-partitioned", marks=pytest.mark.redis),
+        ON_CLUSTER,
+    ]
+)
 async def event_log(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventLog]:
-    """An empty event log of one backend: a file, or a Redis Stream (an empty database)."""
+    """An empty event log of one backend: a file, a Redis Stream (an empty database), four
+    partition streams, or four partition streams on a Redis Cluster."""
     log: EventLog
     if request.param == "file":
         log = FileEventLog(tmp_path / "events.jsonl")
     else:
-        client = connect(request.getfixturevalue("redis_url"), timeout=1.0, connect_timeout=1.0)
-        log = RedisEventLog(client, "rs", dedupe_ttl=600)
+        url = request.getfixturevalue(URL_FIXTURES.get(request.param, "redis_url"))
+        client = connect(url, timeout=1.0, connect_timeout=1.0)
+        partitions = 1 if request.param == "redis" else 4
+        log = RedisEventLog(client, "rs", dedupe_ttl=600, partitions=partitions)
     yield log
     await log.close()
 
@@ -318,7 +336,7 @@ async def test_event_log_hands_back_unconfirmed_events_until_confirmed(
     retry = await event_log.append([*events, interaction("u", "c", "3")])
     assert [e.event_id for e in retry.accepted] == ["3"]
     assert [e.event_id for e in retry.pending] == ["1", "2"] and retry.duplicates == 2
-    await event_log.confirm(["1", "2", "3"])
+    await event_log.confirm([*events, interaction("u", "c", "3")])
     await event_log.confirm([])
     again = await event_log.append([*events, interaction("u", "c", "3")])
     assert (again.accepted, again.pending, again.duplicates) == ([], [], 3)
@@ -433,6 +451,12 @@ async def test_redis_event_log_streams_each_event_once_and_expires_its_markers(
 # ------------------------------------------------------------------ item logs
 
 
+@pytest.fixture(params=["redis", ON_CLUSTER])
+def item_log_url(request: pytest.FixtureRequest) -> str:
+    """An empty Redis, or an empty Redis Cluster, for the item log."""
+    return str(request.getfixturevalue(URL_FIXTURES[request.param]))
+
+
 def _stored(item_id: str, category: str = "c") -> StoredItem:
     vector = np.arange(4, dtype=np.float32) / 7
     return StoredItem(item_id, category, {"colour": "red"}, "efficientnet_lite0", vector)
@@ -459,8 +483,8 @@ async def test_file_item_log_keeps_the_last_record_and_survives_a_torn_tail(
 
 
 @pytest.mark.redis
-async def test_redis_item_log_is_shared_and_versioned(redis_url: str) -> None:
-    client = connect(redis_url, timeout=1.0, connect_timeout=1.0)
+async def test_redis_item_log_is_shared_and_versioned(item_log_url: str) -> None:
+    client = connect(item_log_url, timeout=1.0, connect_timeout=1.0)
     writer, reader = RedisItemLog(client, "it"), RedisItemLog(client, "it")
     before = await reader.version()
     await writer.put([_stored("a"), _stored("b", "bags")])
@@ -472,8 +496,8 @@ async def test_redis_item_log_is_shared_and_versioned(redis_url: str) -> None:
 
 
 @pytest.mark.redis
-async def test_redis_item_log_reports_replicas_behind_a_write(redis_url: str) -> None:
-    client = connect(redis_url, timeout=1.0, connect_timeout=1.0)
+async def test_redis_item_log_reports_replicas_behind_a_write(item_log_url: str) -> None:
+    client = connect(item_log_url, timeout=1.0, connect_timeout=1.0)
     prefix = f"acks-{uuid.uuid4().hex[:8]}"
     log = RedisItemLog(client, prefix)
     first = await log.put([_stored("a")])
@@ -504,8 +528,8 @@ async def test_item_log_records_keep_hidden_and_deleted_flags(tmp_path: Path) ->
 
 
 @pytest.mark.redis
-async def test_redis_item_log_reads_only_what_changed(redis_url: str) -> None:
-    client = connect(redis_url, timeout=1.0, connect_timeout=1.0)
+async def test_redis_item_log_reads_only_what_changed(item_log_url: str) -> None:
+    client = connect(item_log_url, timeout=1.0, connect_timeout=1.0)
     log = RedisItemLog(client, f"changes-{uuid.uuid4().hex[:8]}")
     await log.put([_stored("a"), _stored("b")])
     everything = await log.read_changes(None)
