@@ -44,6 +44,7 @@ import scipy.sparse as sp
 from recsvc.config import TrainSettings
 from recsvc.core.state import NOT_POSITIVE
 from recsvc.data.event_filters import DISLIKE, FORGET, TOMBSTONE_SLACK_MS
+from recsvc.data.interaction_store import SCHEMA
 from recsvc.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -54,6 +55,8 @@ log = logging.getLogger(__name__)
 APP_NAME = "recsvc-train"
 # Spark prints INFO lines by the hundred; our own log says what happened.
 _SPARK_LOG_LEVEL = "WARN"
+# The interaction store's Arrow column types as Spark SQL types.
+_SPARK_TYPES = {"string": "string", "float": "float", "int64": "bigint"}
 
 
 @dataclass(frozen=True)
@@ -152,20 +155,24 @@ def fit_spark_matrix(weighted: sp.csr_matrix, train: TrainSettings) -> SparkFact
 
 
 def fit_spark_store(
-    store_root: Path,
+    parts: list[Path],
     user_ids: list[str],
     item_ids: list[str],
     train: TrainSettings,
     deleted_items: list[str] | None = None,
 ) -> SparkFactors:
-    """ALS on Spark over the Parquet interaction store at ``store_root``, read by Spark.
+    """ALS on Spark over the Parquet parts of the interaction store, read by Spark (every
+    executor must reach them: a shared volume or object storage on a cluster).
 
     ``user_ids`` / ``item_ids``: the order of the rows of the factors returned (the driver's id
     maps of the artefact). ``deleted_items`` leave the training data, as in the train worker.
     """
     _check_algorithm(train)
+    if not parts:
+        raise ConfigError("spark engine: the interaction store holds no part to train on")
     spark = spark_session(train)
-    events = spark.read.parquet(str(store_root))
+    schema = ", ".join(f"{field.name} {_SPARK_TYPES[str(field.type)]}" for field in SCHEMA)
+    events = spark.read.schema(schema).parquet(*(str(part) for part in parts))
     pairs = _weighted_pairs(_positive_events(events, deleted_items or []), train)
     indexed, users, items = _index_ids(pairs)
     n_interactions = indexed.count()
@@ -189,7 +196,12 @@ def _fit(
 ) -> SparkFactors:
     from pyspark.ml.recommendation import ALS
 
+    # One block per core Spark has: its default of 10 blocks costs ~10 shuffle tasks per
+    # half-sweep whatever the cores, most of the time on small data (docs/BENCHMARKS.md).
+    blocks = max(1, ratings.sparkSession.sparkContext.defaultParallelism)
     als = ALS(
+        numUserBlocks=blocks,
+        numItemBlocks=blocks,
         rank=train.factors,
         maxIter=train.iterations,
         regParam=reg,
@@ -225,6 +237,7 @@ def _positive_events(events: DataFrame, deleted_items: list[str]) -> DataFrame:
     non-positive types, every event of a disliked pair and deleted items leave."""
     from pyspark.sql import functions as F
 
+    events = events.dropDuplicates(["event_id"])  # a batch ingested twice counts once
     marks = (
         events.where(F.col("event_type") == FORGET)
         .groupBy("user_id")
