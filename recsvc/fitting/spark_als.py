@@ -109,6 +109,8 @@ def spark_session(train: TrainSettings) -> SparkSession:
             f"must be installed): {type(exc).__name__}: {_first_line(exc)}"
         ) from exc
     session.sparkContext.setLogLevel(_SPARK_LOG_LEVEL)
+    # py4j logs each connection it closes at INFO, down to interpreter exit.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     _ensure_checkpoint_dir(session, train.spark_master)
     return session
 
