@@ -88,30 +88,44 @@ def spark_session(train: TrainSettings) -> SparkSession:
     """The process's Spark session at ``train.spark_master`` with ``train.spark_conf``.
 
     Spark keeps one session per process (``getOrCreate``): a later call reuses it, and its
-    master and static settings are those of the first. A session that fails to start (no
-    Java, a bad setting) is a ConfigError that says so.
+    master and static settings are those of the first. Under ``spark-submit`` the master it
+    was given wins over ``train.spark_master``. A session that fails to start (no Java, a bad
+    setting) is a ConfigError that says so.
     """
     try:
+        from pyspark import SparkConf
         from pyspark.sql import SparkSession
     except ImportError as exc:
         raise ConfigError(
             "train.engine spark needs pyspark: pip install 'recsvc[spark]' (and Java 17)"
         ) from exc
-    builder = SparkSession.builder.master(train.spark_master).appName(APP_NAME)
+    builder = SparkSession.builder.appName(APP_NAME)
+    try:
+        submitted = SparkConf().get("spark.master", None)  # set by spark-submit --master
+    except Exception as exc:
+        raise ConfigError(
+            f"Spark did not start (Java 17 must be installed): {type(exc).__name__}: "
+            f"{_first_line(exc)}"
+        ) from exc
+    if submitted is None:
+        builder = builder.master(train.spark_master)
+    elif submitted != train.spark_master:
+        log.info("spark: master %s from spark-submit (train.spark_master unused)", submitted)
     for key, value in train.spark_conf.items():
         builder = builder.config(key, value)
     try:
         session = builder.getOrCreate()
     except Exception as exc:
         raise ConfigError(
-            f"Spark did not start at master {train.spark_master!r} with settings "
-            f"{train.spark_conf} (train.spark_master, train.spark_conf / --spark-conf; Java 17 "
-            f"must be installed): {type(exc).__name__}: {_first_line(exc)}"
+            f"Spark did not start at master {submitted or train.spark_master!r} with the "
+            f"settings {sorted(train.spark_conf)} (train.spark_master, train.spark_conf / "
+            f"--spark-conf; Java 17 must be installed): {type(exc).__name__}: "
+            f"{_first_line(exc)}"
         ) from exc
     session.sparkContext.setLogLevel(_SPARK_LOG_LEVEL)
     # py4j logs each connection it closes at INFO, down to interpreter exit.
     logging.getLogger("py4j").setLevel(logging.WARNING)
-    _ensure_checkpoint_dir(session, train.spark_master)
+    _ensure_checkpoint_dir(session, session.sparkContext.master or "")
     return session
 
 
