@@ -8,6 +8,7 @@ process, where the engine's ``getOrCreate`` finds it. The served model comes fro
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from recsvc.artifacts import ModelStore
 from recsvc.cli import main
 from recsvc.client import RecsvcClient
 from recsvc.config import IndexSettings, TrainSettings
+from recsvc.core.state import EventType, Interaction
 from recsvc.data.demo import DemoData
 from recsvc.data.interaction_files import read_interactions
 from recsvc.data.interaction_store import InteractionStore, file_sha256, import_interactions
@@ -29,7 +31,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.spark]
 pyspark = pytest.importorskip("pyspark", reason="the spark extra is not installed")
 
 MASTER = "local[2]"
-QUIET = {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"}
+# Small data: a few shuffle partitions instead of Spark's 200.
+QUIET = {
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.shuffle.partitions": "4",
+}
 SPARK_FLAGS = ["--engine", "spark", "--spark-master", MASTER]
 SMALL = ["--factors", "16", "--iterations", "8", "--regularization", "1", "--alpha", "5"]
 SPARK_TRAIN = TrainSettings(
@@ -129,6 +136,55 @@ def test_the_train_worker_has_spark_read_the_interaction_store(
     # Every user and item has a training event, so Spark learned a factor row for each.
     assert np.all(np.abs(model.user_factors).sum(axis=1) > 0)
     assert np.all(np.abs(model.item_factors).sum(axis=1) > 0)
+
+
+def test_spark_reads_the_store_as_training_does(demo_data: DemoData, tmp_path: Path) -> None:
+    """The rules (repeats, tombstones, dislikes, impressions) and the weighting in Spark give
+    the very pairs and weights of recsvc.fitting.factors.weight_matrix on the store (BM25 on
+    log1p here; binary, none and TF-IDF matched too when written, to 4e-7)."""
+    from recsvc.fitting import spark_als
+    from recsvc.fitting.factors import weight_matrix
+
+    events = InteractionStore(tmp_path / "interactions")
+    path = demo_data.interactions
+    import_interactions(events, path, lambda: read_interactions(path), file_sha256(path))
+    data = events.interactions()
+    forgotten, disliking = data.user_ids[0], data.user_ids[1]
+    disliked = data.item_ids[data.matrix[1].indices[0]]
+    now = int(time.time() * 1000)
+    extra = [
+        Interaction(forgotten, "", EventType.FORGET, 0.0, now, "f1"),
+        Interaction(disliking, disliked, EventType.DISLIKE, 1.0, now, "d1"),
+        Interaction(disliking, data.item_ids[5], EventType.IMPRESSION, 1.0, now, "i1"),
+        Interaction(disliking, data.item_ids[6], EventType.CLICK, 2.0, now, "c1"),
+    ]
+    events.write_part(extra, "a", "b")
+    events.write_part(extra, "a", "c")  # the same events again: read once
+    train = SPARK_TRAIN.model_copy(update={"weighting": "bm25", "weight_transform": "log1p"})
+    spark = spark_als.spark_session(train)
+    raw = spark.read.parquet(*(str(part) for part in events.parts()))
+    pairs = spark_als._weighted_pairs(spark_als._positive_events(raw, []), train).toArrow()
+    expected = events.interactions()
+    assert forgotten not in expected.user_ids and disliked in expected.item_ids
+    weights = weight_matrix(expected.matrix, train).tocoo()
+    want = {
+        (expected.user_ids[u], expected.item_ids[i]): w
+        for u, i, w in zip(weights.row, weights.col, weights.data, strict=True)
+    }
+    got = dict(
+        zip(
+            zip(
+                pairs.column("user_id").to_pylist(),
+                pairs.column("item_id").to_pylist(),
+                strict=True,
+            ),
+            pairs.column("rating").to_pylist(),
+            strict=True,
+        )
+    )
+    assert got.keys() == want.keys()
+    keys = sorted(want)
+    np.testing.assert_allclose([got[k] for k in keys], [want[k] for k in keys], rtol=1e-5)
 
 
 def test_a_bad_spark_conf_is_a_clear_error(
