@@ -471,6 +471,12 @@ class TrainSettings(_Section):
             raise ValueError(f"spark_conf: keys must start with 'spark.', got {bad}")
         return conf
 
+    @model_validator(mode="after")
+    def _spark_trains_als(self) -> TrainSettings:
+        if self.engine == "spark" and self.algorithm != "als":
+            raise ValueError("engine: spark trains ALS only; use engine implicit for bpr")
+        return self
+
 
 class ImageSettings(_Section):
     """Product images: the CNN backbone, embedding jobs, and image requests."""

@@ -288,7 +288,8 @@ def holdout_metrics(
 
 def recipe_of(manifest_parameters: dict[str, Any], train: TrainSettings) -> TrainSettings:
     """The settings a published model was fit with (its manifest's ``parameters``, written by
-    :func:`train_parameters`), the rest from ``train`` (device, threads, engine)."""
+    :func:`train_parameters`), the rest from ``train`` (device, threads, engine: implicit
+    for a BPR recipe, which Spark cannot fit)."""
     known = set(TrainSettings.model_fields) - {
         "device",
         "threads",
@@ -298,6 +299,8 @@ def recipe_of(manifest_parameters: dict[str, Any], train: TrainSettings) -> Trai
     }
     update = {key: value for key, value in manifest_parameters.items() if key in known}
     update.setdefault("weight_transform", "none")  # a manifest from before the setting
+    if update.get("algorithm", train.algorithm) != "als":
+        update["engine"] = "implicit"  # a BPR recipe, refit where BPR exists
     return TrainSettings.model_validate({**train.model_dump(), **update})
 
 

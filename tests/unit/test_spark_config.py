@@ -69,3 +69,8 @@ def test_reg_param_gives_the_average_user_implicits_penalty() -> None:
     # Spark's penalty on user u is regParam * n_u; at the mean n_u it equals regularization.
     assert spark_reg_param(15.0, 943, 75_000) * 75_000 / 943 == pytest.approx(15.0)
     assert spark_reg_param(0.5, 10, 0) == 0.5
+
+
+def test_spark_trains_als_only() -> None:
+    with pytest.raises(ConfigError, match="spark trains ALS only"):
+        load_settings(train={"engine": "spark", "algorithm": "bpr"})
