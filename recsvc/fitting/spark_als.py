@@ -29,7 +29,9 @@ How the options map (Spark ALS-WR against implicit's ALS, both Hu, Koren and Vol
 
 from __future__ import annotations
 
+import atexit
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -138,7 +140,9 @@ def _ensure_checkpoint_dir(session: SparkSession, master: str) -> None:
     if context.getCheckpointDir():
         return
     if master.startswith("local"):
-        context.setCheckpointDir(tempfile.mkdtemp(prefix="recsvc-spark-checkpoints-"))
+        directory = tempfile.mkdtemp(prefix="recsvc-spark-checkpoints-")
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        context.setCheckpointDir(directory)
     else:
         log.warning(
             "spark: no spark.checkpoint.dir: ALS with many iterations may overflow the stack"
