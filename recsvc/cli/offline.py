@@ -37,7 +37,8 @@ def add_train(commands: Any) -> None:
         formatter_class=DefaultsHelpFormatter,
         help="train a model from an interactions file and publish it",
         description="Read interactions (CSV, TSV, Parquet or MovieLens u.data: user, item, "
-        "optional weight and timestamp), fit implicit ALS (GPU when available), build the HNSW "
+        "optional weight and timestamp), fit implicit ALS (GPU when available; Spark ALS with "
+        "--engine spark), build the HNSW "
         "indexes and publish a new, checksummed model version to the model store.",
     )
     p.add_argument("--out", type=Path, help="model store directory (default: RECSVC_MODEL_STORE)")

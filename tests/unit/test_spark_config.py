@@ -74,3 +74,9 @@ def test_reg_param_gives_the_average_user_implicits_penalty() -> None:
 def test_spark_trains_als_only() -> None:
     with pytest.raises(ConfigError, match="spark trains ALS only"):
         load_settings(train={"engine": "spark", "algorithm": "bpr"})
+
+
+def test_flags_extend_the_environments_conf(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECSVC_TRAIN__SPARK_CONF", '{"spark.a": "1", "spark.b": "1"}')
+    train = load_settings(train={"spark_conf": {"spark.b": "2"}}).train
+    assert train.spark_conf == {"spark.a": "1", "spark.b": "2"}
