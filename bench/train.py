@@ -6,8 +6,12 @@ For each dataset, in a fresh child process (so peak memory is per dataset):
   pipeline  = recsvc's train_and_publish: the same fit, both HNSW indexes (user->item and
               item->item), the recall check, and an atomic, checksummed artefact on disk.
 Prints one JSON line per dataset: seconds of each part, the ratio pipeline / baseline, peak RSS.
+With ``--engine spark`` the pipeline fits on Spark (pyspark ALS at ``--spark-master``), against
+the same raw implicit + raw hnswlib baseline; the Spark session's start (the JVM) is timed apart
+and left out of the pipeline's time.
 
     .venv/bin/python bench/train.py [--datasets ml-100k 1M 10M] [--factors 64]
+    .venv/bin/python bench/train.py --datasets 1M --engine spark [--spark-master 'local[*]']
 
 Datasets: ml-100k (../shared/data/ml-100k/u.data, skipped when absent) and generated power-law
 data (users and items drawn with Zipf-like weights; 20 interactions per user on average,
@@ -75,11 +79,24 @@ def load(dataset: str) -> Interactions:
     )
 
 
-def run_one(dataset: str, factors: int, iterations: int) -> dict[str, object]:
+def run_one(
+    dataset: str, factors: int, iterations: int, engine: str = "implicit", master: str = ""
+) -> dict[str, object]:
     data = load(dataset)
     threads = os.cpu_count() or 1
     index = IndexSettings()
     train = TrainSettings(factors=factors, iterations=iterations, threads=0)
+    spark_start = None
+    if engine == "spark":
+        from recsvc.fitting.spark_als import spark_session
+
+        quiet = {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"}
+        train = train.model_copy(
+            update={"engine": "spark", "spark_master": master, "spark_conf": quiet}
+        )
+        started = time.perf_counter()
+        spark_session(train)
+        spark_start = round(time.perf_counter() - started, 2)
 
     use_gpu = implicit.gpu.HAS_CUDA
     with threadpool_limits(1, "blas"):
@@ -123,6 +140,8 @@ def run_one(dataset: str, factors: int, iterations: int) -> dict[str, object]:
         "factors": factors,
         "iterations": iterations,
         "device": "cuda" if use_gpu else "cpu",
+        "engine": engine,
+        **({"spark_master": master, "spark_session_start_s": spark_start} if spark_start else {}),
         "raw_implicit_fit_s": round(raw_fit, 2),
         "raw_hnswlib_build_s": round(raw_build, 2),
         "pipeline_s": round(pipeline, 2),
@@ -141,10 +160,13 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["ml-100k", "1M", "10M"])
     parser.add_argument("--factors", type=int, default=64)
     parser.add_argument("--iterations", type=int, default=15)
+    parser.add_argument("--engine", choices=["implicit", "spark"], default="implicit")
+    parser.add_argument("--spark-master", default="local[*]")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.factors, args.iterations)), flush=True)
+        result = run_one(args.one, args.factors, args.iterations, args.engine, args.spark_master)
+        print(json.dumps(result), flush=True)
         return
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     for dataset in args.datasets:
@@ -161,6 +183,10 @@ def main() -> None:
                 str(args.factors),
                 "--iterations",
                 str(args.iterations),
+                "--engine",
+                args.engine,
+                "--spark-master",
+                args.spark_master,
             ],
             check=True,
             env=env,

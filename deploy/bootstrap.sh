@@ -3,7 +3,8 @@
 # a virtual environment in .venv, and recsvc installed into it (editable).
 #
 #   bash deploy/bootstrap.sh          # to run the service
-#   bash deploy/bootstrap.sh --dev    # also test tools and redis-server, to run the test suite
+#   bash deploy/bootstrap.sh --dev    # also test tools, redis-server and Java 17 (the Spark
+#                                     # engine's tests), to run the test suite
 #
 # Safe to run again: it installs only what is missing or changed.
 set -euo pipefail
@@ -24,13 +25,14 @@ done
 [[ -n "$python" ]] || { say "Python 3.11 or newer is required (set PYTHON=...)"; exit 1; }
 
 # System packages: venv support, a C++ compiler and Python headers (hnswlib builds from
-# source), and redis-server for the tests.
+# source), and redis-server and a Java 17 runtime (pyspark's JVM) for the tests.
 missing=()
 "$python" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 "$python" -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
   || missing+=(python3-dev)
 if (( dev )); then command -v redis-server >/dev/null 2>&1 || missing+=(redis-server); fi
+if (( dev )); then command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless); fi
 if (( ${#missing[@]} )); then
   sudo=""
   (( EUID == 0 )) || sudo="sudo"

@@ -445,6 +445,37 @@ class TrainSettings(_Section):
         0, ge=0, le=1024, description="CPU threads for training; 0 uses every core."
     )
     seed: int = Field(42, description="Random seed, for reproducible models.")
+    engine: Literal["implicit", "spark"] = Field(
+        "implicit",
+        description="Training engine: implicit (one machine, GPU when present) or spark "
+        "(pyspark.ml ALS with implicitPrefs; ALS only; needs `pip install 'recsvc[spark]'` "
+        "and Java 17). docs/deploy.md: Training on Spark.",
+    )
+    spark_master: str = Field(
+        "local[*]",
+        min_length=1,
+        description="Spark master URL of the spark engine: local[N], spark://HOST:PORT, "
+        "k8s://https://HOST:PORT or yarn.",
+    )
+    spark_conf: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra Spark settings of the spark engine (JSON object of spark.* keys, "
+        'e.g. {"spark.driver.memory": "4g"}); --spark-conf KEY=VALUE on the command line.',
+    )
+
+    @field_validator("spark_conf")
+    @classmethod
+    def _spark_keys(cls, conf: dict[str, str]) -> dict[str, str]:
+        bad = [key for key in conf if not key.startswith("spark.") or key == "spark."]
+        if bad:
+            raise ValueError(f"spark_conf: keys must start with 'spark.', got {bad}")
+        return conf
+
+    @model_validator(mode="after")
+    def _spark_trains_als(self) -> TrainSettings:
+        if self.engine == "spark" and self.algorithm != "als":
+            raise ValueError("engine: spark trains ALS only; use engine implicit for bpr")
+        return self
 
 
 class ImageSettings(_Section):

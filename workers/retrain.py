@@ -37,6 +37,7 @@ from recsvc.data.interaction_store import IMPORT_EVENT_TYPE, InteractionStore
 from recsvc.data.matrix import Interactions, interactions_from_arrays
 from recsvc.durable import replace_bytes_atomically
 from recsvc.evaluation.holdout import Protocol, Split
+from recsvc.fitting.factors import TrainedFactors, spark_trained_factors
 from recsvc.training.pipeline import (
     holdout_metrics,
     holdout_split,
@@ -168,10 +169,25 @@ class TrainWorker:
             metrics=metrics,
             images=images,
             initial=initial,
+            fitted=self._spark_factors(data),
         )
         self.models.collect_garbage(self.policy.keep_versions)
         self._save_state(count)
         return model.version
+
+    def _spark_factors(self, data: Interactions) -> TrainedFactors | None:
+        """With the spark engine, the factors Spark learns from the store's Parquet parts,
+        read by Spark itself (None otherwise, or with the deprecated --base file, which
+        Spark does not read: the pipeline then fits ``data`` on Spark)."""
+        if self.train.engine != "spark" or self.base is not None:
+            return None
+        from recsvc.fitting.spark_als import fit_spark_store
+
+        deleted = [item.item_id for item in self.upserted() if item.deleted]
+        fitted = fit_spark_store(
+            self.events.parts(), data.user_ids, data.item_ids, self.train, deleted
+        )
+        return spark_trained_factors(fitted)
 
     def _images(self) -> EmbeddingTable | None:
         """The embedding table (None until the embed worker wrote one) plus the items upserted
@@ -202,7 +218,12 @@ class TrainWorker:
         """The settings and starting factors of this round: the current model's factors for
         the users and items it knows (small random values for new ones), fewer sweeps."""
         version = self.models.latest_version()
-        if not self.policy.warm_start or version is None or self.train.algorithm != "als":
+        if (
+            not self.policy.warm_start
+            or version is None
+            or self.train.algorithm != "als"
+            or self.train.engine == "spark"  # Spark ALS starts from random factors
+        ):
             return self.train, None
         users, items, user_factors, item_factors = self.models.load_factors(version)
         if user_factors.shape[1] != self.train.factors:

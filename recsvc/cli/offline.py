@@ -37,7 +37,8 @@ def add_train(commands: Any) -> None:
         formatter_class=DefaultsHelpFormatter,
         help="train a model from an interactions file and publish it",
         description="Read interactions (CSV, TSV, Parquet or MovieLens u.data: user, item, "
-        "optional weight and timestamp), fit implicit ALS (GPU when available), build the HNSW "
+        "optional weight and timestamp), fit implicit ALS (GPU when available; Spark ALS with "
+        "--engine spark), build the HNSW "
         "indexes and publish a new, checksummed model version to the model store.",
     )
     p.add_argument("--out", type=Path, help="model store directory (default: RECSVC_MODEL_STORE)")
@@ -757,6 +758,29 @@ def _add_model_options(p: argparse.ArgumentParser, tuning: bool = False) -> None
             help=f"{text} (default: {default}, or RECSVC_TRAIN__{name.upper()})",
             **options,
         )
+    _add_engine_options(p)
+
+
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training engine (docs/deploy.md: Training on Spark)")
+    g.add_argument(
+        "--engine",
+        choices=["implicit", "spark"],
+        help="implicit (one machine, GPU when present) or spark (pyspark.ml ALS, ALS only; "
+        "needs recsvc[spark] and Java 17) (default: implicit, or RECSVC_TRAIN__ENGINE)",
+    )
+    g.add_argument(
+        "--spark-master",
+        help="Spark master URL of the spark engine (default: local[*], or "
+        "RECSVC_TRAIN__SPARK_MASTER)",
+    )
+    g.add_argument(
+        "--spark-conf",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a Spark setting (spark.*) for the spark engine; repeatable (default: none, or "
+        "RECSVC_TRAIN__SPARK_CONF, a JSON object, which these flags extend)",
+    )
 
 
 def _add_split_options(p: argparse.ArgumentParser) -> None:
@@ -773,7 +797,11 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
     overrides = read_params(args.params) if args.params else {}
     names = [flag[2:].replace("-", "_") for flag, _, _ in _MODEL_FLAGS]
-    for name in [*names, "device", "threads", "seed"]:
+    for name in [*names, "device", "threads", "seed", "engine", "spark_master"]:
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
+    if getattr(args, "spark_conf", None):
+        from recsvc.fitting.spark_als import parse_spark_conf
+
+        overrides["spark_conf"] = parse_spark_conf(args.spark_conf)
     return overrides

@@ -6,9 +6,10 @@ One entry point, :func:`fit_factors`; the backend (CPU or CUDA) is chosen from t
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import implicit
 import implicit.gpu
@@ -21,6 +22,11 @@ from threadpoolctl import threadpool_limits
 from recsvc.config import TrainSettings
 from recsvc.core.weights import transform_weights
 from recsvc.errors import ConfigError
+
+if TYPE_CHECKING:
+    from recsvc.fitting.spark_als import SparkFactors
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,9 @@ class TrainedFactors:
     item_factors: npt.NDArray[np.float32]
     device: str
     seconds: float
+    engine: str = "implicit"
+    # Facts of the fit that go into the manifest's parameters (the spark engine's regParam).
+    details: dict[str, float] = field(default_factory=dict)
 
 
 def resolve_device(requested: str) -> str:
@@ -76,7 +85,12 @@ def fit_factors(
     ``initial`` (ALS only): user and item factors to start from instead of random ones (a warm
     start from the previous model; rows aligned with the matrix). implicit starts from factors
     that are already set, so a few sweeps then refine the previous solution.
+
+    ``settings.engine`` spark fits on Spark instead (recsvc.fitting.spark_als), with the same
+    weighting; it has no warm start (Spark ALS starts from random factors).
     """
+    if settings.engine == "spark":
+        return _fit_on_spark(matrix, settings, initial is not None)
     device = resolve_device(settings.device)
     if initial is not None and settings.algorithm != "als":
         raise ConfigError("train.algorithm: warm starts are implemented for ALS only")
@@ -135,4 +149,25 @@ def _new_model(settings: TrainSettings, device: str, progress: bool) -> Any:
         )
     return implicit.als.AlternatingLeastSquares(
         alpha=settings.alpha, calculate_training_loss=progress, **common
+    )
+
+
+def _fit_on_spark(matrix: sp.csr_matrix, settings: TrainSettings, warm: bool) -> TrainedFactors:
+    from recsvc.fitting.spark_als import fit_spark_matrix  # pyspark: only here
+
+    if warm:
+        log.warning("spark engine: no warm start (Spark ALS starts from random factors)")
+    fitted = fit_spark_matrix(weight_matrix(matrix, settings), settings)
+    return spark_trained_factors(fitted)
+
+
+def spark_trained_factors(fitted: SparkFactors) -> TrainedFactors:
+    """The TrainedFactors of a Spark fit."""
+    return TrainedFactors(
+        np.ascontiguousarray(fitted.user_factors, dtype=np.float32),
+        np.ascontiguousarray(fitted.item_factors, dtype=np.float32),
+        "cpu",
+        fitted.seconds,
+        engine="spark",
+        details={"spark_reg_param": float(fitted.reg_param)},
     )

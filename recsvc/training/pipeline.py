@@ -88,9 +88,14 @@ def build_model(
         num_items=len(interactions.item_ids),
         num_interactions=interactions.num_interactions,
         factors=int(factors.item_factors.shape[1]),
-        parameters={**train_parameters(train), "fit_seconds": round(factors.seconds, 3)},
+        parameters={
+            **train_parameters(train),
+            **factors.details,
+            "fit_seconds": round(factors.seconds, 3),
+        },
         created_at_ms=int(time.time() * 1000),
         trained_on=factors.device,
+        engine=factors.engine,
         index_recall_at_10=recall,
         index_ef_search=ef_search,
         index_m=params.user_graph.m,
@@ -234,8 +239,12 @@ def train_and_publish(
     metrics: dict[str, Any] | None = None,
     images: EmbeddingTable | None = None,
     initial: tuple[np.ndarray, np.ndarray] | None = None,
+    fitted: TrainedFactors | None = None,
 ) -> Model:
     """Fit, build and publish a new model version; nothing is visible until it is complete.
+
+    ``fitted``: factors the caller fit already, rows in ``interactions``' id order (the
+    train worker's Spark fit over the interaction store).
 
     With ``evaluate``, the same parameters are first fit on that protocol's training part and
     measured on its test part; the metrics (or ``metrics``, measured by the caller) go into
@@ -243,8 +252,14 @@ def train_and_publish(
     """
     if evaluate is not None and metrics is None:
         metrics = holdout_metrics(interactions, train, evaluate)
-    factors = fit_factors(interactions.matrix, train, progress=progress, initial=initial)
-    log.info("%s fit on %s in %.2fs", train.algorithm, factors.device, factors.seconds)
+    factors = fitted or fit_factors(interactions.matrix, train, progress=progress, initial=initial)
+    log.info(
+        "%s fit by %s on %s in %.2fs",
+        train.algorithm,
+        factors.engine,
+        factors.device,
+        factors.seconds,
+    )
     model = build_model(
         interactions, factors, train, index, store.new_version(), categories, metrics, images
     )
@@ -273,10 +288,19 @@ def holdout_metrics(
 
 def recipe_of(manifest_parameters: dict[str, Any], train: TrainSettings) -> TrainSettings:
     """The settings a published model was fit with (its manifest's ``parameters``, written by
-    :func:`train_parameters`), the rest from ``train`` (device, threads)."""
-    known = set(TrainSettings.model_fields) - {"device", "threads"}
+    :func:`train_parameters`), the rest from ``train`` (device, threads, engine: implicit
+    for a BPR recipe, which Spark cannot fit)."""
+    known = set(TrainSettings.model_fields) - {
+        "device",
+        "threads",
+        "engine",
+        "spark_master",
+        "spark_conf",
+    }
     update = {key: value for key, value in manifest_parameters.items() if key in known}
     update.setdefault("weight_transform", "none")  # a manifest from before the setting
+    if update.get("algorithm", train.algorithm) != "als":
+        update["engine"] = "implicit"  # a BPR recipe, refit where BPR exists
     return TrainSettings.model_validate({**train.model_dump(), **update})
 
 

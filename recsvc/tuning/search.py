@@ -130,6 +130,8 @@ def tune(
         "pinned": pinned,
         "ranges": RANGES,
     }
+    if base.engine != "implicit":  # implicit's study names stay those of earlier searches
+        identity["engine"] = base.engine
     study_name = (
         "recsvc-tune-"
         + hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[
