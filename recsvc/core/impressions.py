@@ -100,17 +100,12 @@ class ImpressionLog:
         return len(self._pending)
 
     async def run(self) -> None:
-        """Append queued impressions until cancelled (the queue is flushed once more first)."""
-        try:
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self.flush_seconds)
-                self._full.clear()
-                await self.flush()
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.flush())
-            raise
+        """Append queued impressions until cancelled (then :meth:`flush` what is left)."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), self.flush_seconds)
+            self._full.clear()
+            await self.flush()
 
     async def flush(self) -> None:
         """Append everything queued now, a batch at a time."""
