@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
 from recsvc.cli.common import DefaultsHelpFormatter, common_options, settings_from
-from recsvc.errors import DataError
 from recsvc.data.interaction_store import InteractionStore
+from recsvc.errors import DataError
 from recsvc.evaluation.online import (
     ExperimentReport,
     attribute,
