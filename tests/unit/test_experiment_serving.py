@@ -59,7 +59,10 @@ def test_records_carry_attribution_only_when_set() -> None:
 
 
 def test_lines_written_before_attribution_read_as_null() -> None:
-    old = '{"event_id":"e","user_id":"u","item_id":"i","event_type":"view","weight":1,"timestamp_ms":5}'
+    old = (
+        '{"event_id":"e","user_id":"u","item_id":"i","event_type":"view","weight":1,'
+        '"timestamp_ms":5}'
+    )
     columns = columns_from_json(old)
     assert columns["position"] == [None] and columns["event_id"] == ["e"]
     assert interaction_from_json(old).recommendation_id == ""
@@ -233,7 +236,7 @@ def test_experiments_file_checks_and_counts_load_failures(
     text["experiments"][0]["namespace"] = ""
     text["experiments"][0]["arms"][0]["model_version"] = "y"
     path.write_text(json.dumps(text))
-    with pytest.raises(InvalidExperiments, match="experiments.max_arm_models is 1"):
+    with pytest.raises(InvalidExperiments, match=r"experiments\.max_arm_models is 1"):
         document.load()
     assert holder.version == "v2"
 
