@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
@@ -36,6 +35,7 @@ from recsvc.core.queries import (
     validate_batch,
 )
 from recsvc.core.recommender import Recommender
+from recsvc.core.response_ids import RecommendationIds
 from recsvc.core.rules import ActiveRules, RulesHolder
 from recsvc.core.state import (
     AppendResult,
@@ -48,6 +48,12 @@ from recsvc.core.state import (
 from recsvc.errors import OutcomeUnknown, RecsvcError, StoreUnavailable, Unavailable
 
 log = logging.getLogger(__name__)
+
+# A Recommend call in a micro-batch: the query and its deadline (monotonic; None: none).
+RecommendRequest = tuple[RecommendQuery, float | None]
+RecommendBatcher = MicroBatcher[RecommendRequest, Recommendation]
+# Arm batchers kept at most (one per arm model version; cleared past it).
+_MAX_ARM_BATCHERS = 64
 
 
 @dataclass
@@ -110,9 +116,14 @@ class RecommendationService:
         self.arms = arms
         self.impressions = impressions
         self.stats = ServiceStats()
+        self._new_id = RecommendationIds()  # every response's recommendation_id
         self.on_store_status = on_store_status or (lambda healthy: None)
         self._background: set[asyncio.Task[None]] = set()
         self._recommend_batcher = MicroBatcher(self._recommend_together, gather_turns=gather_turns)
+        # One micro-batcher per experiment arm model (version -> model, batcher), made when
+        # first asked for: the current model's batches stay as they are without experiments.
+        self._gather_turns = gather_turns
+        self._arm_batchers: dict[str, tuple[Recommender, RecommendBatcher]] = {}
 
     # --------------------------------------------------------------------------- queries
 
@@ -134,13 +145,30 @@ class RecommendationService:
         route = NO_ROUTE
         if self.arms is not None:  # without experiments: this check is all it costs
             query, route = self.arms.route(query, current)
-        result = await self._recommend_batcher.submit((query, deadline, route.recommender))
+        if route.recommender is None:
+            result = await self._recommend_batcher.submit((query, deadline))
+        else:
+            result = await self._arm_batcher(route.recommender).submit((query, deadline))
         return self._tag(query.user_id, result, route)
+
+    def _arm_batcher(self, model: Recommender) -> RecommendBatcher:
+        """The micro-batcher of an experiment arm's model (its calls batch together)."""
+        entry = self._arm_batchers.get(model.version)
+        if entry is not None and entry[0] is model:
+            return entry[1]
+        if len(self._arm_batchers) >= _MAX_ARM_BATCHERS:  # models replaced over time
+            self._arm_batchers.clear()
+        batcher: RecommendBatcher = MicroBatcher(
+            lambda requests: self._recommend_with(model, requests, batcher),
+            gather_turns=self._gather_turns,
+        )
+        self._arm_batchers[model.version] = (model, batcher)
+        return batcher
 
     def _tag(self, user_id: str, result: Recommendation, route: Route) -> Recommendation:
         """Give the response its id and, for a user in an experiment, its experiment and arm,
         and queue its impressions."""
-        result.recommendation_id = new_recommendation_id()
+        result.recommendation_id = self._new_id()
         assignment = route.assignment
         if assignment is not None:
             result.experiment = assignment.experiment
@@ -236,37 +264,25 @@ class RecommendationService:
                 results[n] = answer
         return [result for result in results if result is not None]
 
-    async def _recommend_together(
-        self, requests: list[tuple[RecommendQuery, float | None, Recommender | None]]
-    ) -> list[Recommendation | BaseException]:
-        """The micro-batch's answers; a query routed to an experiment arm's model is answered
-        with the other queries of that model."""
-        current = self.current()
-        if all(model is None for _, _, model in requests):  # no arm model: the common case
-            return await self._recommend_with(current, requests)
-        groups: dict[int, tuple[Recommender, list[int]]] = {}
-        for n, (_, _, model) in enumerate(requests):
-            chosen = model or current
-            groups.setdefault(id(chosen), (chosen, []))[1].append(n)
-        results: list[Recommendation | BaseException | None] = [None] * len(requests)
-        for recommender, members in groups.values():
-            answers = await self._recommend_with(recommender, [requests[n] for n in members])
-            for n, answer in zip(members, answers, strict=True):
-                results[n] = answer
-        return [result for result in results if result is not None]
+    def _recommend_together(
+        self, requests: list[RecommendRequest]
+    ) -> Coroutine[Any, Any, list[Recommendation | BaseException]]:
+        """The current model's micro-batch (the coroutine itself: no extra await layer)."""
+        return self._recommend_with(self.current(), requests, self._recommend_batcher)
 
     async def _recommend_with(
         self,
         recommender: Recommender,
-        requests: list[tuple[RecommendQuery, float | None, Recommender | None]],
+        requests: list[RecommendRequest],
+        batcher: RecommendBatcher,
     ) -> list[Recommendation | BaseException]:
-        queries = [query for query, _, _ in requests]
-        deadlines = [deadline for _, deadline, _ in requests if deadline is not None]
+        queries = [query for query, _ in requests]
+        deadlines = [deadline for _, deadline in requests if deadline is not None]
         time_left = min(deadlines) - time.monotonic() if deadlines else None
         states = await self._states_for(recommender, [q.user_id for q in queries], time_left)
         rules = self._active_rules()
         try:
-            if self._recommend_batcher.waiting:  # under load: keep taking calls meanwhile
+            if batcher.waiting:  # under load: keep taking calls meanwhile
                 return list(
                     await asyncio.to_thread(
                         recommender.recommend_many, queries, states, True, rules=rules
@@ -511,9 +527,3 @@ class RecommendationService:
         if time_left is None:
             return self.store_timeout
         return max(0.001, min(self.store_timeout, time_left * 0.5))
-
-
-def new_recommendation_id() -> str:
-    """A response's id: 128 random bits as 32 hex digits (unique without coordination between
-    replicas; about half a microsecond)."""
-    return secrets.token_hex(16)

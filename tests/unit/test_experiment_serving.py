@@ -5,6 +5,7 @@ checks and the report's reading of the store."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from recsvc.core.interactions import RawInteraction, validate_interactions
 from recsvc.core.model import Model
 from recsvc.core.queries import Limits, Recommendation, RecommendQuery, ScoredItem, Strategy
 from recsvc.core.recommender import Recommender
+from recsvc.core.response_ids import RecommendationIds
 from recsvc.core.state import EventType, Interaction
 from recsvc.data.interaction_store import BASE_SCHEMA, InteractionStore
 from recsvc.errors import ArtifactError, InvalidArgument
@@ -261,3 +263,23 @@ def test_report_reads_the_store(tmp_path: Path) -> None:
     arms = {arm.arm: arm for arm in result.arms}
     assert arms["new"].clicks.count == 1 and arms["control"].clicks.count == 0
     assert arms["new"].impressions == 2 and unattributed == 0
+
+
+# ----------------------------------------------------------------------------- response ids
+
+
+def test_recommendation_ids_are_unique_and_renewed_in_a_forked_child() -> None:
+    ids = RecommendationIds()
+    made = [ids() for _ in range(1000)]
+    assert len(set(made)) == 1000 and all(re.fullmatch("[0-9a-f]{32}", i) for i in made)
+    assert RecommendationIds()()[:16] != made[0][:16]  # another service: another prefix
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child)
+        os.write(write, ids().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    in_child = os.read(read, 64).decode()
+    os.close(read)
+    assert len(in_child) == 32 and in_child[:16] != made[0][:16]
