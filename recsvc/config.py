@@ -638,6 +638,56 @@ class RulesSettings(_Section):
     max_file_bytes: int = Field(MiB, ge=1024, le=64 * MiB, description="Largest rules file read.")
 
 
+class ExperimentsSettings(_Section):
+    """A/B experiments between models (docs/experiments.md): one document for every namespace."""
+
+    path: Path | None = Field(
+        None,
+        description="JSON experiments document (docs/experiments.md); unset: no experiments. A "
+        "bad document stops start-up; a bad new version while serving is logged and the one "
+        "before stays in force.",
+    )
+    reload_seconds: float = Field(
+        2.0,
+        ge=0,
+        le=3600,
+        description="How often the experiments document is checked for changes (inode, mtime, "
+        "size); 0: read at start-up only. Arm models are loaded before a new version applies.",
+    )
+    log_impressions: bool = Field(
+        True,
+        description="Log each response to a user in an experiment (holdout included) as "
+        "IMPRESSION events in the event log, for recsvc report; batched off the call's path.",
+    )
+    max_arm_models: int = Field(
+        4,
+        ge=0,
+        le=16,
+        description="Most model versions one namespace loads for experiment arms besides the "
+        "current one (each holds a model's memory); a document naming more is refused.",
+    )
+    max_file_bytes: int = Field(
+        MiB, ge=1024, le=64 * MiB, description="Largest experiments document read."
+    )
+    impression_queue: int = Field(
+        100_000,
+        ge=1,
+        le=10_000_000,
+        description="Impressions queued per namespace for the event log at most; beyond, new "
+        'ones are dropped and counted (recsvc_impressions_total{result="dropped"}), never '
+        "calls slowed.",
+    )
+    impression_batch: int = Field(
+        1_000, ge=1, le=100_000, description="Impressions appended to the event log per write."
+    )
+    impression_flush_seconds: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="Longest an impression waits for its batch to fill before it is written.",
+    )
+
+
 # The sections a namespace may override (RECSVC_NAMESPACES); the others (server, security,
 # images, log, redis_url) belong to the process and are shared by every namespace.
 NAMESPACE_SECTIONS = ("store", "serving", "events", "rules", "workers", "train", "index")
@@ -726,6 +776,7 @@ class Settings(BaseSettings):
     images: ImageSettings = Field(default_factory=ImageSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     rules: RulesSettings = Field(default_factory=RulesSettings)
+    experiments: ExperimentsSettings = Field(default_factory=ExperimentsSettings)
     namespaces: dict[str, NamespaceSettings] = Field(
         default_factory=dict,
         description="Namespaces (tenants) served side by side, as a JSON object: name "

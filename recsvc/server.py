@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -39,6 +40,7 @@ from recsvc.api.auth import Scope, TokenAuthInterceptor, TokenFile, server_crede
 from recsvc.api.handlers import WarningLimiter, add_guarded
 from recsvc.api.servicer import RecommenderServicer, Served
 from recsvc.artifacts import ModelStore
+from recsvc.artifacts.experiments_file import ArmHost, ExperimentsFile
 from recsvc.artifacts.rules_file import RulesFile
 from recsvc.artifacts.watcher import ModelWatcher
 from recsvc.backends import (
@@ -49,7 +51,10 @@ from recsvc.backends import (
     replay_event_log,
 )
 from recsvc.config import Settings
+from recsvc.core.arms import ArmRouter
+from recsvc.core.experiments import ExperimentsHolder
 from recsvc.core.holder import RecommenderHolder
+from recsvc.core.impressions import ImpressionLog
 from recsvc.core.items import CatalogueSync, ImageLimits, ItemService
 from recsvc.core.model import Model
 from recsvc.core.namespaces import DEFAULT_NAMESPACE
@@ -204,10 +209,13 @@ def build_service(
     holder: RecommenderHolder,
     state: tuple[UserStateStore, EventLog] | None = None,
     rules: RulesHolder | None = None,
+    arms: ArmRouter | None = None,
+    impressions: ImpressionLog | None = None,
 ) -> RecommendationService:
     """The recommendation service, wired from the settings; ``state`` (user store, event log)
     replaces the backends the settings name (benchmarks and tests bring their own); ``rules``
-    holds the business rules in force (None: no rules)."""
+    holds the business rules in force (None: no rules); ``arms`` routes users in experiments
+    and ``impressions`` logs what they were shown (None: no experiments)."""
     store, events = state or build_user_state(settings)[:2]
     weights = {EventType(name): weight for name, weight in settings.events.model_dump().items()}
     return RecommendationService(
@@ -220,6 +228,8 @@ def build_service(
         batch_slice=settings.serving.batch_slice,
         gather_turns=settings.serving.batch_gather_turns,
         rules=rules,
+        arms=arms,
+        impressions=impressions,
     )
 
 
@@ -235,6 +245,64 @@ def load_rules_file(settings: Settings, holder: RulesHolder) -> RulesFile | None
     )
     rules_file.load()
     return rules_file
+
+
+def build_impression_log(settings: Settings, events: EventLog) -> ImpressionLog | None:
+    """Where a namespace's experiment impressions go (None: experiments.log_impressions off)."""
+    experiments = settings.experiments
+    if not experiments.log_impressions:
+        return None
+    return ImpressionLog(
+        events,
+        settings.events.impression,
+        max_pending=experiments.impression_queue,
+        batch_events=experiments.impression_batch,
+        flush_seconds=experiments.impression_flush_seconds,
+        append_timeout=max(1.0, settings.store.timeout_seconds * 10),
+    )
+
+
+def build_experiments(
+    settings: Settings, units: Mapping[str, NamespaceServing]
+) -> tuple[ExperimentsFile | None, dict[str, ArmRouter]]:
+    """The experiments document the settings name, checked (not yet applied: its arm models
+    load once the namespaces are up), and each namespace's arm router; (None, {}) when
+    experiments.path is unset. A bad document raises InvalidExperiments (a ConfigError).
+    ``units`` is filled in later: the loaders look namespaces up when called."""
+    experiments = settings.experiments
+    if experiments.path is None:
+        return None, {}
+    names = settings.namespace_names()
+    holder = ExperimentsHolder()
+    routers = {name: ArmRouter(name, holder) for name in names}
+
+    def current_version(name: str) -> str | None:
+        holder = units[name].holder
+        return holder.current().version if holder.loaded else None
+
+    def load(name: str, version: str) -> Recommender:
+        unit = units[name]
+        return unit.items.prepare(load_recommender(unit.settings, version))
+
+    hosts = {
+        name: ArmHost(
+            routers[name].models,
+            functools.partial(current_version, name),
+            functools.partial(load, name),
+        )
+        for name in names
+    }
+    document = ExperimentsFile(
+        experiments.path,
+        holder,
+        hosts,
+        names[0],
+        experiments.reload_seconds,
+        experiments.max_arm_models,
+        experiments.max_file_bytes,
+    )
+    document.check()
+    return document, routers
 
 
 def build_item_service(
@@ -432,11 +500,16 @@ class NamespaceServing:
     service: RecommendationService
     items: ItemService
     watcher: ModelWatcher
+    arms: ArmRouter | None = None
+    impressions: ImpressionLog | None = None
 
     @classmethod
-    def build(cls, name: str, settings: Settings) -> NamespaceServing:
-        """Wire namespace ``name`` from its effective settings (Settings.for_namespace). A bad
-        rules file raises before any backend is opened."""
+    def build(
+        cls, name: str, settings: Settings, arms: ArmRouter | None = None
+    ) -> NamespaceServing:
+        """Wire namespace ``name`` from its effective settings (Settings.for_namespace), its
+        users routed to experiment arms by ``arms`` (None: no experiments). A bad rules file
+        raises before any backend is opened."""
         holder = RecommenderHolder(
             waiting=f"no model loaded yet: waiting for the first version in {settings.model_store}",
             freeze_heap=settings.serving.freeze_heap,
@@ -444,8 +517,12 @@ class NamespaceServing:
         rules = RulesHolder()
         rules_file = load_rules_file(settings, rules)
         store, events, item_log = build_user_state(settings)
-        service = build_service(settings, holder, (store, events), rules)
+        impressions = build_impression_log(settings, events) if arms is not None else None
+        service = build_service(settings, holder, (store, events), rules, arms, impressions)
         items = build_item_service(settings, holder, item_log)
+        if arms is not None:  # arm models see the catalogue's changes as the current one does
+            models = arms.models
+            items.followers = lambda: models.versions.values()
         model_store = ModelStore.from_settings(settings)
         watcher = ModelWatcher(
             model_store,
@@ -455,7 +532,7 @@ class NamespaceServing:
         )
         return cls(
             name, settings, holder, model_store, rules_file, store, events, item_log, service,
-            items, watcher,
+            items, watcher, arms, impressions,
         )  # fmt: skip
 
     @property
@@ -468,6 +545,8 @@ class NamespaceServing:
         tasks = [loop.create_task(self.items.run())]
         if self.rules_file is not None and self.rules_file.reload_seconds > 0:
             tasks.append(loop.create_task(self.rules_file.run()))
+        if self.impressions is not None:
+            tasks.append(loop.create_task(self.impressions.run()))
         return tasks
 
     async def watch_models(self, stop: asyncio.Event) -> None:
@@ -478,6 +557,10 @@ class NamespaceServing:
             await self.watcher.run()
 
     async def close(self) -> None:
+        if self.impressions is not None:  # what is still queued, within a bound
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.settings.server.grace_seconds):
+                    await self.impressions.flush()
         await self.store.close()
         await self.events.close()
         await self.item_log.close()
@@ -493,11 +576,15 @@ async def serve(settings: Settings, announce: bool = True) -> None:
     for name in names:
         line = startup_line(settings.for_namespace(name))
         log.info("%s", line if len(names) == 1 else f"namespace {name}: {line}")
-    # Before any backend is opened: a bad rules file ends start-up with one line.
+    # Before any backend is opened: a bad rules file or experiments document ends start-up
+    # with one line.
     units: dict[str, NamespaceServing] = {}
+    experiments, routers = build_experiments(settings, units)
     try:
         for name in names:
-            units[name] = NamespaceServing.build(name, settings.for_namespace(name))
+            units[name] = NamespaceServing.build(
+                name, settings.for_namespace(name), routers.get(name)
+            )
     except BaseException:
         for unit in units.values():
             await unit.close()
@@ -516,6 +603,11 @@ async def serve(settings: Settings, announce: bool = True) -> None:
     for unit in units.values():
         unit.service.on_store_status = store_health.report
     metrics.watch(first.service, lambda: (first.watcher.swaps, first.watcher.failures))
+    if experiments is not None:
+        document = experiments
+        metrics.watch_experiments(
+            {name: unit.service for name, unit in units.items()}, lambda: document.load_failures
+        )
     gate = handle.servicer.gate
     metrics.watch_calls(SERVICE_NAME, RECOMMENDER_METHODS, lambda: gate.active)
     if settings.server.metrics_port:
@@ -546,6 +638,10 @@ async def serve(settings: Settings, announce: bool = True) -> None:
                 unit.holder.swap(loaded)
             elif unit is not first:
                 log.warning("namespace %s: %s", unit.name, unit.holder.waiting)
+        if experiments is not None:  # arm models load beside the current ones
+            await asyncio.to_thread(experiments.load)
+            if experiments.reload_seconds > 0:
+                background.append(loop.create_task(experiments.run()))
         for unit in units.values():
             if unit is not first:
                 background.append(loop.create_task(unit.watch_models(stop)))

@@ -154,6 +154,8 @@ def interactions_from_pb(message: pb.RecordInteractionsRequest) -> list[RawInter
             weight=i.weight if i.HasField("weight") else None,
             timestamp_ms=i.timestamp_ms,
             event_id=i.event_id,
+            recommendation_id=i.recommendation_id,
+            position=i.position if i.HasField("position") else None,
         )
         for i in message.interactions
     ]
@@ -169,6 +171,8 @@ def interactions_to_pb(interactions: list[RawInteraction]) -> pb.RecordInteracti
                 weight=i.weight,
                 timestamp_ms=i.timestamp_ms,
                 event_id=i.event_id,
+                recommendation_id=i.recommendation_id,
+                position=i.position,
             )
             for i in interactions
         ]
@@ -283,7 +287,11 @@ def _items_from_pb(items: list[pb.ScoredItem]) -> list[ScoredItem]:
 
 def recommendation_to_pb(result: Recommendation) -> pb.RecommendResponse:
     message = pb.RecommendResponse(
-        model_version=result.model_version, strategy=_STRATEGY_TO_PB[result.strategy]
+        model_version=result.model_version,
+        strategy=_STRATEGY_TO_PB[result.strategy],
+        recommendation_id=result.recommendation_id,
+        experiment=result.experiment,
+        arm=result.arm,
     )
     _add_items(message.items, result.items)
     return message
@@ -293,7 +301,13 @@ def add_recommendations(field: Any, results: list[Recommendation]) -> None:
     """Append ``results`` to a repeated RecommendResponse field, in place (no copies)."""
     add = field.add
     for result in results:
-        message = add(model_version=result.model_version, strategy=_STRATEGY_TO_PB[result.strategy])
+        message = add(
+            model_version=result.model_version,
+            strategy=_STRATEGY_TO_PB[result.strategy],
+            recommendation_id=result.recommendation_id,
+            experiment=result.experiment,
+            arm=result.arm,
+        )
         _add_items(message.items, result.items)
 
 
@@ -310,6 +324,9 @@ def recommendation_from_pb(message: pb.RecommendResponse) -> Recommendation:
         items=_items_from_pb(list(message.items)),
         model_version=message.model_version,
         strategy=_STRATEGY_FROM_PB[message.strategy],
+        recommendation_id=message.recommendation_id,
+        experiment=message.experiment,
+        arm=message.arm,
     )
 
 
@@ -324,10 +341,15 @@ def similar_items_from_pb(message: pb.SimilarItemsResponse) -> SimilarItems:
 
 
 def model_info_to_pb(
-    info: ModelInfo, rules_version: str = "", namespace: str = "", memory_bytes: int = 0
+    info: ModelInfo,
+    rules_version: str = "",
+    namespace: str = "",
+    memory_bytes: int = 0,
+    arm_models: tuple[int, int] = (0, 0),
 ) -> pb.ModelInfo:
     """The model's facts, the version of the business rules in force (not the model's:
-    rules change apart from it), the namespace it serves and the memory it holds."""
+    rules change apart from it), the namespace it serves and the memory it holds, and the
+    (count, memory bytes) of the models loaded for experiment arms."""
     return pb.ModelInfo(
         model_version=info.version,
         algorithm=info.algorithm,
@@ -346,6 +368,8 @@ def model_info_to_pb(
         similar_index=_index_info_to_pb(info.similar_index) if info.similar_index else None,
         namespace=namespace,
         memory_bytes=memory_bytes,
+        arm_models=arm_models[0],
+        arm_memory_bytes=arm_models[1],
     )
 
 

@@ -115,8 +115,13 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     ) -> pb.ModelInfo:
         unit = self.namespaces.pick(request.namespace)
         model = unit.service.current().model
+        arms = unit.service.arms
         return convert.model_info_to_pb(
-            model.info, unit.service.rules_version, unit.namespace, model_memory_bytes(model)
+            model.info,
+            unit.service.rules_version,
+            unit.namespace,
+            model_memory_bytes(model),
+            arms.models.memory() if arms is not None else (0, 0),
         )
 
     @call_boundary

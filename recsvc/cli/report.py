@@ -16,8 +16,15 @@ import pyarrow.parquet as pq
 from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
 from recsvc.cli.common import DefaultsHelpFormatter, common_options, settings_from
+from recsvc.data.interaction_store import InteractionStore
 from recsvc.errors import DataError
-from recsvc.evaluation.online import ExperimentReport, attribute, experiments_in, report
+from recsvc.evaluation.online import (
+    ExperimentReport,
+    attribute,
+    experiments_in,
+    report,
+    split_stored_events,
+)
 
 SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
 
@@ -32,12 +39,20 @@ def add_report(commands: Any) -> None:
             "the value of conversions, with confidence intervals and a chi-squared test of each "
             "arm against the control. Inputs: Parquet files or directories, JSON lines or CSV. "
             "Impressions need recommendation_id, experiment, arm, item_id; events need "
-            "recommendation_id, item_id, event_type and optionally value."
+            "recommendation_id, item_id, event_type and optionally value. Or --store: the "
+            "interaction store, whose IMPRESSION events the server logged are the impressions "
+            "and whose other events naming a recommendation_id are the events (their weight "
+            "as value)."
         ),
         formatter_class=DefaultsHelpFormatter,
     )
-    p.add_argument("--impressions", type=Path, required=True, help="what was shown")
-    p.add_argument("--events", type=Path, required=True, help="the feedback that followed")
+    p.add_argument("--impressions", type=Path, help="what was shown")
+    p.add_argument("--events", type=Path, help="the feedback that followed")
+    p.add_argument(
+        "--store",
+        type=Path,
+        help="read both from this interaction store (instead of --impressions and --events)",
+    )
     p.add_argument("--experiment", help="report this experiment only (default: every one)")
     p.add_argument(
         "--control", help='the arm to compare against (default: "control", else "holdout")'
@@ -63,14 +78,13 @@ def _run_report(args: argparse.Namespace) -> int:
         raise DataError(f"--confidence: must be between 0 and 1, got {args.confidence}")
     if not 0 < args.alpha < 1:
         raise DataError(f"--alpha: must be between 0 and 1, got {args.alpha}")
-    impressions = read_table(args.impressions, "--impressions")
-    events = read_table(args.events, "--events")
+    impressions, events, source = _inputs(args)
     attributed, unattributed = attribute(
         impressions, events, _types(args.click_types), _types(args.conversion_types)
     )
     names = [args.experiment] if args.experiment else experiments_in(attributed)
     if not names:
-        raise DataError(f"--impressions {args.impressions}: no impressions")
+        raise DataError(f"{source}: no impressions")
     reports = [
         report(attributed, name, args.control, args.confidence, unattributed) for name in names
     ]
@@ -92,6 +106,22 @@ def _run_report(args: argparse.Namespace) -> int:
         verdict = f"winner {winner}" if winner else f"no difference at p < {args.alpha}"
         print(f"experiment {one.experiment}: {verdict}", file=sys.stderr)
     return 0
+
+
+def _inputs(args: argparse.Namespace) -> tuple[pa.Table, pa.Table, str]:
+    """(impressions, events, what they were read from) as the flags say."""
+    if args.store is not None:
+        if args.impressions is not None or args.events is not None:
+            raise DataError("--store: give either --store or --impressions and --events")
+        if not args.store.is_dir():
+            raise DataError(f"--store {args.store}: not a directory")
+        impressions, events = split_stored_events(InteractionStore(args.store).read())
+        return impressions, events, f"--store {args.store}"
+    if args.impressions is None or args.events is None:
+        raise DataError("--impressions and --events are required (or --store)")
+    impressions = read_table(args.impressions, "--impressions")
+    events = read_table(args.events, "--events")
+    return impressions, events, f"--impressions {args.impressions}"
 
 
 def read_table(path: Path, flag: str) -> pa.Table:

@@ -12,6 +12,8 @@ from recsvc.core.state import EventType, Interaction
 from recsvc.errors import InvalidArgument
 
 MAX_EVENT_ID_BYTES = 128
+# Ours are 32 hex digits; a caller's own id (e.g. from a front end) may be longer.
+MAX_RECOMMENDATION_ID_BYTES = 128
 # Timestamps are Unix milliseconds; this rejects seconds passed by mistake and far futures.
 _EARLIEST_MS = 946_684_800_000  # 2000-01-01
 # How far in the future a timestamp may lie (clock skew); ForgetUser's tombstones cover it too.
@@ -28,6 +30,8 @@ class RawInteraction(NamedTuple):
     weight: float | None
     timestamp_ms: int
     event_id: str
+    recommendation_id: str = ""  # the response that led to the event (empty: none)
+    position: int | None = None  # the item's place in that response, from 0
 
 
 def validate_interactions(
@@ -44,7 +48,9 @@ def validate_interactions(
     valid: list[Interaction] = []
     latest_ms = now_ms + FUTURE_SLACK_MS
     for position, item in enumerate(raw):
-        user_id, item_id, event_type, weight, timestamp, event_id = item
+        user_id, item_id, event_type, weight, timestamp, event_id, recommendation_id, shown_at = (
+            item
+        )
         if weight is None and event_type is not None:
             # None for a type without a default (FORGET, the service's own): refused below.
             weight = default_weights.get(event_type)
@@ -66,12 +72,25 @@ def validate_interactions(
             and weight is not None
             and 0 < weight < math.inf
             and _EARLIEST_MS <= timestamp <= latest_ms
+            and len(recommendation_id) <= MAX_RECOMMENDATION_ID_BYTES
+            and recommendation_id.isascii()
+            and "\x00" not in recommendation_id
+            and (shown_at is None or shown_at >= 0)
         ):
             event_type, weight = _check_interaction(position, item, weight, timestamp, latest_ms)
         # Item ids interned: a user's history then holds the very string objects of the
         # model's id map, and fold-in's id -> row lookups hit them in cache.
         valid.append(
-            Interaction(user_id, sys.intern(item_id), event_type, weight, timestamp, event_id)
+            Interaction(
+                user_id,
+                sys.intern(item_id),
+                event_type,
+                weight,
+                timestamp,
+                event_id,
+                recommendation_id,
+                shown_at,
+            )
         )
     return valid
 
@@ -95,4 +114,13 @@ def _check_interaction(
         raise InvalidArgument(
             f"{field}.timestamp_ms", f"{timestamp} is not a plausible Unix time in milliseconds"
         )
+    if item.recommendation_id:
+        check_id(item.recommendation_id, f"{field}.recommendation_id")
+        if len(item.recommendation_id.encode()) > MAX_RECOMMENDATION_ID_BYTES:
+            raise InvalidArgument(
+                f"{field}.recommendation_id",
+                f"must be at most {MAX_RECOMMENDATION_ID_BYTES} bytes",
+            )
+    if item.position is not None and item.position < 0:
+        raise InvalidArgument(f"{field}.position", f"must be 0 or more, got {item.position}")
     return item.event_type, weight

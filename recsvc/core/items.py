@@ -16,7 +16,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -113,6 +113,9 @@ class ItemService:
         # File reads apart from both: a read stuck on a slow mount holds only a reader thread.
         self._readers = ThreadPoolExecutor(limits.threads, thread_name_prefix="image-files")
         self._pending = 0
+        # The other models serving this catalogue (experiment arms, recsvc.core.arms): they
+        # get every item change the current model gets.
+        self.followers: Callable[[], Iterable[Recommender]] = tuple
 
     # ------------------------------------------------------------------ image search
 
@@ -222,6 +225,8 @@ class ItemService:
                     if self.holder.loaded:
                         news = None if changes.complete else list(changes.items.values())
                         self.prepare(self.holder.current(), news)
+                        for follower in self.followers():
+                            self.prepare(follower, news)
             await self._acknowledge(version, changed)
         except StoreUnavailable as exc:
             if not self._log_down:  # once per outage: the log is polled several times a second
@@ -293,6 +298,8 @@ class ItemService:
             # The model answering now may have been swapped in during the write.
             current = self.holder.current()
             current.add_items(self._usable(stored, current), self.items, changed=stored)
+            for follower in self.followers():
+                follower.add_items(self._usable(stored, follower), self.items, changed=stored)
         await self._await_replicas(version, field_name)
 
     def _known(self, item_id: str, recommender: Recommender) -> bool:

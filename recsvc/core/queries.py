@@ -152,11 +152,14 @@ class Reason:
     rule: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: the service tags each one (id, experiment, arm) in place
 class Recommendation:
     items: list[ScoredItem]
     model_version: str
     strategy: Strategy
+    recommendation_id: str = ""  # unique per response: feedback names it (attribution)
+    experiment: str = ""  # the user's experiment; empty: none
+    arm: str = ""  # the user's arm in it
 
 
 @dataclass(frozen=True)

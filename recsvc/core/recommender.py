@@ -7,7 +7,7 @@ item-to-item similarity (``recsvc.core.similarity``) and fold-in (``recsvc.core.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -91,22 +91,28 @@ class Recommender:
         validated: bool = False,
         first: int | None = None,
         rules: ActiveRules | None = None,
+        positions: Sequence[int] | None = None,
     ) -> list[Recommendation]:
         """:meth:`recommend` for many queries. Their graph searches run as one hnswlib call
         (and one exact pass over the head) when they need no filter; the rest one by one.
         ``validated``: the caller has already checked every query against ``self.limits``.
         ``first``: the queries are ``requests[first:]`` of a RecommendBatch (errors name
         ``requests[i].filter``); None: separate calls (errors name ``filter``).
-        ``rules``: the business rules in force now (boosts and pins, recsvc.core.rules)."""
+        ``rules``: the business rules in force now (boosts and pins, recsvc.core.rules).
+        ``positions``: each query's index in the RecommendBatch, when they are not contiguous
+        (an experiment's arms answered apart); it overrides ``first``."""
         if not validated:
             for query in queries:
                 query.validate(self.limits)
         search = self._candidates
         catalogue = self.catalogue
+        where: Sequence[int] | None = positions
+        if where is None and first is not None:
+            where = range(first, first + len(queries))
         masks = [
             self.filter_mask(
                 query.filter,
-                "filter" if first is None else f"requests[{first + n}].filter",
+                "filter" if where is None else f"requests[{where[n]}].filter",
                 catalogue,
             )
             if query.filter  # the unfiltered path pays nothing

@@ -21,8 +21,10 @@ from uuid import uuid4
 import numpy as np
 import numpy.typing as npt
 
+from recsvc.core.arms import NO_ROUTE, ArmRouter, Route
 from recsvc.core.batching import MicroBatcher
 from recsvc.core.holder import RecommenderHolder
+from recsvc.core.impressions import ImpressionLog
 from recsvc.core.interactions import RawInteraction, validate_interactions
 from recsvc.core.queries import (
     Recommendation,
@@ -33,6 +35,7 @@ from recsvc.core.queries import (
     validate_batch,
 )
 from recsvc.core.recommender import Recommender
+from recsvc.core.response_ids import RecommendationIds
 from recsvc.core.rules import ActiveRules, RulesHolder
 from recsvc.core.state import (
     AppendResult,
@@ -45,6 +48,12 @@ from recsvc.core.state import (
 from recsvc.errors import OutcomeUnknown, RecsvcError, StoreUnavailable, Unavailable
 
 log = logging.getLogger(__name__)
+
+# A Recommend call in a micro-batch: the query and its deadline (monotonic; None: none).
+RecommendRequest = tuple[RecommendQuery, float | None]
+RecommendBatcher = MicroBatcher[RecommendRequest, Recommendation]
+# Arm batchers kept at most (one per arm model version; cleared past it).
+_MAX_ARM_BATCHERS = 64
 
 
 @dataclass
@@ -77,6 +86,8 @@ class RecommendationService:
     store_timeout : longest wait for the store in one request (further bounded by the deadline)
     gather_turns : turns of the event loop a Recommend batch waits for more calls (MicroBatcher)
     rules : the business rules in force (boosts and pins); None: no rules
+    arms : the namespace's experiment routing (assignment, arm models); None: no experiments
+    impressions : where responses to users in an experiment are logged; None: not logged
     """
 
     def __init__(
@@ -91,6 +102,8 @@ class RecommendationService:
         batch_slice: int = 32,
         gather_turns: int = 0,
         rules: RulesHolder | None = None,
+        arms: ArmRouter | None = None,
+        impressions: ImpressionLog | None = None,
     ) -> None:
         self.holder = holder
         self.store = store
@@ -100,10 +113,17 @@ class RecommendationService:
         self.visual_weight = visual_weight
         self.batch_slice = batch_slice
         self.rules = rules or RulesHolder()
+        self.arms = arms
+        self.impressions = impressions
         self.stats = ServiceStats()
+        self._new_id = RecommendationIds()  # every response's recommendation_id
         self.on_store_status = on_store_status or (lambda healthy: None)
         self._background: set[asyncio.Task[None]] = set()
         self._recommend_batcher = MicroBatcher(self._recommend_together, gather_turns=gather_turns)
+        # One micro-batcher per experiment arm model (version -> model, batcher), made when
+        # first asked for: the current model's batches stay as they are without experiments.
+        self._gather_turns = gather_turns
+        self._arm_batchers: dict[str, tuple[Recommender, RecommendBatcher]] = {}
 
     # --------------------------------------------------------------------------- queries
 
@@ -119,9 +139,43 @@ class RecommendationService:
         waiting for the next batch) the search runs on a worker thread (hnswlib and numpy
         release the GIL), so the event loop goes on taking calls; when it is quiet, it runs
         right away, saving the thread hop."""
-        query.validate(self.current().limits)
+        current = self.current()
+        query.validate(current.limits)
         deadline = None if time_left is None else time.monotonic() + time_left
-        return await self._recommend_batcher.submit((query, deadline))
+        route = NO_ROUTE
+        if self.arms is not None:  # without experiments: this check is all it costs
+            query, route = self.arms.route(query, current)
+        if route.recommender is None:
+            result = await self._recommend_batcher.submit((query, deadline))
+        else:
+            result = await self._arm_batcher(route.recommender).submit((query, deadline))
+        return self._tag(query.user_id, result, route)
+
+    def _arm_batcher(self, model: Recommender) -> RecommendBatcher:
+        """The micro-batcher of an experiment arm's model (its calls batch together)."""
+        entry = self._arm_batchers.get(model.version)
+        if entry is not None and entry[0] is model:
+            return entry[1]
+        if len(self._arm_batchers) >= _MAX_ARM_BATCHERS:  # models replaced over time
+            self._arm_batchers.clear()
+        batcher: RecommendBatcher = MicroBatcher(
+            lambda requests: self._recommend_with(model, requests, batcher),
+            gather_turns=self._gather_turns,
+        )
+        self._arm_batchers[model.version] = (model, batcher)
+        return batcher
+
+    def _tag(self, user_id: str, result: Recommendation, route: Route) -> Recommendation:
+        """Give the response its id and, for a user in an experiment, its experiment and arm,
+        and queue its impressions."""
+        result.recommendation_id = self._new_id()
+        assignment = route.assignment
+        if assignment is not None:
+            result.experiment = assignment.experiment
+            result.arm = assignment.arm
+            if self.impressions is not None:
+                self.impressions.offer(user_id, result)
+        return result
 
     @property
     def rules_version(self) -> str:
@@ -156,28 +210,79 @@ class RecommendationService:
         recommender = self.current()
         validate_batch(queries, recommender.limits)
         deadline = None if time_left is None else time.monotonic() + time_left
+        routes: list[Route] | None = None
+        if self.arms is not None:
+            routed = [self.arms.route(query, recommender) for query in queries]
+            queries = [query for query, _ in routed]
+            routes = [route for _, route in routed]
         for start in range(0, len(queries), self.batch_slice):
             if start:
                 await asyncio.sleep(0)  # the store may answer without suspending
             part = queries[start : start + self.batch_slice]
             left = None if deadline is None else deadline - time.monotonic()
-            states = await self._states_for(recommender, [q.user_id for q in part], left)
             rules = self._active_rules()
-            yield await asyncio.to_thread(
-                recommender.recommend_many, part, states, True, start, rules=rules
-            )
+            part_routes = None if routes is None else routes[start : start + self.batch_slice]
+            if part_routes is None or all(r.recommender is None for r in part_routes):
+                states = await self._states_for(recommender, [q.user_id for q in part], left)
+                results = await asyncio.to_thread(
+                    recommender.recommend_many, part, states, True, start, rules=rules
+                )
+            else:
+                models = [r.recommender or recommender for r in part_routes]
+                results = await self._recommend_by_model(part, models, left, rules, start)
+            yield [
+                self._tag(query.user_id, result, NO_ROUTE if routes is None else routes[n])
+                for n, (query, result) in enumerate(zip(part, results, strict=True), start)
+            ]
 
-    async def _recommend_together(
-        self, requests: list[tuple[RecommendQuery, float | None]]
+    async def _recommend_by_model(
+        self,
+        queries: list[RecommendQuery],
+        models: list[Recommender],
+        time_left: float | None,
+        rules: ActiveRules | None,
+        first: int,
+    ) -> list[Recommendation]:
+        """Batch queries answered by several models (experiment arms): each model's queries
+        together, the answers back in order."""
+        groups: dict[int, tuple[Recommender, list[int]]] = {}
+        for n, model in enumerate(models):
+            groups.setdefault(id(model), (model, []))[1].append(n)
+        results: list[Recommendation | None] = [None] * len(queries)
+        for model, members in groups.values():
+            part = [queries[n] for n in members]
+            states = await self._states_for(model, [q.user_id for q in part], time_left)
+            answers = await asyncio.to_thread(
+                model.recommend_many,
+                part,
+                states,
+                True,
+                rules=rules,
+                positions=[first + n for n in members],
+            )
+            for n, answer in zip(members, answers, strict=True):
+                results[n] = answer
+        return [result for result in results if result is not None]
+
+    def _recommend_together(
+        self, requests: list[RecommendRequest]
+    ) -> Coroutine[Any, Any, list[Recommendation | BaseException]]:
+        """The current model's micro-batch (the coroutine itself: no extra await layer)."""
+        return self._recommend_with(self.current(), requests, self._recommend_batcher)
+
+    async def _recommend_with(
+        self,
+        recommender: Recommender,
+        requests: list[RecommendRequest],
+        batcher: RecommendBatcher,
     ) -> list[Recommendation | BaseException]:
-        recommender = self.current()
         queries = [query for query, _ in requests]
         deadlines = [deadline for _, deadline in requests if deadline is not None]
         time_left = min(deadlines) - time.monotonic() if deadlines else None
         states = await self._states_for(recommender, [q.user_id for q in queries], time_left)
         rules = self._active_rules()
         try:
-            if self._recommend_batcher.waiting:  # under load: keep taking calls meanwhile
+            if batcher.waiting:  # under load: keep taking calls meanwhile
                 return list(
                     await asyncio.to_thread(
                         recommender.recommend_many, queries, states, True, rules=rules

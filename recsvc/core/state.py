@@ -76,6 +76,12 @@ class Interaction(NamedTuple):
     weight: float
     timestamp_ms: int
     event_id: str
+    # Attribution (issue 20): the response that led to the event and the item's place in it;
+    # an impression the server logs also names the experiment and arm. Empty/None: not set.
+    recommendation_id: str = ""
+    position: int | None = None
+    experiment: str = ""
+    arm: str = ""
 
 
 @dataclass(frozen=True)

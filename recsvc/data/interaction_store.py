@@ -48,7 +48,7 @@ from recsvc.core.state import Interaction
 from recsvc.data.event_filters import FORGET, forgotten_rows, tombstones, training_events
 from recsvc.data.matrix import Interactions, interactions_from_arrays
 from recsvc.durable import replace_atomically, replace_bytes_atomically
-from recsvc.store.codec import COLUMNS, EventColumns, interactions_to_columns
+from recsvc.store.codec import ALL_COLUMNS, EventColumns, interactions_to_columns
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ FORGET_LATEST = "_forget_latest.json"
 # Parquet metadata key of a merged part: the JSON list of the part names it replaces.
 MERGED_FROM = "recsvc.merged_from"
 
-SCHEMA = pa.schema(
+BASE_SCHEMA = pa.schema(
     [
         ("event_id", pa.string()),
         ("user_id", pa.string()),
@@ -70,6 +70,16 @@ SCHEMA = pa.schema(
         ("event_type", pa.string()),
         ("weight", pa.float32()),
         ("timestamp_ms", pa.int64()),
+    ]
+)
+# With attribution (nullable; parts written before these columns existed read them as null).
+SCHEMA = pa.schema(
+    [
+        *BASE_SCHEMA,
+        ("recommendation_id", pa.string()),
+        ("position", pa.int32()),
+        ("experiment", pa.string()),
+        ("arm", pa.string()),
     ]
 )
 
@@ -86,7 +96,10 @@ class InteractionStore:
 
     def write_columns(self, columns: EventColumns, first: str, last: str) -> Path:
         """:meth:`write_part` for events given as columns (as the file log stores them)."""
-        table = pa.table({name: pa.array(columns[name]) for name in COLUMNS}).cast(SCHEMA)
+        size = len(columns["event_id"])
+        table = pa.table(
+            {name: pa.array(columns.get(name) or [None] * size) for name in ALL_COLUMNS}
+        ).cast(SCHEMA)
         return self.write_table(table, f"part-{first}-{last}.parquet")
 
     def write_table(self, table: pa.Table, name: str) -> Path:
@@ -348,7 +361,7 @@ def import_interactions(
                     "weight": pa.array(coo.data[rows].astype(np.float32)),
                     "timestamp_ms": pa.array(stamps[rows] * 1000),
                 },
-                schema=SCHEMA,
+                schema=BASE_SCHEMA,
             )
             store.write_table(table, name)
             written += 1

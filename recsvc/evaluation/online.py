@@ -129,6 +129,21 @@ class ExperimentReport:
         return rows
 
 
+def split_stored_events(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """The interaction store's events as (impressions, events) for :func:`attribute`: the
+    IMPRESSION rows the server logged (with experiment and arm), and the other rows that name
+    a recommendation id, each event's ``weight`` as its ``value``."""
+    attributed = pc.is_valid(table.column("recommendation_id"))
+    shown = pc.equal(table.column("event_type"), "impression")
+    impressions = table.filter(
+        pc.and_(pc.and_(attributed, shown), pc.is_valid(table.column("experiment")))
+    ).select(["recommendation_id", "experiment", "arm", "item_id", "position"])
+    events = table.filter(pc.and_(attributed, pc.invert(shown)))
+    events = events.select(["recommendation_id", "item_id", "event_type", "weight"])
+    events = events.rename_columns(["recommendation_id", "item_id", "event_type", "value"])
+    return impressions, events.set_column(3, "value", pc.cast(events.column("value"), pa.float64()))
+
+
 def attribute(
     impressions: pa.Table,
     events: pa.Table,

@@ -9,7 +9,7 @@ several worker processes the supervisor serves one endpoint for all of them (.wo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -23,6 +23,7 @@ from prometheus_client import (
 
 from recsvc.core.service import RecommendationService
 from recsvc.errors import ConfigError
+from recsvc.metrics.experiments import ExperimentsCollector
 from recsvc.metrics.grpc_server import GrpcServerCollector
 from recsvc.metrics.service import RECOMMEND_BATCHED_CALLS, RECOMMEND_BATCHES, ServiceCollector
 
@@ -57,6 +58,12 @@ class Metrics:
 
     def watch(self, service: RecommendationService, swaps: Callable[[], tuple[int, int]]) -> None:
         self.registry.register(ServiceCollector(service, swaps))
+
+    def watch_experiments(
+        self, services: Mapping[str, RecommendationService], load_failures: Callable[[], int]
+    ) -> None:
+        """Export impressions and arm models of every namespace's service."""
+        self.registry.register(ExperimentsCollector(services, load_failures))
 
     def watch_calls(
         self, grpc_service: str, methods: Sequence[str], in_flight: Callable[[], int]

@@ -50,6 +50,7 @@ from recsvc.core.state import AppendResult, EventType, Interaction
 from recsvc.durable import append_durably, fsync_path, replace_bytes_atomically
 from recsvc.errors import StoreUnavailable
 from recsvc.store.codec import (
+    ALL_COLUMNS,
     COLUMNS,
     EventColumns,
     columns_from_json,
@@ -301,7 +302,7 @@ def read_columns_from(path: Path, offset: int, max_events: int) -> tuple[EventCo
     always taken); returns them and the log offset just past the last line read (an
     incomplete last line is left for later). Offsets before the oldest kept segment (deleted)
     are skipped with a warning."""
-    columns: EventColumns = {name: [] for name in COLUMNS}
+    columns: EventColumns = {name: [] for name in ALL_COLUMNS}
     count = 0
     position = offset
     while True:
@@ -336,7 +337,7 @@ def read_columns_from(path: Path, offset: int, max_events: int) -> tuple[EventCo
                     return columns, position
                 position += len(line)
                 count += size
-                for name in COLUMNS:
+                for name in ALL_COLUMNS:
                     columns[name].extend(part[name])
         if segment.newest_ms is None:  # the active segment: read to its end
             return columns, position

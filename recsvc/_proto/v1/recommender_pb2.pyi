@@ -128,14 +128,20 @@ class RecommendRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_seen: _Optional[bool] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., recent_item_ids: _Optional[_Iterable[str]] = ..., categories: _Optional[_Union[CategoryFilter, _Mapping]] = ..., diversity: _Optional[float] = ..., filter: _Optional[str] = ..., context: _Optional[_Mapping[str, str]] = ..., explain: _Optional[bool] = ..., popularity_discount: _Optional[float] = ..., interests: _Optional[int] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "model_version", "strategy")
+    __slots__ = ("items", "model_version", "strategy", "recommendation_id", "experiment", "arm")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
     model_version: str
     strategy: Strategy
-    def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ...) -> None: ...
+    recommendation_id: str
+    experiment: str
+    arm: str
+    def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., recommendation_id: _Optional[str] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ...) -> None: ...
 
 class RecommendBatchRequest(_message.Message):
     __slots__ = ("requests", "namespace")
@@ -236,20 +242,24 @@ class SearchByImageResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class Interaction(_message.Message):
-    __slots__ = ("user_id", "item_id", "event_type", "weight", "timestamp_ms", "event_id")
+    __slots__ = ("user_id", "item_id", "event_type", "weight", "timestamp_ms", "event_id", "recommendation_id", "position")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     item_id: str
     event_type: EventType
     weight: float
     timestamp_ms: int
     event_id: str
-    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., weight: _Optional[float] = ..., timestamp_ms: _Optional[int] = ..., event_id: _Optional[str] = ...) -> None: ...
+    recommendation_id: str
+    position: int
+    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., weight: _Optional[float] = ..., timestamp_ms: _Optional[int] = ..., event_id: _Optional[str] = ..., recommendation_id: _Optional[str] = ..., position: _Optional[int] = ...) -> None: ...
 
 class RecordInteractionsRequest(_message.Message):
     __slots__ = ("interactions", "namespace")
@@ -343,7 +353,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self, namespace: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_version", "algorithm", "num_users", "num_items", "num_interactions", "factors", "image_embedding_dim", "parameters", "created_at_ms", "trained_on", "index_recall_at_10", "rules_version", "engine", "user_index", "similar_index", "namespace", "memory_bytes")
+    __slots__ = ("model_version", "algorithm", "num_users", "num_items", "num_interactions", "factors", "image_embedding_dim", "parameters", "created_at_ms", "trained_on", "index_recall_at_10", "rules_version", "engine", "user_index", "similar_index", "namespace", "memory_bytes", "arm_models", "arm_memory_bytes")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -368,6 +378,8 @@ class ModelInfo(_message.Message):
     SIMILAR_INDEX_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ARM_MODELS_FIELD_NUMBER: _ClassVar[int]
+    ARM_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     algorithm: str
     num_users: int
@@ -385,7 +397,9 @@ class ModelInfo(_message.Message):
     similar_index: IndexInfo
     namespace: str
     memory_bytes: int
-    def __init__(self, model_version: _Optional[str] = ..., algorithm: _Optional[str] = ..., num_users: _Optional[int] = ..., num_items: _Optional[int] = ..., num_interactions: _Optional[int] = ..., factors: _Optional[int] = ..., image_embedding_dim: _Optional[int] = ..., parameters: _Optional[_Mapping[str, str]] = ..., created_at_ms: _Optional[int] = ..., trained_on: _Optional[str] = ..., index_recall_at_10: _Optional[float] = ..., rules_version: _Optional[str] = ..., engine: _Optional[str] = ..., user_index: _Optional[_Union[IndexInfo, _Mapping]] = ..., similar_index: _Optional[_Union[IndexInfo, _Mapping]] = ..., namespace: _Optional[str] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
+    arm_models: int
+    arm_memory_bytes: int
+    def __init__(self, model_version: _Optional[str] = ..., algorithm: _Optional[str] = ..., num_users: _Optional[int] = ..., num_items: _Optional[int] = ..., num_interactions: _Optional[int] = ..., factors: _Optional[int] = ..., image_embedding_dim: _Optional[int] = ..., parameters: _Optional[_Mapping[str, str]] = ..., created_at_ms: _Optional[int] = ..., trained_on: _Optional[str] = ..., index_recall_at_10: _Optional[float] = ..., rules_version: _Optional[str] = ..., engine: _Optional[str] = ..., user_index: _Optional[_Union[IndexInfo, _Mapping]] = ..., similar_index: _Optional[_Union[IndexInfo, _Mapping]] = ..., namespace: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., arm_models: _Optional[int] = ..., arm_memory_bytes: _Optional[int] = ...) -> None: ...
 
 class IndexInfo(_message.Message):
     __slots__ = ("m", "ef_construction", "ef_search", "recall_at_10")
