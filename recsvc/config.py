@@ -420,7 +420,7 @@ class TrainSettings(_Section):
     )
     seed: int = Field(42, description="Random seed, for reproducible models.")
     visual_class_weight: float = Field(
-        0.0,
+        0.5,
         ge=0,
         le=100,
         description="Weight of the learned visual space's class-probability part: a softmax "
