@@ -445,6 +445,15 @@ class TrainSettings(_Section):
         0, ge=0, le=1024, description="CPU threads for training; 0 uses every core."
     )
     seed: int = Field(42, description="Random seed, for reproducible models.")
+    visual_class_weight: float = Field(
+        0.5,
+        ge=0,
+        le=100,
+        description="Weight of the learned visual space's class-probability part: a softmax "
+        "classifier of the category, fitted on the catalogue's photos, whose probabilities "
+        "join every photo's vector so that a new item meets items of its predicted category "
+        "(docs/images.md); 0 turns it off.",
+    )
     engine: Literal["implicit", "spark"] = Field(
         "implicit",
         description="Training engine: implicit (one machine, GPU when present) or spark "

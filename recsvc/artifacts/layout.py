@@ -54,6 +54,8 @@ PROJECTION_FILES = (
     "projection.b2.npy",
 )
 ADAPTER_FILES = ("visual_adapter.mean.npy", "visual_adapter.components.npy")
+# Optional: the adapter's category classifier (manifest images.adapter_classes > 0).
+ADAPTER_CLASS_FILES = ("visual_adapter.class_weights.npy", "visual_adapter.class_bias.npy")
 REQUIRED_FILES = frozenset(
     {
         USERS,
@@ -78,6 +80,8 @@ def required_files(manifest: Manifest) -> set[str]:
             required |= set(PROJECTION_FILES)
         if manifest.images.adapter:
             required |= set(ADAPTER_FILES)
+            if manifest.images.adapter_classes:
+                required |= set(ADAPTER_CLASS_FILES)
     return required
 
 
@@ -110,6 +114,9 @@ def write_model_files(directory: Path, model: Model) -> list[str]:
         if visual.adapter is not None:
             a = visual.adapter
             arrays.update(zip(ADAPTER_FILES, (a.mean, a.components), strict=True))
+            if a.class_weights is not None and a.class_bias is not None:
+                classifier = (a.class_weights, a.class_bias)
+                arrays.update(zip(ADAPTER_CLASS_FILES, classifier, strict=True))
     for name, array in arrays.items():
         with (directory / name).open("wb") as handle:
             np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
@@ -204,6 +211,11 @@ def _images_entry(model: Model) -> ImagesEntry | None:
         dim=visual.dim,
         adapter=visual.adapter is not None,
         adapter_raw_weight=visual.adapter.raw_weight if visual.adapter is not None else 0.0,
+        adapter_classes=visual.adapter.classes if visual.adapter is not None else 0,
+        adapter_class_weight=visual.adapter.class_weight if visual.adapter is not None else 0.0,
+        adapter_class_temperature=(
+            visual.adapter.class_temperature if visual.adapter is not None else 1.0
+        ),
         items_with_images=len(visual.rows),
         cold_items=visual.cold_items,
         projection=visual.projection is not None,
@@ -228,15 +240,7 @@ def _read_visual(
         projection = _read_projection(directory, images.backbone_dim, manifest.factors)
     adapter = None
     if images.adapter:
-        if images.dim <= images.backbone_dim:
-            raise ValueError("the visual adapter's space is not wider than the backbone's")
-        mean = load_array(directory / ADAPTER_FILES[0], np.float32, (images.backbone_dim,))
-        components = load_array(
-            directory / ADAPTER_FILES[1],
-            np.float32,
-            (images.backbone_dim, images.dim - images.backbone_dim),
-        )
-        adapter = VisualAdapter(mean, components, images.adapter_raw_weight)
+        adapter = _read_adapter(directory, images)
     return VisualPart(
         backbone=images.backbone,
         backbone_dim=images.backbone_dim,
@@ -248,6 +252,36 @@ def _read_visual(
         n_items=manifest.num_items,
         cold_items=images.cold_items,
         projection_r2=images.projection_r2,
+    )
+
+
+def _read_adapter(directory: Path, images: ImagesEntry) -> VisualAdapter:
+    """The visual adapter, its arrays' shapes checked against the manifest (the learned part
+    is what the space holds beyond the raw dimensions and the class probabilities)."""
+    learned = images.dim - images.backbone_dim - images.adapter_classes
+    if learned < 1:
+        raise ValueError("the visual adapter's space is not wider than the backbone's")
+    mean = load_array(directory / ADAPTER_FILES[0], np.float32, (images.backbone_dim,))
+    components = load_array(
+        directory / ADAPTER_FILES[1], np.float32, (images.backbone_dim, learned)
+    )
+    class_weights = class_bias = None
+    if images.adapter_classes:
+        shapes = ((images.backbone_dim, images.adapter_classes), (images.adapter_classes,))
+        class_weights, class_bias = (
+            load_array(directory / name, np.float32, shape)
+            for name, shape in zip(ADAPTER_CLASS_FILES, shapes, strict=True)
+        )
+        if not (np.isfinite(class_weights).all() and np.isfinite(class_bias).all()):
+            raise ValueError("the visual adapter's class weights are not all finite")
+    return VisualAdapter(
+        mean,
+        components,
+        images.adapter_raw_weight,
+        class_weights,
+        class_bias,
+        images.adapter_class_temperature,
+        images.adapter_class_weight,
     )
 
 

@@ -44,6 +44,11 @@ class ImagesEntry(BaseModel):
     dim: int = Field(ge=1, description="Dimension of the visual space the index searches.")
     adapter: bool = Field(description="Whether a learned map into the visual space is included.")
     adapter_raw_weight: float = Field(0.0, ge=0.0, le=1.0)
+    adapter_classes: int = Field(
+        0, ge=0, description="Categories of the adapter's class-probability part (0: none)."
+    )
+    adapter_class_weight: float = Field(0.0, ge=0.0, description="That part's weight.")
+    adapter_class_temperature: float = Field(1.0, gt=0.0, description="Its softmax temperature.")
     items_with_images: int = Field(ge=0)
     cold_items: int = Field(ge=0, description="Items that entered by their image alone.")
     projection: bool = Field(description="Whether a cold-start projection is included.")

@@ -211,6 +211,13 @@ def add_image_eval_options(p: argparse.ArgumentParser) -> None:
         "column of --catalogue; proxy = a metric-learning head on every label column",
     )
     g.add_argument(
+        "--visual-class-weight",
+        type=float,
+        metavar="W",
+        help="weight of the visual space's class-probability part, 0 = off (default: "
+        "RECSVC_TRAIN__VISUAL_CLASS_WEIGHT, what `recsvc train` does)",
+    )
+    g.add_argument(
         "--attributes",
         help="comma-separated catalogue columns the simulated users have preferences over "
         "(cold start); default: the category and every column with 2 to 50 distinct text "
@@ -269,7 +276,15 @@ def run_image_eval(args: argparse.Namespace, settings: Settings) -> dict[str, An
         holdout=args.holdout,
         seed=settings.train.seed,
         other_labels=columns(others),
-        space=VisualSpaceSettings(method=args.visual_space, seed=settings.train.seed),
+        space=VisualSpaceSettings(
+            method=args.visual_space,
+            seed=settings.train.seed,
+            class_weight=(
+                settings.train.visual_class_weight
+                if args.visual_class_weight is None
+                else args.visual_class_weight
+            ),
+        ),
     )
     if catalogue is not None:
         if args.attributes:

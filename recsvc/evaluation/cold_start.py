@@ -133,6 +133,7 @@ def visual_quality(
             "method": space.method if len(rest) >= MIN_PROXY_ITEMS else "lda",
             "label_columns": len(others) + 1,
             "dims": adapter.output_dim,
+            "class_probabilities": adapter.classes,
         }
     return result
 

@@ -26,7 +26,7 @@ from recsvc.evaluation.holdout import (
     split_interactions,
 )
 from recsvc.fitting.factors import TrainedFactors, fit_factors
-from recsvc.fitting.visual_space import fit_visual_adapter
+from recsvc.fitting.visual_space import VisualSpaceSettings, fit_visual_adapter
 from recsvc.index import (
     DEFAULT_EF_SEARCH,
     DEFAULT_SIMILAR_EF_SEARCH,
@@ -64,7 +64,10 @@ def build_model(
     statistics = interactions.statistics()
     visual: VisualPart | None = None
     if images is not None:
-        attached = attach_images(interactions, factors, images, params, train.seed, categories)
+        space = VisualSpaceSettings(class_weight=train.visual_class_weight, seed=train.seed)
+        attached = attach_images(
+            interactions, factors, images, params, train.seed, categories, space
+        )
         interactions, factors, visual = attached.interactions, attached.factors, attached.visual
         statistics.update(attached.statistics)
         image_categories = dict(zip(images.item_ids, images.categories, strict=True))
@@ -142,6 +145,7 @@ def attach_images(
     params: IndexBuildParams,
     seed: int,
     categories: dict[str, str] | None = None,
+    space: VisualSpaceSettings | None = None,
 ) -> WithImages:
     """Learn the projection on warm items with images; add cold items (an image, no
     interaction) with projected factors; learn the visual space from the categories (the
@@ -195,7 +199,7 @@ def attach_images(
     rows = np.asarray([row_of[images.item_ids[p]] for p in image_positions], dtype=np.int64)
     raw = images.vectors[np.asarray(image_positions, dtype=np.int64)]
     labels = [categories.get(images.item_ids[p]) or images.categories[p] for p in image_positions]
-    adapter = fit_visual_adapter(raw, labels)
+    adapter = fit_visual_adapter(raw, labels, settings=space)
     embeddings = adapter.apply(raw) if adapter is not None else raw
     visual_graph = params.capped(_VISUAL_EF_CONSTRUCTION).user_graph
     visual = VisualPart(

@@ -152,7 +152,8 @@ def test_visual_space_separates_labelled_groups() -> None:
 def test_model_with_images_round_trips(image_model_store: Path, image_model: Model) -> None:
     visual = image_model.visual
     assert visual is not None and visual.projection is not None and visual.adapter is not None
-    assert image_model.info.image_embedding_dim == 2 + 1280  # LDA over 3 kinds, and the raw
+    # LDA over 3 kinds, the raw, and the class probabilities (RECSVC_TRAIN__VISUAL_CLASS_WEIGHT)
+    assert image_model.info.image_embedding_dim == 2 + 1280 + 3
     assert image_model.info.statistics["cold_items"] == 12
     assert len(visual.rows) == image_model.info.num_items == 60
     store = ModelStore(image_model_store)
