@@ -58,7 +58,7 @@ APP_NAME = "recsvc-train"
 # Spark prints INFO lines by the hundred; our own log says what happened.
 _SPARK_LOG_LEVEL = "WARN"
 # The interaction store's Arrow column types as Spark SQL types.
-_SPARK_TYPES = {"string": "string", "float": "float", "int64": "bigint"}
+_SPARK_TYPES = {"string": "string", "float": "float", "int32": "int", "int64": "bigint"}
 
 
 @dataclass(frozen=True)
