@@ -375,6 +375,7 @@ async def test_cancelled_record_then_retry_applies_the_events_to_the_user_once(
 # ------------------------------------------------------------------ Redis paused past the deadline
 
 
+@pytest.mark.slow
 @pytest.mark.redis
 def test_redis_paused_past_the_deadline_then_retry_updates_history_once(
     model_store: Path, model: Model, tmp_path: Path

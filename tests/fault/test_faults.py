@@ -143,6 +143,7 @@ def test_twenty_hot_swaps_under_load_fail_no_call(model_store: Path, tmp_path: P
     assert len(load.versions) >= 10  # the load really ran across the swaps
 
 
+@pytest.mark.slow
 def test_damaged_versions_are_rejected_under_load(model_store: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
     shutil.copytree(model_store, store)

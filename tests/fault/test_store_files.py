@@ -492,6 +492,7 @@ def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("recsvc: error:")]
 
 
+@pytest.mark.slow
 def test_serve_on_a_crafted_version_exits_with_one_line(model_store: Path, tmp_path: Path) -> None:
     store = copy_store(model_store, tmp_path)
     directory = latest_dir(store)

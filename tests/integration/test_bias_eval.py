@@ -44,6 +44,7 @@ def test_eval_prints_the_tradeoff_curve_and_writes_its_plot(
     assert abs(sum(s["catalogue"] for s in shares.values()) - 1) < 1e-3
 
 
+@pytest.mark.slow
 def test_eval_rejects_a_discount_outside_zero_to_one(demo_data: DemoData) -> None:
     data = ("--interactions", str(demo_data.interactions))
     for bad in ("1.5", "nan", "0,x"):

@@ -121,6 +121,7 @@ def private_server(model_store: Path, tmp_path: Path) -> Iterator[pb_grpc.Recomm
         yield pb_grpc.RecommenderStub(channel)
 
 
+@pytest.mark.slow
 def test_deleted_items_are_gone_and_counted(
     model_store: Path, model: Model, tmp_path: Path
 ) -> None:

@@ -28,6 +28,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
+@pytest.mark.slow
 def test_import_twice_adds_nothing_the_second_time(tmp_path: Path, demo_data_path: Path) -> None:
     store = tmp_path / "store"
     first = run("import", "--interactions", str(demo_data_path), "--interaction-store", str(store))

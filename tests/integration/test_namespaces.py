@@ -227,6 +227,7 @@ def test_a_swap_in_one_namespace_leaves_the_other_serving(
     assert info(stub, "shop").model_version == shop_before.model_version
 
 
+@pytest.mark.slow
 def test_the_command_line_addresses_one_namespace(
     server: ServerProcess, stub: pb_grpc.RecommenderStub, stores: Path, redis_server_url: str
 ) -> None:

@@ -35,6 +35,7 @@ def test_eval_json_has_the_metrics_and_baselines(demo_data: DemoData) -> None:
     assert report["ndcg@10"] > report["baselines"]["popularity"]["ndcg@10"]
 
 
+@pytest.mark.slow
 def test_eval_leave_last_n_and_its_error_without_timestamps(
     tmp_path: Path, demo_data: DemoData
 ) -> None:

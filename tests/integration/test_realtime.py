@@ -241,6 +241,7 @@ def test_diversity_is_validated_and_changes_the_list(
     assert caught.value.details().startswith("diversity")
 
 
+@pytest.mark.slow
 @pytest.mark.fault
 @pytest.mark.redis
 def test_redis_outage_degrades_and_recovers(model_store: Path, model: Model) -> None:

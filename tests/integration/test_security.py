@@ -186,6 +186,7 @@ def test_client_that_does_not_trust_the_ca_is_refused(secured: Secured) -> None:
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+@pytest.mark.slow
 def test_a_renewed_certificate_is_served_without_a_restart(
     model_store: Path, tmp_path: Path
 ) -> None:
@@ -331,6 +332,7 @@ def test_start_up_says_how_the_server_is_secured(secured: Secured) -> None:
         assert token not in output
 
 
+@pytest.mark.slow
 def test_recsvc_call_takes_tls_and_token_options(secured: Secured, pki: Pki) -> None:
     token_file = secured.token_file.parent / "client-token"
     token_file.write_text(READ_TOKEN + "\n")
@@ -439,6 +441,7 @@ def test_reflection_turned_on_with_tokens_needs_the_read_scope(reflecting: str) 
         watch.cancel()
 
 
+@pytest.mark.slow
 def test_tokens_are_added_and_revoked_without_a_restart(model_store: Path, tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text(f"read {READ_TOKEN}\n")

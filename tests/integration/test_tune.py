@@ -58,6 +58,7 @@ def overflowing(tmp_path: Path, demo_data: DemoData) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_trials_that_raise_are_counted_failed_and_the_search_completes(
     overflowing: Path, tmp_path: Path
 ) -> None:

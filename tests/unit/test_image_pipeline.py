@@ -75,6 +75,7 @@ def test_catalogue_with_image_bytes_in_parquet(tmp_path: Path) -> None:
     assert catalogue.items[1].image is None
 
 
+@pytest.mark.slow
 def test_embed_reports_bad_images_and_resumes(
     tmp_path: Path, products: ProductImages, embedder: ImageEmbedder
 ) -> None:
