@@ -9,6 +9,9 @@ import os
 import random
 import shutil
 import statistics
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -226,12 +229,28 @@ def test_largest_recommend_batch_leaves_the_loop_to_other_calls(
     batch_server: ServerProcess,
 ) -> None:
     """Before: the largest batch (1,000 entries, k 1,000) held the event loop ~400 ms in one
-    go. Now it is answered in slices, and Recommend calls are answered between them."""
-    batch = pb.RecommendBatchRequest(
-        requests=[pb.RecommendRequest(user_id=f"u{n:05d}", k=1000) for n in range(1000)]
+    go. Now it is answered in slices, and Recommend calls are answered between them. The batch
+    is sent from another process: parsing its ~30 MB response here would hold this process's
+    GIL, and the Recommend calls measured here with it."""
+    sender = textwrap.dedent(
+        f"""
+        import sys, time, grpc
+        from recsvc._proto.v1 import recommender_pb2 as pb, recommender_pb2_grpc as pb_grpc
+        batch = pb.RecommendBatchRequest(
+            requests=[pb.RecommendRequest(user_id=f"u{{n:05d}}", k=1000) for n in range(1000)]
+        )
+        options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        with grpc.insecure_channel("{batch_server.target}", options=options) as channel:
+            stub = pb_grpc.RecommenderStub(channel)
+            sys.stdin.readline()  # go
+            began = time.monotonic()
+            response = stub.RecommendBatch(batch, timeout=60)
+            print(began, time.monotonic(), flush=True)
+            assert len(response.responses) == 1000
+            assert all(len(r.items) > 100 for r in response.responses)
+        """
     )
-    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-    with grpc.insecure_channel(batch_server.target, options=options) as channel:
+    with grpc.insecure_channel(batch_server.target) as channel:
         stub = pb_grpc.RecommenderStub(channel)
         stub.Recommend(pb.RecommendRequest(user_id="u00001", k=5), timeout=30)  # warm
         done = threading.Event()
@@ -243,16 +262,20 @@ def test_largest_recommend_batch_leaves_the_loop_to_other_calls(
                 stub.Recommend(pb.RecommendRequest(user_id="u00002", k=10), timeout=30)
                 spans.append((began, time.monotonic()))
 
+        process = subprocess.Popen(
+            [sys.executable, "-c", sender],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         with ThreadPoolExecutor(1) as pool:
             other = pool.submit(recommend_meanwhile)
             time.sleep(0.2)
-            began = time.monotonic()
-            response = stub.RecommendBatch(batch, timeout=60)
-            ended = time.monotonic()
+            out, _ = process.communicate("go\n", timeout=120)
             done.set()
             other.result()
-    assert len(response.responses) == 1000
-    assert all(len(r.items) > 100 for r in response.responses)
+    assert process.returncode == 0, out
+    began, ended = (float(t) for t in out.split())
     batch_seconds = ended - began
     during = [(b, e) for b, e in spans if b >= began and e <= ended]
     assert during, (batch_seconds, spans[-5:])
