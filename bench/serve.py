@@ -470,6 +470,13 @@ async def compare_round(target: str, concurrency: int, seconds: float) -> dict[s
         return await closed_loop(call, concurrency, seconds)
 
 
+def redis_commands(url: str) -> int:
+    """Commands the Redis server has processed so far (INFO's total_commands_processed; the
+    INFO call itself counts one)."""
+    with redis.Redis.from_url(url) as client:
+        return int(client.info("stats")["total_commands_processed"])
+
+
 def hide_items(target: str, count: int, n_items: int) -> None:
     """Hide ``count`` random items of the bench model through the server (once per target: the
     Redis targets share the item log, the embedded one has its own)."""
@@ -494,6 +501,13 @@ def compare_main(argv: list[str]) -> None:
         default=["recsvc", "recsvc_embedded", "recsvc_workers2", "peer", "echo"],
     )
     parser.add_argument(
+        "--recsvc-env",
+        nargs="*",
+        default=[],
+        metavar="NAME=VALUE",
+        help="settings for every recsvc target (e.g. RECSVC_SERVING__BATCH_GATHER_TURNS=1)",
+    )
+    parser.add_argument(
         "--hide",
         type=int,
         default=0,
@@ -515,6 +529,7 @@ def compare_main(argv: list[str]) -> None:
                 RECSVC_SERVER__METRICS_PORT=str(metrics_port),
                 RECSVC_LOG_LEVEL="WARNING",
                 PYTHONPATH=str(server_root),
+                **dict(setting.split("=", 1) for setting in args.recsvc_env),
                 **extra,
             )
 
@@ -560,17 +575,29 @@ def compare_main(argv: list[str]) -> None:
                         hide_items(target, args.hide, 100_000)
             for n in range(args.rounds):
                 for name, (process, target) in servers.items():
+                    commands_before = redis_commands(url)
                     cpu_before = tree_cpu_seconds([process.pid])
                     batches_before = batch_counts(metrics[name]) if name in metrics else None
                     result = asyncio.run(compare_round(target, args.concurrency, args.seconds))
                     cpu = tree_cpu_seconds([process.pid]) - cpu_before
+                    # Redis commands per 1,000 calls (the targets run one at a time; the
+                    # embedded one and the echo server make none)
+                    result["redis_commands_per_1k_calls"] = round(
+                        (redis_commands(url) - commands_before - 1)
+                        / max(result["requests"], 1)
+                        * 1000,
+                        1,
+                    )
                     result["server_cpu_us_per_call"] = round(
                         cpu / max(result["requests"], 1) * 1e6, 1
                     )
                     if batches_before is not None:
                         after = batch_counts(metrics[name])
                         made = after[0] - batches_before[0]
-                        result["mean_batch"] = round((after[1] - batches_before[1]) / made, 2)
+                        # calls answered outside the micro-batcher (state held locally) count
+                        # as batches of one
+                        local = result["requests"] - (after[1] - batches_before[1])
+                        result["mean_batch"] = round(result["requests"] / max(made + local, 1), 2)
                     rounds[name].append(result)
                     print(json.dumps({"bench": "serve", "round": n, "target": name, **result}))
         finally:
@@ -580,7 +607,14 @@ def compare_main(argv: list[str]) -> None:
     medians = {
         name: {
             key: statistics.median(r[key] for r in results)
-            for key in ("rps", "p50_ms", "p99_ms", "server_cpu_us_per_call", "mean_batch")
+            for key in (
+                "rps",
+                "p50_ms",
+                "p99_ms",
+                "server_cpu_us_per_call",
+                "mean_batch",
+                "redis_commands_per_1k_calls",
+            )
             if key in results[0]
         }
         | {"errors": sum(r["errors"] for r in results)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,15 @@ def build_user_state(settings: Settings) -> tuple[UserStateStore, EventLog, Item
     file logs."""
     s = settings.store
     if settings.redis_url:
+        from recsvc.store.clients import is_cluster_url, tracking_client
         from recsvc.store.item_log import RedisItemLog
-        from recsvc.store.redis_backend import RedisEventLog, RedisUserStore, connect
+        from recsvc.store.redis_backend import (
+            RedisEventLog,
+            RedisUserStore,
+            connect,
+            user_key_prefix,
+        )
+        from recsvc.store.state_cache import StateCache
 
         client = connect(
             settings.redis_url, s.timeout_seconds, s.connect_timeout_seconds, s.retries
@@ -53,6 +61,10 @@ def build_user_state(settings: Settings) -> tuple[UserStateStore, EventLog, Item
             s.vector_ttl_seconds,
             s.vector_encoding,
             s.forgotten_ttl_seconds,
+            StateCache(user_key_prefix(s.key_prefix), s.state_cache_users)
+            if s.state_cache_users and not is_cluster_url(settings.redis_url)
+            else None,
+            partial(tracking_client, settings.redis_url, s.connect_timeout_seconds),
         )
         # The event log has a client of its own: its appends may wait longer than reads of
         # rebuildable state (under load a large append queues behind other scripts).

@@ -270,6 +270,15 @@ class StoreSettings(_Section):
         "until a model trained without the user is loaded. Embedded mode also replays it from "
         "the event log at start-up, within history_ttl_seconds.",
     )
+    state_cache_users: int = Field(
+        100_000,
+        ge=0,
+        le=10_000_000,
+        description="Users whose Redis state (vector and history) each server keeps in "
+        "process, kept current by Redis's client tracking: a Recommend for one of them makes "
+        "no round trip to Redis. Another server's write reaches this one's cache within about "
+        "a millisecond. 0: off. One Redis server only (off on a cluster).",
+    )
     max_users_in_process: int = Field(
         1_000_000, ge=1, description="Users kept by the in-process store (least recent dropped)."
     )

@@ -116,3 +116,11 @@ def sync_client(
             startup_nodes=nodes, retry=retry, **common, **_cluster_options(url)
         )
     return redis.Redis.from_url(url, **common)
+
+
+def tracking_client(url: str, connect_timeout: float) -> redis.asyncio.Redis:
+    """A client of one Redis server speaking RESP2, for a Pub/Sub connection that receives
+    client-tracking invalidations as messages (recsvc.store.state_cache)."""
+    return redis.asyncio.Redis.from_url(
+        url, protocol=2, socket_connect_timeout=connect_timeout, socket_timeout=None
+    )

@@ -26,8 +26,10 @@ Redis failures become StoreUnavailable.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
@@ -50,6 +52,7 @@ from recsvc.errors import OutcomeUnknown, StoreUnavailable
 from recsvc.store.clients import REDIS_ERRORS, AsyncClient, async_client
 from recsvc.store.codec import interaction_to_json, vector_from_bytes, vector_to_bytes
 from recsvc.store.names import EventPartitions, event_layouts_key
+from recsvc.store.state_cache import StateCache, track
 
 T = TypeVar("T")
 
@@ -176,6 +179,11 @@ def user_key(prefix: str, user_id: str, suffix: str) -> str:
     return f"{prefix}:{{u:{user_id}}}:{suffix}"
 
 
+def user_key_prefix(prefix: str) -> str:
+    """What every key of every user starts with (the state cache tracks it)."""
+    return f"{prefix}:{{u:"
+
+
 def vector_key(prefix: str, user_id: str, encoding: str = "float16") -> str:
     """The key of a user's vector: one per user, whatever the model version (the value names
     it), so that retraining leaves no keys behind. The encoding is part of the name: a change
@@ -228,7 +236,12 @@ class RedisUserStore:
         vector_ttl: int,
         vector_encoding: str = "float16",
         forgotten_ttl: int = 30 * 86400,
+        cache: StateCache | None = None,
+        tracking_client: Callable[[], Any] | None = None,
     ) -> None:
+        """``cache`` and ``tracking_client`` (a RESP2 client of the same server, see
+        recsvc.store.state_cache): users' state held in process between changes; off on a
+        cluster, whose nodes would each need a tracking connection."""
         self._redis = client
         # On a cluster one script's users must share a slot (grouped by _chunks).
         self._by_slot = isinstance(client, redis.RedisCluster)
@@ -242,6 +255,9 @@ class RedisUserStore:
         self._add_histories = client.register_script(_ADD_HISTORIES)
         self._set_vectors = client.register_script(_SET_VECTORS)
         self._get_states = client.register_script(_GET_STATES)
+        self._cache = cache if tracking_client is not None and not self._by_slot else None
+        self._tracking_client = tracking_client
+        self._tracker: asyncio.Task[None] | None = None
 
     def _key(self, user_id: str, suffix: str) -> str:
         return user_key(self._prefix, user_id, suffix)
@@ -252,7 +268,47 @@ class RedisUserStore:
     async def get_states(self, user_ids: list[str], model_version: str) -> list[UserState]:
         """Vector and history of each user, a few users per script call (USERS_PER_SCRIPT):
         one command for a whole Recommend micro-batch, as redis-py's cost per command was
-        about a third of the engine's time."""
+        about a third of the engine's time. Users held by the state cache are not read."""
+        cache = self._cache
+        if cache is None:
+            return await self._read_states(user_ids, model_version)
+        if self._tracker is None:  # the first read, in the serving event loop
+            assert self._tracking_client is not None
+            self._tracker = asyncio.get_running_loop().create_task(
+                track(cache, self._tracking_client)
+            )
+        held: dict[str, UserState] = {}
+        for user_id in user_ids:
+            state = self.local_state(user_id, model_version)
+            if state is not None:
+                held[user_id] = state
+        missing = [u for u in dict.fromkeys(user_ids) if u not in held]
+        if missing:
+            epoch = cache.epoch
+            raw: dict[str, tuple[bytes | None, UserHistory]] = {}
+            read = await self._read_states(missing, model_version, raw)
+            cache.keep(raw.items(), epoch)
+            held.update(zip(missing, read, strict=True))
+        return [held[u] for u in user_ids]
+
+    def local_state(self, user_id: str, model_version: str) -> UserState | None:
+        """The user's state from the state cache, if it holds the user."""
+        entry = self._cache.get(user_id) if self._cache is not None else None
+        if entry is None:
+            return None
+        vector, history = entry
+        tag = version_tag(model_version)
+        decoded = untagged_vector(vector, tag, self.vector_encoding) if vector else None
+        return UserState(history.items, decoded, history.seq, history.dislikes, history.forgotten)
+
+    async def _read_states(
+        self,
+        user_ids: list[str],
+        model_version: str,
+        raw: dict[str, tuple[bytes | None, UserHistory]] | None = None,
+    ) -> list[UserState]:
+        """Each user's state from Redis; ``raw`` gets each user's stored vector bytes and
+        decoded history."""
         calls: list[_ScriptCall] = []
         chunks = self._chunks(user_ids)
         for chunk in chunks:
@@ -270,6 +326,8 @@ class RedisUserStore:
         ordered = [user_id for chunk in chunks for user_id in chunk]
         for user_id, vector, flat_history in zip(ordered, flat[::2], flat[1::2], strict=True):
             history = _decode_history(flat_history)
+            if raw is not None:
+                raw[user_id] = (vector, history)
             decoded = untagged_vector(vector, tag, self.vector_encoding) if vector else None
             states[user_id] = UserState(
                 history.items, decoded, history.seq, history.dislikes, history.forgotten
@@ -298,7 +356,8 @@ class RedisUserStore:
                     seqs.get(user_id, ""),
                 ]
             calls.append((keys, args))
-        await _checked(_run(self._redis, self._set_vectors, calls), "writing user vectors")
+        with self._writing(vectors):
+            await _checked(_run(self._redis, self._set_vectors, calls), "writing user vectors")
 
     async def add_histories(
         self, interactions_by_user: Mapping[str, list[Interaction]]
@@ -316,9 +375,10 @@ class RedisUserStore:
                 for event in interactions:
                     args += [history_field(event), event.weight, event.timestamp_ms]
             calls.append((keys, args))
-        replies = await _checked(
-            _run(self._redis, self._add_histories, calls), "updating user histories"
-        )
+        with self._writing(interactions_by_user):
+            replies = await _checked(
+                _run(self._redis, self._add_histories, calls), "updating user histories"
+            )
         flats = [flat for reply in replies for flat in reply]
         ordered = [user_id for chunk in chunks for user_id in chunk]
         return {
@@ -345,8 +405,24 @@ class RedisUserStore:
             self._key(user_id, "t"),
         ]
         args: list[Any] = [self.forgotten_ttl, FORGOTTEN_FIELD, int(time.time() * 1000)]
-        held = await _checked(self._forget(keys=keys, args=args), "forgetting a user")
+        with self._writing([user_id]):
+            held = await _checked(self._forget(keys=keys, args=args), "forgetting a user")
         return int(held) > 0
+
+    @contextlib.contextmanager
+    def _writing(self, user_ids: Iterable[str]) -> Iterator[None]:
+        """Around a write of these users' state: out of the cache before it, so that no
+        read meanwhile is kept, and after it (the write failed or not), so that this
+        process's next read sees it, whether Redis's invalidation came first or not."""
+        if self._cache is None:
+            yield
+            return
+        users = list(user_ids)
+        self._cache.drop(users)
+        try:
+            yield
+        finally:
+            self._cache.drop(users)
 
     async def ping(self) -> bool:
         try:
@@ -355,6 +431,10 @@ class RedisUserStore:
             return False
 
     async def close(self) -> None:
+        if self._tracker is not None:
+            self._tracker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tracker
         await self._redis.aclose()
 
 

@@ -9,6 +9,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,19 @@ import pytest
 import redis
 
 from recsvc.core.state import EventLog, EventType, Interaction, StoredItem, UserStateStore
+from recsvc.store.clients import tracking_client
 from recsvc.store.codec import interactions_to_columns
 from recsvc.store.file_log import FileEventLog, read_columns_from
 from recsvc.store.item_log import FileItemLog, RedisItemLog
 from recsvc.store.memory import InMemoryUserStore
-from recsvc.store.redis_backend import RedisEventLog, RedisUserStore, connect, vector_key
+from recsvc.store.redis_backend import (
+    RedisEventLog,
+    RedisUserStore,
+    connect,
+    user_key_prefix,
+    vector_key,
+)
+from recsvc.store.state_cache import StateCache
 
 # (history_max_items, history_ttl, vector_ttl) -> a new, empty store of the backend under test.
 MakeStore = Callable[[int, int, int], UserStateStore]
@@ -37,13 +46,22 @@ ON_CLUSTER = pytest.param("cluster", marks=[pytest.mark.redis, pytest.mark.slow]
 URL_FIXTURES = {"redis": "redis_url", "cluster": "redis_cluster_url"}
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis), ON_CLUSTER])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis-cached", marks=pytest.mark.redis),
+        ON_CLUSTER,
+    ]
+)
 async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[MakeStore]:
-    """Makes user-state stores of one backend: in-process, Redis (an empty database) or a
-    Redis Cluster."""
+    """Makes user-state stores of one backend: in-process, Redis (an empty database), Redis
+    with the state cache, or a Redis Cluster."""
     url: str | None = None
     if request.param in URL_FIXTURES:
         url = request.getfixturevalue(URL_FIXTURES[request.param])
+    elif request.param == "redis-cached":
+        url = request.getfixturevalue("redis_url")
     made: list[UserStateStore] = []
 
     def make(history_max_items: int, history_ttl: int, vector_ttl: int) -> UserStateStore:
@@ -52,7 +70,16 @@ async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[MakeStore]
             store = InMemoryUserStore(history_max_items, history_ttl, vector_ttl)
         else:
             client = connect(url, timeout=1.0, connect_timeout=1.0)
-            store = RedisUserStore(client, "rs", history_max_items, history_ttl, vector_ttl)
+            cached = request.param == "redis-cached"
+            store = RedisUserStore(
+                client,
+                "rs",
+                history_max_items,
+                history_ttl,
+                vector_ttl,
+                cache=StateCache(user_key_prefix("rs"), 1000) if cached else None,
+                tracking_client=partial(tracking_client, url, 1.0) if cached else None,
+            )
         made.append(store)
         return store
 
