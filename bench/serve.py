@@ -594,10 +594,8 @@ def compare_main(argv: list[str]) -> None:
                     if batches_before is not None:
                         after = batch_counts(metrics[name])
                         made = after[0] - batches_before[0]
-                        # calls answered outside the micro-batcher (state held locally) count
-                        # as batches of one
-                        local = result["requests"] - (after[1] - batches_before[1])
-                        result["mean_batch"] = round(result["requests"] / max(made + local, 1), 2)
+                        calls = after[1] - batches_before[1]
+                        result["mean_batch"] = round(calls / max(made, 1), 2)
                     rounds[name].append(result)
                     print(json.dumps({"bench": "serve", "round": n, "target": name, **result}))
         finally:

@@ -61,7 +61,11 @@ def build_user_state(settings: Settings) -> tuple[UserStateStore, EventLog, Item
             s.vector_ttl_seconds,
             s.vector_encoding,
             s.forgotten_ttl_seconds,
-            StateCache(user_key_prefix(s.key_prefix), s.state_cache_users)
+            StateCache(
+                user_key_prefix(s.key_prefix),
+                s.state_cache_users,
+                s.state_cache_max_age_seconds,
+            )
             if s.state_cache_users and not is_cluster_url(settings.redis_url)
             else None,
             partial(tracking_client, settings.redis_url, s.connect_timeout_seconds),

@@ -279,6 +279,13 @@ class StoreSettings(_Section):
         "no round trip to Redis. Another server's write reaches this one's cache within about "
         "a millisecond. 0: off. One Redis server only (off on a cluster).",
     )
+    state_cache_max_age_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Longest time a user's state stays in the state cache after it was read, "
+        "whatever Redis says: bounds what a lost invalidation could leave behind.",
+    )
     max_users_in_process: int = Field(
         1_000_000, ge=1, description="Users kept by the in-process store (least recent dropped)."
     )

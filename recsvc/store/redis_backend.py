@@ -258,6 +258,7 @@ class RedisUserStore:
         self._cache = cache if tracking_client is not None and not self._by_slot else None
         self._tracking_client = tracking_client
         self._tracker: asyncio.Task[None] | None = None
+        self._reads_failing = False
 
     def _key(self, user_id: str, suffix: str) -> str:
         return user_key(self._prefix, user_id, suffix)
@@ -286,14 +287,22 @@ class RedisUserStore:
         if missing:
             epoch = cache.epoch
             raw: dict[str, tuple[bytes | None, UserHistory]] = {}
-            read = await self._read_states(missing, model_version, raw)
+            try:
+                read = await self._read_states(missing, model_version, raw)
+            except BaseException:  # failed, or cancelled by the caller's timeout
+                self._reads_failing = True
+                raise
+            self._reads_failing = False
             cache.keep(raw.items(), epoch)
             held.update(zip(missing, read, strict=True))
         return [held[u] for u in user_ids]
 
     def local_state(self, user_id: str, model_version: str) -> UserState | None:
-        """The user's state from the state cache, if it holds the user."""
-        entry = self._cache.get(user_id) if self._cache is not None else None
+        """The user's state from the state cache, if it holds the user. Nothing is answered
+        from it after a read of Redis failed, until one succeeds: the caller's view of the
+        store's health comes from those reads."""
+        cache = self._cache
+        entry = cache.get(user_id) if cache is not None and not self._reads_failing else None
         if entry is None:
             return None
         vector, history = entry
@@ -433,8 +442,7 @@ class RedisUserStore:
     async def close(self) -> None:
         if self._tracker is not None:
             self._tracker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tracker
+            await asyncio.wait([self._tracker])  # ended, however it ended
         await self._redis.aclose()
 
 

@@ -41,13 +41,25 @@ Entry = tuple[bytes | None, Any]
 
 
 class StateCache:
-    """At most ``max_users`` users' stored state (oldest first out), valid while ``live``."""
+    """At most ``max_users`` users' stored state (oldest first out), each for at most
+    ``max_age`` seconds after it was read, valid while ``live``. The age limit bounds what an
+    invalidation that never came (or a key whose TTL ran out without Redis deleting it yet)
+    could leave behind."""
 
-    def __init__(self, user_key_prefix: str, max_users: int) -> None:
+    def __init__(
+        self,
+        user_key_prefix: str,
+        max_users: int,
+        max_age: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.user_key_prefix = user_key_prefix
         self._prefix = user_key_prefix.encode()
         self.max_users = max_users
-        self._entries: dict[str, Entry] = {}
+        self.max_age = max_age
+        self._clock = clock
+        # user -> (entry, when it was read)
+        self._entries: dict[str, tuple[Entry, float]] = {}
         self.epoch = 0  # advances with every invalidation
         # user -> the epoch of their latest invalidation; reads that began before ``_floor``
         # are not kept (what changed during them was not all recorded)
@@ -60,33 +72,43 @@ class StateCache:
         return len(self._entries)
 
     def get(self, user_id: str) -> Entry | None:
-        return self._entries.get(user_id) if self.live else None
+        held = self._entries.get(user_id) if self.live else None
+        if held is None:
+            return None
+        if self._clock() - held[1] > self.max_age:
+            del self._entries[user_id]
+            return None
+        return held[0]
 
     def keep(self, entries: Iterable[tuple[str, Entry]], since_epoch: int) -> None:
         """Hold what a read that began at ``since_epoch`` returned, except the users that
         changed since it began."""
         if not self.live or since_epoch < self._floor:
             return
-        held, changed = self._entries, self._changed
+        held, changed, now = self._entries, self._changed, self._clock()
         for user_id, entry in entries:
             if changed.get(user_id, -1) > since_epoch:
                 continue
             if user_id not in held and len(held) >= self.max_users:
                 del held[next(iter(held))]
-            held[user_id] = entry
+            held[user_id] = (entry, now)
 
     def drop(self, user_ids: Iterable[str]) -> None:
         """Forget these users (this process is writing their state)."""
         for user_id in user_ids:
             self._changed_now(user_id)
 
-    def invalidate(self, keys: list[bytes] | None) -> None:
-        """Redis's invalidation: the keys that changed, or None for all (FLUSHDB)."""
+    def invalidate(self, keys: object) -> None:
+        """Redis's invalidation: the keys that changed, or None for all (FLUSHDB). Anything
+        else (a message some client PUBLISHed on the channel) drops everything too."""
         self.invalidations += 1
-        if keys is None:
+        if not isinstance(keys, list):
             self._forget_all()
             return
         for key in keys:
+            if not isinstance(key, bytes):
+                self._forget_all()
+                return
             user_id = self.user_of(key)
             if user_id is not None:
                 self._changed_now(user_id)
@@ -133,10 +155,12 @@ async def track(
 ) -> None:
     """Keep ``cache`` live while a tracking connection delivers Redis's invalidations; runs
     until cancelled. ``pubsub_client`` makes a RESP2 client (invalidations arrive as Pub/Sub
-    messages on the connection's own redirect). A connection silent for three health checks
-    counts as lost. Retries back off from ``retry_seconds`` to 30 s (Redis may refuse
-    tracking for good, e.g. an ACL without CLIENT TRACKING); a warning when tracking stops or
-    first fails, not at every retry."""
+    messages on the connection's own redirect). The cache goes live only once Redis has
+    confirmed the subscription (an invalidation sent before it would be lost). A connection
+    silent for three health checks counts as lost. Whatever fails, the cache stops before
+    the next try: retries back off from ``retry_seconds`` to 30 s (Redis may refuse tracking
+    for good, e.g. an ACL without CLIENT TRACKING); a warning when tracking stops or first
+    fails, not at every retry."""
     announced = False
     warned = False
     wait = retry_seconds
@@ -144,14 +168,8 @@ async def track(
         client = pubsub_client()
         pubsub = client.pubsub()
         try:
-            await pubsub.execute_command("CLIENT", "ID")
-            own_id = await pubsub.parse_response(block=True, timeout=check_seconds)
-            await pubsub.execute_command(
-                "CLIENT", "TRACKING", "on", "REDIRECT", own_id, "BCAST",
-                "PREFIX", cache.user_key_prefix,
-            )  # fmt: skip
-            await pubsub.parse_response(block=True, timeout=check_seconds)
-            await pubsub.subscribe(INVALIDATE_CHANNEL)
+            async with asyncio.timeout(3 * check_seconds):  # a silent server
+                await _subscribe(pubsub, cache.user_key_prefix)
             cache.start()
             if not announced:
                 log.info("user state cache on (Redis client tracking)")
@@ -170,19 +188,42 @@ async def track(
                 if message["type"] == "message":
                     cache.invalidate(message["data"])
         except asyncio.CancelledError:
-            cache.stop()
             raise
-        except REDIS_ERRORS as exc:
-            cache.stop()
+        except Exception as exc:  # any failure: off until tracking is back
             if not warned:
-                log.warning("user state cache off until Redis tracking is back: %s", exc)
+                log.warning(
+                    "user state cache off until Redis tracking is back: %s",
+                    exc or type(exc).__name__,
+                    exc_info=not isinstance(exc, (*REDIS_ERRORS, TimeoutError)),
+                )
                 warned = True
             announced = False
         finally:
+            cache.stop()
             # closing a broken connection may fail again; that is not news
-            with contextlib.suppress(*REDIS_ERRORS, RuntimeError):
+            with contextlib.suppress(Exception):
                 await pubsub.aclose()
-            with contextlib.suppress(*REDIS_ERRORS, RuntimeError):
+            with contextlib.suppress(Exception):
                 await client.aclose()
         await asyncio.sleep(wait)
         wait = min(2 * wait, 30.0)
+
+
+async def _subscribe(pubsub: Any, prefix: str) -> None:
+    """Turn on broadcast tracking of ``prefix`` redirected to this connection, subscribe to
+    the invalidation channel and wait for Redis's confirmation."""
+    await pubsub.execute_command("CLIENT", "ID")
+    own_id = await pubsub.parse_response(block=True)
+    if not isinstance(own_id, int):
+        raise ConnectionError(f"CLIENT ID answered {own_id!r}")
+    await pubsub.execute_command(
+        "CLIENT", "TRACKING", "on", "REDIRECT", own_id, "BCAST", "PREFIX", prefix
+    )
+    reply = await pubsub.parse_response(block=True)
+    if reply not in (b"OK", "OK", True):
+        raise ConnectionError(f"CLIENT TRACKING answered {reply!r}")
+    await pubsub.subscribe(INVALIDATE_CHANNEL)
+    while True:
+        message = await pubsub.get_message(timeout=1.0)
+        if message is not None and message["type"] == "subscribe":
+            return

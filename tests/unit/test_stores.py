@@ -56,7 +56,8 @@ URL_FIXTURES = {"redis": "redis_url", "cluster": "redis_cluster_url"}
 )
 async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[MakeStore]:
     """Makes user-state stores of one backend: in-process, Redis (an empty database), Redis
-    with the state cache, or a Redis Cluster."""
+    with the state cache (its tracking starts with a store's first read, so later reads of a
+    test go through it), or a Redis Cluster."""
     url: str | None = None
     if request.param in URL_FIXTURES:
         url = request.getfixturevalue(URL_FIXTURES[request.param])
