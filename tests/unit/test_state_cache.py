@@ -33,18 +33,23 @@ async def eventually(check, seconds: float = 5.0) -> None:  # type: ignore[no-un
         await asyncio.sleep(0.01)
 
 
-@pytest.fixture
-async def cached(redis_url: str) -> AsyncIterator[tuple[RedisUserStore, StateCache]]:
-    cache = StateCache(user_key_prefix(PREFIX), max_users=3)
-    store = RedisUserStore(
-        connect(redis_url, timeout=1.0, connect_timeout=1.0),
+def cached_store(url: str, cache: StateCache) -> RedisUserStore:
+    """A Redis user store with ``cache``, tracked over its own connection."""
+    return RedisUserStore(
+        connect(url, timeout=1.0, connect_timeout=1.0),
         PREFIX,
         history_max_items=10,
         history_ttl=600,
         vector_ttl=600,
         cache=cache,
-        tracking_client=partial(tracking_client, redis_url, 1.0),
+        tracking_client=partial(tracking_client, url, 1.0),
     )
+
+
+@pytest.fixture
+async def cached(redis_url: str) -> AsyncIterator[tuple[RedisUserStore, StateCache]]:
+    cache = StateCache(user_key_prefix(PREFIX), max_users=3)
+    store = cached_store(redis_url, cache)
     await store.get_states(["warm-up"], "v1")  # starts the tracking connection
     await eventually(lambda: cache.live)
     yield store, cache
@@ -187,15 +192,7 @@ async def test_refused_tracking_keeps_the_cache_off(redis_url: str) -> None:
         )  # fmt: skip
     url = redis_url.replace("redis://", "redis://notrack@", 1)
     cache = StateCache(user_key_prefix(PREFIX), max_users=10)
-    store = RedisUserStore(
-        connect(url, timeout=1.0, connect_timeout=1.0),
-        PREFIX,
-        history_max_items=10,
-        history_ttl=600,
-        vector_ttl=600,
-        cache=cache,
-        tracking_client=partial(tracking_client, url, 1.0),
-    )
+    store = cached_store(url, cache)
     try:
         await store.add_histories({"u1": [view("u1", "i1", "e1")]})
         for _ in range(3):
