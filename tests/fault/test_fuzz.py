@@ -44,9 +44,11 @@ ALLOWED = {
     grpc.StatusCode.FAILED_PRECONDITION,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
-# Cases per property: together more than 5,000 per run.
-RANDOM_BYTES_CASES = 2600
-MESSAGE_CASES = 2600
+# Cases per property: together more than 5,000 per run. Random bytes cost ~3 ms a case, the
+# structured messages 2-57 ms (hypothesis builds larger ones as a run goes on), so the share
+# of random bytes is the larger one, to keep the whole suite within its time.
+RANDOM_BYTES_CASES = 4000
+MESSAGE_CASES = 1200
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +252,7 @@ def test_random_bytes_to_every_rpc(channel: grpc.Channel, method: str, data: byt
     call_raw(channel, method, data)
 
 
-@pytest.mark.slow  # ~40 s: the fast subset keeps the random-bytes property
+@pytest.mark.slow  # ~25 s
 @settings(
     max_examples=MESSAGE_CASES,
     deadline=None,
