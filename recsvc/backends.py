@@ -40,7 +40,7 @@ def build_user_state(settings: Settings) -> tuple[UserStateStore, EventLog, Item
     file logs."""
     s = settings.store
     if settings.redis_url:
-        from recsvc.store.clients import is_cluster_url, tracking_client
+        from recsvc.store.clients import tracking_client
         from recsvc.store.item_log import RedisItemLog
         from recsvc.store.redis_backend import (
             RedisEventLog,
@@ -66,8 +66,8 @@ def build_user_state(settings: Settings) -> tuple[UserStateStore, EventLog, Item
                 s.state_cache_users,
                 s.state_cache_max_age_seconds,
             )
-            if s.state_cache_users and not is_cluster_url(settings.redis_url)
-            else None,
+            if s.state_cache_users
+            else None,  # the store leaves it off on a cluster
             partial(tracking_client, settings.redis_url, s.connect_timeout_seconds),
         )
         # The event log has a client of its own: its appends may wait longer than reads of

@@ -278,11 +278,13 @@ class RedisUserStore:
             self._tracker = asyncio.get_running_loop().create_task(
                 track(cache, self._tracking_client)
             )
+        tag = version_tag(model_version)
         held: dict[str, UserState] = {}
-        for user_id in user_ids:
-            state = self.local_state(user_id, model_version)
-            if state is not None:
-                held[user_id] = state
+        if not self._reads_failing:
+            for user_id in user_ids:
+                entry = cache.get(user_id)
+                if entry is not None:
+                    held[user_id] = self._state_from(*entry, tag)
         missing = [u for u in dict.fromkeys(user_ids) if u not in held]
         if missing:
             epoch = cache.epoch
@@ -303,10 +305,11 @@ class RedisUserStore:
         store's health comes from those reads."""
         cache = self._cache
         entry = cache.get(user_id) if cache is not None and not self._reads_failing else None
-        if entry is None:
-            return None
-        vector, history = entry
-        tag = version_tag(model_version)
+        return None if entry is None else self._state_from(*entry, version_tag(model_version))
+
+    def _state_from(self, vector: bytes | None, history: UserHistory, tag: bytes) -> UserState:
+        """A user's state from the stored vector's bytes and the decoded history; the vector
+        only if it is of the model version that ``tag`` names."""
         decoded = untagged_vector(vector, tag, self.vector_encoding) if vector else None
         return UserState(history.items, decoded, history.seq, history.dislikes, history.forgotten)
 
@@ -337,10 +340,7 @@ class RedisUserStore:
             history = _decode_history(flat_history)
             if raw is not None:
                 raw[user_id] = (vector, history)
-            decoded = untagged_vector(vector, tag, self.vector_encoding) if vector else None
-            states[user_id] = UserState(
-                history.items, decoded, history.seq, history.dislikes, history.forgotten
-            )
+            states[user_id] = self._state_from(vector, history, tag)
         return [states[user_id] for user_id in user_ids]
 
     async def put_vectors(
