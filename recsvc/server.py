@@ -634,8 +634,11 @@ async def serve(settings: Settings, announce: bool = True) -> None:
         listening = f"listening on {settings.server.host}:{handle.port}"
         for unit in units.values():
             if unit.model_store.latest_version() is not None:
-                loaded = await asyncio.to_thread(_first_recommender, unit.settings, unit.items)
-                unit.holder.swap(loaded)
+                # No local name for the model: this frame lives as long as the server, and a
+                # name here would keep the first model in memory after every later swap.
+                unit.holder.swap(
+                    await asyncio.to_thread(_first_recommender, unit.settings, unit.items)
+                )
             elif unit is not first:
                 log.warning("namespace %s: %s", unit.name, unit.holder.waiting)
         if experiments is not None:  # arm models load beside the current ones

@@ -52,6 +52,13 @@ class ServiceCollector(Collector):
         yield CounterMetricFamily(
             "recsvc_model_rejections", "Model versions that failed to load.", value=failures
         )
+        yield CounterMetricFamily(
+            "recsvc_model_swap_full_collections",
+            "Model swaps that found an earlier model still in memory and so collected the "
+            "whole heap, holding every call meanwhile (a rising count: something keeps old "
+            "models alive).",
+            value=self.service.holder.full_collections,
+        )
         if self.service.holder.loaded:
             model = self.service.holder.current().model
             info = GaugeMetricFamily(

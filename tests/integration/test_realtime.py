@@ -348,3 +348,17 @@ def test_hot_swap_and_rejection_of_a_corrupted_version(
         assert "recsvc_model_swaps_total 1.0" in page
         assert "recsvc_model_rejections_total 1.0" in page
         assert f'recsvc_model_info{{algorithm="als",version="{new}"}} 1.0' in page
+        # Back to the first version: the second swap finds the models swapped out before
+        # gone (none kept alive by the server), so it collects no more than the new model.
+        (store / "LATEST").write_text(old + "\n")
+        deadline = time.monotonic() + 10
+        while stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5).model_version != old:
+            assert time.monotonic() < deadline, "first model not swapped back in"
+            time.sleep(0.1)
+        page = (
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+            .read()
+            .decode()
+        )
+        assert "recsvc_model_swaps_total 2.0" in page
+        assert "recsvc_model_swap_full_collections_total 0.0" in page
