@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from recsvc.artifacts.files import open_regular
-from recsvc.artifacts.hnsw_header import HnswFileError, check_hnsw_file
+from recsvc.artifacts.hnsw_header import HnswFileError, read_hnsw_file
 from recsvc.artifacts.manifest import (
     SCHEMA_VERSION,
     ImagesEntry,
@@ -304,15 +304,12 @@ def _load_index(vectors: FloatArray, metric: Metric, path: Path, search: SearchP
     count, dim = vectors.shape
     with open_regular(path.parent, path.name, "model") as handle:
         try:
-            check_hnsw_file(handle, count, dim)
+            graph = read_hnsw_file(handle, count, dim)
         except HnswFileError as exc:
             raise ValueError(
                 f"{path.name}: not an index of {count} {dim}-d vectors: {exc}"
             ) from None
-        # hnswlib opens by name: give it the descriptor just checked, so that a file renamed
-        # into place after the check is not what it reads.
-        pinned = Path(f"/proc/self/fd/{handle.fileno()}")
-        return ItemIndex.load(vectors, metric, pinned if pinned.exists() else path, search)
+    return ItemIndex.load(vectors, metric, graph.params(), search)
 
 
 def _check_ids(ids: list[Any], what: str, expected: int) -> None:

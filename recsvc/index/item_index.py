@@ -20,6 +20,7 @@ never writes after construction (a new model means a new ItemIndex).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -118,18 +119,22 @@ class ItemIndex:
 
     @classmethod
     def load(
-        cls, vectors: FloatMatrix, metric: Metric, hnsw_path: Path, search: SearchParams
+        cls,
+        vectors: FloatMatrix,
+        metric: Metric,
+        hnsw_params: Mapping[str, object],
+        search: SearchParams,
     ) -> ItemIndex:
-        """Load a graph saved by :meth:`save_hnsw`. Verify the file's checksum and check its
-        header first (recsvc.artifacts.hnsw_header): hnswlib checks neither the dimension nor
-        the integrity of what it reads."""
-        index = hnswlib.Index(space="ip", dim=vectors.shape[1])
-        # Capacity from the vectors, not from the file: hnswlib allocates what the file's
-        # max_elements says, however large.
-        index.load_index(os.fspath(hnsw_path), max_elements=max(1, len(vectors)))
-        if index.get_current_count() != len(vectors):
+        """An index over ``vectors`` with a graph :meth:`save_hnsw` wrote, given as the dict
+        hnswlib's ``Index(params)`` copies (``recsvc.artifacts.hnsw_header.read_hnsw_file``
+        reads it from the file, checking what hnswlib does not: the dimension, the count and
+        every link)."""
+        params = dict(hnsw_params, ef=search.ef, num_threads=os.cpu_count() or 1)
+        index = hnswlib.Index(params)
+        if index.get_current_count() != len(vectors) or index.dim != vectors.shape[1]:
             raise ValueError(
-                f"HNSW file holds {index.get_current_count()} items, expected {len(vectors)}"
+                f"HNSW graph of {index.get_current_count()} {index.dim}-d items, "
+                f"expected {len(vectors)} {vectors.shape[1]}-d"
             )
         return cls._searched_with(vectors, metric, index, search)
 

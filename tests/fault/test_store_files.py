@@ -143,6 +143,8 @@ def _hnsw_cases(directory: Path, num_items: int, factors: int) -> dict[str, byte
     struct.pack_into("<I", count_link, first + 4, num_items + 5)
     many_links = bytearray(data)
     struct.pack_into("<H", many_links, first, 0xFFF0)
+    deleted = bytearray(data)
+    struct.pack_into("<B", deleted, first + 2, 1)  # hnswlib's DELETE_MARK, after the count
     bad_label = bytearray(data)
     struct.pack_into("<Q", bad_label, first + label_offset, num_items)
     twin_label = bytearray(data)
@@ -155,7 +157,10 @@ def _hnsw_cases(directory: Path, num_items: int, factors: int) -> dict[str, byte
         "capacity": patched(directory, name, "<Q", 8, num_items - 1),
         "record layout": patched(directory, name, "<Q", 24, size_per_element + 4),
         "maxM0": patched(directory, name, "<Q", 64, 99),
+        "mult": patched(directory, name, "<d", 80, 0.5),
+        "ef_construction": patched(directory, name, "<Q", 88, 1),
         "level-0 link": bytes(count_link),
+        "marked deleted": bytes(deleted),
         "links > maxM0": bytes(many_links),
         "label is not a row": bytes(bad_label),
         "same label": bytes(twin_label),
@@ -173,7 +178,10 @@ def _hnsw_cases(directory: Path, num_items: int, factors: int) -> dict[str, byte
         "capacity",
         "record layout",
         "maxM0",
+        "mult",
+        "ef_construction",
         "level-0 link",
+        "marked deleted",
         "links > maxM0",
         "label is not a row",
         "same label",
@@ -666,23 +674,23 @@ def test_gc_removes_unsigned_damaged_and_linked_versions(model_store: Path, tmp_
 def test_hnswlib_reads_the_file_that_was_checked(
     model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A crafted index renamed over the checked one between the check and hnswlib's read is
-    not what hnswlib reads: it loads the descriptor that was checked."""
+    """A crafted index renamed over the checked one after the check is not what hnswlib gets:
+    it gets the graph that was read and checked."""
     store = copy_store(model_store, tmp_path)
     directory = latest_dir(store)
     crafted = tmp_path / "crafted.hnsw"
     crafted.write_bytes(patched(directory, "similar_index.hnsw", "<I", _ENTRY_POINT_AT, _FAR_OUT))
     from recsvc.artifacts import layout
 
-    checked = layout.check_hnsw_file
+    checked = layout.read_hnsw_file
 
     def check_then_swap(handle, count, dim):  # type: ignore[no-untyped-def]
-        header = checked(handle, count, dim)
+        graph = checked(handle, count, dim)
         if os.readlink(f"/proc/self/fd/{handle.fileno()}").endswith("similar_index.hnsw"):
             os.replace(crafted, directory / "similar_index.hnsw")
-        return header
+        return graph
 
-    monkeypatch.setattr(layout, "check_hnsw_file", check_then_swap)
+    monkeypatch.setattr(layout, "read_hnsw_file", check_then_swap)
     model = store.load_latest(SEARCH)
     assert not crafted.exists(), "the swap did not happen"
     labels, _ = model.similar_index.search(model.item_factors[0], 5)  # no crash

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 from dataclasses import replace
 from pathlib import Path
 
+import hnswlib
 import numpy as np
 import pytest
 
 from recsvc.artifacts import ModelStore
-from recsvc.artifacts.hnsw_header import HnswFileError, check_hnsw_file
+from recsvc.artifacts.hnsw_header import HnswFileError, check_hnsw_file, read_hnsw_file
 from recsvc.core.model import Model
 from recsvc.errors import ArtifactError
 from recsvc.index import DEFAULT_EF_SEARCH, ItemIndex
@@ -154,3 +156,73 @@ def test_index_files_hnswlib_writes_pass_the_header_check(
     assert (header.max_level > 0) == (count > 100)
     with (tmp_path / "i.hnsw").open("rb") as handle, pytest.raises(HnswFileError):
         check_hnsw_file(handle, count + 1, dim)
+
+
+@pytest.mark.parametrize(("count", "dim", "m"), [(1, 8, 16), (300, 12, 4), (2500, 16, 8)])
+def test_the_graph_read_from_a_file_searches_as_hnswlib_loading_it(
+    tmp_path: Path, count: int, dim: int, m: int
+) -> None:
+    """Serving builds the index from the checked file's arrays (not hnswlib's load_index,
+    which holds the GIL far longer): same graph, so the same neighbours at the same scores."""
+    rng = np.random.default_rng(count)
+    vectors = rng.standard_normal((count, dim)).astype(np.float32)
+    search = SearchParams(12, 1, 0.0)
+    built = ItemIndex.build(vectors, "ip", GraphParams(m, 40, 1, 1), search)
+    built.save_hnsw(tmp_path / "i.hnsw")
+    loaded = hnswlib.Index(space="ip", dim=dim)
+    loaded.load_index(str(tmp_path / "i.hnsw"), max_elements=count)
+    loaded.set_ef(12)
+    with (tmp_path / "i.hnsw").open("rb") as handle:
+        read = ItemIndex.load(vectors, "ip", read_hnsw_file(handle, count, dim).params(), search)
+    assert read.hnsw is not None
+    assert (read.hnsw.get_current_count(), read.hnsw.M, read.hnsw.ef) == (count, m, 12)
+    queries = rng.standard_normal((50, dim)).astype(np.float32)
+    k = min(count, 10)
+    expected_labels, expected_distances = loaded.knn_query(queries, k=k)
+    labels, distances = read.hnsw.knn_query(queries, k=k)
+    np.testing.assert_array_equal(labels, expected_labels)
+    np.testing.assert_array_equal(distances, expected_distances)
+    assert read.hnsw.get_items([count - 1])[0] == pytest.approx(vectors[count - 1].tolist())
+
+
+def _upper_level_cases(path: Path, count: int, dim: int) -> dict[str, tuple[bytes, str]]:
+    """Crafted upper levels of a valid file: (its bytes, the error they must give)."""
+    with path.open("rb") as handle:
+        graph = read_hnsw_file(handle, count, dim)
+    data = path.read_bytes()
+    h = graph.header
+    per_level = 4 * (h.max_m + 1)
+    sizes = 4 + graph.levels.astype(np.int64) * per_level
+    offsets = 96 + count * h.size_data_per_element + np.cumsum(sizes) - sizes
+    owner = int(np.flatnonzero(graph.levels)[0])
+    flat = int(np.flatnonzero(graph.levels == 0)[0])
+    size_at, first_list = int(offsets[owner]), int(offsets[owner]) + 4
+
+    def patched(*edits: tuple[str, int, int]) -> bytes:
+        out = bytearray(data)
+        for fmt, at, value in edits:
+            struct.pack_into(fmt, out, at, value)
+        return bytes(out)
+
+    one_link = ("<H", first_list, 1)
+    return {
+        "size": (patched(("<I", size_at, per_level + 4)), "is not 1..maxlevel levels"),
+        "too many links": (patched(("<H", first_list, h.max_m + 1)), "links > maxM"),
+        "link past the end": (patched(one_link, ("<I", first_list + 4, count)), "leaves"),
+        "link to level 0": (patched(one_link, ("<I", first_list + 4, flat)), "leaves the level"),
+        "lists past the end": (data[: int(offsets[-1]) + 2], "past the end"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["size", "too many links", "link past the end", "link to level 0", "lists past the end"]
+)
+def test_crafted_upper_levels_are_refused(tmp_path: Path, case: str) -> None:
+    count, dim = 2500, 8
+    vectors = np.random.default_rng(3).standard_normal((count, dim)).astype(np.float32)
+    index = ItemIndex.build(vectors, "ip", GraphParams(8, 40, 1, 1), SearchParams(10, 1, 0.0))
+    index.save_hnsw(tmp_path / "i.hnsw")
+    crafted, message = _upper_level_cases(tmp_path / "i.hnsw", count, dim)[case]
+    (tmp_path / "c.hnsw").write_bytes(crafted)
+    with (tmp_path / "c.hnsw").open("rb") as handle, pytest.raises(HnswFileError, match=message):
+        read_hnsw_file(handle, count, dim)

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recsvc.artifacts.hnsw_header import read_hnsw_file
 from recsvc.index import (
     DEFAULT_EF_SEARCH,
     DEFAULT_EXACT_HEAD_SHARE,
@@ -63,7 +64,7 @@ def test_saved_index_loads_and_answers_the_same(tmp_path: Path) -> None:
     vectors = clustered_vectors(1000, 16, 5)
     index = ItemIndex.build(vectors, "ip", GRAPH, SEARCH)
     index.save_hnsw(tmp_path / "i.hnsw")
-    loaded = ItemIndex.load(vectors, "ip", tmp_path / "i.hnsw", SEARCH)
+    loaded = ItemIndex.load(vectors, "ip", _graph(tmp_path / "i.hnsw", 1000, 16), SEARCH)
     query = vectors[0]
     assert list(loaded.search(query, 10)[0]) == list(index.search(query, 10)[0])
 
@@ -71,8 +72,13 @@ def test_saved_index_loads_and_answers_the_same(tmp_path: Path) -> None:
 def test_loading_with_a_different_item_count_is_rejected(tmp_path: Path) -> None:
     vectors = clustered_vectors(100, 4, 6)
     ItemIndex.build(vectors, "ip", GRAPH, SEARCH).save_hnsw(tmp_path / "i.hnsw")
-    with pytest.raises(ValueError, match="holds 100 items"):
-        ItemIndex.load(vectors[:50], "ip", tmp_path / "i.hnsw", SEARCH)
+    with pytest.raises(ValueError, match="graph of 100 4-d items, expected 50"):
+        ItemIndex.load(vectors[:50], "ip", _graph(tmp_path / "i.hnsw", 100, 4), SEARCH)
+
+
+def _graph(path: Path, count: int, dim: int) -> dict[str, object]:
+    with path.open("rb") as handle:
+        return read_hnsw_file(handle, count, dim).params()
 
 
 @pytest.mark.parametrize(("metric", "k"), [("ip", 10), ("ip", 100), ("cosine", 10)])
