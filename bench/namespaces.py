@@ -10,7 +10,9 @@ swap, quiet, ...); the line printed gives a's p50/p99 per round and their median
     .venv/bin/python bench/namespaces.py [--items 50000] [--rounds 4] [--seconds 8]
 
 `--env NAME=VALUE` passes a setting to the server (e.g. RECSVC_SERVING__FREEZE_HEAP=false) to
-compare serving options.
+compare serving options. `--load-elsewhere` is the control: in "swap" rounds b is left alone and
+another process loads b's versions at the same pace, so a's latency pays only for the CPU the
+loads take, not for sharing the server's interpreter with them.
 """
 
 from __future__ import annotations
@@ -80,6 +82,40 @@ async def flip_b(store: ModelStore, versions: list[str], every: float, stop: asy
     return flips
 
 
+LOAD_LOOP = """
+import sys, time
+from recsvc.config import Settings
+from recsvc.server import load_recommender
+settings = Settings(model_store=sys.argv[1])
+every, versions = float(sys.argv[2]), sys.argv[3:]
+flips = 0
+while True:
+    started = time.perf_counter()
+    load_recommender(settings, versions[flips % 2])
+    flips += 1
+    time.sleep(max(0.0, every - (time.perf_counter() - started)))
+"""
+
+
+async def load_elsewhere(
+    store: ModelStore, versions: list[str], every: float, stop: asyncio.Event
+) -> int:
+    """The control for flip_b: load b's versions at its pace in another process."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        LOAD_LOOP,
+        str(store.root),
+        str(every),
+        *versions,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    await stop.wait()
+    proc.kill()
+    await proc.wait()
+    return 0
+
+
 async def measure(target: str, store_b: ModelStore, versions: list[str], args) -> dict:
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.RecommenderStub(channel)
@@ -99,7 +135,8 @@ async def measure(target: str, store_b: ModelStore, versions: list[str], args) -
             stop = asyncio.Event()
             flipper = None
             if kind == "swap":
-                flipper = asyncio.create_task(flip_b(store_b, versions, args.swap_every, stop))
+                swapper = load_elsewhere if args.load_elsewhere else flip_b
+                flipper = asyncio.create_task(swapper(store_b, versions, args.swap_every, stop))
             result = await closed_loop(call, args.concurrency, args.seconds)
             stop.set()
             flips = await flipper if flipper else 0
@@ -136,6 +173,11 @@ def main() -> None:
     parser.add_argument("--swap-every", type=float, default=1.0)
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the server")
     parser.add_argument("--keep", type=Path, help="reuse (or build and keep) the stores here")
+    parser.add_argument(
+        "--load-elsewhere",
+        action="store_true",
+        help="control: in swap rounds load b's versions in another process, b left alone",
+    )
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="ns-bench-"))
     store_a, store_b = ModelStore(root / "a"), ModelStore(root / "b")
@@ -170,6 +212,7 @@ def main() -> None:
                 "seconds": args.seconds,
                 "swap_every_s": args.swap_every,
                 "server_env": args.env,
+                "load_elsewhere": args.load_elsewhere,
                 "build_s": round(built, 1),
                 "cpus": os.cpu_count(),
                 "python": platform.python_version(),
