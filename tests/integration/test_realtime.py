@@ -324,11 +324,7 @@ def test_hot_swap_and_rejection_of_a_corrupted_version(
             timeout=120,
         )
         new = (store / "LATEST").read_text().strip()
-        deadline = time.monotonic() + 10
-        while stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5).model_version != new:
-            assert time.monotonic() < deadline, "new model not swapped in"
-            stub.Recommend(pb.RecommendRequest(user_id="u00001", k=3), timeout=5)
-            time.sleep(0.1)
+        _wait_for_version(stub, new)
         assert new != old
         # A damaged version pointed at by LATEST is rejected; the current model keeps serving.
         damaged = store / "versions" / "v99999999-000000-000000"
@@ -339,11 +335,7 @@ def test_hot_swap_and_rejection_of_a_corrupted_version(
         time.sleep(1.0)
         assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5).model_version == new
         assert len(stub.Recommend(pb.RecommendRequest(user_id="u00001", k=3), timeout=5).items) == 3
-        page = (
-            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
-            .read()
-            .decode()
-        )
+        page = _metrics_page(metrics_port)
         assert 'recsvc_rpc_seconds_count{code="OK",method="Recommend"}' in page
         assert "recsvc_model_swaps_total 1.0" in page
         assert "recsvc_model_rejections_total 1.0" in page
@@ -351,14 +343,21 @@ def test_hot_swap_and_rejection_of_a_corrupted_version(
         # Back to the first version: the second swap finds the models swapped out before
         # gone (none kept alive by the server), so it collects no more than the new model.
         (store / "LATEST").write_text(old + "\n")
-        deadline = time.monotonic() + 10
-        while stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5).model_version != old:
-            assert time.monotonic() < deadline, "first model not swapped back in"
-            time.sleep(0.1)
-        page = (
-            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
-            .read()
-            .decode()
-        )
+        _wait_for_version(stub, old)
+        page = _metrics_page(metrics_port)
         assert "recsvc_model_swaps_total 2.0" in page
         assert "recsvc_model_swap_full_collections_total 0.0" in page
+
+
+def _wait_for_version(stub: pb_grpc.RecommenderStub, version: str) -> None:
+    """Call until the server answers with ``version`` (at most 10 s)."""
+    deadline = time.monotonic() + 10
+    while stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5).model_version != version:
+        assert time.monotonic() < deadline, f"model {version} not swapped in"
+        stub.Recommend(pb.RecommendRequest(user_id="u00001", k=3), timeout=5)
+        time.sleep(0.1)
+
+
+def _metrics_page(port: int) -> str:
+    page: bytes = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    return page.decode()
