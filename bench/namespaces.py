@@ -5,7 +5,8 @@ One `recsvc serve` process (embedded mode) serves namespaces a and b, each a mod
 namespace a for Recommend; in "swap" rounds namespace b's LATEST flips between two versions
 every --swap-every seconds (each flip: b's watcher verifies and loads a whole model, indexes
 included, and swaps it in), in "quiet" rounds b is left alone. Rounds interleave (quiet, swap,
-swap, quiet, ...); the line printed gives a's p50/p99 per round and their medians per kind.
+swap, quiet, ...); the line printed gives a's p50/p99 and longest call per round, and their
+medians per kind.
 
     .venv/bin/python bench/namespaces.py [--items 50000] [--rounds 4] [--seconds 8]
 
@@ -156,6 +157,7 @@ def summary(rounds: list[dict]) -> dict:
             "p50_ms": round(statistics.median(r["p50_ms"] for r in mine), 2),
             "p99_ms": round(statistics.median(r["p99_ms"] for r in mine), 2),
             "max_p99_ms": max(r["p99_ms"] for r in mine),
+            "max_ms": round(statistics.median(r["max_ms"] for r in mine), 2),
             "rps": round(statistics.median(r["rps"] for r in mine), 1),
             "errors": sum(r["errors"] for r in mine),
         }

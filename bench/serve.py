@@ -148,6 +148,7 @@ def summarise(latencies: list[float], elapsed: float, errors: int) -> dict[str, 
         "p50_ms": round(float(np.percentile(ms, 50)), 3),
         "p95_ms": round(float(np.percentile(ms, 95)), 3),
         "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "max_ms": round(float(ms.max()), 3) if len(ms) else 0.0,
     }
 
 
