@@ -602,7 +602,14 @@ async def serve(settings: Settings, announce: bool = True) -> None:
     store_health = StoreHealth(handle, first.store)
     for unit in units.values():
         unit.service.on_store_status = store_health.report
-    metrics.watch(first.service, lambda: (first.watcher.swaps, first.watcher.failures))
+    metrics.watch(
+        first.service,
+        lambda: (
+            first.watcher.swaps,
+            first.watcher.failures,
+            sum(unit.holder.full_collections for unit in units.values()),
+        ),
+    )
     if experiments is not None:
         document = experiments
         metrics.watch_experiments(

@@ -134,8 +134,9 @@ def read_hnsw_file(handle: BinaryIO, count: int, dim: int) -> HnswGraph:
     size = _file_size(handle)
     if size < HEADER.size:
         raise HnswFileError(f"{size} bytes, shorter than the {HEADER.size}-byte header")
-    # A read-only map, released when the last view goes (even when a check raises).
-    view: npt.NDArray[np.uint8] = np.memmap(handle, dtype=np.uint8, mode="r", shape=(size,))
+    # A private copy: hnswlib copies the graph from what was checked, so a file rewritten in
+    # place after the check (or cut short: SIGBUS through a map) cannot reach it unchecked.
+    view = _read_all(handle, size)
     header = HnswHeader.parse(bytes(view[: HEADER.size]))
     _check_header(header, count, dim)
     level0_end = HEADER.size + count * header.size_data_per_element
@@ -154,6 +155,20 @@ def read_hnsw_file(handle: BinaryIO, count: int, dim: int) -> HnswGraph:
     return HnswGraph(
         header, dim, view[HEADER.size : level0_end].view(np.int8), levels, upper_links, labels
     )
+
+
+def _read_all(handle: BinaryIO, size: int) -> npt.NDArray[np.uint8]:
+    """The ``size`` bytes of the file, read into memory of our own (the reads release the
+    GIL)."""
+    buffer = np.empty(size, dtype=np.uint8)
+    memory, done = buffer.data, 0
+    handle.seek(0)
+    while done < size:
+        got = handle.readinto(memory[done:])  # type: ignore[attr-defined]
+        if not got:
+            raise HnswFileError(f"the file ended after {done} of {size} bytes while read")
+        done += got
+    return buffer
 
 
 def _file_size(handle: BinaryIO) -> int:
@@ -226,7 +241,7 @@ def _walk_upper_levels(
         level, remainder = divmod(nbytes, _LINK * per_level)
         if remainder or level > h.max_level:
             raise HnswFileError(
-                f"element {element}: link list size {nbytes} is not 1..maxlevel levels"
+                f"element {element}: link list size {nbytes} is not 1..{h.max_level} levels"
             )
         if position + 1 + level * per_level > len(words):
             raise HnswFileError(f"element {element}: link lists run past the end of the file")
@@ -306,9 +321,11 @@ def _check_level0(
         if bool((links[:, 1:][used] >= count).any()):
             raise HnswFileError("a level-0 link points past the last element")
         labels = np.ascontiguousarray(chunk[:, h.label_offset : h.label_offset + _LABEL])
-        label_values = labels.view("<u8")[:, 0].astype(np.int64)
-        if label_values.size and int(label_values.max()) >= count:
+        raw_labels = labels.view("<u8")[:, 0]
+        # Compared unsigned: a label of 2**63 or more would turn negative as int64.
+        if raw_labels.size and int(raw_labels.max()) >= count:
             raise HnswFileError("a label is not a row of the item table")
+        label_values = raw_labels.astype(np.int64)
         if seen[label_values].any() or len(np.unique(label_values)) != len(label_values):
             raise HnswFileError("two elements carry the same label")
         seen[label_values] = True

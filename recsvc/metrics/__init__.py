@@ -56,7 +56,11 @@ class Metrics:
             child = self._rpc_children[method, code] = self.rpc_seconds.labels(method, code)
         child.observe(seconds)
 
-    def watch(self, service: RecommendationService, swaps: Callable[[], tuple[int, int]]) -> None:
+    def watch(
+        self, service: RecommendationService, swaps: Callable[[], tuple[int, int, int]]
+    ) -> None:
+        """Export ``service``'s counters; ``swaps``: model swaps, rejections and full
+        collections at a swap."""
         self.registry.register(ServiceCollector(service, swaps))
 
     def watch_experiments(

@@ -18,7 +18,7 @@ RECOMMEND_BATCHED_CALLS = "recsvc_recommend_batched_calls"
 
 class ServiceCollector(Collector):
     def __init__(
-        self, service: RecommendationService, swaps: Callable[[], tuple[int, int]]
+        self, service: RecommendationService, swaps: Callable[[], tuple[int, int, int]]
     ) -> None:
         self.service = service
         self.swaps = swaps
@@ -47,17 +47,17 @@ class ServiceCollector(Collector):
             "Recommend calls answered in batches (divided by the batches: mean batch size).",
             value=batched,
         )
-        swaps, failures = self.swaps()
+        swaps, failures, full_collections = self.swaps()
         yield CounterMetricFamily("recsvc_model_swaps", "Model versions swapped in.", value=swaps)
         yield CounterMetricFamily(
             "recsvc_model_rejections", "Model versions that failed to load.", value=failures
         )
         yield CounterMetricFamily(
             "recsvc_model_swap_full_collections",
-            "Model swaps that found an earlier model still in memory and so collected the "
-            "whole heap, holding every call meanwhile (a rising count: something keeps old "
-            "models alive).",
-            value=self.service.holder.full_collections,
+            "Model swaps, in any namespace, that found an earlier model still in memory and so "
+            "collected the whole heap, holding every call meanwhile (a rising count: something "
+            "keeps old models alive).",
+            value=full_collections,
         )
         if self.service.holder.loaded:
             model = self.service.holder.current().model

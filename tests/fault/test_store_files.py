@@ -147,6 +147,8 @@ def _hnsw_cases(directory: Path, num_items: int, factors: int) -> dict[str, byte
     struct.pack_into("<B", deleted, first + 2, 1)  # hnswlib's DELETE_MARK, after the count
     bad_label = bytearray(data)
     struct.pack_into("<Q", bad_label, first + label_offset, num_items)
+    huge_label = bytearray(data)
+    struct.pack_into("<Q", huge_label, first + label_offset, 2**64 - 1)
     twin_label = bytearray(data)
     label_1 = struct.unpack_from("<Q", data, first + size_per_element + label_offset)[0]
     struct.pack_into("<Q", twin_label, first + label_offset, label_1)
@@ -164,6 +166,7 @@ def _hnsw_cases(directory: Path, num_items: int, factors: int) -> dict[str, byte
         "links > maxM0": bytes(many_links),
         "label is not a row": bytes(bad_label),
         "same label": bytes(twin_label),
+        "label of 2**64 - 1": bytes(huge_label),
         "after the last link list": data + b"\0" * 8,
         "link list": data[:-8],
     }
@@ -185,6 +188,7 @@ def _hnsw_cases(directory: Path, num_items: int, factors: int) -> dict[str, byte
         "links > maxM0",
         "label is not a row",
         "same label",
+        "label of 2**64 - 1",
         "after the last link list",
         "link list",
     ],
@@ -671,27 +675,45 @@ def test_gc_removes_unsigned_damaged_and_linked_versions(model_store: Path, tmp_
     assert (outside / "manifest.json").is_file()  # the link went, not its target
 
 
+@pytest.mark.parametrize("how", ["renamed over it", "rewritten in place"])
 def test_hnswlib_reads_the_file_that_was_checked(
-    model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    """A crafted index renamed over the checked one after the check is not what hnswlib gets:
-    it gets the graph that was read and checked."""
+    """A crafted index put in place of the checked one after the check (a new file renamed
+    over it, or the same file's bytes rewritten) is not what hnswlib gets: it gets the graph
+    that was read and checked."""
     store = copy_store(model_store, tmp_path)
     directory = latest_dir(store)
-    crafted = tmp_path / "crafted.hnsw"
-    crafted.write_bytes(patched(directory, "similar_index.hnsw", "<I", _ENTRY_POINT_AT, _FAR_OUT))
+    target = directory / "similar_index.hnsw"
+    crafted = bytearray(patched(directory, target.name, "<I", _ENTRY_POINT_AT, _FAR_OUT))
+    size_per_element = HEADER.unpack_from(crafted)[3]
+    for record in range(HEADER.size, len(crafted), size_per_element):
+        if record + size_per_element > HEADER.size + _num_items(directory) * size_per_element:
+            break
+        struct.pack_into("<II", crafted, record, 1, _FAR_OUT)  # every level-0 list: one link out
     from recsvc.artifacts import layout
 
     checked = layout.read_hnsw_file
+    swapped: list[bool] = []
 
     def check_then_swap(handle, count, dim):  # type: ignore[no-untyped-def]
         graph = checked(handle, count, dim)
-        if os.readlink(f"/proc/self/fd/{handle.fileno()}").endswith("similar_index.hnsw"):
-            os.replace(crafted, directory / "similar_index.hnsw")
+        if os.readlink(f"/proc/self/fd/{handle.fileno()}").endswith(target.name):
+            if how == "renamed over it":
+                (tmp_path / "crafted.hnsw").write_bytes(crafted)
+                os.replace(tmp_path / "crafted.hnsw", target)
+            else:
+                with target.open("r+b") as same_file:
+                    same_file.write(crafted)
+            swapped.append(True)
         return graph
 
     monkeypatch.setattr(layout, "read_hnsw_file", check_then_swap)
     model = store.load_latest(SEARCH)
-    assert not crafted.exists(), "the swap did not happen"
+    assert swapped, "the swap did not happen"
     labels, _ = model.similar_index.search(model.item_factors[0], 5)  # no crash
     assert len(labels) == 5
+
+
+def _num_items(directory: Path) -> int:
+    return int(json.loads((directory / "manifest.json").read_text())["num_items"])

@@ -206,7 +206,7 @@ def _upper_level_cases(path: Path, count: int, dim: int) -> dict[str, tuple[byte
 
     one_link = ("<H", first_list, 1)
     return {
-        "size": (patched(("<I", size_at, per_level + 4)), "is not 1..maxlevel levels"),
+        "size": (patched(("<I", size_at, per_level + 4)), r"is not 1\.\.\d+ levels"),
         "too many links": (patched(("<H", first_list, h.max_m + 1)), "links > maxM"),
         "link past the end": (patched(one_link, ("<I", first_list + 4, count)), "leaves"),
         "link to level 0": (patched(one_link, ("<I", first_list + 4, flat)), "leaves the level"),
