@@ -7,7 +7,7 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -18,13 +18,9 @@ from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 from recsvc.cli.common import DefaultsHelpFormatter, common_options, settings_from
 from recsvc.data.interaction_store import InteractionStore
 from recsvc.errors import DataError
-from recsvc.evaluation.online import (
-    ExperimentReport,
-    attribute,
-    experiments_in,
-    report,
-    split_stored_events,
-)
+
+if TYPE_CHECKING:
+    from recsvc.evaluation.online import ExperimentReport
 
 SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
 
@@ -73,6 +69,9 @@ def add_report(commands: Any) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
+    # Imported here: scipy.stats doubles the start-up time of every other command.
+    from recsvc.evaluation.online import attribute, experiments_in, report
+
     settings_from(args)
     if not 0 < args.confidence < 1:
         raise DataError(f"--confidence: must be between 0 and 1, got {args.confidence}")
@@ -115,6 +114,8 @@ def _inputs(args: argparse.Namespace) -> tuple[pa.Table, pa.Table, str]:
             raise DataError("--store: give either --store or --impressions and --events")
         if not args.store.is_dir():
             raise DataError(f"--store {args.store}: not a directory")
+        from recsvc.evaluation.online import split_stored_events
+
         impressions, events = split_stored_events(InteractionStore(args.store).read())
         return impressions, events, f"--store {args.store}"
     if args.impressions is None or args.events is None:
