@@ -7,7 +7,12 @@ synthetic product photos) live in `recsvc.testing`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import logging
+import os
 import random
+import signal
 import subprocess
 from pathlib import Path
 
@@ -15,16 +20,48 @@ import numpy as np
 
 from recsvc.core.state import EventType, Interaction
 from recsvc.store.file_log import FileEventLog
-from recsvc.testing import KINDS, ProductImages, recsvc_command, server_env
+from recsvc.testing import KINDS, ProductImages
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
-def run_recsvc(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """``python -m recsvc ARGS`` to completion, with a clean environment; output captured."""
-    return subprocess.run(
-        recsvc_command(*args), env=server_env(), capture_output=True, text=True, timeout=timeout
+def run_recsvc(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    """``recsvc ARGS`` run to completion in this process, as ``python -m recsvc`` would run it
+    with no ``RECSVC_*`` variable in its environment but ``settings``: the exit status, stdout
+    and stderr come back as from :func:`subprocess.run`.
+
+    In this process because a new one starts torch and the rest again (seconds a command on a
+    2-core machine, most of the suite's time before). Image loaders decode inline by default:
+    a fork of this process, which holds gRPC channels and threads, is not safe. Commands whose
+    process matters (signals, long-running servers, loader processes) run as processes."""
+    from recsvc.cli import main  # the CLI's own imports stay out of the helpers' import time
+
+    environment = {"RECSVC_IMAGES__LOADER_WORKERS": "0", **settings}
+    stdout, stderr = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    kept_logging = root.handlers[:], root.level
+    kept_signals = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    kept_environ = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(
+        {k: v for k, v in kept_environ.items() if not k.startswith("RECSVC_")} | environment
+    )
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                status = main(list(args))
+            except SystemExit as exit_:  # argparse's errors and --help
+                status = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        os.environ.clear()
+        os.environ.update(kept_environ)
+        root.handlers[:], _ = kept_logging
+        root.setLevel(kept_logging[1])
+        for number, handler in kept_signals.items():
+            signal.signal(number, handler)
+    return subprocess.CompletedProcess(
+        ["recsvc", *args], status, stdout.getvalue(), stderr.getvalue()
     )
 
 

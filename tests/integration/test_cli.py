@@ -1,8 +1,10 @@
-"""The `recsvc` command line, run as a real process."""
+"""The `recsvc` command line: most commands run in this process (tests.helpers.run_recsvc), the
+entry point, servers and the image loader processes as real processes."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from recsvc.cli import main
 from recsvc.client import RecsvcClient
 from recsvc.data.demo import DemoData
-from recsvc.testing import ProductImages, running_server, server_env
+from recsvc.testing import ProductImages, recsvc_command, running_server, server_env
 from tests.helpers import kind_interactions
 from tests.helpers import run_recsvc as run
 
@@ -157,7 +159,14 @@ def test_demo_serves_the_embedded_default(tmp_path: Path) -> None:
 def test_embed_train_and_evaluate_with_images(products: ProductImages, tmp_path: Path) -> None:
     table = tmp_path / "embeddings.parquet"
     embed = ["embed", "--catalogue", str(products.catalogue), "--out", str(table)]
-    first = run(*embed, "--loader-workers", "1", "--batch-size", "16", "--no-progress")
+    # A process of its own: the loader process is forked from it.
+    first = subprocess.run(
+        recsvc_command(*embed, "--loader-workers", "1", "--batch-size", "16", "--no-progress"),
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert first.returncode == 0, first.stderr
     report = json.loads(first.stdout)
     assert report["embedded"] == len(products.ids) and report["failed"] == 0

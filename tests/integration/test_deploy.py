@@ -716,8 +716,9 @@ def test_sharded_embed_jobs_commands_make_the_single_runs_table(
     products: ProductImages,
     embedding_table: Path,
 ) -> None:
-    """The merge Job's exact command started first (it waits), then each pod of the Indexed
-    Job with its JOB_COMPLETION_INDEX, as Kubernetes runs them."""
+    """The merge Job's exact command started first (it waits), then the Indexed Job's pods
+    side by side (its parallelism), each with its JOB_COMPLETION_INDEX, as Kubernetes runs
+    them."""
     cluster = Cluster(tmp_path, None, manifests["overlays/dev"] + manifests["jobs/embed-sharded"])
     shutil.copytree(products.directory, cluster.mounts["/data"] / "catalogue")
     shards = find(cluster.manifests, "Job", "recsvc-embed-shards")
@@ -728,12 +729,21 @@ def test_sharded_embed_jobs_commands_make_the_single_runs_table(
     try:
         command, env = cluster.process(shards)
         env["RECSVC_IMAGES__LOADER_WORKERS"] = "0"
-        for index in range(shards["spec"]["completions"]):
-            env["JOB_COMPLETION_INDEX"] = str(index)
-            done = subprocess.run(
-                command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+        assert shards["spec"]["parallelism"] == shards["spec"]["completions"]
+        pods = [
+            subprocess.Popen(
+                command,
+                env={**env, "JOB_COMPLETION_INDEX": str(index)},
+                cwd=ROOT,
+                text=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
             )
-            assert done.returncode == 0, done.stderr
+            for index in range(shards["spec"]["completions"])
+        ]
+        for pod in pods:
+            _, pod_errors = pod.communicate(timeout=300)
+            assert pod.returncode == 0, pod_errors
         out, errors = merge.communicate(timeout=120)
     finally:
         merge.kill()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -26,9 +25,10 @@ from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
 from recsvc.artifacts import ModelStore
 from recsvc.core.experiments import parse_experiments
 from recsvc.data.demo import generate_demo_data
-from recsvc.testing import ServerProcess, recsvc_command, running_server, server_env
+from recsvc.testing import ServerProcess, running_server, server_env
 from recsvc.training.pipeline import train_from_files
 from tests.conftest import SMALL_INDEX, SMALL_TRAIN
+from tests.helpers import run_recsvc
 
 pytestmark = pytest.mark.slow
 
@@ -220,21 +220,16 @@ def test_attribution_end_to_end(server_a: Server, versions: Versions, tmp_path: 
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "interactions[0].position" in (bad.value.details() or "")
     istore = tmp_path / "istore"
-    env = server_env(RECSVC_STORE__EVENT_LOG_PATH=str(server_a.event_log))
+    settings = {"RECSVC_STORE__EVENT_LOG_PATH": str(server_a.event_log)}
 
     def reported() -> dict[str, dict[str, object]] | None:
-        subprocess.run(
-            recsvc_command(
-                "worker", "ingest", "--once", "--event-log", str(server_a.event_log),
-                "--model-store", str(versions.store), "--interaction-store", str(istore),
-            ),
-            env=env, check=True, capture_output=True, timeout=120,
+        ingested = run_recsvc(
+            "worker", "ingest", "--once", "--event-log", str(server_a.event_log),
+            "--model-store", str(versions.store), "--interaction-store", str(istore), **settings,
         )  # fmt: skip
+        assert ingested.returncode == 0, ingested.stderr
         out = tmp_path / "report.json"
-        result = subprocess.run(
-            recsvc_command("report", "--store", str(istore), "--out", str(out)),
-            env=env, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+        result = run_recsvc("report", "--store", str(istore), "--out", str(out), **settings)
         if result.returncode != 0:
             return None
         (experiment,) = json.loads(out.read_text())["experiments"]

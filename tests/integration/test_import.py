@@ -14,16 +14,14 @@ from recsvc.artifacts import ModelStore
 from recsvc.config import IndexSettings, TrainSettings, WorkerSettings
 from recsvc.data.interaction_files import read_interactions
 from recsvc.data.interaction_store import InteractionStore, file_sha256, import_interactions
-from recsvc.testing import recsvc_command, server_env
 from recsvc.training.pipeline import train_from_files
 from tests.conftest import SMALL_INDEX, SMALL_TRAIN
+from tests.helpers import run_recsvc
 from workers.retrain import RetrainPolicy, TrainWorker
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        recsvc_command(*args), env=server_env(), capture_output=True, text=True, timeout=300
-    )
+    done = run_recsvc(*args)
     assert done.returncode == 0, done.stderr
     return done
 
@@ -75,12 +73,12 @@ def test_a_store_filled_only_by_import_trains_a_first_model(
     store, models = tmp_path / "store", tmp_path / "models"
     run("import", "--interactions", str(demo_data_path), "--interaction-store", str(store))
     common = ["--model-store", str(models), "--interaction-store", str(store), "--once"]
-    done = subprocess.run(
-        recsvc_command("worker", "train", *common),  # no --force: a first model is always due
-        env=server_env(RECSVC_TRAIN__FACTORS="16", RECSVC_TRAIN__ITERATIONS="5"),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = run_recsvc(
+        "worker",
+        "train",
+        *common,  # no --force: a first model is always due
+        RECSVC_TRAIN__FACTORS="16",
+        RECSVC_TRAIN__ITERATIONS="5",
     )
     assert done.returncode == 0, done.stderr
     version = json.loads(done.stdout.splitlines()[-1])["result"]

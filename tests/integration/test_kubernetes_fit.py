@@ -25,6 +25,7 @@ from recsvc.core.state import EventType, Interaction
 from recsvc.data.interaction_store import InteractionStore
 from recsvc.errors import ArtifactError
 from recsvc.testing import recsvc_command, server_env
+from tests.helpers import run_recsvc
 from workers.retrain import RetrainPolicy, TrainWorker
 
 # ------------------------------------------------------------------------------ models sync
@@ -228,20 +229,15 @@ def test_sync_command_once_exits_1_on_a_damaged_latest(tmp_path: Path, model_sto
 
 
 def check_due(models: Path, interactions: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        recsvc_command(
-            "worker",
-            "train",
-            "--check-due",
-            "--model-store",
-            str(models),
-            "--interaction-store",
-            str(interactions),
-        ),
-        env=server_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=60,
+    return run_recsvc(
+        "worker",
+        "train",
+        "--check-due",
+        "--model-store",
+        str(models),
+        "--interaction-store",
+        str(interactions),
+        **env,
     )
 
 

@@ -5,7 +5,6 @@ serving its own version."""
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -20,9 +19,10 @@ from recsvc._proto.v1 import recommender_pb2_grpc as pb_grpc
 from recsvc.artifacts import ModelStore
 from recsvc.data.demo import DemoData, generate_demo_data
 from recsvc.store.names import event_stream_key
-from recsvc.testing import ServerProcess, recsvc_command, running_server, server_env
+from recsvc.testing import ServerProcess, running_server, server_env
 from recsvc.training.pipeline import train_from_files
 from tests.conftest import SMALL_INDEX, SMALL_TRAIN
+from tests.helpers import run_recsvc
 
 NUM_ITEMS = 300
 NAMESPACES = ("shop", "news")
@@ -231,37 +231,25 @@ def test_a_swap_in_one_namespace_leaves_the_other_serving(
 def test_the_command_line_addresses_one_namespace(
     server: ServerProcess, stub: pb_grpc.RecommenderStub, stores: Path, redis_server_url: str
 ) -> None:
-    env = server_env(
-        RECSVC_REDIS_URL=redis_server_url,
-        RECSVC_NAMESPACES=json.dumps({"shop": {}, "news": {}}),
-        RECSVC_DEFAULT_NAMESPACE="shop",
-    )
+    settings = {
+        "RECSVC_REDIS_URL": redis_server_url,
+        "RECSVC_NAMESPACES": json.dumps({"shop": {}, "news": {}}),
+        "RECSVC_DEFAULT_NAMESPACE": "shop",
+    }
     news_latest = ModelStore(stores / "news").latest_version()
     assert news_latest is not None
-    listed = subprocess.run(
-        recsvc_command("models", "list", "--model-store", str(stores), "--namespace", "news"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
+    listed = run_recsvc(
+        "models", "list", "--model-store", str(stores), "--namespace", "news", **settings
     )
+    assert listed.returncode == 0, listed.stderr
     assert f"* {news_latest}" in listed.stdout.splitlines()[-1]
-    called = subprocess.run(
-        recsvc_command("call", "info", "--target", server.target, "--namespace", "news"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
+    called = run_recsvc(
+        "call", "info", "--target", server.target, "--namespace", "news", **settings
     )
+    assert called.returncode == 0, called.stderr
     assert json.loads(called.stdout)["version"] == info(stub, "news").model_version
-    unknown = subprocess.run(
-        recsvc_command("models", "list", "--model-store", str(stores), "--namespace", "nope"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    unknown = run_recsvc(
+        "models", "list", "--model-store", str(stores), "--namespace", "nope", **settings
     )
     assert unknown.returncode == 2
     assert "namespace: no namespace 'nope'" in unknown.stderr
