@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import logging
 import os
 import random
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -81,9 +83,17 @@ def events(n: int, start: int = 0, users: int = 50, items: int = 80) -> list[Int
     ]
 
 
-def write_log(path: Path, batch: list[Interaction]) -> None:
-    """Append ``batch`` to the file event log at ``path``, as the server records it."""
-    asyncio.run(FileEventLog(path).append(batch))
+def write_log(path: Path, batch: list[Interaction], per_request: int | None = None) -> None:
+    """Append ``batch`` to the file event log at ``path`` as the server records it: one line
+    per request, of ``per_request`` events each (default: the whole batch in one)."""
+    size = per_request or max(1, len(batch))
+
+    async def append() -> None:
+        log = FileEventLog(path)
+        for start in range(0, len(batch), size):
+            await log.append(batch[start : start + size])
+
+    asyncio.run(append())
 
 
 def kind_interactions(
@@ -100,3 +110,82 @@ def kind_interactions(
     path = products.directory / "interactions.csv"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+# Run by ForkServer's process: imports what the commands need once, then forks a child per
+# request. Requests and answers are JSON lines on stdin and stdout.
+_FORK_SERVER = """
+import json, os, sys
+for module in sys.argv[1:]:
+    __import__(module)
+from recsvc.cli import main
+for line in sys.stdin:
+    request = json.loads(line)
+    if request["op"] == "wait":
+        _, status = os.waitpid(request["pid"], 0)
+        print(json.dumps(os.waitstatus_to_exitcode(status)), flush=True)
+        continue
+    pid = os.fork()
+    if pid == 0:
+        output = os.open(request["output"], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        os.dup2(output, 1)
+        os.dup2(output, 2)
+        try:
+            code = main(request["args"])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    print(json.dumps(pid), flush=True)
+"""
+
+
+class ForkServer:
+    """A process that imports the command line (and ``preload``, e.g. torch) once and forks
+    a child per command: real processes, to be SIGKILLed at random moments, that spend their
+    time in the command rather than in start-up (seconds of imports for the image commands).
+    Each child's stdout and stderr go to ``output``."""
+
+    def __init__(self, env: dict[str, str], output: Path, preload: tuple[str, ...] = ()):
+        self.output = output
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _FORK_SERVER, *preload],
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def _ask(self, request: dict[str, object]) -> int:
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.write(json.dumps(request) + "\n")
+        self._process.stdin.flush()
+        answer = self._process.stdout.readline()
+        assert answer, f"the fork server exited ({self._process.wait()})"
+        return int(json.loads(answer))
+
+    def start(self, *args: str) -> int:
+        """Start ``recsvc ARGS`` in a child; its pid."""
+        return self._ask({"op": "start", "args": list(args), "output": str(self.output)})
+
+    def wait(self, pid: int) -> int:
+        """Wait for the child ``pid`` to end; its exit status (-9 when SIGKILLed)."""
+        return self._ask({"op": "wait", "pid": pid})
+
+    def run(self, *args: str) -> int:
+        """``recsvc ARGS`` in a child, to the end; its exit status."""
+        return self.wait(self.start(*args))
+
+    def close(self) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.close()
+        self._process.wait(timeout=30)
+
+    def __enter__(self) -> ForkServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,11 +1,18 @@
 """Workers SIGKILLed thirty times at random moments: no event lost or duplicated, nothing
-partial ever visible (interaction store, model store, embedding table)."""
+partial ever visible (interaction store, model store, embedding table).
+
+The workers run in children of a fork server (tests.helpers.ForkServer), which has done the
+imports once: each child is a real worker process, and the kills land in its work rather than
+in seconds of start-up. Kill times scale with a run timed first on this machine, so that they
+land before, during and after the writes on a fast machine and a slow one alike.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import random
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -14,47 +21,62 @@ import pytest
 from recsvc.artifacts import ModelStore
 from recsvc.catalogue.embedding_table import EmbeddingTable
 from recsvc.data.interaction_store import InteractionStore
-from recsvc.testing import ProductImages, recsvc_command, server_env
-from tests.helpers import events, write_log
+from recsvc.testing import jpeg_bytes, make_product_images, product_picture, server_env
+from tests.helpers import ForkServer, events, write_log
 from workers.ingest import FileLogIngester
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 
 
+def kill(workers: ForkServer, pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    assert workers.wait(pid) in (0, -signal.SIGKILL)
+
+
+def timed(workers: ForkServer, *args: str) -> float:
+    """Seconds ``recsvc ARGS`` takes in a child of ``workers``, run to the end."""
+    started = time.monotonic()
+    assert workers.run(*args) == 0, workers.output.read_text()[-2000:]
+    return time.monotonic() - started
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_ingest_survives_thirty_sigkills_without_loss_or_duplicates(tmp_path: Path) -> None:
     log_path = tmp_path / "events.jsonl"
-    write_log(log_path, events(4000))
     store_dir = tmp_path / "store"
-    env = server_env(RECSVC_WORKERS__BATCH_SIZE="25", RECSVC_WORKERS__INTERVAL_SECONDS="0.05")
-    command = recsvc_command(
-        "worker", "ingest", "--event-log", str(log_path), "--interaction-store", str(store_dir)
-    )
+    arriving = events(4000)
+    chunks = [arriving[run * 4000 // 31 : (run + 1) * 4000 // 31] for run in range(31)]
+    env = server_env(RECSVC_WORKERS__BATCH_SIZE="2", RECSVC_WORKERS__INTERVAL_SECONDS="0.05")
+    args = ("worker", "ingest", "--event-log", str(log_path), "--interaction-store", str(store_dir))
     rng = random.Random(5)
-    kills = 0
-    for _ in range(30):
-        process = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        time.sleep(rng.uniform(0.6, 1.2))
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        kills += 1
-    done = subprocess.run(
-        [*command, "--once"], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
+    killed_behind = 0
+    with ForkServer(env, tmp_path / "worker.log") as workers:
+        # Events keep arriving between runs, one request at a time as in service, so that
+        # each run has parts (of two events) to write when the kill comes.
+        write_log(log_path, chunks[0], per_request=1)
+        one_chunk = timed(workers, *args, "--once")
+        arrived = len(chunks[0])
+        for chunk in chunks[1:]:
+            write_log(log_path, chunk, per_request=1)
+            arrived += len(chunk)
+            pid = workers.start(*args)
+            time.sleep(rng.uniform(0.2, 1.5) * one_chunk)
+            kill(workers, pid)
+            killed_behind += InteractionStore(store_dir).count() < arrived
+        assert workers.run(*args, "--once") == 0
     store = InteractionStore(store_dir)
     ids = store.read().column("event_id").to_pylist()
-    assert kills == 30
     assert sorted(ids, key=lambda e: int(e[1:])) == [f"e{k}" for k in range(4000)]
     assert store.count() == 4000, "a part was written twice"
+    assert killed_behind, "every kill came after its run had caught up: nothing was cut short"
     # Leftovers of killed writes are hidden temporary files, never parts.
     assert all(p.name.startswith(".") for p in store_dir.rglob("*.tmp"))
 
 
-def test_train_worker_killed_thirty_times_never_exposes_a_partial_model(
-    tmp_path: Path, demo_data_path: Path
-) -> None:
+def test_train_worker_killed_thirty_times_never_exposes_a_partial_model(tmp_path: Path) -> None:
     log_path = tmp_path / "events.jsonl"
     write_log(log_path, events(200))
     store_dir = tmp_path / "store"
@@ -66,64 +88,59 @@ def test_train_worker_killed_thirty_times_never_exposes_a_partial_model(
         RECSVC_WORKERS__INTERVAL_SECONDS="0.05",
         RECSVC_WORKERS__KEEP_VERSIONS="50",
     )
-    command = recsvc_command(
-        "worker",
-        "train",
-        "--force",
-        "--base",
-        str(demo_data_path),
-        "--model-store",
-        str(models),
-        "--interaction-store",
-        str(store_dir),
+    args = (
+        *("worker", "train", "--force"),
+        *("--model-store", str(models), "--interaction-store", str(store_dir)),
     )
     store = ModelStore(models)
-    # Kill times scale with this machine's speed: a whole run (start-up, one training, publish)
-    # is timed first, so the kills land before, during and after publishing on any machine.
-    started = time.monotonic()
-    first = subprocess.run([*command, "--once"], env=env, capture_output=True, text=True)
-    whole_run = time.monotonic() - started
-    assert first.returncode == 0, first.stderr
-    published_before = set(store.list_versions())
     rng = random.Random(11)
-    for _ in range(30):
-        process = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        time.sleep(rng.uniform(0.3, 1.7) * whole_run)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        latest = store.latest_version()
-        assert latest is not None
-        store.verify(latest)  # LATEST always names a complete, verified version
-        for version in store.list_versions():
-            store.verify(version)  # nothing partial ever appears under versions/
+    with ForkServer(env, tmp_path / "worker.log", ("workers.retrain",)) as workers:
+        # A whole run (one training, publish) timed first; it also puts a LATEST in place.
+        whole_run = timed(workers, *args, "--once")
+        published_before = set(store.list_versions())
+        for _ in range(30):
+            pid = workers.start(*args)
+            time.sleep(rng.uniform(0.3, 1.7) * whole_run)
+            kill(workers, pid)
+            latest = store.latest_version()
+            assert latest is not None
+            store.verify(latest)  # LATEST always names a complete, verified version
+            for version in store.list_versions():
+                store.verify(version)  # nothing partial ever appears under versions/
     assert set(store.list_versions()) - published_before, "no killed run got to publish"
     store.collect_garbage(keep=50)
     assert list((models / ".staging").iterdir()) == []
 
 
-def test_embed_worker_killed_thirty_times_never_leaves_a_torn_table(
-    tmp_path: Path, products: ProductImages
-) -> None:
-    out = tmp_path / "embeddings.parquet"
-    command = recsvc_command(
-        "worker", "embed", "--once", "--catalogue", str(products.catalogue), "--out", str(out)
-    )
+def test_embed_worker_killed_thirty_times_never_leaves_a_torn_table(tmp_path: Path) -> None:
+    products = make_product_images(tmp_path / "products")
+    out = tmp_path / "out" / "embeddings.parquet"
+    out.parent.mkdir()
+    args = ("worker", "embed", "--once", "--catalogue", str(products.catalogue), "--out", str(out))
     env = server_env(RECSVC_IMAGES__LOADER_WORKERS="0", RECSVC_IMAGES__BATCH_SIZE="4")
     rng = random.Random(5)
-    for _ in range(30):
-        process = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        time.sleep(rng.uniform(0.3, 2.5))
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        if out.exists():
+
+    def repaint(count: int) -> None:
+        """New photos for ``count`` items: the next run embeds them again."""
+        for item_id in rng.sample(products.ids, count):
+            picture = product_picture(products.kinds[item_id], rng)
+            (products.directory / f"{item_id}.jpg").write_bytes(jpeg_bytes(picture))
+
+    preload = ("recsvc.vision.embedder", "workers.embed")
+    with ForkServer(env, tmp_path / "worker.log", preload) as workers:
+        timed(workers, *args)  # the whole catalogue, once
+        repaint(12)
+        a_run = timed(workers, *args)  # what each run below has to do: 12 photos, then write
+        for _ in range(30):
+            repaint(12)
+            pid = workers.start(*args)
+            time.sleep(rng.uniform(0.2, 1.3) * a_run)
+            kill(workers, pid)
             table = EmbeddingTable.load(out)  # always a complete, readable table
-            assert len(set(table.item_ids)) == len(table.item_ids)
-    final = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert final.returncode == 0, final.stderr
+            assert sorted(table.item_ids) == sorted(products.ids)
+        assert workers.run(*args) == 0
     table = EmbeddingTable.load(out)
     assert sorted(table.item_ids) == sorted(products.ids)  # every item, exactly once
-    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left
+    photos = {i: sha256_of(products.directory / f"{i}.jpg") for i in products.ids}
+    assert dict(zip(table.item_ids, table.sha256, strict=True)) == photos  # the latest photos
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporary file left
