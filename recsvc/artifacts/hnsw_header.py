@@ -122,12 +122,6 @@ class HnswGraph:
         }
 
 
-def check_hnsw_file(handle: BinaryIO, count: int, dim: int) -> HnswHeader:
-    """Validate the index file open in ``handle`` for ``count`` vectors of ``dim`` float32;
-    return its header. Raises HnswFileError naming the first inconsistency."""
-    return read_hnsw_file(handle, count, dim).header
-
-
 def read_hnsw_file(handle: BinaryIO, count: int, dim: int) -> HnswGraph:
     """Validate the index file open in ``handle`` for ``count`` vectors of ``dim`` float32;
     return its graph. Raises HnswFileError naming the first inconsistency."""

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from recsvc.artifacts import ModelStore
-from recsvc.artifacts.hnsw_header import HnswFileError, check_hnsw_file, read_hnsw_file
+from recsvc.artifacts.hnsw_header import HnswFileError, read_hnsw_file
 from recsvc.core.model import Model
 from recsvc.errors import ArtifactError
 from recsvc.index import DEFAULT_EF_SEARCH, ItemIndex
@@ -150,12 +150,12 @@ def test_index_files_hnswlib_writes_pass_the_header_check(
     index = ItemIndex.build(vectors, "ip", GraphParams(m, 40, 1, 1), SearchParams(10, 1, 0.0))
     index.save_hnsw(tmp_path / "i.hnsw")
     with (tmp_path / "i.hnsw").open("rb") as handle:
-        header = check_hnsw_file(handle, count, dim)
+        header = read_hnsw_file(handle, count, dim).header
     assert (header.count, header.max_elements, header.m, header.max_m0) == (count, count, m, 2 * m)
     assert header.entry_point < count
     assert (header.max_level > 0) == (count > 100)
     with (tmp_path / "i.hnsw").open("rb") as handle, pytest.raises(HnswFileError):
-        check_hnsw_file(handle, count + 1, dim)
+        read_hnsw_file(handle, count + 1, dim)
 
 
 @pytest.mark.parametrize(("count", "dim", "m"), [(1, 8, 16), (300, 12, 4), (2500, 16, 8)])
