@@ -42,7 +42,7 @@ def run_recsvc(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
     environment = {"RECSVC_IMAGES__LOADER_WORKERS": "0", **settings}
     stdout, stderr = io.StringIO(), io.StringIO()
     root = logging.getLogger()
-    kept_logging = root.handlers[:], root.level
+    kept_handlers, kept_level = root.handlers[:], root.level
     kept_signals = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     kept_environ = dict(os.environ)
     os.environ.clear()
@@ -58,8 +58,8 @@ def run_recsvc(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
     finally:
         os.environ.clear()
         os.environ.update(kept_environ)
-        root.handlers[:], _ = kept_logging
-        root.setLevel(kept_logging[1])
+        root.handlers[:] = kept_handlers
+        root.setLevel(kept_level)
         for number, handler in kept_signals.items():
             signal.signal(number, handler)
     return subprocess.CompletedProcess(
@@ -115,7 +115,7 @@ def kind_interactions(
 # Run by ForkServer's process: imports what the commands need once, then forks a child per
 # request. Requests and answers are JSON lines on stdin and stdout.
 _FORK_SERVER = """
-import json, os, sys
+import json, os, sys, traceback
 for module in sys.argv[1:]:
     __import__(module)
 from recsvc.cli import main
@@ -135,6 +135,9 @@ for line in sys.stdin:
             code = main(request["args"])
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
