@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -53,8 +54,8 @@ def run_recsvc(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             try:
                 status = main(list(args))
-            except SystemExit as exit_:  # argparse's errors and --help
-                status = exit_.code if isinstance(exit_.code, int) else 1
+            except SystemExit as exit_:  # argparse's errors and --help, and the commands'
+                status = exit_status(exit_)
     finally:
         os.environ.clear()
         os.environ.update(kept_environ)
@@ -65,6 +66,14 @@ def run_recsvc(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(
         ["recsvc", *args], status, stdout.getvalue(), stderr.getvalue()
     )
+
+
+def exit_status(exit_: SystemExit) -> int:
+    """The status Python exits with on ``exit_``; a message goes to stderr, as Python does."""
+    if exit_.code is None or isinstance(exit_.code, int):
+        return exit_.code or 0
+    print(exit_.code, file=sys.stderr)
+    return 1
 
 
 def events(n: int, start: int = 0, users: int = 50, items: int = 80) -> list[Interaction]:
@@ -119,6 +128,7 @@ import json, os, sys, traceback
 for module in sys.argv[1:]:
     __import__(module)
 from recsvc.cli import main
+from tests.helpers import exit_status
 for line in sys.stdin:
     request = json.loads(line)
     if request["op"] == "wait":
@@ -134,7 +144,7 @@ for line in sys.stdin:
         try:
             code = main(request["args"])
         except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
+            code = exit_status(exc)
         except BaseException:
             traceback.print_exc()
             code = 1
@@ -151,8 +161,16 @@ class ForkServer:
     time in the command rather than in start-up (seconds of imports for the image commands).
     Each child's stdout and stderr go to ``output``."""
 
-    def __init__(self, env: dict[str, str], output: Path, preload: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        env: dict[str, str],
+        output: Path,
+        preload: tuple[str, ...] = (),
+        timeout: float = 300.0,
+    ):
         self.output = output
+        self.timeout = timeout  # for each answer: a hung child fails the test, not the run
+        self._children: set[int] = set()
         self._process = subprocess.Popen(
             [sys.executable, "-c", _FORK_SERVER, *preload],
             env=env,
@@ -166,25 +184,34 @@ class ForkServer:
         assert self._process.stdin is not None and self._process.stdout is not None
         self._process.stdin.write(json.dumps(request) + "\n")
         self._process.stdin.flush()
+        ready, _, _ = select.select([self._process.stdout], [], [], self.timeout)
+        assert ready, f"no answer to {request['op']} in {self.timeout:g} s"
         answer = self._process.stdout.readline()
         assert answer, f"the fork server exited ({self._process.wait()})"
         return int(json.loads(answer))
 
     def start(self, *args: str) -> int:
         """Start ``recsvc ARGS`` in a child; its pid."""
-        return self._ask({"op": "start", "args": list(args), "output": str(self.output)})
+        pid = self._ask({"op": "start", "args": list(args), "output": str(self.output)})
+        self._children.add(pid)
+        return pid
 
     def wait(self, pid: int) -> int:
         """Wait for the child ``pid`` to end; its exit status (-9 when SIGKILLed)."""
-        return self._ask({"op": "wait", "pid": pid})
+        status = self._ask({"op": "wait", "pid": pid})
+        self._children.discard(pid)
+        return status
 
     def run(self, *args: str) -> int:
         """``recsvc ARGS`` in a child, to the end; its exit status."""
         return self.wait(self.start(*args))
 
     def close(self) -> None:
+        """End the children still running (a test that failed half-way), then the server."""
+        for pid in self._children:
+            os.kill(pid, signal.SIGKILL)
         assert self._process.stdin is not None
-        self._process.stdin.close()
+        self._process.stdin.close()  # the server reaps its children as it exits
         self._process.wait(timeout=30)
 
     def __enter__(self) -> ForkServer:

@@ -10,6 +10,7 @@ land before, during and after the writes on a fast machine and a slow one alike.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import signal
@@ -23,14 +24,17 @@ from recsvc.catalogue.embedding_table import EmbeddingTable
 from recsvc.data.interaction_store import InteractionStore
 from recsvc.testing import jpeg_bytes, make_product_images, product_picture, server_env
 from tests.helpers import ForkServer, events, write_log
-from workers.ingest import FileLogIngester
+from workers.ingest import CHECKPOINT, FileLogIngester
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 
 
-def kill(workers: ForkServer, pid: int) -> None:
+def kill(workers: ForkServer, pid: int) -> bool:
+    """SIGKILL the child ``pid``; whether that cut it short (it had not ended already)."""
     os.kill(pid, signal.SIGKILL)
-    assert workers.wait(pid) in (0, -signal.SIGKILL)
+    status = workers.wait(pid)
+    assert status in (0, -signal.SIGKILL), workers.output.read_text()[-2000:]
+    return status == -signal.SIGKILL
 
 
 def timed(workers: ForkServer, *args: str) -> float:
@@ -49,11 +53,16 @@ def test_ingest_survives_thirty_sigkills_without_loss_or_duplicates(tmp_path: Pa
     store_dir = tmp_path / "store"
     arriving = events(4000)
     chunks = [arriving[run * 4000 // 31 : (run + 1) * 4000 // 31] for run in range(31)]
-    env = server_env(RECSVC_WORKERS__BATCH_SIZE="2", RECSVC_WORKERS__INTERVAL_SECONDS="0.05")
+    env = server_env(
+        RECSVC_WORKERS__BATCH_SIZE="2",
+        RECSVC_WORKERS__INTERVAL_SECONDS="0.05",
+        # Merging parts drops repeated events: off, so that a part written twice shows.
+        RECSVC_WORKERS__STORE_COMPACT_MIN_PARTS="100000",
+    )
     args = ("worker", "ingest", "--event-log", str(log_path), "--interaction-store", str(store_dir))
     rng = random.Random(5)
     killed_behind = 0
-    with ForkServer(env, tmp_path / "worker.log") as workers:
+    with ForkServer(env, tmp_path / "worker.log", ("workers.ingest",)) as workers:
         # Events keep arriving between runs, one request at a time as in service, so that
         # each run has parts (of two events) to write when the kill comes.
         write_log(log_path, chunks[0], per_request=1)
@@ -74,6 +83,20 @@ def test_ingest_survives_thirty_sigkills_without_loss_or_duplicates(tmp_path: Pa
     assert killed_behind, "every kill came after its run had caught up: nothing was cut short"
     # Leftovers of killed writes are hidden temporary files, never parts.
     assert all(p.name.startswith(".") for p in store_dir.rglob("*.tmp"))
+
+
+def test_a_kill_between_a_part_and_its_checkpoint_writes_the_part_once(tmp_path: Path) -> None:
+    """The one moment of the ingest loop where a kill could duplicate events, made certain:
+    the last part is durable, its checkpoint is not (rewound as the kill would leave it)."""
+    log_path = tmp_path / "events.jsonl"
+    write_log(log_path, events(10), per_request=1)
+    store = InteractionStore(tmp_path / "store")
+    assert FileLogIngester(log_path, store, 4).run_once() == 10
+    last = store.parts()[-1]
+    first_offset = int(last.stem.split("-")[1])
+    (store.root / CHECKPOINT).write_text(json.dumps({"offset": first_offset}))
+    assert FileLogIngester(log_path, store, 4).run_once() == 0
+    assert store.count() == 10 and store.parts()[-1] == last
 
 
 def test_train_worker_killed_thirty_times_never_exposes_a_partial_model(tmp_path: Path) -> None:
@@ -131,14 +154,16 @@ def test_embed_worker_killed_thirty_times_never_leaves_a_torn_table(tmp_path: Pa
         timed(workers, *args)  # the whole catalogue, once
         repaint(12)
         a_run = timed(workers, *args)  # what each run below has to do: 12 photos, then write
+        cut_short = 0
         for _ in range(30):
             repaint(12)
             pid = workers.start(*args)
             time.sleep(rng.uniform(0.2, 1.3) * a_run)
-            kill(workers, pid)
+            cut_short += kill(workers, pid)
             table = EmbeddingTable.load(out)  # always a complete, readable table
             assert sorted(table.item_ids) == sorted(products.ids)
         assert workers.run(*args) == 0
+    assert cut_short, "every run had ended before its kill"
     table = EmbeddingTable.load(out)
     assert sorted(table.item_ids) == sorted(products.ids)  # every item, exactly once
     photos = {i: sha256_of(products.directory / f"{i}.jpg") for i in products.ids}

@@ -41,7 +41,6 @@ from recsvc.index.params import GraphParams, SearchParams
 from recsvc.server import build_recommender
 from recsvc.testing import free_port, recsvc_command, running_server, server_env
 from tests.conftest import BUILD, SEARCH
-from tests.helpers import run_recsvc
 
 pytestmark = pytest.mark.fault
 
@@ -492,10 +491,8 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
 
 
 def _recsvc(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """``serve`` as a process (a crash must show as its exit status, not end the suite), the
-    other commands in this one."""
-    if args[0] != "serve":
-        return run_recsvc(*args, **env)
+    """A process of its own: these commands load crafted files, and a crash must show as an
+    exit status, not end the suite."""
     return subprocess.run(
         recsvc_command(*args),
         env=server_env(RECSVC_SERVER__DRAIN_SECONDS="0", **env),

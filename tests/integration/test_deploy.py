@@ -726,11 +726,12 @@ def test_sharded_embed_jobs_commands_make_the_single_runs_table(
     merge = subprocess.Popen(
         command, env=env, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
+    pods: list[subprocess.Popen[str]] = []
     try:
         command, env = cluster.process(shards)
         env["RECSVC_IMAGES__LOADER_WORKERS"] = "0"
         assert shards["spec"]["parallelism"] == shards["spec"]["completions"]
-        pods = [
+        pods += [
             subprocess.Popen(
                 command,
                 env={**env, "JOB_COMPLETION_INDEX": str(index)},
@@ -746,7 +747,8 @@ def test_sharded_embed_jobs_commands_make_the_single_runs_table(
             assert pod.returncode == 0, pod_errors
         out, errors = merge.communicate(timeout=120)
     finally:
-        merge.kill()
+        for process in [merge, *pods]:
+            process.kill()
     assert merge.returncode == 0, errors
     assert json.loads(out.splitlines()[-1])["items"] == len(products.ids)
     table = EmbeddingTable.load(cluster.mounts["/data"] / "embeddings.parquet")
