@@ -13,7 +13,10 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,7 +26,7 @@ from recsvc.artifacts import ModelStore
 from recsvc.catalogue.embedding_table import EmbeddingTable
 from recsvc.data.interaction_store import InteractionStore
 from recsvc.testing import jpeg_bytes, make_product_images, product_picture, server_env
-from tests.helpers import ForkServer, events, write_log
+from tests.helpers import ROOT, ForkServer, events, write_log
 from workers.ingest import CHECKPOINT, FileLogIngester
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
@@ -169,3 +172,36 @@ def test_embed_worker_killed_thirty_times_never_leaves_a_torn_table(tmp_path: Pa
     photos = {i: sha256_of(products.directory / f"{i}.jpg") for i in products.ids}
     assert dict(zip(table.item_ids, table.sha256, strict=True)) == photos  # the latest photos
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporary file left
+
+
+# A child that saves the table it reads, and is SIGKILLed half-way through writing it.
+_KILLED_WHILE_SAVING = """
+import os, signal, sys
+from pathlib import Path
+import pyarrow.parquet as pq
+from recsvc.catalogue.embedding_table import EmbeddingTable
+
+def half_a_table(table, where, **options):
+    Path(where).write_bytes(b"PAR1 half a table")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+pq.write_table = half_a_table
+EmbeddingTable.load(Path(sys.argv[1])).save(Path(sys.argv[1]))
+"""
+
+
+def test_a_kill_in_the_middle_of_a_table_write_leaves_the_old_table(
+    tmp_path: Path, embedding_table: Path
+) -> None:
+    """The moment the embed loop's random kills seldom reach, made certain."""
+    target = tmp_path / embedding_table.name
+    shutil.copy(embedding_table, target)
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_WHILE_SAVING, str(target)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    before, after = EmbeddingTable.load(embedding_table), EmbeddingTable.load(target)
+    assert after.item_ids == before.item_ids and (after.vectors == before.vectors).all()
+    leftovers = [p.name for p in tmp_path.iterdir() if p != target]
+    assert leftovers and all(name.startswith(".") for name in leftovers)  # hidden, not data
