@@ -4,7 +4,9 @@ partial ever visible (interaction store, model store, embedding table).
 The workers run in children of a fork server (tests.helpers.ForkServer), which has done the
 imports once: each child is a real worker process, and the kills land in its work rather than
 in seconds of start-up. Kill times scale with a run timed first on this machine, so that they
-land before, during and after the writes on a fast machine and a slow one alike.
+land before, during and after the writes on a fast machine and a slow one alike. The two
+moments of milliseconds that random kills seldom reach (between an ingested part and its
+checkpoint; inside an embedding table's write) are also tested on their own, for certain.
 """
 
 from __future__ import annotations
