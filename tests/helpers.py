@@ -18,12 +18,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
 from recsvc.core.state import EventType, Interaction
 from recsvc.store.file_log import FileEventLog
-from recsvc.testing import KINDS, ProductImages
+from recsvc.testing import KINDS, ProductImages, recsvc_command, server_env
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -40,31 +41,42 @@ def run_recsvc(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
     process matters (signals, long-running servers, loader processes) run as processes."""
     from recsvc.cli import main  # the CLI's own imports stay out of the helpers' import time
 
-    environment = {"RECSVC_IMAGES__LOADER_WORKERS": "0", **settings}
     stdout, stderr = io.StringIO(), io.StringIO()
     root = logging.getLogger()
     kept_handlers, kept_level = root.handlers[:], root.level
     kept_signals = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    kept_environ = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(
-        {k: v for k, v in kept_environ.items() if not k.startswith("RECSVC_")} | environment
-    )
+    environment = server_env(RECSVC_IMAGES__LOADER_WORKERS="0", **settings)
     try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        with (
+            mock.patch.dict(os.environ, environment, clear=True),
+            contextlib.redirect_stdout(stdout),
+            contextlib.redirect_stderr(stderr),
+        ):
             try:
                 status = main(list(args))
             except SystemExit as exit_:  # argparse's errors and --help, and the commands'
                 status = exit_status(exit_)
     finally:
-        os.environ.clear()
-        os.environ.update(kept_environ)
         root.handlers[:] = kept_handlers
         root.setLevel(kept_level)
         for number, handler in kept_signals.items():
             signal.signal(number, handler)
     return subprocess.CompletedProcess(
         ["recsvc", *args], status, stdout.getvalue(), stderr.getvalue()
+    )
+
+
+def run_recsvc_process(
+    *args: str, timeout: float = 300, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``python -m recsvc ARGS`` as a process of its own, to completion, with no ``RECSVC_*``
+    variable in its environment but those of ``env``; output captured."""
+    return subprocess.run(
+        recsvc_command(*args),
+        env=server_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

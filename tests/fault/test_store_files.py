@@ -39,8 +39,9 @@ from recsvc.errors import ArtifactError, ConfigError
 from recsvc.index import ItemIndex
 from recsvc.index.params import GraphParams, SearchParams
 from recsvc.server import build_recommender
-from recsvc.testing import free_port, recsvc_command, running_server, server_env
+from recsvc.testing import free_port, running_server, server_env
 from tests.conftest import BUILD, SEARCH
+from tests.helpers import run_recsvc_process
 
 pytestmark = pytest.mark.fault
 
@@ -493,13 +494,7 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
 def _recsvc(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """A process of its own: these commands load crafted files, and a crash must show as an
     exit status, not end the suite."""
-    return subprocess.run(
-        recsvc_command(*args),
-        env=server_env(RECSVC_SERVER__DRAIN_SECONDS="0", **env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_recsvc_process(*args, timeout=120, RECSVC_SERVER__DRAIN_SECONDS="0", **env)
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -689,9 +684,9 @@ def test_hnswlib_reads_the_file_that_was_checked(
     target = directory / "similar_index.hnsw"
     crafted = bytearray(patched(directory, target.name, "<I", _ENTRY_POINT_AT, _FAR_OUT))
     size_per_element = HEADER.unpack_from(crafted)[3]
-    for record in range(HEADER.size, len(crafted), size_per_element):
-        if record + size_per_element > HEADER.size + _num_items(directory) * size_per_element:
-            break
+    num_items = json.loads((directory / "manifest.json").read_text())["num_items"]
+    level0_end = HEADER.size + num_items * size_per_element
+    for record in range(HEADER.size, level0_end, size_per_element):
         struct.pack_into("<II", crafted, record, 1, _FAR_OUT)  # every level-0 list: one link out
     from recsvc.artifacts import layout
 
@@ -715,7 +710,3 @@ def test_hnswlib_reads_the_file_that_was_checked(
     assert swapped, "the swap did not happen"
     labels, _ = model.similar_index.search(model.item_factors[0], 5)  # no crash
     assert len(labels) == 5
-
-
-def _num_items(directory: Path) -> int:
-    return int(json.loads((directory / "manifest.json").read_text())["num_items"])

@@ -13,8 +13,8 @@ import pytest
 from recsvc.cli import main
 from recsvc.client import RecsvcClient
 from recsvc.data.demo import DemoData
-from recsvc.testing import ProductImages, recsvc_command, running_server, server_env
-from tests.helpers import kind_interactions
+from recsvc.testing import ProductImages, running_server, server_env
+from tests.helpers import kind_interactions, run_recsvc_process
 from tests.helpers import run_recsvc as run
 
 SUBCOMMANDS = [
@@ -50,9 +50,7 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_the_entry_point_prints_help() -> None:
-    result = subprocess.run(
-        recsvc_command("--help"), env=server_env(), capture_output=True, text=True, timeout=120
-    )
+    result = run_recsvc_process("--help")
     assert result.returncode == 0 and "usage: recsvc" in result.stdout, result.stderr
 
 
@@ -169,12 +167,8 @@ def test_embed_train_and_evaluate_with_images(products: ProductImages, tmp_path:
     table = tmp_path / "embeddings.parquet"
     embed = ["embed", "--catalogue", str(products.catalogue), "--out", str(table)]
     # A process of its own: the loader process is forked from it.
-    first = subprocess.run(
-        recsvc_command(*embed, "--loader-workers", "1", "--batch-size", "16", "--no-progress"),
-        env=server_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    first = run_recsvc_process(
+        *embed, "--loader-workers", "1", "--batch-size", "16", "--no-progress"
     )
     assert first.returncode == 0, first.stderr
     report = json.loads(first.stdout)

@@ -4,15 +4,15 @@ layouts, and cold-start attributes from the catalogue's own columns."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from recsvc.catalogue.embedding_table import EmbeddingTable
-from recsvc.testing import ProductImages, recsvc_command, server_env
+from recsvc.testing import ProductImages
 from tests.helpers import run_recsvc as run
+from tests.helpers import run_recsvc_process
 
 
 def _nested_shop(products: ProductImages, root: Path, count: int = 12) -> Path:
@@ -45,12 +45,6 @@ def test_bad_image_pattern_is_one_line(tmp_path: Path, products: ProductImages) 
     assert "Traceback" not in result.stderr and not out.exists()
 
 
-def as_process(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        recsvc_command(*args), env=server_env(), capture_output=True, text=True, timeout=300
-    )
-
-
 @pytest.mark.slow
 def test_embed_fails_loudly_and_reads_nested_layouts(
     tmp_path: Path, products: ProductImages
@@ -66,7 +60,9 @@ def test_embed_fails_loudly_and_reads_nested_layouts(
 
     # As processes from here: the default loader processes read the nested layout and report
     # the failures (the in-process runs above decode inline).
-    nested = as_process(*embed, "--image-pattern", "{item_id[:3]}/{item_id}.jpg", "--no-progress")
+    nested = run_recsvc_process(
+        *embed, "--image-pattern", "{item_id[:3]}/{item_id}.jpg", "--no-progress"
+    )
     assert nested.returncode == 0, nested.stderr
     assert json.loads(nested.stdout)["embedded"] == 12
 
@@ -78,7 +74,7 @@ def test_embed_fails_loudly_and_reads_nested_layouts(
     assert over.returncode == 1, over.stderr
     assert "2 of 12 images failed (16.7%, more than the allowed 5.0%)" in over.stderr
     assert json.loads(over.stdout)["reused"] == 10
-    allowed = as_process(*again, "--max-failure-share", "0.2")
+    allowed = run_recsvc_process(*again, "--max-failure-share", "0.2")
     assert allowed.returncode == 0, allowed.stderr
     assert json.loads(allowed.stdout)["failed"] == 2
 
@@ -115,8 +111,7 @@ def test_sharded_embed_and_merge_as_an_indexed_job_runs_them(
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["out"] == f"{out}.part-0-of-2"
     # The other shard as a pod of an Indexed Job gets it: the count set, the index from k8s.
-    env = server_env(RECSVC_IMAGES__SHARD_COUNT="2", JOB_COMPLETION_INDEX="1")
-    second = subprocess.run(recsvc_command(*embed), env=env, capture_output=True, text=True)
+    second = run_recsvc_process(*embed, RECSVC_IMAGES__SHARD_COUNT="2", JOB_COMPLETION_INDEX="1")
     assert second.returncode == 0, second.stderr
     assert json.loads(second.stdout)["shard"] == "1/2"
     assert not out.exists()
